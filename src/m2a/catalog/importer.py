@@ -1,0 +1,125 @@
+"""Import a model: resolve its source, convert it once to the format an engine needs, record it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from m2a.catalog.builtin import BUILTINS
+from m2a.catalog.sources import Format, SourceError, hf_metadata, resolve
+from m2a.catalog.store import Catalog, Manifest, now_iso
+
+Progress = Callable[[str], None]
+
+
+def _guess_task(folder: Path | None) -> str:
+    if folder is None:
+        return "chat"
+    if (folder / "modules.json").exists() or (folder / "sentence_bert_config.json").exists():
+        return "embed"
+    meta = hf_metadata(folder)
+    archs = [str(a) for a in meta.get("architectures") or []]  # type: ignore[union-attr]
+    if archs and not any(a.endswith(("ForCausalLM", "ForConditionalGeneration")) for a in archs):
+        return "embed"
+    return "chat"
+
+
+def default_source(name: str) -> str:
+    builtin = BUILTINS.get(name)
+    return builtin.source if builtin else name
+
+
+def _convert(src: Path, dest: Path, progress: Progress) -> None:
+    progress(f"converting {src.name} to a Hugging Face folder (once; cached in {dest.parent})")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "m2a.catalog.convert", str(src), str(dest)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    tail: list[str] = []
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        line = line.rstrip()
+        tail = (tail + [line])[-20:]
+        if line and not line.startswith(("Converting", "  ")):
+            progress(f"  {line}")
+    if proc.wait() != 0:
+        raise SourceError(f"converting {src} failed:\n" + "\n".join(tail))
+
+
+def import_model(
+    home: Path,
+    name: str,
+    source: str | None = None,
+    *,
+    want: Format | None = None,
+    task: str | None = None,
+    license: str | None = None,
+    progress: Progress = print,
+) -> Manifest:
+    """Make ``name`` available locally in format ``want`` (any format when None) and record it."""
+    catalog = Catalog(home)
+    source = source or default_source(name)
+    builtin = BUILTINS.get(name)
+    existing = catalog.get(name)
+    if (
+        existing
+        and existing.source == source
+        and (want is None or existing.path(want))
+        and all(Path(p).exists() for p in existing.paths.values())
+    ):
+        return existing
+    if builtin and source == builtin.source and source.startswith("pkg:"):
+        try:
+            local = resolve(source)
+        except SourceError as exc:
+            raise SourceError(f"{exc}. Install it with: {builtin.install}") from exc
+    else:
+        progress(f"resolving {source}")
+        local = resolve(source, cache_dir=None)
+    paths = {local.format: str(local.path)}
+    sizes = {local.format: local.size_bytes}
+    if want == "gguf" and local.format != "gguf":
+        raise SourceError(
+            f"{name}: llama.cpp needs a .gguf file but {source} is a Hugging Face folder; "
+            f"serve it with engine 'vllm' or point `source` at a GGUF file"
+        )
+    if want == "hf" and local.format == "gguf":
+        dest = catalog.model_dir(name) / "hf"
+        if not (dest / "config.json").exists():
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            _convert(local.path, dest, progress)
+        paths["hf"] = str(dest)
+        sizes["hf"] = sum(p.stat().st_size for p in dest.rglob("*") if p.is_file())
+    hf = Path(paths["hf"]) if "hf" in paths else None
+    meta = hf_metadata(hf) if hf else {}
+    manifest = Manifest(
+        name=name,
+        source=source,
+        origin=local.origin,
+        task=task or (builtin.task if builtin else _guess_task(hf)),
+        license=license or (builtin.license if builtin else _read_license(hf)),
+        paths=paths,
+        size_bytes=sizes,
+        model_type=meta.get("model_type"),  # type: ignore[arg-type]
+        template_supports_tools=bool(meta.get("template_supports_tools")),
+        imported_at=now_iso(),
+    )
+    catalog.put(manifest)
+    return manifest
+
+
+def _read_license(folder: Path | None) -> str | None:
+    """The license named in a model card's front matter, if there is one."""
+    if folder is None or not (folder / "README.md").exists():
+        return None
+    text = (folder / "README.md").read_text(errors="replace")
+    if not text.startswith("---"):
+        return None
+    for line in text.split("---", 2)[1].splitlines():
+        if line.strip().startswith("license:"):
+            return line.split(":", 1)[1].strip() or None
+    return None

@@ -1,0 +1,139 @@
+"""Turn a model reference into local files: folders, GGUF files, package resources, hub downloads."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+Format = Literal["hf", "gguf"]
+
+_HF_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
+
+
+class SourceError(Exception):
+    """A model reference that cannot be resolved, with a message meant for the user."""
+
+
+@dataclass(frozen=True)
+class LocalModel:
+    """Model files on this machine: a Hugging Face folder or a single GGUF file."""
+
+    path: Path
+    format: Format
+    origin: str  # "folder", "gguf", "package" or "hub"
+
+    @property
+    def size_bytes(self) -> int:
+        if self.path.is_file():
+            return self.path.stat().st_size
+        return sum(p.stat().st_size for p in self.path.rglob("*") if p.is_file())
+
+
+def _classify(path: Path, origin: str, ref: str) -> LocalModel:
+    if path.is_file():
+        if path.suffix.lower() != ".gguf":
+            raise SourceError(f"{ref}: a model file must be a .gguf file, got {path.name}")
+        return LocalModel(path, "gguf", origin)
+    if path.is_dir():
+        if (path / "config.json").exists():
+            return LocalModel(path, "hf", origin)
+        ggufs = sorted(path.glob("*.gguf"))
+        if len(ggufs) == 1:
+            return LocalModel(ggufs[0], "gguf", origin)
+        raise SourceError(
+            f"{ref}: {path} is neither a Hugging Face model folder (no config.json) nor a folder "
+            f"with exactly one .gguf file"
+        )
+    raise SourceError(f"{ref}: {path} does not exist")
+
+
+def package_path(ref: str) -> Path:
+    """Locate ``pkg:<package>/<path>`` without importing the package (it may need heavy deps)."""
+    body = ref.removeprefix("pkg:")
+    package, _, inner = body.partition("/")
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise SourceError(f"{ref}: the Python package {package!r} is not installed")
+    return Path(next(iter(spec.submodule_search_locations))) / inner
+
+
+def is_hub_id(ref: str) -> bool:
+    return bool(_HF_ID.match(ref)) and not Path(ref).exists()
+
+
+def download(repo_id: str, cache_dir: Path | None = None, revision: str | None = None) -> Path:
+    """Download a Hugging Face model repository, with the hub client's progress bars."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
+
+    try:
+        return Path(
+            snapshot_download(
+                repo_id,
+                revision=revision,
+                cache_dir=str(cache_dir) if cache_dir else None,
+                allow_patterns=[
+                    "*.json",
+                    "*.safetensors",
+                    "*.model",
+                    "*.txt",
+                    "*.jinja",
+                    "*.py",
+                    "*.tiktoken",
+                ],
+            )
+        )
+    except RepositoryNotFoundError as exc:
+        raise SourceError(f"{repo_id}: no such model on the Hugging Face hub (or it needs a token)") from exc
+    except LocalEntryNotFoundError as exc:
+        raise SourceError(
+            f"{repo_id}: the Hugging Face hub cannot be reached from this machine and the model is not "
+            f"in the local cache. Download it where the hub is reachable, or point `source` at a "
+            f"local folder or .gguf file."
+        ) from exc
+    except HfHubHTTPError as exc:
+        raise SourceError(f"{repo_id}: download failed: {exc}") from exc
+    except OSError as exc:  # connection errors surface as OSError subclasses
+        raise SourceError(f"{repo_id}: download failed: {exc}") from exc
+
+
+def resolve(ref: str, cache_dir: Path | None = None) -> LocalModel:
+    """Resolve any supported reference to local model files, downloading hub models if needed."""
+    if ref.startswith("pkg:"):
+        return _classify(package_path(ref), "package", ref)
+    path = Path(ref).expanduser()
+    if path.exists():
+        return _classify(path, "gguf" if path.is_file() else "folder", ref)
+    if ref.startswith(("/", ".", "~")) or ref.endswith(".gguf"):
+        raise SourceError(f"{ref}: no such file or folder")
+    if is_hub_id(ref):
+        return _classify(download(ref, cache_dir), "hub", ref)
+    raise SourceError(
+        f"{ref!r} is not a model reference: use a Hugging Face id (org/name), a folder, a .gguf file, "
+        f"or pkg:<package>/<path>"
+    )
+
+
+def hf_metadata(folder: Path) -> dict[str, object]:
+    """What the router and engines want to know of a Hugging Face folder: family and chat template."""
+    meta: dict[str, object] = {}
+    cfg = folder / "config.json"
+    if cfg.exists():
+        data = json.loads(cfg.read_text())
+        meta["model_type"] = data.get("model_type")
+        meta["architectures"] = data.get("architectures") or []
+    tok = folder / "tokenizer_config.json"
+    template = ""
+    if tok.exists():
+        t = json.loads(tok.read_text()).get("chat_template") or ""
+        template = t if isinstance(t, str) else json.dumps(t)
+    jinja = folder / "chat_template.jinja"
+    if jinja.exists():
+        template = jinja.read_text()
+    meta["has_chat_template"] = bool(template)
+    meta["template_supports_tools"] = "tools" in template
+    return meta

@@ -1,0 +1,102 @@
+"""The `m2a` command: `up`, `models`, `config`, `--version`."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from m2a import __version__
+from m2a.catalog.sources import SourceError
+from m2a.cli.config_cmd import config_app
+from m2a.cli.models_cmd import models_app
+from m2a.config import ConfigError, EngineKind, Settings, load_settings
+from m2a.engines.registry import EngineChoiceError
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help="m2a: metal to agent.")
+app.add_typer(models_app, name="models")
+app.add_typer(config_app, name="config")
+console = Console(stderr=True, soft_wrap=True)
+
+ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML config file.", exists=False)]
+
+
+def settings_or_exit(config: Path | None) -> Settings:
+    try:
+        return load_settings(config)
+    except ConfigError as exc:
+        console.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(2) from exc
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"m2a {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
+    ] = False,
+) -> None:
+    """Run open models on your own hardware and serve them through one OpenAI-compatible gateway."""
+
+
+@app.command()
+def up(
+    model: Annotated[
+        list[str] | None,
+        typer.Option("--model", "-m", help="Serve this model (name, HF id, folder or .gguf); repeatable."),
+    ] = None,
+    engine: Annotated[EngineKind | None, typer.Option(help="Engine for --model models.")] = None,
+    host: Annotated[str | None, typer.Option(help="Gateway address.")] = None,
+    port: Annotated[int | None, typer.Option(help="Gateway port.")] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Start the engines and the gateway; Ctrl-C stops everything."""
+    from m2a.metal.inventory import detect
+    from m2a.serve import admin_key, models_from_cli, plan, run_up
+
+    settings = settings_or_exit(config)
+    try:
+        if model:
+            settings.models = models_from_cli(model, engine)
+        elif engine:
+            for m in settings.models:
+                if m.engine == "auto" and not m.url:
+                    m.engine = engine
+        if host:
+            settings.gateway.host = host
+        if port is not None:
+            settings.gateway.port = port
+    except ValueError as exc:
+        console.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(2) from exc
+
+    def say(msg: str) -> None:
+        console.print(f"[dim]m2a[/] {msg}", highlight=False)
+
+    inventory = detect()
+    say(f"machine: {inventory.describe()}; state in {settings.home}")
+    try:
+        specs = plan(settings, inventory, say)
+    except (SourceError, EngineChoiceError) as exc:
+        console.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(1) from exc
+    for s in specs:
+        say(f"{s.replica_id}: {s.engine} ({s.task}) at {s.base_url}")
+    key, generated = admin_key(settings)
+    if generated:
+        say(f"generated an API key (kept in {settings.home / 'admin.key'}): [bold]{key}[/]")
+    else:
+        say(f"API key: [bold]{key}[/]")
+    raise typer.Exit(asyncio.run(run_up(settings, specs, key, say)))
+
+
+def main() -> None:
+    app()

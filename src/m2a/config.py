@@ -1,0 +1,178 @@
+"""The effective configuration of an m2a installation.
+
+One optional YAML file, validated by pydantic, with a working default for everything.
+Environment variables override the file: ``M2A_HOME``, ``M2A_ADMIN_KEY``, ``M2A_CONFIG`` and any
+nested field as ``M2A_<SECTION>__<FIELD>`` (for example ``M2A_GATEWAY__PORT=9000``).
+Nothing here imports another m2a layer; every layer may import this module.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from platformdirs import user_data_dir
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+EngineKind = Literal["auto", "vllm", "llamacpp", "remote"]
+Task = Literal["chat", "embed"]
+
+
+class ConfigError(Exception):
+    """The configuration file or environment holds something m2a cannot use."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(_Strict):
+    """One model the platform serves."""
+
+    name: str = Field(description="The name clients put in the `model` field.", min_length=1)
+    source: str | None = Field(
+        default=None,
+        description="Where the weights come from: a Hugging Face id, a folder, a .gguf file, or "
+        "pkg:<python package>/<path inside it>. Defaults to the built-in source of `name`.",
+    )
+    task: Task | None = Field(default=None, description="chat or embed; defaults from the source.")
+    engine: EngineKind = "auto"
+    url: str | None = Field(default=None, description="Base URL of a remote OpenAI-compatible server.")
+    api_key: str | None = Field(default=None, description="Key sent to a remote server.")
+    replicas: int = Field(default=1, ge=1, le=64)
+    max_model_len: int | None = Field(default=None, ge=16)
+    kv_cache_bytes: int | None = Field(
+        default=None, ge=1 << 20, description="KV-cache size for vLLM on CPU (bytes)."
+    )
+    cpu_threads: int | None = Field(default=None, ge=1, description="Threads for a CPU engine.")
+    tool_parser: str | None = Field(
+        default=None, description="vLLM tool-call parser; picked from the model family when unset."
+    )
+    extra_args: list[str] = Field(default_factory=list, description="Extra engine command-line flags.")
+    license: str | None = None
+
+    @model_validator(mode="after")
+    def _remote_needs_url(self) -> ModelConfig:
+        if self.engine == "remote" and not self.url:
+            raise ValueError("engine 'remote' needs `url` (the server's OpenAI base URL)")
+        if self.url and self.engine not in ("remote", "auto"):
+            raise ValueError("`url` is only for engine 'remote'")
+        return self
+
+
+class GatewayConfig(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    max_body_bytes: int = Field(default=8 << 20, ge=1024, description="Larger request bodies get 413.")
+    upstream_timeout_s: float = Field(default=600.0, gt=0, description="Longest wait for an engine.")
+    connect_timeout_s: float = Field(default=5.0, gt=0)
+
+
+class SupervisorConfig(_Strict):
+    ready_timeout_s: float = Field(default=900.0, gt=0, description="Longest wait for an engine to start.")
+    health_interval_s: float = Field(default=2.0, gt=0)
+    restart_backoff_s: float = Field(default=1.0, gt=0, description="First wait before a restart.")
+    restart_backoff_max_s: float = Field(default=60.0, gt=0)
+    stop_grace_s: float = Field(default=15.0, gt=0, description="SIGTERM, then SIGKILL after this.")
+    base_port: int = Field(default=18100, ge=1024, le=65000, description="First port given to engines.")
+
+
+def default_home() -> Path:
+    return Path(user_data_dir("m2a", appauthor=False))
+
+
+def default_models() -> list[ModelConfig]:
+    return [ModelConfig(name="smollm2-135m-instruct"), ModelConfig(name="all-minilm-l6-v2")]
+
+
+class Settings(_Strict):
+    """Everything m2a reads from its config file and environment."""
+
+    home: Path = Field(default_factory=default_home, description="State directory ($M2A_HOME).")
+    admin_key: str | None = Field(
+        default=None, description="The gateway's API key ($M2A_ADMIN_KEY); generated when unset."
+    )
+    models: list[ModelConfig] = Field(default_factory=default_models)
+    gateway: GatewayConfig = Field(default_factory=GatewayConfig)
+    supervisor: SupervisorConfig = Field(default_factory=SupervisorConfig)
+
+    @field_validator("models")
+    @classmethod
+    def _unique_names(cls, models: list[ModelConfig]) -> list[ModelConfig]:
+        seen: set[str] = set()
+        for m in models:
+            if m.name in seen:
+                raise ValueError(f"model name {m.name!r} appears twice")
+            seen.add(m.name)
+        return models
+
+    def model(self, name: str) -> ModelConfig | None:
+        return next((m for m in self.models if m.name == name), None)
+
+
+_TOP_LEVEL_ENV = {"M2A_HOME": "home", "M2A_ADMIN_KEY": "admin_key"}
+
+
+def _env_overrides(environ: dict[str, str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in environ.items():
+        if key in _TOP_LEVEL_ENV:
+            out[_TOP_LEVEL_ENV[key]] = value
+        elif key.startswith("M2A_") and "__" in key:
+            section, _, field = key[4:].lower().partition("__")
+            if section in ("gateway", "supervisor"):
+                out.setdefault(section, {})[field] = value
+    return out
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for k, v in over.items():
+        merged[k] = _merge(merged[k], v) if isinstance(v, dict) and isinstance(merged.get(k), dict) else v
+    return merged
+
+
+def format_validation_error(err: ValidationError, where: str) -> str:
+    lines = [f"invalid configuration in {where}:"]
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        lines.append(f"  {loc}: {e['msg']}")
+    return "\n".join(lines)
+
+
+def config_path(environ: dict[str, str] | None = None, explicit: Path | None = None) -> Path | None:
+    """The config file in force: --config, then $M2A_CONFIG, then $M2A_HOME/config.yaml if present."""
+    env = os.environ if environ is None else environ
+    if explicit is not None:
+        return explicit
+    if env.get("M2A_CONFIG"):
+        return Path(env["M2A_CONFIG"])
+    home = Path(env["M2A_HOME"]) if env.get("M2A_HOME") else default_home()
+    candidate = home / "config.yaml"
+    return candidate if candidate.exists() else None
+
+
+def load_settings(path: Path | None = None, environ: dict[str, str] | None = None) -> Settings:
+    """Read the config file (if any) and the environment into validated settings."""
+    env = dict(os.environ if environ is None else environ)
+    path = config_path(env, path)
+    data: dict[str, Any] = {}
+    where = "defaults and environment"
+    if path is not None:
+        where = str(path)
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except FileNotFoundError as exc:
+            raise ConfigError(f"config file not found: {path}") from exc
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path} must hold a mapping at the top level")
+        data = loaded
+    data = _merge(data, _env_overrides(env))
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, where)) from exc

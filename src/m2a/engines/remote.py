@@ -1,0 +1,38 @@
+"""A remote OpenAI-compatible server someone already runs (a vLLM fleet, Ollama, a NIM...).
+
+Nothing is started; the supervisor only health-checks it.
+"""
+
+from __future__ import annotations
+
+from m2a.catalog.store import Manifest
+from m2a.config import ModelConfig
+from m2a.engines.base import EngineSpec
+from m2a.metal.inventory import Inventory
+
+
+class RemoteEngine:
+    name = "remote"
+    needs_format = None
+
+    def unavailable(self) -> str | None:
+        return None
+
+    def spec(
+        self, cfg: ModelConfig, manifest: Manifest | None, port: int, replica: int, inventory: Inventory
+    ) -> EngineSpec:
+        assert cfg.url
+        base = cfg.url.rstrip("/")
+        if not base.endswith("/v1"):
+            base += "/v1"
+        root = base.removesuffix("/v1")
+        return EngineSpec(
+            replica_id=f"{cfg.name}#{replica}",
+            model=cfg.name,
+            engine=self.name,
+            task=cfg.task or "chat",
+            base_url=base,
+            health_url=f"{base}/models",
+            metrics_url=f"{root}/metrics",
+            api_key=cfg.api_key,
+        )

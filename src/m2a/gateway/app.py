@@ -1,0 +1,209 @@
+"""The gateway's ASGI app: OpenAI routes, probes and metrics, every error in OpenAI's shape."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from m2a.config import GatewayConfig
+from m2a.gateway import schemas
+from m2a.gateway.auth import KeyAuth
+from m2a.gateway.errors import GatewayError, error_response
+from m2a.gateway.metrics import GatewayMetrics
+from m2a.gateway.proxy import Forwarder, Upstream
+from m2a.router.pool import Pool
+
+log = logging.getLogger("m2a.gateway")
+
+Validator = Callable[[object], Any]
+ROUTES: dict[str, tuple[str, Validator, str]] = {
+    # route path: (engine path, validator, task the model must have)
+    "/v1/chat/completions": ("/chat/completions", schemas.validate_chat, "chat"),
+    "/v1/completions": ("/completions", schemas.validate_completion, "chat"),
+    "/v1/embeddings": ("/embeddings", schemas.validate_embedding, "embed"),
+}
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    too_big = GatewayError(
+        413, f"Request body is larger than the limit of {limit} bytes.", code="body_too_large"
+    )
+    length = request.headers.get("content-length")
+    if length and length.isdigit() and int(length) > limit:
+        raise too_big
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise too_big
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def parse_json(body: bytes) -> object:
+    if not body.strip():
+        raise GatewayError(400, "The request body is empty; send a JSON object.", code="invalid_json")
+    try:
+        return json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise GatewayError(
+            400, f"We could not parse the JSON body of your request: {exc}", code="invalid_json"
+        ) from exc
+
+
+def create_app(
+    pool: Pool,
+    key: str,
+    cfg: GatewayConfig | None = None,
+    replica_status: Callable[[], list[dict[str, object]]] | None = None,
+) -> Starlette:
+    """The gateway for the models in ``pool``, answering only callers that present ``key``.
+
+    ``replica_status`` (from whoever runs the engines) adds per-replica detail to ``/readyz``.
+    """
+    cfg = cfg or GatewayConfig()
+    auth = KeyAuth(key)
+    metrics = GatewayMetrics()
+    upstream = Upstream(cfg.connect_timeout_s, cfg.upstream_timeout_s)
+    forwarder = Forwarder(pool, upstream, metrics)
+    created = int(time.time())
+
+    def model_card(name: str) -> dict[str, object]:
+        eps = pool.endpoints(name)
+        return {
+            "id": name,
+            "object": "model",
+            "created": created,
+            "owned_by": "m2a",
+            "m2a": {
+                "task": pool.task(name),
+                "replicas": len(eps),
+                "healthy_replicas": sum(e.healthy for e in eps),
+            },
+        }
+
+    def served(model: str, path: str, want_task: str) -> None:
+        task = pool.task(model)
+        if task is None:
+            names = ", ".join(pool.models()) or "none"
+            raise GatewayError(
+                404,
+                f"The model '{model}' does not exist or you do not have access to it. Served models: {names}.",
+                param="model",
+                code="model_not_found",
+            )
+        if task != want_task:
+            other = "/v1/embeddings" if task == "embed" else "/v1/chat/completions or /v1/completions"
+            raise GatewayError(
+                400,
+                f"The model '{model}' is not served for {path}; use {other}.",
+                param="model",
+                code="wrong_endpoint",
+            )
+
+    def openai_route(path: str) -> Callable[[Request], Awaitable[Response]]:
+        engine_path, validate, task = ROUTES[path]
+
+        async def handler(request: Request) -> Response:
+            auth.check(request)
+            body = await read_body(request, cfg.max_body_bytes)
+            try:
+                req = validate(parse_json(body))
+            except schemas.RequestError as exc:
+                raise GatewayError(400, exc.message, param=exc.param, code="invalid_request") from exc
+            served(req.model, path, task)
+            request_id = request.headers.get("x-request-id") or f"req-{uuid.uuid4().hex}"
+            return await forwarder.forward(
+                request, path, req.model, engine_path, body, req.stream, request_id
+            )
+
+        return handler
+
+    async def list_models(request: Request) -> Response:
+        auth.check(request)
+        return JSONResponse({"object": "list", "data": [model_card(m) for m in pool.models()]})
+
+    async def get_model(request: Request) -> Response:
+        auth.check(request)
+        name = request.path_params["model"]
+        if pool.task(name) is None:
+            raise GatewayError(
+                404, f"The model '{name}' does not exist.", param="model", code="model_not_found"
+            )
+        return JSONResponse(model_card(name))
+
+    async def healthz(request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def readyz(request: Request) -> Response:
+        models = {m: any(e.healthy for e in pool.endpoints(m)) for m in pool.models()}
+        ready = bool(models) and all(models.values())
+        body: dict[str, object] = {"ready": ready, "models": models}
+        if replica_status is not None:
+            body["replicas"] = replica_status()
+        return JSONResponse(body, status_code=200 if ready else 503)
+
+    async def prometheus(request: Request) -> Response:
+        for ep in pool.all():
+            metrics.replica_healthy.labels(ep.model, ep.id).set(1 if ep.healthy else 0)
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    async def on_gateway_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, GatewayError)
+        return exc.response()
+
+    async def on_http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        if exc.status_code == 404:
+            return error_response(404, f"Unknown path {request.url.path}.", code="unknown_url")
+        if exc.status_code == 405:
+            return error_response(405, f"Method {request.method} is not allowed on {request.url.path}.")
+        return error_response(exc.status_code, str(exc.detail))
+
+    async def on_unexpected(request: Request, exc: Exception) -> Response:
+        log.exception("unexpected error on %s", request.url.path)
+        return error_response(
+            500, "The gateway hit an internal error; it has been logged.", code="internal_error"
+        )
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette):  # type: ignore[no-untyped-def]
+        await upstream.open()
+        try:
+            yield
+        finally:
+            await upstream.close()
+
+    routes = [Route(p, openai_route(p), methods=["POST"]) for p in ROUTES]
+    routes += [
+        Route("/v1/models", list_models, methods=["GET"]),
+        Route("/v1/models/{model:path}", get_model, methods=["GET"]),
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/readyz", readyz, methods=["GET"]),
+        Route("/metrics", prometheus, methods=["GET"]),
+    ]
+    app = Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers={
+            GatewayError: on_gateway_error,
+            HTTPException: on_http_error,
+            Exception: on_unexpected,
+        },
+    )
+    app.state.metrics = metrics
+    app.state.pool = pool
+    return app

@@ -1,0 +1,46 @@
+"""Prometheus metrics of the gateway, in a registry of its own (several apps may live in one process)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+
+
+class GatewayMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "m2a_requests", "Requests answered by the gateway", ["route", "model", "status"], registry=r
+        )
+        self.duration = Histogram(
+            "m2a_request_duration_seconds",
+            "Whole request time",
+            ["route", "model"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.ttft = Histogram(
+            "m2a_time_to_first_byte_seconds",
+            "Time to the first streamed byte from the engine",
+            ["model"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.inflight = Gauge("m2a_inflight_requests", "Requests in flight to engines", ["model"], registry=r)
+        self.upstream_errors = Counter(
+            "m2a_upstream_errors",
+            "Engine calls that failed before answering",
+            ["model", "replica"],
+            registry=r,
+        )
+        self.cancelled = Counter(
+            "m2a_client_disconnects",
+            "Requests whose client went away; the engine call was cancelled",
+            ["model"],
+            registry=r,
+        )
+        self.replica_healthy = Gauge(
+            "m2a_replica_healthy", "1 when a replica is in the pool", ["model", "replica"], registry=r
+        )

@@ -1,0 +1,199 @@
+"""Forward a validated request to an engine over pooled HTTP; stream answers through unbuffered.
+
+A request that fails to connect is tried once more on another replica (nothing reached the
+client yet). When the client goes away, the engine request is closed, which makes vLLM abort it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import aiohttp
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.types import Receive, Scope, Send
+
+from m2a.gateway.errors import GatewayError, normalize_upstream_error
+from m2a.gateway.metrics import GatewayMetrics
+from m2a.router.pool import Endpoint, Pool
+
+PASS_HEADERS = ("traceparent", "tracestate", "baggage")
+
+
+class Upstream:
+    """One pooled aiohttp session for every engine call of the process."""
+
+    def __init__(self, connect_timeout_s: float, read_timeout_s: float) -> None:
+        self._timeout = aiohttp.ClientTimeout(total=None, connect=connect_timeout_s, sock_read=read_timeout_s)
+        self.session: aiohttp.ClientSession | None = None
+
+    async def open(self) -> None:
+        connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=30, enable_cleanup_closed=True)
+        self.session = aiohttp.ClientSession(
+            connector=connector, timeout=self._timeout, auto_decompress=False
+        )
+
+    async def close(self) -> None:
+        if self.session:
+            await self.session.close()
+
+
+class _Stream(StreamingResponse):
+    """A streaming response that always runs its cleanup, even if it never started sending."""
+
+    def __init__(self, content: AsyncIterator[bytes], cleanup: Callable[[], None], **kw: Any) -> None:
+        super().__init__(content, **kw)
+        self._cleanup = cleanup
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._cleanup()
+
+
+async def _wait_disconnect(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+class Forwarder:
+    def __init__(self, pool: Pool, upstream: Upstream, metrics: GatewayMetrics) -> None:
+        self.pool = pool
+        self.upstream = upstream
+        self.metrics = metrics
+
+    def _headers(self, request: Request, ep: Endpoint, request_id: str) -> dict[str, str]:
+        headers = {"content-type": "application/json", "x-request-id": request_id}
+        for name in PASS_HEADERS:
+            value = request.headers.get(name)
+            if value:
+                headers[name] = value
+        if ep.api_key:
+            headers["authorization"] = f"Bearer {ep.api_key}"
+        return headers
+
+    async def _connect(
+        self, request: Request, model: str, path: str, body: bytes, request_id: str
+    ) -> tuple[Endpoint, aiohttp.ClientResponse]:
+        assert self.upstream.session is not None
+        tried: set[str] = set()
+        last_error = ""
+        for _ in range(2):
+            ep = self.pool.pick(model, exclude=frozenset(tried))
+            if ep is None:
+                break
+            ep.inflight += 1
+            try:
+                resp = await self.upstream.session.post(
+                    ep.base_url + path, data=body, headers=self._headers(request, ep, request_id)
+                )
+                return ep, resp
+            except (aiohttp.ClientConnectionError, TimeoutError) as exc:
+                ep.inflight -= 1
+                tried.add(ep.id)
+                last_error = f"{type(exc).__name__}: {exc}"
+                self.metrics.upstream_errors.labels(model, ep.id).inc()
+        detail = f" (last error: {last_error})" if last_error else ""
+        raise GatewayError(
+            503,
+            f"No healthy replica of model '{model}' is available right now{detail}. Try again shortly.",
+            code="no_healthy_replica",
+            headers={"Retry-After": "5"},
+        )
+
+    async def forward(
+        self, request: Request, route: str, model: str, path: str, body: bytes, stream: bool, request_id: str
+    ) -> Response:
+        started = time.perf_counter()
+        ep, resp = await self._connect(request, model, path, body, request_id)
+        self.metrics.inflight.labels(model).inc()
+        done = False
+
+        def finish(status: int) -> None:
+            nonlocal done
+            if done:
+                return
+            done = True
+            resp.close()
+            ep.inflight -= 1
+            self.metrics.inflight.labels(model).dec()
+            self.metrics.requests.labels(route, model, str(status)).inc()
+            self.metrics.duration.labels(route, model).observe(time.perf_counter() - started)
+
+        headers = {"x-request-id": request_id, "x-m2a-replica": ep.id}
+        if not stream or resp.status != 200:
+            return await self._whole(request, resp, model, headers, finish)
+
+        async def chunks() -> AsyncIterator[bytes]:
+            first = True
+            try:
+                async for chunk in resp.content.iter_any():
+                    if first:
+                        self.metrics.ttft.labels(model).observe(time.perf_counter() - started)
+                        first = False
+                    yield chunk
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                self.metrics.upstream_errors.labels(model, ep.id).inc()
+                err = GatewayError(502, f"the engine stopped mid-stream: {type(exc).__name__}")
+                yield f"data: {json.dumps(err.body())}\n\n".encode()
+            finally:
+                status = 200
+                if not resp.content.at_eof():
+                    self.metrics.cancelled.labels(model).inc()
+                    status = 499
+                finish(status)
+
+        return _Stream(
+            chunks(),
+            cleanup=lambda: finish(499),
+            status_code=200,
+            media_type="text/event-stream",
+            headers={**headers, "cache-control": "no-cache", "x-accel-buffering": "no"},
+        )
+
+    async def _whole(
+        self,
+        request: Request,
+        resp: aiohttp.ClientResponse,
+        model: str,
+        headers: dict[str, str],
+        finish: Callable[[int], None],
+    ) -> Response:
+        """Read a whole answer, abandoning the engine call if the client disconnects first."""
+        reader = asyncio.create_task(resp.read())
+        watcher = asyncio.create_task(_wait_disconnect(request.receive))
+        try:
+            await asyncio.wait({reader, watcher}, return_when=asyncio.FIRST_COMPLETED)
+            if not reader.done():
+                reader.cancel()
+                self.metrics.cancelled.labels(model).inc()
+                finish(499)
+                return Response(status_code=499)
+            data = reader.result()
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            finish(502)
+            raise GatewayError(502, f"the engine failed to answer: {type(exc).__name__}") from exc
+        finally:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+        status = resp.status
+        finish(status)
+        if status >= 400:
+            try:
+                payload: object = json.loads(data)
+            except ValueError:
+                payload = data.decode(errors="replace")
+            return Response(
+                json.dumps(normalize_upstream_error(status, payload)),
+                status_code=status,
+                media_type="application/json",
+                headers=headers,
+            )
+        return Response(data, status_code=status, media_type=resp.content_type, headers=headers)

@@ -1,0 +1,1 @@
+"""Metal: what accelerators this machine has. Imports nothing from higher layers."""

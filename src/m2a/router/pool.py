@@ -1,0 +1,59 @@
+"""The pool of replicas behind each served model, with health and in-flight counts."""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+
+@dataclass
+class Endpoint:
+    """One replica the gateway can send requests to."""
+
+    id: str
+    model: str
+    base_url: str  # OpenAI base URL, ending in /v1
+    task: str = "chat"
+    engine: str = "remote"
+    api_key: str | None = None
+    metrics_url: str | None = None
+    healthy: bool = False
+    inflight: int = 0
+
+
+class Pool:
+    def __init__(self) -> None:
+        self._by_model: dict[str, list[Endpoint]] = {}
+        self._by_id: dict[str, Endpoint] = {}
+        self._turn = itertools.count()
+
+    def add(self, ep: Endpoint) -> None:
+        self._by_model.setdefault(ep.model, []).append(ep)
+        self._by_id[ep.id] = ep
+
+    def set_healthy(self, endpoint_id: str, healthy: bool) -> None:
+        ep = self._by_id.get(endpoint_id)
+        if ep is not None:
+            ep.healthy = healthy
+
+    def models(self) -> list[str]:
+        return list(self._by_model)
+
+    def endpoints(self, model: str) -> list[Endpoint]:
+        return self._by_model.get(model, [])
+
+    def task(self, model: str) -> str | None:
+        eps = self._by_model.get(model)
+        return eps[0].task if eps else None
+
+    def pick(self, model: str, exclude: frozenset[str] = frozenset()) -> Endpoint | None:
+        """The healthy replica with the fewest requests in flight (rotating among equals)."""
+        healthy = [e for e in self._by_model.get(model, []) if e.healthy and e.id not in exclude]
+        if not healthy:
+            return None
+        start = next(self._turn) % len(healthy)
+        rotated = healthy[start:] + healthy[:start]
+        return min(rotated, key=lambda e: e.inflight)
+
+    def all(self) -> list[Endpoint]:
+        return list(self._by_id.values())

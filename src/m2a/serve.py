@@ -1,0 +1,160 @@
+"""`m2a up`: plan engines for the configured models, supervise them, and serve the gateway.
+
+This is the one place where the layers meet: metal (inventory) → catalog (import) → engines
+(specs, supervisor) → router (pool) → gateway (app). The gateway listens first, so probes and
+clients get clear 503s while engines warm up; Ctrl-C or SIGTERM stops the gateway, then every engine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+import signal
+import socket
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import uvicorn
+
+from m2a.catalog.importer import import_model
+from m2a.config import ModelConfig, Settings
+from m2a.engines.base import EngineSpec
+from m2a.engines.registry import choose
+from m2a.engines.supervisor import Supervisor
+from m2a.gateway.app import create_app
+from m2a.metal.inventory import Inventory
+from m2a.router.pool import Endpoint, Pool
+
+Say = Callable[[str], None]
+
+
+def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def free_ports(start: int) -> Iterator[int]:
+    port = start
+    while port < 65535:
+        if port_is_free(port):
+            yield port
+        port += 1
+    raise RuntimeError(f"no free port above {start}")
+
+
+def plan(settings: Settings, inventory: Inventory, say: Say) -> list[EngineSpec]:
+    """Import every configured model in the format its engine needs and lay out its replicas."""
+    ports = free_ports(settings.supervisor.base_port)
+    specs: list[EngineSpec] = []
+    for cfg in settings.models:
+        manifest = None
+        if cfg.engine == "remote" or cfg.url:
+            engine = choose(cfg)
+        else:
+            native = import_model(
+                settings.home, cfg.name, cfg.source, task=cfg.task, license=cfg.license, progress=say
+            )
+            fmt = "gguf" if native.path("gguf") and not native.path("hf") else "hf"
+            engine = choose(cfg, fmt)
+            manifest = import_model(
+                settings.home,
+                cfg.name,
+                cfg.source,
+                want=engine.needs_format,
+                task=cfg.task,
+                license=cfg.license,
+                progress=say,
+            )
+        for n in range(cfg.replicas):
+            specs.append(engine.spec(cfg, manifest, next(ports), n, inventory))
+    return specs
+
+
+def admin_key(settings: Settings) -> tuple[str, bool]:
+    """The gateway key: $M2A_ADMIN_KEY, else one generated once and kept in $M2A_HOME (mode 0600)."""
+    if settings.admin_key:
+        return settings.admin_key, False
+    path = settings.home / "admin.key"
+    if path.exists():
+        return path.read_text().strip(), False
+    key = "m2a-" + secrets.token_urlsafe(32)
+    settings.home.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(key + "\n")
+    return key, True
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal handling: `run_up` owns SIGINT and SIGTERM."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def models_from_cli(names: list[str], engine: str | None) -> list[ModelConfig]:
+    return [ModelConfig(name=n, engine=engine or "auto") for n in names]  # type: ignore[arg-type]
+
+
+async def run_up(settings: Settings, specs: list[EngineSpec], key: str, say: Say) -> int:
+    """Serve until a signal arrives; always stop every engine before returning."""
+    pool = Pool()
+    for s in specs:
+        pool.add(Endpoint(s.replica_id, s.model, s.base_url, s.task, s.engine, s.api_key, s.metrics_url))
+    sup = Supervisor(
+        specs,
+        settings.supervisor,
+        settings.home / "logs",
+        on_change=lambda spec, healthy: pool.set_healthy(spec.replica_id, healthy),
+        on_event=say,
+    )
+    app = create_app(pool, key, settings.gateway, replica_status=sup.status)
+    gw = settings.gateway
+    server = _Server(uvicorn.Config(app, host=gw.host, port=gw.port, log_level="warning", access_log=False))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    (settings.home / "run").mkdir(parents=True, exist_ok=True)
+    pidfile = settings.home / "run" / "m2a-up.pid"
+    pidfile.write_text(str(os.getpid()))
+    serving = asyncio.create_task(server.serve())
+    try:
+        while not server.started and not serving.done():
+            await asyncio.sleep(0.05)
+        if serving.done():
+            say(f"the gateway could not listen on {gw.host}:{gw.port}")
+            return 1
+        say(f"gateway listening on http://{gw.host}:{gw.port}/v1 (engines warming up: /readyz says when)")
+        await sup.start()
+        ready = asyncio.create_task(sup.wait_ready())
+        stopped = asyncio.create_task(stop.wait())
+        await asyncio.wait({ready, stopped, serving}, return_when=asyncio.FIRST_COMPLETED)
+        if ready.done() and ready.result():
+            say(
+                f"ready: {', '.join(pool.models())} on http://{gw.host}:{gw.port}/v1 (Ctrl-C stops everything)"
+            )
+        await asyncio.wait({stopped, serving}, return_when=asyncio.FIRST_COMPLETED)
+        ready.cancel()
+        stopped.cancel()
+        say("stopping")
+        return 0
+    finally:
+        server.should_exit = True
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(serving, 10)
+        await sup.stop()
+        with contextlib.suppress(OSError):
+            pidfile.unlink()
+        say("stopped: no engine left running")
+
+
+def ensure_home(home: Path) -> None:
+    home.mkdir(parents=True, exist_ok=True)
