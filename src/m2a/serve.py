@@ -139,7 +139,7 @@ async def run_up(settings: Settings, specs: list[EngineSpec], key: str, say: Say
         await asyncio.wait({ready, stopped, serving}, return_when=asyncio.FIRST_COMPLETED)
         if ready.done() and ready.result():
             say(
-                f"ready: {', '.join(pool.models())} on http://{gw.host}:{gw.port}/v1 (Ctrl-C stops everything)"
+                f"ready: {', '.join(pool.models())} at http://{gw.host}:{gw.port}/v1 (Ctrl-C stops all)"
             )
         await asyncio.wait({stopped, serving}, return_when=asyncio.FIRST_COMPLETED)
         ready.cancel()

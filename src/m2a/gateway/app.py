@@ -101,7 +101,7 @@ def create_app(
             names = ", ".join(pool.models()) or "none"
             raise GatewayError(
                 404,
-                f"The model '{model}' does not exist or you do not have access to it. Served models: {names}.",
+                f"The model '{model}' does not exist or you have no access to it. Served models: {names}.",
                 param="model",
                 code="model_not_found",
             )
