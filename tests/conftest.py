@@ -145,8 +145,15 @@ def stack(tmp_path_factory: pytest.TempPathFactory, echo: EchoServer) -> Iterato
         "supervisor": {"base_port": 20000 + port % 20000, "restart_backoff_s": 0.5},
     }
     proc = start_up(config, home, log, port)
+    children: list[psutil.Process] = []
     try:
         wait_ready(proc, f"http://127.0.0.1:{port}", log)
+        children = descendants(proc.pid)
         yield Stack(f"http://127.0.0.1:{port}/v1", KEY, proc, home, log, echo)
     finally:
         stop(proc)
+    children += descendants(proc.pid)
+    leftovers = wait_gone(children)
+    for p in leftovers:
+        p.kill()
+    assert not leftovers, f"engine processes outlived m2a up: {[p.pid for p in leftovers]}"

@@ -33,7 +33,7 @@ class EchoServer:
 
     async def _chat(self, request: web.Request) -> web.Response:
         body = await request.json()
-        self.requests.append({"headers": dict(request.headers), "body": body})
+        self.requests.append({"headers": {k.lower(): v for k, v in request.headers.items()}, "body": body})
         return web.json_response(
             {
                 "id": "chatcmpl-echo",

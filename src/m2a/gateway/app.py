@@ -125,7 +125,8 @@ def create_app(
             except schemas.RequestError as exc:
                 raise GatewayError(400, exc.message, param=exc.param, code="invalid_request") from exc
             served(req.model, path, task)
-            request_id = request.headers.get("x-request-id") or f"req-{uuid.uuid4().hex}"
+            # A UUID: some engines (llama-cpp-python) reject any other x-request-id with a bare 400.
+            request_id = str(uuid.uuid4())
             return await forwarder.forward(
                 request, path, req.model, engine_path, body, req.stream, request_id
             )

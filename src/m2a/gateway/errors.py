@@ -60,4 +60,5 @@ def normalize_upstream_error(status: int, payload: object) -> dict[str, object]:
             return GatewayError(status, str(payload["message"]), param=payload.get("param")).body()  # type: ignore[arg-type]
         if "detail" in payload:
             return GatewayError(status, str(payload["detail"])).body()
-    return GatewayError(status, f"engine error: {str(payload)[:500]}").body()
+    text = str(payload).strip()[:500]
+    return GatewayError(status, f"engine error: {text}" if text else f"the engine answered {status}").body()

