@@ -99,8 +99,14 @@ class _Server(uvicorn.Server):
         yield
 
 
-def models_from_cli(names: list[str], engine: str | None) -> list[ModelConfig]:
-    return [ModelConfig(name=n, engine=engine or "auto") for n in names]  # type: ignore[arg-type]
+def models_from_cli(refs: list[str], engine: str | None) -> list[ModelConfig]:
+    """`--model` values: built-in names and hub ids serve under their own name, files under their stem."""
+    models = []
+    for ref in refs:
+        local = ref.startswith("pkg:") or Path(ref).expanduser().exists()
+        name = Path(ref.rstrip("/")).name.removesuffix(".gguf") if local else ref
+        models.append(ModelConfig(name=name, source=ref if local else None, engine=engine or "auto"))  # type: ignore[arg-type]
+    return models
 
 
 async def run_up(settings: Settings, specs: list[EngineSpec], key: str, say: Say) -> int:
@@ -138,9 +144,7 @@ async def run_up(settings: Settings, specs: list[EngineSpec], key: str, say: Say
         stopped = asyncio.create_task(stop.wait())
         await asyncio.wait({ready, stopped, serving}, return_when=asyncio.FIRST_COMPLETED)
         if ready.done() and ready.result():
-            say(
-                f"ready: {', '.join(pool.models())} at http://{gw.host}:{gw.port}/v1 (Ctrl-C stops all)"
-            )
+            say(f"ready: {', '.join(pool.models())} at http://{gw.host}:{gw.port}/v1 (Ctrl-C stops all)")
         await asyncio.wait({stopped, serving}, return_when=asyncio.FIRST_COMPLETED)
         ready.cancel()
         stopped.cancel()

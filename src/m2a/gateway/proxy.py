@@ -10,8 +10,8 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import AsyncIterator, Callable
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
 
 import aiohttp
 from starlette.requests import Request
@@ -23,6 +23,7 @@ from m2a.gateway.metrics import GatewayMetrics
 from m2a.router.pool import Endpoint, Pool
 
 PASS_HEADERS = ("traceparent", "tracestate", "baggage")
+T = TypeVar("T")
 
 
 class Upstream:
@@ -62,6 +63,29 @@ async def _wait_disconnect(receive: Receive) -> None:
         pass
 
 
+async def _unless_disconnected(request: Request, aw: Awaitable[T]) -> T | None:
+    """``aw``'s result, or None (``aw`` cancelled) if the client disconnects first.
+
+    Engines such as vLLM send no headers for a non-streamed answer until it is complete, so the
+    wait for the engine's response headers must watch the client too.
+    """
+    task = asyncio.ensure_future(aw)
+    watcher = asyncio.create_task(_wait_disconnect(request.receive))
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+        if not task.done():
+            task.cancel()
+    try:
+        return await task
+    except asyncio.CancelledError:
+        current = asyncio.current_task()
+        if current is not None and current.cancelling():
+            raise
+        return None
+
+
 class Forwarder:
     def __init__(self, pool: Pool, upstream: Upstream, metrics: GatewayMetrics) -> None:
         self.pool = pool
@@ -99,6 +123,9 @@ class Forwarder:
                 tried.add(ep.id)
                 last_error = f"{type(exc).__name__}: {exc}"
                 self.metrics.upstream_errors.labels(model, ep.id).inc()
+            except asyncio.CancelledError:
+                ep.inflight -= 1
+                raise
         detail = f" (last error: {last_error})" if last_error else ""
         raise GatewayError(
             503,
@@ -111,8 +138,22 @@ class Forwarder:
         self, request: Request, route: str, model: str, path: str, body: bytes, stream: bool, request_id: str
     ) -> Response:
         started = time.perf_counter()
-        ep, resp = await self._connect(request, model, path, body, request_id)
-        self.metrics.inflight.labels(model).inc()
+        inflight = self.metrics.inflight.labels(model)
+        inflight.inc()  # from now until `finish`, including the wait for the engine's first byte
+        try:
+            connected = await _unless_disconnected(
+                request, self._connect(request, model, path, body, request_id)
+            )
+        except GatewayError as exc:
+            inflight.dec()
+            self.metrics.requests.labels(route, model, str(exc.status)).inc()
+            raise
+        if connected is None:  # the client left before the engine answered: the engine call is cancelled
+            inflight.dec()
+            self.metrics.cancelled.labels(model).inc()
+            self.metrics.requests.labels(route, model, "499").inc()
+            return Response(status_code=499)
+        ep, resp = connected
         done = False
 
         def finish(status: int) -> None:
@@ -122,7 +163,7 @@ class Forwarder:
             done = True
             resp.close()
             ep.inflight -= 1
-            self.metrics.inflight.labels(model).dec()
+            inflight.dec()
             self.metrics.requests.labels(route, model, str(status)).inc()
             self.metrics.duration.labels(route, model).observe(time.perf_counter() - started)
 
@@ -132,6 +173,7 @@ class Forwarder:
 
         async def chunks() -> AsyncIterator[bytes]:
             first = True
+            status = 200
             try:
                 async for chunk in resp.content.iter_any():
                     if first:
@@ -139,12 +181,12 @@ class Forwarder:
                         first = False
                     yield chunk
             except (aiohttp.ClientError, TimeoutError) as exc:
+                status = 502  # the engine went away, not the client
                 self.metrics.upstream_errors.labels(model, ep.id).inc()
                 err = GatewayError(502, f"the engine stopped mid-stream: {type(exc).__name__}")
                 yield f"data: {json.dumps(err.body())}\n\n".encode()
             finally:
-                status = 200
-                if not resp.content.at_eof():
+                if status == 200 and not resp.content.at_eof():
                     self.metrics.cancelled.labels(model).inc()
                     status = 499
                 finish(status)

@@ -1,0 +1,190 @@
+"""A fake OpenAI-compatible engine (think vLLM) for tests of the gateway's own behaviour.
+
+It runs an aiohttp server on a free loopback port inside the running event loop, records every
+request it receives (path, headers, raw body), and can be steered by the test:
+
+* ``mode``: ``"ok"`` answers normally, ``"error"`` answers 400 in vLLM's older error shape,
+  ``"die_mid_stream"`` sends one SSE chunk of a streamed answer and then drops the connection.
+* ``gate``: when set to an ``asyncio.Event``, a streamed answer pauses after its first chunk (and a
+  dying one dies only then) and a non-streamed answer waits before answering, until the test sets it.
+* ``chunk_delay``: seconds between streamed chunks.
+* ``cancelled``: set when a handler notices that its client (the gateway) went away.
+
+It is not a model: tests about real answers use the real engines (tests/test_e2e_*.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import time
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from aiohttp import web
+
+Mode = Literal["ok", "error", "die_mid_stream"]
+
+# vLLM's older error body (before it adopted OpenAI's {"error": {...}} shape).
+OLD_VLLM_ERROR = {
+    "object": "error",
+    "message": "This model's maximum context length is 2048 tokens. However, you requested 9999 tokens.",
+    "type": "BadRequestError",
+    "param": None,
+    "code": 400,
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Received:
+    """One request as the engine saw it."""
+
+    path: str
+    headers: dict[str, str]  # names lower-cased
+    body: bytes
+
+    @property
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+def chat_answer(model: str) -> bytes:
+    """A non-streamed answer, serialized with unusual spacing and vLLM's extra fields on purpose."""
+    answer = {
+        "id": "chatcmpl-fake",
+        "object": "chat.completion",
+        "created": 1700000000,
+        "model": model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": "Paris.", "reasoning_content": None},
+                "logprobs": None,
+                "finish_reason": "stop",
+                "stop_reason": None,
+            }
+        ],
+        "usage": {"prompt_tokens": 7, "completion_tokens": 2, "total_tokens": 9},
+        "prompt_logprobs": None,
+        "kv_transfer_params": None,
+    }
+    return json.dumps(answer, indent=1, separators=(",", " : ")).encode()
+
+
+def sse_chunk(model: str, content: str | None, finish_reason: str | None = None) -> bytes:
+    delta = {"content": content} if content is not None else {}
+    chunk = {
+        "id": "chatcmpl-fake",
+        "object": "chat.completion.chunk",
+        "created": 1700000000,
+        "model": model,
+        "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}],
+    }
+    return f"data: {json.dumps(chunk)}\n\n".encode()
+
+
+class FakeEngine:
+    def __init__(self, chunks: tuple[str, ...] = ("Hel", "lo", ", ", "world", "!")) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/v1"  # an OpenAI base URL, as the pool wants it
+        self.chunks = chunks
+        self.mode: Mode = "ok"
+        self.gate: asyncio.Event | None = None
+        self.chunk_delay = 0.0
+        self.requests: list[Received] = []
+        self.started = asyncio.Event()  # some handler began
+        self.cancelled = asyncio.Event()  # some handler saw its client go away
+        self.chunks_sent = 0  # streamed chunks written so far, over all requests
+        self._runner: web.AppRunner | None = None
+
+    def paths(self) -> list[str]:
+        return [r.path for r in self.requests]
+
+    # ------------------------------------------------------------------ handlers
+    async def _record(self, request: web.Request) -> Received:
+        received = Received(
+            request.path, {k.lower(): v for k, v in request.headers.items()}, await request.read()
+        )
+        self.requests.append(received)
+        self.started.set()
+        return received
+
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
+        received = await self._record(request)
+        if self.mode == "error":
+            return web.json_response(OLD_VLLM_ERROR, status=400)
+        body = received.json
+        model = body.get("model", "?")
+        try:
+            if body.get("stream"):
+                return await self._stream(request, model)
+            if self.gate is not None:
+                await self.gate.wait()
+            return web.Response(body=chat_answer(model), content_type="application/json")
+        except (asyncio.CancelledError, ConnectionResetError):
+            self.cancelled.set()
+            raise
+
+    async def _stream(self, request: web.Request, model: str) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"content-type": "text/event-stream", "cache-control": "no-cache"})
+        await resp.prepare(request)
+        for i, piece in enumerate(self.chunks):
+            if i > 0:
+                if self.chunk_delay:
+                    await asyncio.sleep(self.chunk_delay)
+                if i == 1 and self.gate is not None:
+                    await self.gate.wait()
+            await resp.write(sse_chunk(model, piece))
+            self.chunks_sent += 1
+            if self.mode == "die_mid_stream":
+                if self.gate is not None:
+                    await self.gate.wait()
+                assert request.transport is not None
+                request.transport.close()  # no chunked-encoding terminator: a truncated answer
+                await asyncio.sleep(3600)  # cancelled by aiohttp once the connection is gone
+        await resp.write(sse_chunk(model, None, "stop"))
+        await resp.write(b"data: [DONE]\n\n")
+        await resp.write_eof()
+        return resp
+
+    async def _embeddings(self, request: web.Request) -> web.Response:
+        received = await self._record(request)
+        if self.mode == "error":
+            return web.json_response(OLD_VLLM_ERROR, status=400)
+        body = received.json
+        return web.json_response(
+            {
+                "object": "list",
+                "data": [{"object": "embedding", "index": 0, "embedding": [0.25, -0.5, 1.0]}],
+                "model": body.get("model"),
+                "usage": {"prompt_tokens": 2, "total_tokens": 2},
+                "created": int(time.time()),
+            }
+        )
+
+    # ------------------------------------------------------------------ lifecycle
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", self._chat)
+        app.router.add_post("/v1/embeddings", self._embeddings)
+        # handler_cancellation: a handler is cancelled when its client disconnects, as in vLLM.
+        self._runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=2.0)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+
+    def release(self) -> None:
+        """Let every request waiting on the gate go on."""
+        if self.gate is not None:
+            self.gate.set()
+
+    async def stop(self) -> None:
+        self.release()
+        if self._runner is not None:
+            await self._runner.cleanup()

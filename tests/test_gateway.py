@@ -1,0 +1,570 @@
+"""The gateway's own behaviour, against a fake engine (tests/fake_engine.py), over real HTTP.
+
+Each test serves ``create_app(pool, KEY, cfg)`` with a real uvicorn server on a free loopback port and
+talks to it with httpx and with the official ``openai`` client. The fake engine records what reaches it,
+so the tests can check what the gateway forwards, what it refuses to forward, and what it cancels.
+
+Everything runs in one event loop: where a test needs the engine and the client to take turns it uses
+``asyncio.Event`` s, never sleeps, and every wait has a generous timeout that fails the test instead of
+hanging it. Nothing asserts on wall-clock durations.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import httpx
+import openai
+import pytest
+import uvicorn
+from prometheus_client.parser import text_string_to_metric_families
+
+from m2a.config import GatewayConfig
+from m2a.gateway.app import create_app
+from m2a.router.pool import Endpoint, Pool
+from tests.fake_engine import OLD_VLLM_ERROR, FakeEngine, chat_answer, free_port
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+KEY = "sk-gateway-test-" + "k" * 24
+CHAT = "fake-chat"
+EMBED = "acme/fake-embed"  # a slash in the name, as in Hugging Face ids
+HELLO = [{"role": "user", "content": "Say hello."}]
+ERROR_KEYS = {"message", "type", "param", "code"}
+TIMEOUT = 30.0  # per HTTP call; generous for a loaded two-core machine
+T = TypeVar("T")
+
+
+# ---------------------------------------------------------------------------- helpers
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal handling (pytest keeps SIGINT)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+@dataclass
+class Gateway:
+    url: str  # root, without /v1
+    pool: Pool
+
+    @property
+    def base_url(self) -> str:
+        return f"{self.url}/v1"
+
+
+@contextlib.asynccontextmanager
+async def serve_gateway(pool: Pool, cfg: GatewayConfig | None = None) -> AsyncIterator[Gateway]:
+    """The gateway app on a real uvicorn server, on a free loopback port."""
+    config = uvicorn.Config(
+        create_app(pool, KEY, cfg),
+        host="127.0.0.1",
+        port=0,
+        lifespan="on",
+        log_config=None,
+        log_level="warning",
+        access_log=False,
+        timeout_graceful_shutdown=5,
+    )
+    server = _Server(config)
+    task = asyncio.create_task(server.serve())
+    try:
+        async with asyncio.timeout(TIMEOUT):
+            while not server.started:
+                if task.done():
+                    task.result()  # raises why it failed to start
+                    raise RuntimeError("uvicorn exited before it started")
+                await asyncio.sleep(0.01)
+        port = server.servers[0].sockets[0].getsockname()[1]
+        yield Gateway(f"http://127.0.0.1:{port}", pool)
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, TIMEOUT)
+
+
+def endpoint(
+    engine_url: str,
+    model: str = CHAT,
+    id: str | None = None,
+    task: str = "chat",
+    healthy: bool = True,
+    api_key: str | None = None,
+) -> Endpoint:
+    return Endpoint(
+        id=id or f"{model}-0", model=model, base_url=engine_url, task=task, healthy=healthy, api_key=api_key
+    )
+
+
+def make_pool(*endpoints: Endpoint) -> Pool:
+    pool = Pool()
+    for ep in endpoints:
+        pool.add(ep)
+    return pool
+
+
+def http_client(gw: Gateway, key: str | None = KEY) -> httpx.AsyncClient:
+    headers = {"authorization": f"Bearer {key}"} if key else {}
+    return httpx.AsyncClient(base_url=gw.url, headers=headers, timeout=TIMEOUT, trust_env=False)
+
+
+def openai_client(gw: Gateway, key: str = KEY) -> openai.AsyncOpenAI:
+    return openai.AsyncOpenAI(base_url=gw.base_url, api_key=key, max_retries=0, timeout=TIMEOUT)
+
+
+def assert_openai_error(resp: httpx.Response, status: int, code: str | None = None) -> dict[str, Any]:
+    """``resp`` is an error in OpenAI's shape with ``status``; returns its ``error`` object."""
+    assert resp.status_code == status, resp.text
+    assert resp.headers["content-type"].startswith("application/json")
+    body = resp.json()
+    assert set(body) == {"error"}, body
+    err = body["error"]
+    assert set(err) == ERROR_KEYS, err
+    assert isinstance(err["message"], str) and err["message"]
+    assert isinstance(err["type"], str) and err["type"]
+    if code is not None:
+        assert err["code"] == code, err
+    return err
+
+
+async def within(aw: Awaitable[T], what: str, timeout: float = TIMEOUT) -> T:
+    """``aw``, or a test failure naming ``what`` if it takes longer than ``timeout`` seconds."""
+    try:
+        return await asyncio.wait_for(aw, timeout)
+    except TimeoutError:
+        pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], what: str, timeout: float = 10.0) -> None:
+    """Poll ``check`` until it holds, failing the test after ``timeout`` seconds."""
+
+    async def poll() -> None:
+        while not await check():
+            await asyncio.sleep(0.05)
+
+    await within(poll(), what, timeout)
+
+
+async def metric(client: httpx.AsyncClient, sample: str, **labels: str) -> float:
+    """The value of one Prometheus sample from GET /metrics (0 when the series does not exist yet)."""
+    resp = await client.get("/metrics")
+    assert resp.status_code == 200
+    total = 0.0
+    for family in text_string_to_metric_families(resp.text):
+        for s in family.samples:
+            if s.name == sample and all(s.labels.get(k) == v for k, v in labels.items()):
+                total += s.value
+    return total
+
+
+def sse_data(lines: list[str]) -> list[str]:
+    """The payloads of the ``data:`` lines of an SSE stream."""
+    return [line.removeprefix("data:").strip() for line in lines if line.startswith("data:")]
+
+
+# ---------------------------------------------------------------------------- fixtures
+@pytest.fixture
+async def engine() -> AsyncIterator[FakeEngine]:
+    fake = FakeEngine()
+    await fake.start()
+    yield fake
+    await fake.stop()
+
+
+@pytest.fixture
+async def gateway(engine: FakeEngine) -> AsyncIterator[Gateway]:
+    """A chat model and an embedding model, both on the fake engine, both healthy."""
+    pool = make_pool(endpoint(engine.url, CHAT), endpoint(engine.url, EMBED, task="embed"))
+    async with serve_gateway(pool) as gw:
+        try:
+            yield gw
+        finally:
+            engine.release()  # so that no request the test left waiting holds up the shutdown
+
+
+@pytest.fixture
+async def client(gateway: Gateway) -> AsyncIterator[httpx.AsyncClient]:
+    async with http_client(gateway) as c:
+        yield c
+
+
+@pytest.fixture
+async def oai(gateway: Gateway) -> AsyncIterator[openai.AsyncOpenAI]:
+    async with openai_client(gateway) as c:
+        yield c
+
+
+# ---------------------------------------------------------------------------- 1. authentication
+async def test_missing_or_wrong_key_is_401_in_openai_shape(gateway: Gateway, engine: FakeEngine) -> None:
+    body = {"model": CHAT, "messages": HELLO}
+    async with http_client(gateway, key=None) as anonymous:
+        err = assert_openai_error(
+            await anonymous.post("/v1/chat/completions", json=body), 401, "missing_api_key"
+        )
+        assert err["type"] == "authentication_error"
+        assert_openai_error(await anonymous.get("/v1/models"), 401, "missing_api_key")
+    async with http_client(gateway, key="sk-wrong") as wrong:
+        assert_openai_error(await wrong.post("/v1/chat/completions", json=body), 401, "invalid_api_key")
+    async with openai_client(gateway, key="sk-wrong") as oai_wrong:
+        with pytest.raises(openai.AuthenticationError) as exc_info:
+            await oai_wrong.chat.completions.create(model=CHAT, messages=HELLO)  # type: ignore[arg-type]
+        assert exc_info.value.status_code == 401
+    assert engine.requests == []
+
+
+# ---------------------------------------------------------------------------- 2. models
+async def test_models_are_listed_and_retrievable(client: httpx.AsyncClient, oai: openai.AsyncOpenAI) -> None:
+    listed = (await client.get("/v1/models")).json()
+    assert listed["object"] == "list"
+    assert {m["id"] for m in listed["data"]} == {CHAT, EMBED}
+    assert all(m["object"] == "model" for m in listed["data"])
+
+    card = await client.get(f"/v1/models/{EMBED}")
+    assert card.status_code == 200
+    assert card.json()["id"] == EMBED
+
+    assert {m.id async for m in oai.models.list()} == {CHAT, EMBED}
+    assert (await oai.models.retrieve(CHAT)).id == CHAT
+
+    err = assert_openai_error(await client.get("/v1/models/no-such-model"), 404, "model_not_found")
+    assert err["param"] == "model"
+    with pytest.raises(openai.NotFoundError):
+        await oai.models.retrieve("no-such-model")
+
+
+# ---------------------------------------------------------------------------- 3. unknown model
+async def test_unknown_model_is_404_listing_served_models(
+    client: httpx.AsyncClient, engine: FakeEngine
+) -> None:
+    resp = await client.post("/v1/chat/completions", json={"model": "gpt-9", "messages": HELLO})
+    err = assert_openai_error(resp, 404, "model_not_found")
+    assert err["param"] == "model"
+    assert "gpt-9" in err["message"]
+    assert CHAT in err["message"] and EMBED in err["message"]
+    assert engine.requests == []
+
+
+# ---------------------------------------------------------------------------- 4. validation
+async def test_invalid_bodies_are_400_and_never_reach_the_engine(
+    client: httpx.AsyncClient, engine: FakeEngine
+) -> None:
+    url = "/v1/chat/completions"
+    headers = {"content-type": "application/json"}
+
+    err = assert_openai_error(await client.post(url, content=b'{"model": ', headers=headers), 400)
+    assert err["code"] == "invalid_json"
+
+    assert_openai_error(await client.post(url, content=b"", headers=headers), 400)
+
+    err = assert_openai_error(await client.post(url, json={"model": CHAT}), 400)
+    assert err["param"] == "messages"
+
+    resp = await client.post(url, json={"model": CHAT, "messages": HELLO, "temperature": 5})
+    err = assert_openai_error(resp, 400)
+    assert err["param"] == "temperature"
+
+    assert engine.requests == []
+
+
+# ---------------------------------------------------------------------------- 5. body size
+async def test_body_over_max_body_bytes_is_413(engine: FakeEngine) -> None:
+    pool = make_pool(endpoint(engine.url))
+    big = json.dumps({"model": CHAT, "messages": [{"role": "user", "content": "x" * 4000}]}).encode()
+    small = json.dumps({"model": CHAT, "messages": HELLO}).encode()
+
+    async def chunked(data: bytes) -> AsyncIterator[bytes]:  # no content-length: the gateway must count
+        for i in range(0, len(data), 500):
+            yield data[i : i + 500]
+
+    async with serve_gateway(pool, GatewayConfig(max_body_bytes=2048)) as gw, http_client(gw) as client:
+        headers = {"content-type": "application/json"}
+        resp = await client.post("/v1/chat/completions", content=big, headers=headers)
+        assert_openai_error(resp, 413, "body_too_large")
+        resp = await client.post("/v1/chat/completions", content=chunked(big), headers=headers)
+        assert_openai_error(resp, 413, "body_too_large")
+        assert engine.requests == []
+
+        resp = await client.post("/v1/chat/completions", content=small, headers=headers)
+        assert resp.status_code == 200, resp.text
+
+
+# ---------------------------------------------------------------------------- 6. task routing
+async def test_model_on_the_wrong_endpoint_is_400_wrong_endpoint(
+    client: httpx.AsyncClient, engine: FakeEngine
+) -> None:
+    resp = await client.post("/v1/embeddings", json={"model": CHAT, "input": "hello"})
+    err = assert_openai_error(resp, 400, "wrong_endpoint")
+    assert err["param"] == "model"
+
+    resp = await client.post("/v1/chat/completions", json={"model": EMBED, "messages": HELLO})
+    err = assert_openai_error(resp, 400, "wrong_endpoint")
+    assert err["param"] == "model"
+    assert engine.requests == []
+
+
+async def test_embeddings_are_forwarded(oai: openai.AsyncOpenAI, engine: FakeEngine) -> None:
+    result = await oai.embeddings.create(model=EMBED, input="hello", encoding_format="float")
+    assert result.data[0].embedding == [0.25, -0.5, 1.0]
+    assert engine.paths() == ["/v1/embeddings"]
+    assert engine.requests[0].json["model"] == EMBED
+
+
+# ---------------------------------------------------------------------------- 7. pass-through
+async def test_non_streamed_chat_is_passed_through_unchanged(engine: FakeEngine) -> None:
+    pool = make_pool(
+        endpoint(engine.url, CHAT),
+        endpoint(engine.url, "keyed-chat", api_key="up-secret"),
+    )
+    # Odd spacing, key order and an engine extension (top_k) that OpenAI's schema does not know.
+    sent = b'{"messages":[{"role":"user","content":"Say hello."}],  "top_k": 5, "model":"fake-chat"}'
+    traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    async with serve_gateway(pool) as gw, http_client(gw) as client:
+        resp = await client.post(
+            "/v1/chat/completions",
+            content=sent,
+            headers={"content-type": "application/json", "traceparent": traceparent},
+        )
+        assert resp.status_code == 200, resp.text
+        assert resp.content == chat_answer(CHAT)  # the engine's own bytes
+        assert resp.json() == json.loads(chat_answer(CHAT))
+
+        [got] = engine.requests
+        assert got.path == "/v1/chat/completions"
+        assert got.body == sent
+        assert got.json["top_k"] == 5
+        assert got.headers["traceparent"] == traceparent
+        assert got.headers["x-request-id"] == resp.headers["x-request-id"]  # one id, both ways
+        assert "authorization" not in got.headers  # the client's key stays at the gateway
+        assert KEY not in json.dumps(got.headers)
+
+        resp = await client.post("/v1/chat/completions", json={"model": "keyed-chat", "messages": HELLO})
+        assert resp.status_code == 200, resp.text
+        assert engine.requests[1].headers["authorization"] == "Bearer up-secret"
+
+
+# ---------------------------------------------------------------------------- 8. streaming
+async def test_streamed_chat_yields_every_chunk_in_order(oai: openai.AsyncOpenAI, engine: FakeEngine) -> None:
+    stream = await oai.chat.completions.create(model=CHAT, messages=HELLO, stream=True)  # type: ignore[arg-type]
+    pieces: list[str] = []
+    finish: list[str | None] = []
+    async for chunk in stream:
+        pieces.append(chunk.choices[0].delta.content or "")
+        finish.append(chunk.choices[0].finish_reason)
+    assert [p for p in pieces if p] == list(engine.chunks)
+    assert finish[-1] == "stop"
+    assert engine.chunks_sent == len(engine.chunks)
+
+
+async def test_stream_reaches_the_client_unbuffered(client: httpx.AsyncClient, engine: FakeEngine) -> None:
+    # The engine sends chunk 1 and then waits for the client to have it: a gateway that buffered the
+    # stream would deadlock here, which `within` turns into a failure.
+    engine.gate = asyncio.Event()
+    body = {"model": CHAT, "messages": HELLO, "stream": True}
+
+    async def read_stream() -> list[str]:
+        lines: list[str] = []
+        async with client.stream("POST", "/v1/chat/completions", json=body) as resp:
+            assert resp.status_code == 200
+            assert resp.headers["content-type"].startswith("text/event-stream")
+            async for line in resp.aiter_lines():
+                lines.append(line)
+                if line.startswith("data:") and not engine.gate.is_set():
+                    assert engine.chunks_sent == 1  # the engine is still holding chunk 2 back
+                    assert json.loads(line[5:])["choices"][0]["delta"]["content"] == engine.chunks[0]
+                    engine.gate.set()
+        return lines
+
+    lines = await within(read_stream(), "the first chunk to reach the client before the rest was sent")
+    data = sse_data(lines)
+    assert data[-1] == "[DONE]"
+    contents = [json.loads(d)["choices"][0]["delta"].get("content") for d in data[:-1]]
+    assert [c for c in contents if c] == list(engine.chunks)
+
+
+# ---------------------------------------------------------------------------- 9-10. disconnects
+async def test_client_disconnect_mid_stream_cancels_the_engine_request(
+    client: httpx.AsyncClient, gateway: Gateway, engine: FakeEngine
+) -> None:
+    engine.gate = asyncio.Event()  # never set: the engine stalls after its first chunk
+    body = {"model": CHAT, "messages": HELLO, "stream": True}
+
+    async def read_first_chunk_and_leave() -> None:
+        async with client.stream("POST", "/v1/chat/completions", json=body) as resp:
+            assert resp.status_code == 200
+            async for line in resp.aiter_lines():
+                if line.startswith("data:"):
+                    return  # leaving the block closes the connection mid-stream
+
+    await within(read_first_chunk_and_leave(), "the first streamed chunk")
+    await within(engine.cancelled.wait(), "the engine to see its request cancelled", timeout=10)
+
+    async def settled() -> bool:
+        inflight = await metric(client, "m2a_inflight_requests", model=CHAT)
+        disconnects = await metric(client, "m2a_client_disconnects_total", model=CHAT)
+        return inflight == 0 and disconnects == 1
+
+    await eventually(settled, "m2a_inflight_requests to return to 0 and one client disconnect counted")
+    assert all(ep.inflight == 0 for ep in gateway.pool.all())
+
+
+async def test_client_disconnect_while_waiting_for_a_whole_answer_cancels_the_engine_request(
+    client: httpx.AsyncClient, gateway: Gateway, engine: FakeEngine
+) -> None:
+    engine.gate = asyncio.Event()  # never set: the engine never answers
+    request = asyncio.create_task(
+        client.post("/v1/chat/completions", json={"model": CHAT, "messages": HELLO})
+    )
+    await within(engine.started.wait(), "the request to reach the engine")
+    request.cancel()  # the client gives up: httpx closes its connection
+    with contextlib.suppress(asyncio.CancelledError):
+        await request
+    await within(engine.cancelled.wait(), "the engine to see its request cancelled", timeout=10)
+
+    async def settled() -> bool:
+        inflight = await metric(client, "m2a_inflight_requests", model=CHAT)
+        disconnects = await metric(client, "m2a_client_disconnects_total", model=CHAT)
+        return inflight == 0 and disconnects == 1
+
+    await eventually(settled, "m2a_inflight_requests to return to 0 and one client disconnect counted")
+    assert all(ep.inflight == 0 for ep in gateway.pool.all())
+
+
+# ---------------------------------------------------------------------------- 11-12. replicas
+async def test_no_healthy_replica_is_a_prompt_503_with_retry_after(engine: FakeEngine) -> None:
+    pool = make_pool(endpoint(engine.url, healthy=False))
+    async with serve_gateway(pool) as gw, http_client(gw) as client:
+        resp = await client.post("/v1/chat/completions", json={"model": CHAT, "messages": HELLO})
+        assert_openai_error(resp, 503, "no_healthy_replica")
+        assert resp.headers["retry-after"].isdigit()
+    assert engine.requests == []
+
+
+async def test_a_dead_replica_fails_over_to_a_live_one(engine: FakeEngine) -> None:
+    dead_url = f"http://127.0.0.1:{free_port()}/v1"  # healthy in the pool, but nothing listens there
+    pool = make_pool(endpoint(dead_url, id="dead"), endpoint(engine.url, id="live"))
+    async with serve_gateway(pool) as gw, http_client(gw) as client:
+        for _ in range(6):
+            resp = await client.post("/v1/chat/completions", json={"model": CHAT, "messages": HELLO})
+            assert resp.status_code == 200, resp.text
+            assert resp.headers["x-m2a-replica"] == "live"
+        assert len(engine.requests) == 6
+        # The dead replica was tried (and failed) at least once, so failover really happened.
+        assert await metric(client, "m2a_upstream_errors_total", model=CHAT, replica="dead") >= 1
+        assert all(ep.inflight == 0 for ep in pool.all())
+
+
+async def test_all_replicas_dead_is_503(engine: FakeEngine) -> None:
+    pool = make_pool(
+        endpoint(f"http://127.0.0.1:{free_port()}/v1", id="dead-1"),
+        endpoint(f"http://127.0.0.1:{free_port()}/v1", id="dead-2"),
+    )
+    async with serve_gateway(pool) as gw, http_client(gw) as client:
+        resp = await client.post("/v1/chat/completions", json={"model": CHAT, "messages": HELLO})
+        assert_openai_error(resp, 503, "no_healthy_replica")
+        assert "retry-after" in resp.headers
+        assert all(ep.inflight == 0 for ep in pool.all())
+
+
+# ---------------------------------------------------------------------------- 13. engine errors
+async def test_engine_error_in_old_vllm_shape_becomes_openai_shape(
+    client: httpx.AsyncClient, oai: openai.AsyncOpenAI, engine: FakeEngine
+) -> None:
+    engine.mode = "error"
+    for stream in (False, True):
+        resp = await client.post(
+            "/v1/chat/completions", json={"model": CHAT, "messages": HELLO, "stream": stream}
+        )
+        err = assert_openai_error(resp, 400)
+        assert err["message"] == OLD_VLLM_ERROR["message"]
+
+    with pytest.raises(openai.BadRequestError) as exc_info:
+        await oai.chat.completions.create(model=CHAT, messages=HELLO)  # type: ignore[arg-type]
+    assert OLD_VLLM_ERROR["message"] in str(exc_info.value)
+    assert len(engine.requests) == 3
+
+
+# ---------------------------------------------------------------------------- 14. probes and metrics
+async def test_health_readiness_and_metrics(engine: FakeEngine) -> None:
+    pool = make_pool(endpoint(engine.url, CHAT), endpoint(engine.url, EMBED, task="embed", healthy=False))
+    async with serve_gateway(pool) as gw, http_client(gw, key=None) as anonymous, http_client(gw) as client:
+        resp = await anonymous.get("/healthz")
+        assert resp.status_code == 200
+
+        resp = await anonymous.get("/readyz")
+        assert resp.status_code == 503
+        assert resp.json()["models"] == {CHAT: True, EMBED: False}
+
+        pool.set_healthy(f"{EMBED}-0", True)
+        resp = await anonymous.get("/readyz")
+        assert resp.status_code == 200
+        assert resp.json()["ready"] is True
+
+        resp = await client.post("/v1/chat/completions", json={"model": CHAT, "messages": HELLO})
+        assert resp.status_code == 200
+        resp = await anonymous.get("/metrics")
+        assert resp.status_code == 200
+        assert resp.headers["content-type"].startswith("text/plain")
+        assert "m2a_requests_total" in resp.text
+        labels = {"route": "/v1/chat/completions", "model": CHAT, "status": "200"}
+        assert await metric(anonymous, "m2a_requests_total", **labels) == 1
+
+
+# ---------------------------------------------------------------------------- 15. routing errors
+async def test_unknown_path_and_wrong_method_are_openai_errors(client: httpx.AsyncClient) -> None:
+    assert_openai_error(await client.get("/v1/no-such-thing"), 404, "unknown_url")
+    assert_openai_error(await client.post("/v2/chat/completions", json={}), 404)
+    assert_openai_error(await client.get("/v1/chat/completions"), 405)
+
+
+# ---------------------------------------------------------------------------- 16. engine dies mid-stream
+async def test_engine_dying_mid_stream_ends_the_stream_with_an_error_event(
+    client: httpx.AsyncClient, oai: openai.AsyncOpenAI, gateway: Gateway, engine: FakeEngine
+) -> None:
+    engine.mode = "die_mid_stream"
+    engine.gate = asyncio.Event()  # the engine dies once the client has its first chunk
+    body = {"model": CHAT, "messages": HELLO, "stream": True}
+
+    async def read_all() -> list[str]:
+        lines: list[str] = []
+        async with client.stream("POST", "/v1/chat/completions", json=body) as resp:
+            assert resp.status_code == 200
+            async for line in resp.aiter_lines():
+                lines.append(line)
+                if line.startswith("data:"):
+                    engine.gate.set()
+        return lines
+
+    data = sse_data(await within(read_all(), "the stream to end after the engine died"))
+    assert json.loads(data[0])["choices"][0]["delta"]["content"] == engine.chunks[0]
+    last = json.loads(data[-1])
+    assert set(last) == {"error"} and set(last["error"]) == ERROR_KEYS
+    assert "[DONE]" not in data
+
+    engine.gate = None  # now it dies right after its first chunk, which the gateway may not relay
+
+    async def consume() -> None:
+        stream = await oai.chat.completions.create(model=CHAT, messages=HELLO, stream=True)  # type: ignore[arg-type]
+        async for _ in stream:
+            pass
+
+    with pytest.raises(openai.APIError):
+        await within(consume(), "the openai client's stream to end")
+
+    async def settled() -> bool:
+        labels = {"route": "/v1/chat/completions", "model": CHAT}
+        return (
+            await metric(client, "m2a_upstream_errors_total", model=CHAT) == 2
+            and await metric(client, "m2a_inflight_requests", model=CHAT) == 0
+            and await metric(client, "m2a_requests_total", **labels, status="502") == 2
+        )
+
+    await eventually(settled, "both streams counted as engine failures (502)")
+    # The engine left, not the client: no disconnect, no 499.
+    assert await metric(client, "m2a_client_disconnects_total", model=CHAT) == 0
+    assert await metric(client, "m2a_requests_total", status="499") == 0
+    assert all(ep.inflight == 0 for ep in gateway.pool.all())
