@@ -42,10 +42,11 @@ def main() -> None:
     ap.add_argument("--requests-c16", type=int, default=48)
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--home", type=Path, default=Path("/tmp/m2a-bench"))
+    ap.add_argument("--engines", nargs="+", default=["vllm", "llamacpp"])
     args = ap.parse_args()
     rows = []
     summary = []
-    for engine in ("vllm", "llamacpp"):
+    for engine in args.engines:
         model = {"name": MODEL, "engine": engine, "max_model_len": 2048}
         with Up([model], args.home, f"{engine}") as up:
             rep = up.replicas()[0]

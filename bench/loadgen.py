@@ -107,8 +107,10 @@ async def run(
                 ttft, n = await _one(session, url, headers, body)
                 ttfts.append(ttft)
                 tokens += n
-            except Exception:  # noqa: BLE001 - counted and reported, never hidden
+            except Exception as exc:  # noqa: BLE001 - counted and reported, never hidden
                 errors += 1
+                if errors == 1:
+                    print(f"  first error ({label}): {type(exc).__name__}: {str(exc)[:300]}", flush=True)
 
     timeout = aiohttp.ClientTimeout(total=600)
     async with aiohttp.ClientSession(timeout=timeout, connector=aiohttp.TCPConnector(limit=0)) as session:

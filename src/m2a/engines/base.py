@@ -22,6 +22,9 @@ class EngineSpec:
     base_url: str  # OpenAI base URL, ending in /v1
     health_url: str
     metrics_url: str | None = None  # Prometheus text endpoint, for the router
+    # Checked once ready, instead of health_url, for engines whose health route waits behind
+    # running requests (llama-cpp-python's /v1/models takes the model lock).
+    live_url: str | None = None
     argv: list[str] | None = None  # None: nothing to start (remote)
     env: dict[str, str] = field(default_factory=dict)
     api_key: str | None = None  # sent upstream as a bearer token

@@ -1,6 +1,7 @@
 """llama.cpp through llama-cpp-python's OpenAI-compatible server: reads GGUF files, starts in seconds.
 
-It answers one request at a time (no continuous batching) and exposes no Prometheus metrics.
+It answers one request at a time (no continuous batching; others wait their turn) and exposes no
+Prometheus metrics.
 """
 
 from __future__ import annotations
@@ -48,6 +49,9 @@ class LlamaCppEngine:
             str(cfg.max_model_len or DEFAULT_CONTEXT),
             "--n_threads",
             str(threads),
+            # By default a new request cuts off the stream in progress; on a shared server they queue.
+            "--interrupt_requests",
+            "false",
         ]
         if inventory.has_nvidia:
             argv += ["--n_gpu_layers", "-1"]
@@ -62,6 +66,7 @@ class LlamaCppEngine:
             task=task,
             base_url=f"{base}/v1",
             health_url=f"{base}/v1/models",
+            live_url=f"{base}/docs",  # answered by the web server alone, even while generating
             metrics_url=None,
             argv=argv,
         )

@@ -25,7 +25,11 @@ import psutil
 from m2a.config import SupervisorConfig
 from m2a.engines.base import EngineSpec
 
+# A busy engine may answer a health check late: one miss keeps it in the pool, two in a row take it
+# out, three restart it (a process that exits is noticed at once, without waiting for checks).
+HEALTH_FAILURES_BEFORE_DROP = 2
 HEALTH_FAILURES_BEFORE_RESTART = 3
+HEALTH_TIMEOUT_S = 10
 PROGRESS_EVERY_S = 5.0
 
 
@@ -99,7 +103,7 @@ class Supervisor:
     # -- lifecycle -----------------------------------------------------------------------------
 
     async def start(self) -> None:
-        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5))
+        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=HEALTH_TIMEOUT_S))
         self._tasks = [asyncio.create_task(self._run(r), name=r.spec.replica_id) for r in self.replicas]
 
     async def wait_ready(self, timeout: float | None = None) -> bool:
@@ -186,11 +190,12 @@ class Supervisor:
             )
         self._on_event(f"{r.spec.replica_id}: starting {r.spec.engine} (pid {r.proc.pid}, log {r.log_path})")
 
-    async def _healthy(self, r: Replica) -> bool:
+    async def _healthy(self, r: Replica, live: bool = False) -> bool:
         assert self._session is not None
         headers = {"Authorization": f"Bearer {r.spec.api_key}"} if r.spec.api_key else {}
+        url = (r.spec.live_url or r.spec.health_url) if live else r.spec.health_url
         try:
-            async with self._session.get(r.spec.health_url, headers=headers) as resp:
+            async with self._session.get(url, headers=headers) as resp:
                 return resp.status == 200
         except (aiohttp.ClientError, TimeoutError, OSError):
             return False
@@ -239,11 +244,15 @@ class Supervisor:
                 if r.spec.managed and self._exited(r):
                     self._set(r, "unhealthy")
                     return
-                if await self._healthy(r):
+                if await self._healthy(r, live=True):
+                    if failures:
+                        self._set(r, "ready")
                     failures = 0
                     continue
                 failures += 1
-                self._set(r, "unhealthy", "health check failed")
+                r.last_error = "health check failed"
+                if failures >= HEALTH_FAILURES_BEFORE_DROP:
+                    self._set(r, "unhealthy")
                 if failures >= HEALTH_FAILURES_BEFORE_RESTART:
                     r.last_error = f"health check failed {failures} times"
                     return
