@@ -6,6 +6,7 @@ llama.cpp (reading that GGUF as is); all-MiniLM-L6-v2 runs on vLLM's pooling run
 
 from __future__ import annotations
 
+import json
 import math
 import time
 
@@ -233,3 +234,31 @@ def test_client_disconnect_mid_stream_cancels_the_engine_request(stack: Stack) -
     assert _metric(engine_metrics, "vllm:num_requests_running", model) == 0
     assert _metric(f"{stack.root}/metrics", "m2a_client_disconnects_total", model) >= 1
     assert _metric(f"{stack.root}/metrics", "m2a_inflight_requests", model) == 0
+
+
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The weather in a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+    },
+}
+
+
+@pytest.mark.parametrize(
+    "tool_choice", ["required", {"type": "function", "function": {"name": "get_weather"}}]
+)
+def test_forced_tool_calls_work_with_any_chat_model(client: OpenAI, tool_choice: object) -> None:
+    # SmolLM2's template knows no tools, but vLLM forces a schema-valid call through structured output.
+    r = client.chat.completions.create(
+        model="smollm2-135m-instruct",
+        messages=[{"role": "user", "content": "What is the weather in Paris?"}],
+        tools=[WEATHER_TOOL],  # type: ignore[list-item]
+        tool_choice=tool_choice,  # type: ignore[arg-type]
+        max_tokens=60,
+        temperature=0,
+    )
+    calls = r.choices[0].message.tool_calls
+    assert calls and calls[0].function.name == "get_weather"  # type: ignore[union-attr]
+    json.loads(calls[0].function.arguments)  # type: ignore[union-attr]

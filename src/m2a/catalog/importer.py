@@ -106,6 +106,7 @@ def import_model(
         size_bytes=sizes,
         model_type=meta.get("model_type"),  # type: ignore[arg-type]
         template_supports_tools=bool(meta.get("template_supports_tools")),
+        tool_call_format=meta.get("tool_call_format"),  # type: ignore[arg-type]
         imported_at=now_iso(),
     )
     catalog.put(manifest)

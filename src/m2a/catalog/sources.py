@@ -11,6 +11,15 @@ from typing import Literal
 
 Format = Literal["hf", "gguf"]
 
+# How a chat template asks the model to write tool calls, recognised by a marker in the template.
+TOOL_CALL_MARKERS = (
+    ("<tool_call>", "hermes"),
+    ("<|python_tag|>", "llama3_json"),
+    ("[TOOL_CALLS]", "mistral"),
+    ("<|tool_call|>", "granite"),
+    ("<|tool▁calls▁begin|>", "deepseek_v3"),
+)
+
 _HF_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 
 
@@ -136,4 +145,5 @@ def hf_metadata(folder: Path) -> dict[str, object]:
         template = jinja.read_text()
     meta["has_chat_template"] = bool(template)
     meta["template_supports_tools"] = "tools" in template
+    meta["tool_call_format"] = next((fmt for marker, fmt in TOOL_CALL_MARKERS if marker in template), None)
     return meta

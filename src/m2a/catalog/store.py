@@ -24,6 +24,7 @@ class Manifest(BaseModel):
     size_bytes: dict[str, int]
     model_type: str | None = None
     template_supports_tools: bool = False
+    tool_call_format: str | None = None  # vLLM tool-call parser matching the template, if recognised
     imported_at: str
 
     def path(self, fmt: str) -> Path | None:

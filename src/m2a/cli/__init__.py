@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from m2a import __version__
 from m2a.catalog.sources import SourceError
@@ -28,7 +29,7 @@ def settings_or_exit(config: Path | None) -> Settings:
     try:
         return load_settings(config)
     except ConfigError as exc:
-        console.print(f"[red]error:[/] {exc}")
+        console.print(f"[red]error:[/] {escape(str(exc))}")
         raise typer.Exit(2) from exc
 
 
@@ -75,26 +76,28 @@ def up(
         if port is not None:
             settings.gateway.port = port
     except ValueError as exc:
-        console.print(f"[red]error:[/] {exc}")
+        console.print(f"[red]error:[/] {escape(str(exc))}")
         raise typer.Exit(2) from exc
 
-    def say(msg: str) -> None:
-        console.print(f"[dim]m2a[/] {msg}", highlight=False)
+    def say(msg: str, bold: str = "") -> None:
+        # Messages carry engine log lines and user input: never read them as rich markup.
+        emphasis = f"[bold]{escape(bold)}[/]" if bold else ""
+        console.print(f"[dim]m2a[/] {escape(msg)}{emphasis}", highlight=False)
 
     inventory = detect()
     say(f"machine: {inventory.describe()}; state in {settings.home}")
     try:
         specs = plan(settings, inventory, say)
     except (SourceError, EngineChoiceError) as exc:
-        console.print(f"[red]error:[/] {exc}")
+        console.print(f"[red]error:[/] {escape(str(exc))}")
         raise typer.Exit(1) from exc
     for s in specs:
         say(f"{s.replica_id}: {s.engine} ({s.task}) at {s.base_url}")
     key, generated = admin_key(settings)
     if generated:
-        say(f"generated an API key (kept in {settings.home / 'admin.key'}): [bold]{key}[/]")
+        say(f"generated an API key (kept in {settings.home / 'admin.key'}): ", bold=key)
     else:
-        say(f"API key: [bold]{key}[/]")
+        say("API key: ", bold=key)
     raise typer.Exit(asyncio.run(run_up(settings, specs, key, say)))
 
 

@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 import yaml
 from rich.console import Console
+from rich.markup import escape
 
 from m2a.config import ConfigError, config_path, load_settings
 
@@ -26,7 +27,7 @@ def show(
     try:
         settings = load_settings(config)
     except ConfigError as exc:
-        err.print(f"[red]error:[/] {exc}")
+        err.print(f"[red]error:[/] {escape(str(exc))}")
         raise typer.Exit(2) from exc
     data = settings.model_dump(mode="json")
     if not reveal:

@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from m2a.catalog.builtin import BUILTINS
@@ -27,7 +28,7 @@ def _home(config: Path | None) -> Path:
     try:
         return load_settings(config).home
     except ConfigError as exc:
-        err.print(f"[red]error:[/] {exc}")
+        err.print(f"[red]error:[/] {escape(str(exc))}")
         raise typer.Exit(2) from exc
 
 
@@ -82,9 +83,15 @@ def import_(
         err.print("[red]error:[/] --format must be hf or gguf")
         raise typer.Exit(2)
     try:
-        m = import_model(home, served, source, want=to, progress=lambda s: err.print(f"[dim]m2a[/] {s}"))  # type: ignore[arg-type]
+        m = import_model(
+            home,
+            served,
+            source,
+            want=to,  # type: ignore[arg-type]
+            progress=lambda s: err.print(f"[dim]m2a[/] {escape(s)}"),
+        )
     except SourceError as exc:
-        err.print(f"[red]error:[/] {exc}")
+        err.print(f"[red]error:[/] {escape(str(exc))}")
         raise typer.Exit(1) from exc
     out.print(f"imported [bold]{m.name}[/] ({m.task}; {', '.join(sorted(m.paths))})")
 
@@ -94,6 +101,6 @@ def show(name: str, config: ConfigOpt = None) -> None:
     """Everything the catalog knows of one model, as JSON."""
     m = Catalog(_home(config)).get(name)
     if m is None:
-        err.print(f"[red]error:[/] {name!r} is not imported (see `m2a models list`)")
+        err.print(f"[red]error:[/] {escape(repr(name))} is not imported (see `m2a models list`)")
         raise typer.Exit(1)
     print(m.model_dump_json(indent=2))

@@ -35,12 +35,20 @@ CPU_DEFAULT_KV_CACHE_BYTES = 1 << 30
 
 
 def tool_parser_for(cfg: ModelConfig, manifest: Manifest | None) -> str | None:
-    """The parser to start vLLM with, or None when the model's template cannot take tools."""
+    """The tool-call parser to start a chat model with; None only when configured as "none".
+
+    The parser matching the chat template's tool-call markers wins, then the model family's. A
+    model whose template does not take tools still gets one: with it, vLLM answers
+    `tool_choice: "required"` or a named function by forcing a schema-valid call through structured
+    output, which works with any model; `"auto"` then simply yields text.
+    """
     if cfg.tool_parser:
-        return cfg.tool_parser
-    if manifest is None or not manifest.template_supports_tools:
-        return None
-    return TOOL_PARSERS.get(manifest.model_type or "", "hermes")
+        return None if cfg.tool_parser == "none" else cfg.tool_parser
+    if manifest is not None and manifest.tool_call_format:
+        return manifest.tool_call_format
+    if manifest is not None and manifest.template_supports_tools:
+        return TOOL_PARSERS.get(manifest.model_type or "", "hermes")
+    return "hermes"
 
 
 class VllmEngine:
