@@ -39,6 +39,18 @@ def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
     return True
 
 
+def listen_socket(host: str, port: int) -> socket.socket:
+    """The gateway's socket, bound before any engine starts (raises OSError when taken)."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
 def free_ports(start: int) -> Iterator[int]:
     port = start
     while port < 65535:
@@ -109,7 +121,9 @@ def models_from_cli(refs: list[str], engine: str | None) -> list[ModelConfig]:
     return models
 
 
-async def run_up(settings: Settings, specs: list[EngineSpec], key: str, say: Say) -> int:
+async def run_up(
+    settings: Settings, specs: list[EngineSpec], key: str, say: Say, sock: socket.socket | None = None
+) -> int:
     """Serve until a signal arrives; always stop every engine before returning."""
     pool = Pool()
     for s in specs:
@@ -131,7 +145,8 @@ async def run_up(settings: Settings, specs: list[EngineSpec], key: str, say: Say
     (settings.home / "run").mkdir(parents=True, exist_ok=True)
     pidfile = settings.home / "run" / "m2a-up.pid"
     pidfile.write_text(str(os.getpid()))
-    serving = asyncio.create_task(server.serve())
+    sock = sock or listen_socket(gw.host, gw.port)
+    serving = asyncio.create_task(server.serve(sockets=[sock]))
     try:
         while not server.started and not serving.done():
             await asyncio.sleep(0.05)

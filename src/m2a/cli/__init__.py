@@ -61,7 +61,7 @@ def up(
 ) -> None:
     """Start the engines and the gateway; Ctrl-C stops everything."""
     from m2a.metal.inventory import detect
-    from m2a.serve import admin_key, models_from_cli, plan, run_up
+    from m2a.serve import admin_key, listen_socket, models_from_cli, plan, run_up
 
     settings = settings_or_exit(config)
     try:
@@ -84,6 +84,14 @@ def up(
         emphasis = f"[bold]{escape(bold)}[/]" if bold else ""
         console.print(f"[dim]m2a[/] {escape(msg)}{emphasis}", highlight=False)
 
+    try:
+        sock = listen_socket(settings.gateway.host, settings.gateway.port)
+    except OSError as exc:
+        console.print(
+            f"[red]error:[/] cannot listen on {settings.gateway.host}:{settings.gateway.port}: {exc.strerror}"
+            " (use --port or gateway.port)"
+        )
+        raise typer.Exit(1) from exc
     inventory = detect()
     say(f"machine: {inventory.describe()}; state in {settings.home}")
     try:
@@ -98,7 +106,7 @@ def up(
         say(f"generated an API key (kept in {settings.home / 'admin.key'}): ", bold=key)
     else:
         say("API key: ", bold=key)
-    raise typer.Exit(asyncio.run(run_up(settings, specs, key, say)))
+    raise typer.Exit(asyncio.run(run_up(settings, specs, key, say, sock)))
 
 
 def main() -> None:
