@@ -112,6 +112,8 @@ def download(repo_id: str, cache_dir: Path | None = None, revision: str | None =
 
 def resolve(ref: str, cache_dir: Path | None = None) -> LocalModel:
     """Resolve any supported reference to local model files, downloading hub models if needed."""
+    if not ref.strip():
+        raise SourceError("empty model reference")
     if ref.startswith("pkg:"):
         return _classify(package_path(ref), "package", ref)
     path = Path(ref).expanduser()

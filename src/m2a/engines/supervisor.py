@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import logging
 import os
 import signal
 import subprocess
@@ -24,6 +25,8 @@ import psutil
 
 from m2a.config import SupervisorConfig
 from m2a.engines.base import EngineSpec
+
+log = logging.getLogger("m2a.supervisor")
 
 # A busy engine may answer a health check late: one miss keeps it in the pool, two in a row take it
 # out, three restart it (a process that exits is noticed at once, without waiting for checks).
@@ -60,6 +63,7 @@ class Replica:
     started_at: float = field(default_factory=time.monotonic)
     ready_after_s: float | None = None
     last_error: str | None = None
+    family: list[psutil.Process] = field(default_factory=list)  # descendants seen while it ran
 
     @property
     def pid(self) -> int | None:
@@ -94,8 +98,8 @@ class Supervisor:
         self.replicas = [
             Replica(s, log_dir / f"{s.replica_id.replace('/', '--').replace('#', '-')}.log") for s in specs
         ]
-        self._on_change = on_change
-        self._on_event = on_event
+        self._change_cb = on_change
+        self._event_cb = on_event
         self._stopping = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._session: aiohttp.ClientSession | None = None
@@ -134,6 +138,18 @@ class Supervisor:
         return [r.pid for r in self.replicas if r.pid]
 
     # -- one replica ---------------------------------------------------------------------------
+
+    def _on_change(self, spec: EngineSpec, healthy: bool) -> None:
+        try:
+            self._change_cb(spec, healthy)
+        except Exception:  # a broken listener must not end the replica's supervision
+            log.exception("on_change callback failed for %s", spec.replica_id)
+
+    def _on_event(self, message: str) -> None:
+        try:
+            self._event_cb(message)
+        except Exception:
+            log.exception("on_event callback failed: %s", message)
 
     def _set(self, r: Replica, state: str, error: str | None = None) -> None:
         was_ready = r.state == "ready"
@@ -220,6 +236,7 @@ class Supervisor:
                 r.last_error = f"not ready after {self.cfg.ready_timeout_s:.0f}s"
                 return False
             if r.spec.managed and now >= next_progress:
+                self._remember_family(r)
                 last = tail(r.log_path)
                 self._on_event(
                     f"{r.spec.replica_id}: warming up {now - started:.0f}s"
@@ -244,6 +261,7 @@ class Supervisor:
                 if r.spec.managed and self._exited(r):
                     self._set(r, "unhealthy")
                     return
+                self._remember_family(r)
                 if await self._healthy(r, live=True):
                     if failures:
                         self._set(r, "ready")
@@ -260,15 +278,24 @@ class Supervisor:
             if exit_wait and not exit_wait.done():
                 exit_wait.cancel()
 
+    def _remember_family(self, r: Replica) -> None:
+        """Note the engine's descendants while it lives: after a crash they can no longer be listed."""
+        if r.proc is None or r.proc.returncode is not None:
+            return
+        try:
+            kids = psutil.Process(r.proc.pid).children(recursive=True)
+        except psutil.Error:
+            return
+        known = {p.pid for p in r.family}
+        r.family += [p for p in kids if p.pid not in known]
+
     async def _kill(self, r: Replica) -> None:
         proc = r.proc
         if proc is None:
             return
         pgid = proc.pid  # start_new_session: the leader's pid is the group id
-        try:
-            family = psutil.Process(proc.pid).children(recursive=True) if proc.returncode is None else []
-        except psutil.Error:
-            family = []
+        self._remember_family(r)
+        family = r.family
         if proc.returncode is None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(pgid, signal.SIGTERM)
@@ -285,3 +312,4 @@ class Supervisor:
             with contextlib.suppress(psutil.Error):
                 p.kill()
         r.proc = None
+        r.family = []

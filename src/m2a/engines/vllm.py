@@ -92,7 +92,7 @@ class VllmEngine:
         if inventory.has_nvidia:
             gpus = [g.index for g in inventory.gpus if g.vendor == "nvidia"]
             env["CUDA_VISIBLE_DEVICES"] = str(gpus[replica % len(gpus)])
-            sharing = max(1, cfg.replicas // len(gpus))
+            sharing = -(-cfg.replicas // len(gpus))  # replicas on the busiest GPU (round up)
             if sharing > 1:
                 argv += ["--gpu-memory-utilization", f"{0.85 / sharing:.2f}"]
         else:
