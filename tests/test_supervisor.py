@@ -190,6 +190,18 @@ async def test_killed_engine_is_reported_and_restarted(tmp_path: Path, reaper: l
         assert any("restart 1" in e for e in rec.events)
 
 
+async def test_crashed_engine_leaves_no_worker_behind(tmp_path: Path, reaper: list[psutil.Process]) -> None:
+    """A worker in a session of its own outlives a SIGKILLed engine unless the supervisor remembered it."""
+    async with supervised([fake_spec(free_port(), "--grandchild-own-session")], tmp_path) as (sup, rec):
+        assert await sup.wait_ready(READY_TIMEOUT), rec.events
+        engine = engine_process(sup, reaper)
+        (worker,) = engine.children()
+        await wait_until(lambda: sup.replicas[0].family, "the supervisor noting the engine's worker", rec)
+        engine.send_signal(signal.SIGKILL)
+        await wait_until(lambda: sup.status()[0]["restarts"] == 1, "the restart", rec)
+        assert await wait_gone([worker]) == []
+
+
 async def test_unhealthy_engine_is_dropped_then_restarted(
     tmp_path: Path, reaper: list[psutil.Process]
 ) -> None:
