@@ -7,6 +7,7 @@ a ``Manifest`` built by hand and an ``Inventory`` (CPU-only or with NVIDIA GPUs,
 
 from __future__ import annotations
 
+import json
 import sys
 
 import pytest
@@ -327,3 +328,19 @@ def test_engines_registry() -> None:
         None,
     )
     assert RemoteEngine().unavailable() is None
+
+
+# ---------------------------------------------------------------------------- CPU context cap
+@pytest.mark.parametrize(("native", "expected"), [(131072, "8192"), (8192, None), (2048, None)])
+def test_vllm_on_cpu_caps_long_contexts_to_fit_the_kv_cache(
+    tmp_path, native: int, expected: str | None
+) -> None:  # type: ignore[no-untyped-def]
+    (tmp_path / "config.json").write_text(json.dumps({"max_position_embeddings": native}))
+    m = manifest()
+    m.paths["hf"] = str(tmp_path)
+    cpu = VllmEngine().spec(ModelConfig(name="m"), m, 8001, 0, CPU2)
+    assert flag(cpu.argv or [], "--max-model-len") == expected
+    gpu = VllmEngine().spec(ModelConfig(name="m"), m, 8001, 0, GPU1)
+    assert flag(gpu.argv or [], "--max-model-len") is None  # vLLM sizes it from GPU memory
+    configured = VllmEngine().spec(ModelConfig(name="m", max_model_len=4096), m, 8001, 0, CPU2)
+    assert flag(configured.argv or [], "--max-model-len") == "4096"

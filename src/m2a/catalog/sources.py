@@ -74,26 +74,33 @@ def is_hub_id(ref: str) -> bool:
     return bool(_HF_ID.match(ref)) and not Path(ref).exists()
 
 
+_CONFIG_PATTERNS = ["*.json", "*.model", "*.txt", "*.jinja", "*.py", "*.tiktoken"]
+
+
+def _weight_patterns(repo_id: str, revision: str | None) -> list[str]:
+    """safetensors when the repository has them (never both formats), else PyTorch .bin files."""
+    from huggingface_hub import HfApi
+
+    try:
+        files = HfApi().list_repo_files(repo_id, revision=revision)
+    except Exception:  # offline or private: let snapshot_download decide, from the cache if it can
+        return ["*.safetensors"]
+    return ["*.safetensors"] if any(f.endswith(".safetensors") for f in files) else ["*.bin"]
+
+
 def download(repo_id: str, cache_dir: Path | None = None, revision: str | None = None) -> Path:
     """Download a Hugging Face model repository, with the hub client's progress bars."""
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
 
     try:
+        weights = _weight_patterns(repo_id, revision)
         return Path(
             snapshot_download(
                 repo_id,
                 revision=revision,
                 cache_dir=str(cache_dir) if cache_dir else None,
-                allow_patterns=[
-                    "*.json",
-                    "*.safetensors",
-                    "*.model",
-                    "*.txt",
-                    "*.jinja",
-                    "*.py",
-                    "*.tiktoken",
-                ],
+                allow_patterns=[*_CONFIG_PATTERNS, *weights],
             )
         )
     except RepositoryNotFoundError as exc:

@@ -84,6 +84,9 @@ def up(
         emphasis = f"[bold]{escape(bold)}[/]" if bold else ""
         console.print(f"[dim]m2a[/] {escape(msg)}{emphasis}", highlight=False)
 
+    if not settings.models:
+        console.print("[red]error:[/] no models to serve: list some under `models:` or pass --model")
+        raise typer.Exit(2)
     try:
         sock = listen_socket(settings.gateway.host, settings.gateway.port)
     except OSError as exc:

@@ -8,7 +8,9 @@ scheduling, a bounded KV cache on CPU, and tool calling where the chat template 
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
+from pathlib import Path
 
 from m2a.catalog.store import Manifest
 from m2a.config import ModelConfig
@@ -32,6 +34,23 @@ TOOL_PARSERS = {
 }
 
 CPU_DEFAULT_KV_CACHE_BYTES = 1 << 30
+# On CPU the KV cache is small (1 GiB by default): a model's full context (32k-128k tokens for
+# recent models) would not fit it and vLLM would refuse to start. Cap the default context.
+CPU_DEFAULT_MAX_CONTEXT = 8192
+
+
+def cpu_context(folder: Path) -> int | None:
+    """The context length to start a CPU replica with when none is configured."""
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    native = config.get("max_position_embeddings") or (config.get("text_config") or {}).get(
+        "max_position_embeddings"
+    )
+    if not isinstance(native, int) or native <= CPU_DEFAULT_MAX_CONTEXT:
+        return None  # the model's own length fits
+    return CPU_DEFAULT_MAX_CONTEXT
 
 
 def tool_parser_for(cfg: ModelConfig, manifest: Manifest | None) -> str | None:
@@ -79,8 +98,11 @@ class VllmEngine:
             str(port),
             "--disable-uvicorn-access-log",
         ]
-        if cfg.max_model_len:
-            argv += ["--max-model-len", str(cfg.max_model_len)]
+        max_len = cfg.max_model_len
+        if max_len is None and not inventory.has_nvidia:
+            max_len = cpu_context(Path(str(manifest.path("hf"))))
+        if max_len:
+            argv += ["--max-model-len", str(max_len)]
         env: dict[str, str] = {}
         if task == "embed":
             argv += ["--runner", "pooling"]
