@@ -49,6 +49,7 @@ class Received:
     path: str
     headers: dict[str, str]  # names lower-cased
     body: bytes
+    peer: object = None  # the client's (host, port): one port for many requests = a reused connection
 
     @property
     def json(self) -> Any:
@@ -110,7 +111,10 @@ class FakeEngine:
     # ------------------------------------------------------------------ handlers
     async def _record(self, request: web.Request) -> Received:
         received = Received(
-            request.path, {k.lower(): v for k, v in request.headers.items()}, await request.read()
+            request.path,
+            {k.lower(): v for k, v in request.headers.items()},
+            await request.read(),
+            request.transport.get_extra_info("peername") if request.transport else None,
         )
         self.requests.append(received)
         self.started.set()

@@ -314,6 +314,18 @@ async def test_embeddings_are_forwarded(oai: openai.AsyncOpenAI, engine: FakeEng
     assert engine.requests[0].json["model"] == EMBED
 
 
+async def test_engine_connections_are_reused(oai: openai.AsyncOpenAI, engine: FakeEngine) -> None:
+    for _ in range(3):
+        await oai.chat.completions.create(model=CHAT, messages=[{"role": "user", "content": "hi"}])
+        stream = await oai.chat.completions.create(
+            model=CHAT, messages=[{"role": "user", "content": "hi"}], stream=True
+        )
+        async for _ in stream:
+            pass
+    assert len(engine.requests) == 6
+    assert len({r.peer for r in engine.requests}) == 1  # one pooled connection, not one per request
+
+
 # ---------------------------------------------------------------------------- 7. pass-through
 async def test_non_streamed_chat_is_passed_through_unchanged(engine: FakeEngine) -> None:
     pool = make_pool(

@@ -23,6 +23,9 @@ from m2a.gateway.metrics import GatewayMetrics
 from m2a.router.pool import Endpoint, Pool
 
 PASS_HEADERS = ("traceparent", "tracestate", "baggage")
+# Failures where the request cannot have reached the engine (a stale keep-alive connection that
+# the engine closed counts: it is dropped before the request is read).
+RETRYABLE = (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError, aiohttp.ServerDisconnectedError)
 T = TypeVar("T")
 
 
@@ -118,11 +121,21 @@ class Forwarder:
                     ep.base_url + path, data=body, headers=self._headers(request, ep, request_id)
                 )
                 return ep, resp
-            except (aiohttp.ClientConnectionError, TimeoutError) as exc:
+            except RETRYABLE as exc:  # the engine never saw the request: another replica may take it
                 ep.inflight -= 1
                 tried.add(ep.id)
                 last_error = f"{type(exc).__name__}: {exc}"
                 self.metrics.upstream_errors.labels(model, ep.id).inc()
+            except (aiohttp.ClientError, TimeoutError) as exc:  # it may have: no second try
+                ep.inflight -= 1
+                self.metrics.upstream_errors.labels(model, ep.id).inc()
+                timed_out = isinstance(exc, TimeoutError)
+                raise GatewayError(
+                    504 if timed_out else 502,
+                    f"The engine serving '{model}' "
+                    + ("did not answer in time." if timed_out else f"failed: {type(exc).__name__}."),
+                    code="engine_timeout" if timed_out else "engine_error",
+                ) from exc
             except asyncio.CancelledError:
                 ep.inflight -= 1
                 raise
@@ -161,7 +174,10 @@ class Forwarder:
             if done:
                 return
             done = True
-            resp.close()
+            if resp.content.at_eof():
+                resp.release()  # fully read: the connection goes back to the pool
+            else:
+                resp.close()  # abandoned mid-answer: closing it makes the engine abort the request
             ep.inflight -= 1
             inflight.dec()
             self.metrics.requests.labels(route, model, str(status)).inc()
