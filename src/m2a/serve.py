@@ -72,7 +72,7 @@ def plan(settings: Settings, inventory: Inventory, say: Say) -> list[EngineSpec]
             native = import_model(
                 settings.home, cfg.name, cfg.source, task=cfg.task, license=cfg.license, progress=say
             )
-            fmt = "gguf" if native.path("gguf") and not native.path("hf") else "hf"
+            fmt = "gguf" if native.path("gguf") else "hf"  # a GGUF file lets llama.cpp serve it too
             engine = choose(cfg, fmt)
             manifest = import_model(
                 settings.home,
