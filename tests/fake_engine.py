@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import time
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from aiohttp import web
+
+from tests.conftest import free_port
 
 Mode = Literal["ok", "error", "die_mid_stream"]
 
@@ -34,12 +35,6 @@ OLD_VLLM_ERROR = {
     "param": None,
     "code": 400,
 }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass

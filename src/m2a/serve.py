@@ -173,7 +173,3 @@ async def run_up(
         with contextlib.suppress(OSError):
             pidfile.unlink()
         say("stopped: no engine left running")
-
-
-def ensure_home(home: Path) -> None:
-    home.mkdir(parents=True, exist_ok=True)

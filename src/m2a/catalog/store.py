@@ -50,11 +50,7 @@ class Catalog:
         return self.root / safe_dirname(name)
 
     def get(self, name: str) -> Manifest | None:
-        f = self.model_dir(name) / "model.json"
-        try:
-            return Manifest.model_validate_json(f.read_text())
-        except (OSError, ValueError):
-            return None
+        return self.get_dir(self.model_dir(name))
 
     def put(self, manifest: Manifest) -> None:
         d = self.model_dir(manifest.name)

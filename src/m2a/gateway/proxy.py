@@ -7,7 +7,6 @@ client yet). When the client goes away, the engine request is closed, which make
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -224,23 +223,15 @@ class Forwarder:
         finish: Callable[[int], None],
     ) -> Response:
         """Read a whole answer, abandoning the engine call if the client disconnects first."""
-        reader = asyncio.create_task(resp.read())
-        watcher = asyncio.create_task(_wait_disconnect(request.receive))
         try:
-            await asyncio.wait({reader, watcher}, return_when=asyncio.FIRST_COMPLETED)
-            if not reader.done():
-                reader.cancel()
-                self.metrics.cancelled.labels(model).inc()
-                finish(499)
-                return Response(status_code=499)
-            data = reader.result()
+            data = await _unless_disconnected(request, resp.read())
         except (aiohttp.ClientError, TimeoutError) as exc:
             finish(502)
             raise GatewayError(502, f"the engine failed to answer: {type(exc).__name__}") from exc
-        finally:
-            watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watcher
+        if data is None:
+            self.metrics.cancelled.labels(model).inc()
+            finish(499)
+            return Response(status_code=499)
         status = resp.status
         finish(status)
         if status >= 400:
