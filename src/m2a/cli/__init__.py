@@ -102,6 +102,9 @@ def up(
     except (SourceError, EngineChoiceError) as exc:
         console.print(f"[red]error:[/] {escape(str(exc))}")
         raise typer.Exit(1) from exc
+    except KeyboardInterrupt:  # Ctrl-C while importing: nothing was started yet
+        console.print("interrupted before any engine started")
+        raise typer.Exit(130) from None
     for s in specs:
         say(f"{s.replica_id}: {s.engine} ({s.task}) at {s.base_url}")
     key, generated = admin_key(settings)
