@@ -99,6 +99,11 @@ class Settings(_Strict):
     admin_key: str | None = Field(
         default=None, description="The gateway's API key ($M2A_ADMIN_KEY); generated when unset."
     )
+    database_url: str | None = Field(
+        default=None,
+        description="Where teams, keys and usage live ($M2A_DATABASE_URL): a postgresql:// URL; "
+        "default SQLite in the state directory.",
+    )
     models: list[ModelConfig] = Field(default_factory=default_models)
     gateway: GatewayConfig = Field(default_factory=GatewayConfig)
     supervisor: SupervisorConfig = Field(default_factory=SupervisorConfig)
@@ -117,7 +122,7 @@ class Settings(_Strict):
         return next((m for m in self.models if m.name == name), None)
 
 
-_TOP_LEVEL_ENV = {"M2A_HOME": "home", "M2A_ADMIN_KEY": "admin_key"}
+_TOP_LEVEL_ENV = {"M2A_HOME": "home", "M2A_ADMIN_KEY": "admin_key", "M2A_DATABASE_URL": "database_url"}
 
 
 def _env_overrides(environ: dict[str, str]) -> dict[str, Any]:

@@ -26,6 +26,8 @@ from m2a.engines.supervisor import Supervisor
 from m2a.gateway.app import create_app
 from m2a.metal.inventory import Inventory
 from m2a.router.pool import Endpoint, Pool
+from m2a.store.db import open_store
+from m2a.store.identity import IdentityStore
 
 Say = Callable[[str], None]
 
@@ -135,7 +137,12 @@ async def run_up(
         on_change=lambda spec, healthy: pool.set_healthy(spec.replica_id, healthy),
         on_event=say,
     )
-    app = create_app(pool, key, settings.gateway, replica_status=sup.status)
+    try:
+        db = await open_store(settings.database_url, settings.home)
+    except Exception as exc:  # nothing started yet: say why and stop
+        say(f"cannot open the database ({settings.database_url or 'SQLite in ' + str(settings.home)}): {exc}")
+        return 1
+    app = create_app(pool, key, settings.gateway, replica_status=sup.status, identity=IdentityStore(db))
     gw = settings.gateway
     server = _Server(uvicorn.Config(app, host=gw.host, port=gw.port, log_level="warning", access_log=False))
     stop = asyncio.Event()
@@ -172,4 +179,5 @@ async def run_up(
         await sup.stop()
         with contextlib.suppress(OSError):
             pidfile.unlink()
+        await db.dispose()
         say("stopped: no engine left running")

@@ -1,4 +1,4 @@
-"""The `m2a` command: `up`, `models`, `config`, `--version`."""
+"""The `m2a` command: `up`, `models`, `teams`, `keys`, `config`, `--version`."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from rich.markup import escape
 from m2a import __version__
 from m2a.catalog.sources import SourceError
 from m2a.cli.config_cmd import config_app
+from m2a.cli.identity_cmd import keys_app, teams_app
 from m2a.cli.models_cmd import models_app
 from m2a.config import ConfigError, EngineKind, Settings, load_settings
 from m2a.engines.registry import EngineChoiceError
@@ -20,6 +21,8 @@ from m2a.engines.registry import EngineChoiceError
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="m2a: metal to agent.")
 app.add_typer(models_app, name="models")
 app.add_typer(config_app, name="config")
+app.add_typer(teams_app, name="teams")
+app.add_typer(keys_app, name="keys")
 console = Console(stderr=True, soft_wrap=True)
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML config file.", exists=False)]

@@ -15,15 +15,16 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import Mount, Route
 
 from m2a.config import GatewayConfig
 from m2a.gateway import schemas
-from m2a.gateway.auth import KeyAuth
+from m2a.gateway.access import Access
 from m2a.gateway.errors import GatewayError, error_response
 from m2a.gateway.metrics import GatewayMetrics
 from m2a.gateway.proxy import Forwarder, Upstream
 from m2a.router.pool import Pool
+from m2a.store.identity import IdentityStore, Principal
 
 log = logging.getLogger("m2a.gateway")
 
@@ -69,13 +70,16 @@ def create_app(
     key: str,
     cfg: GatewayConfig | None = None,
     replica_status: Callable[[], list[dict[str, object]]] | None = None,
+    identity: IdentityStore | None = None,
 ) -> Starlette:
-    """The gateway for the models in ``pool``, answering only callers that present ``key``.
+    """The gateway for the models in ``pool``, for callers with the admin ``key`` or a team key.
 
-    ``replica_status`` (from whoever runs the engines) adds per-replica detail to ``/readyz``.
+    ``replica_status`` (from whoever runs the engines) adds per-replica detail to ``/readyz``;
+    ``identity`` holds teams, keys and grants (without it only the admin key works) and adds the
+    admin API under ``/admin``.
     """
     cfg = cfg or GatewayConfig()
-    auth = KeyAuth(key)
+    access = Access(key, identity)
     metrics = GatewayMetrics()
     upstream = Upstream(cfg.connect_timeout_s, cfg.upstream_timeout_s)
     forwarder = Forwarder(pool, upstream, metrics)
@@ -95,15 +99,25 @@ def create_app(
             },
         }
 
-    def served(model: str, path: str, want_task: str) -> None:
+    def visible(principal: Principal) -> list[str]:
+        return [m for m in pool.models() if principal.may_use(m)]
+
+    def served(principal: Principal, model: str, path: str, want_task: str) -> None:
         task = pool.task(model)
         if task is None:
-            names = ", ".join(pool.models()) or "none"
+            names = ", ".join(visible(principal)) or "none"
             raise GatewayError(
                 404,
                 f"The model '{model}' does not exist or you have no access to it. Served models: {names}.",
                 param="model",
                 code="model_not_found",
+            )
+        if not principal.may_use(model):
+            raise GatewayError(
+                403,
+                f"Team '{principal.team}' may not use the model '{model}'. Ask an admin for a grant.",
+                param="model",
+                code="model_not_allowed",
             )
         if task != want_task:
             other = "/v1/embeddings" if task == "embed" else "/v1/chat/completions or /v1/completions"
@@ -118,13 +132,13 @@ def create_app(
         engine_path, validate, task = ROUTES[path]
 
         async def handler(request: Request) -> Response:
-            auth.check(request)
+            principal = await access.principal(request)
             body = await read_body(request, cfg.max_body_bytes)
             try:
                 req = validate(parse_json(body))
             except schemas.RequestError as exc:
                 raise GatewayError(400, exc.message, param=exc.param, code="invalid_request") from exc
-            served(req.model, path, task)
+            served(principal, req.model, path, task)
             # A UUID: some engines (llama-cpp-python) reject any other x-request-id with a bare 400.
             request_id = str(uuid.uuid4())
             return await forwarder.forward(
@@ -134,13 +148,13 @@ def create_app(
         return handler
 
     async def list_models(request: Request) -> Response:
-        auth.check(request)
-        return JSONResponse({"object": "list", "data": [model_card(m) for m in pool.models()]})
+        principal = await access.principal(request)
+        return JSONResponse({"object": "list", "data": [model_card(m) for m in visible(principal)]})
 
     async def get_model(request: Request) -> Response:
-        auth.check(request)
+        principal = await access.principal(request)
         name = request.path_params["model"]
-        if pool.task(name) is None:
+        if pool.task(name) is None or not principal.may_use(name):
             raise GatewayError(
                 404, f"The model '{name}' does not exist.", param="model", code="model_not_found"
             )
@@ -183,9 +197,11 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: Starlette):  # type: ignore[no-untyped-def]
         await upstream.open()
+        await access.start()
         try:
             yield
         finally:
+            await access.close()
             await upstream.close()
 
     routes = [Route(p, openai_route(p), methods=["POST"]) for p in ROUTES]
@@ -196,6 +212,10 @@ def create_app(
         Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", prometheus, methods=["GET"]),
     ]
+    if identity is not None:
+        from m2a.gateway.admin import create_admin_api  # FastAPI loads only where teams exist
+
+        routes.append(Mount("/admin", app=create_admin_api(identity, access)))
     app = Starlette(
         routes=routes,
         lifespan=lifespan,
@@ -207,4 +227,5 @@ def create_app(
     )
     app.state.metrics = metrics
     app.state.pool = pool
+    app.state.access = access
     return app

@@ -1,0 +1,120 @@
+"""Who is calling and what they may use: API keys resolved to principals, cached with invalidation.
+
+The bootstrap admin key (``M2A_ADMIN_KEY`` or ``$M2A_HOME/admin.key``) works without a database.
+Team keys are looked up in the identity store once and cached; a background task polls the store's
+revision counter and drops the cache when anything changed (a revoked key stops working within
+about ``poll_s`` seconds, in every gateway process sharing the store). Expiry is checked on every
+request from the cached record.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+from collections import OrderedDict
+from datetime import UTC, datetime
+
+from starlette.requests import Request
+
+from m2a.gateway.auth import bearer_token
+from m2a.gateway.errors import GatewayError
+from m2a.store.identity import PRIORITIES, IdentityStore, Principal
+
+log = logging.getLogger("m2a.gateway.access")
+
+CACHE_SIZE = 10_000
+
+BOOTSTRAP = Principal(
+    key_id=0,
+    key_prefix="bootstrap",
+    team=None,
+    role="admin",
+    priority="critical",
+    priority_order=PRIORITIES["critical"],
+    models=None,
+    expires_at=None,
+)
+
+_REFUSALS = {
+    "unknown": "Incorrect API key provided.",
+    "revoked": "This API key has been revoked.",
+    "expired": "This API key has expired.",
+    "team deleted": "This API key belongs to a team that no longer exists.",
+}
+
+
+class Access:
+    """Resolves bearer keys to principals; the one place the gateway asks "who is this?"."""
+
+    def __init__(self, admin_key: str, store: IdentityStore | None = None, poll_s: float = 0.5) -> None:
+        if not admin_key:
+            raise ValueError("the gateway needs an admin key: it never serves an open endpoint")
+        self._admin = admin_key.encode()
+        self.store = store
+        self.poll_s = poll_s
+        self._cache: OrderedDict[str, Principal | str] = OrderedDict()
+        self._revision = -1
+        self._poller: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        if self.store is not None:
+            self._revision = await self.store.revision()
+            self._poller = asyncio.create_task(self._poll())
+
+    async def close(self) -> None:
+        if self._poller:
+            self._poller.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._poller
+
+    async def _poll(self) -> None:
+        assert self.store is not None
+        while True:
+            await asyncio.sleep(self.poll_s)
+            try:
+                revision = await self.store.revision()
+            except Exception:  # the database may blip: keep serving from the cache, log once per blip
+                log.warning("could not read the identity revision", exc_info=True)
+                continue
+            if revision != self._revision:
+                self._revision = revision
+                self._cache.clear()
+
+    def invalidate(self) -> None:
+        """Drop cached lookups at once (this process changed something)."""
+        self._cache.clear()
+
+    async def _lookup(self, token: str) -> Principal | str:
+        if hmac.compare_digest(token.encode(), self._admin):
+            return BOOTSTRAP
+        if self.store is None:
+            return "unknown"
+        found = self._cache.get(token)
+        if found is None:
+            found = await self.store.lookup(token)
+            self._cache[token] = found
+            if len(self._cache) > CACHE_SIZE:
+                self._cache.popitem(last=False)
+        return found
+
+    async def principal(self, request: Request) -> Principal:
+        token = bearer_token(request)
+        if token is None:
+            raise GatewayError(
+                401,
+                "You didn't provide an API key. Send it as 'Authorization: Bearer <key>'.",
+                code="missing_api_key",
+            )
+        found = await self._lookup(token)
+        if isinstance(found, str):
+            raise GatewayError(401, _REFUSALS.get(found, _REFUSALS["unknown"]), code="invalid_api_key")
+        if found.expires_at is not None and found.expires_at <= datetime.now(UTC):
+            raise GatewayError(401, _REFUSALS["expired"], code="invalid_api_key")
+        return found
+
+
+def require_admin(principal: Principal) -> None:
+    if not principal.is_admin:
+        raise GatewayError(403, "This needs an admin key.", code="admin_only")

@@ -1,0 +1,205 @@
+"""The admin HTTP API (FastAPI, so it documents itself at /admin/openapi.json and /admin/docs).
+
+Teams, grants and keys, for callers with an admin key; `/admin/v1/whoami` for any valid key.
+Errors use OpenAI's error shape like the rest of the gateway. (No `from __future__ import
+annotations` here: FastAPI reads the dependency annotations at runtime.)
+"""
+
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Literal
+
+from fastapi import Depends, FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException
+
+from m2a.gateway.access import Access, require_admin
+from m2a.gateway.errors import GatewayError, error_response
+from m2a.store.identity import IdentityError, IdentityStore, KeyInfo, Principal, TeamInfo
+
+Priority = Literal["critical", "standard", "batch"]
+_STATUS = {"not_found": 404, "conflict": 409, "invalid": 400}
+
+
+class TeamIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1, max_length=64, examples=["research"])
+    priority: Priority = "standard"
+    priority_order: int | None = Field(default=None, ge=-1_000_000, le=1_000_000)
+
+
+class TeamPatch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    priority: Priority | None = None
+    priority_order: int | None = Field(default=None, ge=-1_000_000, le=1_000_000)
+
+
+class TeamOut(BaseModel):
+    name: str
+    priority: str
+    priority_order: int
+    created_at: datetime
+    models: list[str]
+
+
+class KeyIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    team: str | None = Field(default=None, description="Required for member keys.")
+    name: str = Field(min_length=1, max_length=128)
+    role: Literal["member", "admin"] = "member"
+    expires_in_days: float | None = Field(default=None, gt=0, le=3650)
+    priority: Priority | None = None
+
+
+class KeyOut(BaseModel):
+    id: int
+    name: str
+    prefix: str
+    team: str | None
+    role: str
+    priority: str | None
+    created_at: datetime
+    expires_at: datetime | None
+    revoked_at: datetime | None
+
+
+class NewKeyOut(KeyOut):
+    key: str = Field(description="The key itself. Shown this once: only its hash is stored.")
+
+
+class WhoAmI(BaseModel):
+    team: str | None
+    role: str
+    key_prefix: str
+    priority: str
+    priority_order: int
+    models: list[str] | None = Field(description="Models the key may use; null for every model.")
+    expires_at: datetime | None
+
+
+def _team(t: TeamInfo) -> TeamOut:
+    return TeamOut(
+        name=t.name,
+        priority=t.priority,
+        priority_order=t.priority_order,
+        created_at=t.created_at,
+        models=list(t.models),
+    )
+
+
+def _key(k: KeyInfo) -> KeyOut:
+    return KeyOut(**k.__dict__)
+
+
+def create_admin_api(store: IdentityStore, access: Access) -> FastAPI:
+    api = FastAPI(
+        title="m2a admin API",
+        version="1",
+        description="Teams, model grants and API keys of an m2a gateway. "
+        "Send an admin key as a Bearer token.",
+        docs_url="/docs",
+        openapi_url="/openapi.json",
+        servers=[{"url": "/admin"}],  # mounted under /admin in the gateway
+    )
+
+    async def caller(request: Request) -> Principal:
+        return await access.principal(request)
+
+    async def admin(principal: Annotated[Principal, Depends(caller)]) -> Principal:
+        require_admin(principal)
+        return principal
+
+    Admin = Annotated[Principal, Depends(admin)]
+
+    @api.exception_handler(GatewayError)
+    async def _gateway_error(request: Request, exc: GatewayError) -> Response:
+        return exc.response()
+
+    @api.exception_handler(IdentityError)
+    async def _identity_error(request: Request, exc: IdentityError) -> Response:
+        return error_response(_STATUS.get(exc.kind, 400), exc.message, code=exc.kind)
+
+    @api.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> Response:
+        first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+        param = ".".join(str(p) for p in first["loc"] if p != "body") or None
+        return error_response(400, f"{param}: {first['msg']}" if param else first["msg"], param=param)
+
+    @api.exception_handler(HTTPException)
+    async def _http(request: Request, exc: HTTPException) -> Response:
+        return error_response(exc.status_code, str(exc.detail))
+
+    def changed() -> None:
+        access.invalidate()
+
+    @api.get("/v1/whoami", response_model=WhoAmI)
+    async def whoami(p: Annotated[Principal, Depends(caller)]) -> WhoAmI:
+        """The calling key's team, role, priority and usable models (any valid key)."""
+        return WhoAmI(
+            team=p.team,
+            role=p.role,
+            key_prefix=p.key_prefix,
+            priority=p.priority,
+            priority_order=p.priority_order,
+            models=None if p.models is None else sorted(p.models),
+            expires_at=p.expires_at,
+        )
+
+    @api.get("/v1/teams", response_model=list[TeamOut])
+    async def list_teams(_: Admin) -> list[TeamOut]:
+        return [_team(t) for t in await store.list_teams()]
+
+    @api.post("/v1/teams", response_model=TeamOut, status_code=201)
+    async def create_team(body: TeamIn, _: Admin) -> TeamOut:
+        team = await store.create_team(body.name, body.priority, body.priority_order)
+        changed()
+        return _team(team)
+
+    @api.get("/v1/teams/{team}", response_model=TeamOut)
+    async def get_team(team: str, _: Admin) -> TeamOut:
+        return _team(await store.get_team(team))
+
+    @api.patch("/v1/teams/{team}", response_model=TeamOut)
+    async def update_team(team: str, body: TeamPatch, _: Admin) -> TeamOut:
+        updated = await store.update_team(team, body.priority, body.priority_order)
+        changed()
+        return _team(updated)
+
+    @api.delete("/v1/teams/{team}", status_code=204)
+    async def delete_team(team: str, _: Admin) -> Response:
+        await store.delete_team(team)
+        changed()
+        return Response(status_code=204)
+
+    @api.put("/v1/teams/{team}/grants/{model:path}", response_model=TeamOut)
+    async def grant(team: str, model: str, _: Admin) -> TeamOut:
+        await store.grant(team, model)
+        changed()
+        return _team(await store.get_team(team))
+
+    @api.delete("/v1/teams/{team}/grants/{model:path}", response_model=TeamOut)
+    async def ungrant(team: str, model: str, _: Admin) -> TeamOut:
+        await store.ungrant(team, model)
+        changed()
+        return _team(await store.get_team(team))
+
+    @api.get("/v1/keys", response_model=list[KeyOut])
+    async def list_keys(_: Admin, team: str | None = None) -> list[KeyOut]:
+        return [_key(k) for k in await store.list_keys(team)]
+
+    @api.post("/v1/keys", response_model=NewKeyOut, status_code=201)
+    async def create_key(body: KeyIn, _: Admin) -> NewKeyOut:
+        expires = datetime.now(UTC) + timedelta(days=body.expires_in_days) if body.expires_in_days else None
+        plaintext, info = await store.create_key(
+            body.team, body.name, role=body.role, expires_at=expires, priority=body.priority
+        )
+        changed()
+        return NewKeyOut(key=plaintext, **info.__dict__)
+
+    @api.delete("/v1/keys/{key_id}", response_model=KeyOut)
+    async def revoke_key(key_id: int, _: Admin) -> KeyOut:
+        await store.revoke_key(key_id)
+        changed()
+        return next(_key(k) for k in await store.list_keys() if k.id == key_id)
+
+    return api
