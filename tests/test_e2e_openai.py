@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
 import time
 
 import httpx
@@ -15,7 +17,7 @@ import openai
 import pytest
 from openai import OpenAI
 
-from tests.conftest import Stack
+from tests.conftest import Stack, m2a_cmd
 
 pytestmark = pytest.mark.e2e
 
@@ -262,3 +264,40 @@ def test_forced_tool_calls_work_with_any_chat_model(client: OpenAI, tool_choice:
     calls = r.choices[0].message.tool_calls
     assert calls and calls[0].function.name == "get_weather"  # type: ignore[union-attr]
     json.loads(calls[0].function.arguments)  # type: ignore[union-attr]
+
+
+# -- teams and keys, made with the CLI, enforced by the running gateway ------------------------
+
+
+def m2a(stack: Stack, *args: str) -> str:
+    env = {**os.environ, "M2A_HOME": str(stack.home)}
+    done = subprocess.run(m2a_cmd(*args), env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_team_keys_from_the_cli_are_enforced_by_the_gateway(stack: Stack) -> None:
+    m2a(stack, "teams", "create", "research", "--priority", "batch")
+    m2a(stack, "models", "grant", "research", "smollm2-llamacpp")
+    key = m2a(stack, "keys", "create", "research", "--name", "notebook", "--expires", "30d").strip()
+    team = OpenAI(base_url=stack.base_url, api_key=key, max_retries=0, timeout=120)
+
+    assert [m.id for m in team.models.list().data] == ["smollm2-llamacpp"]
+    r = team.chat.completions.create(model="smollm2-llamacpp", messages=FRANCE, max_tokens=10)
+    assert r.choices[0].message.content
+    with pytest.raises(openai.PermissionDeniedError):
+        team.chat.completions.create(model="smollm2-135m-instruct", messages=FRANCE, max_tokens=10)
+
+    (record,) = [k for k in json.loads(m2a(stack, "keys", "list", "--json")) if k["team"] == "research"]
+    assert key not in json.dumps(record)  # only the prefix is kept
+    m2a(stack, "keys", "revoke", str(record["id"]))
+    deadline = time.monotonic() + 10  # the gateway polls the store twice a second
+    while time.monotonic() < deadline:
+        try:
+            team.models.list()
+        except openai.AuthenticationError as exc:
+            assert "revoked" in exc.message
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail("a revoked key still worked after 10 s")
