@@ -359,6 +359,23 @@ async def test_non_streamed_chat_is_passed_through_unchanged(engine: FakeEngine)
         assert engine.requests[1].headers["authorization"] == "Bearer up-secret"
 
 
+async def test_vllm_engines_get_the_callers_priority_and_clients_cannot_raise_it(engine: FakeEngine) -> None:
+    vllm = endpoint(engine.url, CHAT)
+    vllm.engine = "vllm"
+    pool = make_pool(vllm, endpoint(engine.url, "other-chat"))
+    async with serve_gateway(pool) as gw, http_client(gw) as client:
+        body = {"model": CHAT, "messages": HELLO, "priority": -1000}
+        assert (await client.post("/v1/chat/completions", json=body)).status_code == 200
+        assert engine.requests[0].json["priority"] == 0  # the admin key's order (critical), not the client's
+        assert engine.requests[0].json["messages"] == HELLO
+        sent = b'{"model": "other-chat", "messages": [{"role": "user", "content": "Say hello."}]}'
+        resp = await client.post(
+            "/v1/chat/completions", content=sent, headers={"content-type": "application/json"}
+        )
+        assert resp.status_code == 200
+        assert engine.requests[1].body == sent  # engines other than vLLM get the client's bytes
+
+
 # ---------------------------------------------------------------------------- 8. streaming
 async def test_streamed_chat_yields_every_chunk_in_order(oai: openai.AsyncOpenAI, engine: FakeEngine) -> None:
     stream = await oai.chat.completions.create(model=CHAT, messages=HELLO, stream=True)  # type: ignore[arg-type]

@@ -22,7 +22,7 @@ from m2a.gateway import schemas
 from m2a.gateway.access import Access
 from m2a.gateway.errors import GatewayError, error_response
 from m2a.gateway.metrics import GatewayMetrics
-from m2a.gateway.proxy import Forwarder, Upstream
+from m2a.gateway.proxy import Forwarder, Outgoing, Upstream
 from m2a.router.pool import Pool
 from m2a.store.identity import IdentityStore, Principal
 
@@ -134,16 +134,26 @@ def create_app(
         async def handler(request: Request) -> Response:
             principal = await access.principal(request)
             body = await read_body(request, cfg.max_body_bytes)
+            payload = parse_json(body)
             try:
-                req = validate(parse_json(body))
+                req = validate(payload)
             except schemas.RequestError as exc:
                 raise GatewayError(400, exc.message, param=exc.param, code="invalid_request") from exc
             served(principal, req.model, path, task)
             # A UUID: some engines (llama-cpp-python) reject any other x-request-id with a bare 400.
             request_id = str(uuid.uuid4())
-            return await forwarder.forward(
-                request, path, req.model, engine_path, body, req.stream, request_id
+            out = Outgoing(
+                route=path,
+                model=req.model,
+                engine_path=engine_path,
+                body=body,
+                payload=payload,  # type: ignore[arg-type]
+                stream=req.stream,
+                request_id=request_id,
+                # vLLM chat engines run with priority scheduling: the caller's team decides the order.
+                priority=principal.priority_order if task == "chat" else None,
             )
+            return await forwarder.forward(request, out)
 
         return handler
 

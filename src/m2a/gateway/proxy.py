@@ -10,6 +10,7 @@ import asyncio
 import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import aiohttp
@@ -88,6 +89,29 @@ async def _unless_disconnected(request: Request, aw: Awaitable[T]) -> T | None:
         return None
 
 
+@dataclass
+class Outgoing:
+    """One validated request on its way to an engine."""
+
+    route: str  # the gateway path, for metrics
+    model: str
+    engine_path: str  # the path under the engine's /v1
+    body: bytes  # the client's bytes, forwarded unchanged where possible
+    payload: dict[str, Any]  # the same, parsed
+    stream: bool
+    request_id: str
+    priority: int | None = None  # vLLM scheduling priority (lower first); None leaves the body alone
+    _with_priority: bytes | None = field(default=None, repr=False)
+
+    def body_for(self, ep: Endpoint) -> bytes:
+        """What ``ep`` receives: for vLLM, the caller's priority replaces any the client sent."""
+        if self.priority is None or ep.engine != "vllm":
+            return self.body
+        if self._with_priority is None:
+            self._with_priority = json.dumps({**self.payload, "priority": self.priority}).encode()
+        return self._with_priority
+
+
 class Forwarder:
     def __init__(self, pool: Pool, upstream: Upstream, metrics: GatewayMetrics) -> None:
         self.pool = pool
@@ -104,9 +128,8 @@ class Forwarder:
             headers["authorization"] = f"Bearer {ep.api_key}"
         return headers
 
-    async def _connect(
-        self, request: Request, model: str, path: str, body: bytes, request_id: str
-    ) -> tuple[Endpoint, aiohttp.ClientResponse]:
+    async def _connect(self, request: Request, out: Outgoing) -> tuple[Endpoint, aiohttp.ClientResponse]:
+        model = out.model
         assert self.upstream.session is not None
         tried: set[str] = set()
         last_error = ""
@@ -117,7 +140,9 @@ class Forwarder:
             ep.inflight += 1
             try:
                 resp = await self.upstream.session.post(
-                    ep.base_url + path, data=body, headers=self._headers(request, ep, request_id)
+                    ep.base_url + out.engine_path,
+                    data=out.body_for(ep),
+                    headers=self._headers(request, ep, out.request_id),
                 )
                 return ep, resp
             except RETRYABLE as exc:  # the engine never saw the request: another replica may take it
@@ -146,16 +171,13 @@ class Forwarder:
             headers={"Retry-After": "5"},
         )
 
-    async def forward(
-        self, request: Request, route: str, model: str, path: str, body: bytes, stream: bool, request_id: str
-    ) -> Response:
+    async def forward(self, request: Request, out: Outgoing) -> Response:
+        route, model, stream, request_id = out.route, out.model, out.stream, out.request_id
         started = time.perf_counter()
         inflight = self.metrics.inflight.labels(model)
         inflight.inc()  # from now until `finish`, including the wait for the engine's first byte
         try:
-            connected = await _unless_disconnected(
-                request, self._connect(request, model, path, body, request_id)
-            )
+            connected = await _unless_disconnected(request, self._connect(request, out))
         except GatewayError as exc:
             inflight.dec()
             self.metrics.requests.labels(route, model, str(exc.status)).inc()
