@@ -122,7 +122,7 @@ class IdentityStore:
     # -- teams ---------------------------------------------------------------------------------
 
     async def create_team(self, name: str, priority: str = "standard", order: int | None = None) -> TeamInfo:
-        if not _NAME.match(name):
+        if not _NAME.fullmatch(name):  # not match: "$" would let a trailing newline through
             raise IdentityError(
                 "invalid", "team names are 1-64 of a-z, 0-9, '-' and '_', starting alphanumeric"
             )
@@ -132,7 +132,8 @@ class IdentityStore:
             if taken is not None and taken.deleted_at is None:
                 raise IdentityError("conflict", f"team {name!r} exists")
             if taken is not None:  # a deleted team's name is free again; its keys stay dead
-                taken.name = f"{name}~deleted~{taken.id}"
+                suffix = f"~deleted~{taken.id}"  # unique by id; cut the name to fit the 64-char column
+                taken.name = name[: 64 - len(suffix)] + suffix
                 await s.flush()
             team = Team(
                 name=name,
@@ -141,6 +142,10 @@ class IdentityStore:
                 created_at=now(),
             )
             s.add(team)
+            try:
+                await s.flush()
+            except IntegrityError as exc:  # a concurrent create of the same name committed first
+                raise IdentityError("conflict", f"team {name!r} exists") from exc
             await self._bump(s)
         return TeamInfo(team.name, team.priority, team.priority_order, team.created_at, ())
 
@@ -194,14 +199,17 @@ class IdentityStore:
     # -- grants --------------------------------------------------------------------------------
 
     async def grant(self, team_name: str, model: str) -> None:
-        async with self._session() as s, s.begin():
-            team = await self._team(s, team_name)
-            exists = (
-                await s.execute(select(Grant).where(Grant.team_id == team.id, Grant.model == model))
-            ).scalar()
-            if exists is None:
-                s.add(Grant(team_id=team.id, model=model, created_at=now()))
-                await self._bump(s)
+        try:
+            async with self._session() as s, s.begin():
+                team = await self._team(s, team_name)
+                exists = (
+                    await s.execute(select(Grant).where(Grant.team_id == team.id, Grant.model == model))
+                ).scalar()
+                if exists is None:
+                    s.add(Grant(team_id=team.id, model=model, created_at=now()))
+                    await self._bump(s)
+        except IntegrityError:  # a concurrent grant of the same model committed first: granted already
+            pass
 
     async def ungrant(self, team_name: str, model: str) -> None:
         async with self._session() as s, s.begin():
@@ -234,6 +242,8 @@ class IdentityStore:
             _check_priority(priority)
         if expires_at is not None and expires_at <= now():
             raise IdentityError("invalid", "expiry must be in the future")
+        if expires_at is not None:  # SQLite keeps no offset: store UTC so it reads back right
+            expires_at = expires_at.astimezone(UTC)
         plaintext = new_key()
         async with self._session() as s, s.begin():
             team_row = await self._team(s, team) if team is not None else None
