@@ -25,6 +25,7 @@ from m2a.store.identity import PRIORITIES, IdentityStore, Principal
 log = logging.getLogger("m2a.gateway.access")
 
 CACHE_SIZE = 10_000
+REFUSED_CACHE_SIZE = 1_000
 
 BOOTSTRAP = Principal(
     key_id=0,
@@ -54,8 +55,12 @@ class Access:
         self._admin = admin_key.encode()
         self.store = store
         self.poll_s = poll_s
-        self._cache: OrderedDict[str, Principal | str] = OrderedDict()
+        # Valid keys and refused ones are cached apart, so a flood of random keys cannot push the
+        # valid ones out (it only churns the refusals).
+        self._cache: OrderedDict[str, Principal] = OrderedDict()
+        self._refused: OrderedDict[str, str] = OrderedDict()
         self._revision = -1
+        self._generation = 0  # bumped whenever the cache is dropped
         self._poller: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -80,23 +85,33 @@ class Access:
                 continue
             if revision != self._revision:
                 self._revision = revision
-                self._cache.clear()
+                self.invalidate()
 
     def invalidate(self) -> None:
         """Drop cached lookups at once (this process changed something)."""
+        self._generation += 1
         self._cache.clear()
+        self._refused.clear()
 
     async def _lookup(self, token: str) -> Principal | str:
         if hmac.compare_digest(token.encode(), self._admin):
             return BOOTSTRAP
         if self.store is None:
             return "unknown"
-        found = self._cache.get(token)
-        if found is None:
-            found = await self.store.lookup(token)
-            self._cache[token] = found
-            if len(self._cache) > CACHE_SIZE:
-                self._cache.popitem(last=False)
+        for cache in (self._cache, self._refused):
+            hit = cache.get(token)
+            if hit is not None:
+                cache.move_to_end(token)  # least recently used goes first
+                return hit
+        generation = self._generation
+        found = await self.store.lookup(token)
+        # A lookup that overlapped a cache drop may have read the store before the change: use it
+        # for this request only, or a revoked key would stay cached until the next change.
+        if generation == self._generation:
+            target: OrderedDict = self._refused if isinstance(found, str) else self._cache  # type: ignore[type-arg]
+            target[token] = found
+            if len(target) > (REFUSED_CACHE_SIZE if target is self._refused else CACHE_SIZE):
+                target.popitem(last=False)
         return found
 
     async def principal(self, request: Request) -> Principal:

@@ -8,16 +8,20 @@ annotations` here: FastAPI reads the dependency annotations at runtime.)
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Literal
 
-from fastapi import Depends, FastAPI, Request, Response
+from fastapi import Depends, FastAPI, Path, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
 
 from m2a.gateway.access import Access, require_admin
 from m2a.gateway.errors import GatewayError, error_response
-from m2a.store.identity import IdentityError, IdentityStore, KeyInfo, Principal, TeamInfo
+from m2a.store.identity import MAX_ID, IdentityError, IdentityStore, KeyInfo, Principal, TeamInfo
 
 Priority = Literal["critical", "standard", "batch"]
+# What the database can hold: PostgreSQL text cannot contain NUL, ids are 32-bit, grants 256 chars.
+NO_NUL = r"^[^\x00]*$"
+TeamName = Annotated[str, Path(pattern=NO_NUL)]
+ModelName = Annotated[str, Path(max_length=256, pattern=NO_NUL)]
 _STATUS = {"not_found": 404, "conflict": 409, "invalid": 400}
 
 
@@ -44,8 +48,8 @@ class TeamOut(BaseModel):
 
 class KeyIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    team: str | None = Field(default=None, description="Required for member keys.")
-    name: str = Field(min_length=1, max_length=128)
+    team: str | None = Field(default=None, pattern=NO_NUL, description="Required for member keys.")
+    name: str = Field(min_length=1, max_length=128, pattern=NO_NUL)
     role: Literal["member", "admin"] = "member"
     expires_in_days: float | None = Field(default=None, gt=0, le=3650)
     priority: Priority | None = None
@@ -156,35 +160,35 @@ def create_admin_api(store: IdentityStore, access: Access) -> FastAPI:
         return _team(team)
 
     @api.get("/v1/teams/{team}", response_model=TeamOut)
-    async def get_team(team: str, _: Admin) -> TeamOut:
+    async def get_team(team: TeamName, _: Admin) -> TeamOut:
         return _team(await store.get_team(team))
 
     @api.patch("/v1/teams/{team}", response_model=TeamOut)
-    async def update_team(team: str, body: TeamPatch, _: Admin) -> TeamOut:
+    async def update_team(team: TeamName, body: TeamPatch, _: Admin) -> TeamOut:
         updated = await store.update_team(team, body.priority, body.priority_order)
         changed()
         return _team(updated)
 
     @api.delete("/v1/teams/{team}", status_code=204)
-    async def delete_team(team: str, _: Admin) -> Response:
+    async def delete_team(team: TeamName, _: Admin) -> Response:
         await store.delete_team(team)
         changed()
         return Response(status_code=204)
 
     @api.put("/v1/teams/{team}/grants/{model:path}", response_model=TeamOut)
-    async def grant(team: str, model: str, _: Admin) -> TeamOut:
+    async def grant(team: TeamName, model: ModelName, _: Admin) -> TeamOut:
         await store.grant(team, model)
         changed()
         return _team(await store.get_team(team))
 
     @api.delete("/v1/teams/{team}/grants/{model:path}", response_model=TeamOut)
-    async def ungrant(team: str, model: str, _: Admin) -> TeamOut:
+    async def ungrant(team: TeamName, model: ModelName, _: Admin) -> TeamOut:
         await store.ungrant(team, model)
         changed()
         return _team(await store.get_team(team))
 
     @api.get("/v1/keys", response_model=list[KeyOut])
-    async def list_keys(_: Admin, team: str | None = None) -> list[KeyOut]:
+    async def list_keys(_: Admin, team: Annotated[str | None, Query(pattern=NO_NUL)] = None) -> list[KeyOut]:
         return [_key(k) for k in await store.list_keys(team)]
 
     @api.post("/v1/keys", response_model=NewKeyOut, status_code=201)
@@ -197,7 +201,7 @@ def create_admin_api(store: IdentityStore, access: Access) -> FastAPI:
         return NewKeyOut(key=plaintext, **info.__dict__)
 
     @api.delete("/v1/keys/{key_id}", response_model=KeyOut)
-    async def revoke_key(key_id: int, _: Admin) -> KeyOut:
+    async def revoke_key(key_id: Annotated[int, Path(ge=1, le=MAX_ID)], _: Admin) -> KeyOut:
         await store.revoke_key(key_id)
         changed()
         return next(_key(k) for k in await store.list_keys() if k.id == key_id)

@@ -22,6 +22,7 @@ from m2a.store.schema import ApiKey, Grant, Revision, Team
 PRIORITIES = {"critical": 0, "standard": 100, "batch": 200}  # lower runs first, as in vLLM
 ROLES = ("member", "admin")
 KEY_PREFIX = "m2a-"
+MAX_ID = 2**31 - 1  # ids are 32-bit integer columns
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 
 
@@ -288,6 +289,8 @@ class IdentityStore:
 
     async def revoke_key(self, key_id: int, team: str | None = None) -> None:
         """Revoke by id; with ``team``, only a key of that team (tenants cannot touch others' keys)."""
+        if not 1 <= key_id <= MAX_ID:  # beyond the id column: cannot exist (and PostgreSQL would refuse)
+            raise IdentityError("not_found", f"no key with id {key_id}")
         async with self._session() as s, s.begin():
             key = await s.get(ApiKey, key_id)
             if key is not None and team is not None and key.team_id != (await self._team(s, team)).id:
