@@ -80,7 +80,7 @@ class Access:
             await asyncio.sleep(self.poll_s)
             try:
                 revision = await self.store.revision()
-            except Exception:  # the database may blip: keep serving from the cache, log once per blip
+            except Exception:  # the database may blip: keep serving from the cache meanwhile
                 log.warning("could not read the identity revision", exc_info=True)
                 continue
             if revision != self._revision:
@@ -108,10 +108,12 @@ class Access:
         # A lookup that overlapped a cache drop may have read the store before the change: use it
         # for this request only, or a revoked key would stay cached until the next change.
         if generation == self._generation:
-            target: OrderedDict = self._refused if isinstance(found, str) else self._cache  # type: ignore[type-arg]
-            target[token] = found
-            if len(target) > (REFUSED_CACHE_SIZE if target is self._refused else CACHE_SIZE):
-                target.popitem(last=False)
+            cache, limit = (
+                (self._refused, REFUSED_CACHE_SIZE) if isinstance(found, str) else (self._cache, CACHE_SIZE)
+            )
+            cache[token] = found  # type: ignore[assignment]
+            if len(cache) > limit:
+                cache.popitem(last=False)
         return found
 
     async def principal(self, request: Request) -> Principal:
