@@ -167,6 +167,9 @@ async def run_up(
         await asyncio.wait({ready, stopped, serving}, return_when=asyncio.FIRST_COMPLETED)
         if ready.done() and ready.result():
             say(f"ready: {', '.join(pool.models())} at http://{gw.host}:{gw.port}/v1 (Ctrl-C stops all)")
+            say(
+                f"teams and keys: `m2a teams --help`, or the admin API at http://{gw.host}:{gw.port}/admin/docs"
+            )
         await asyncio.wait({stopped, serving}, return_when=asyncio.FIRST_COMPLETED)
         ready.cancel()
         stopped.cancel()
