@@ -349,3 +349,17 @@ def test_vllm_on_cpu_caps_long_contexts_to_fit_the_kv_cache(
 def test_cpu_binding_explicit_cores_per_replica() -> None:
     cfg = ModelConfig(name="m", replicas=3, cpu_cores=["0-3", "4-7"])
     assert [cpu_binding(cfg, n, 8, "chat") for n in range(3)] == ["0-3", "4-7", "0-3"]
+
+
+def test_gateway_socket_disables_nagle() -> None:
+    # Accepted connections inherit it; without it, asyncio's loop left answers waiting 40 ms for the
+    # client's delayed ACK (measured: 44 ms per request through `m2a up` instead of 1 ms).
+    import socket
+
+    from m2a.serve import listen_socket
+
+    sock = listen_socket("127.0.0.1", 0)
+    try:
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+    finally:
+        sock.close()

@@ -45,6 +45,9 @@ def listen_socket(host: str, port: int) -> socket.socket:
     """The gateway's socket, bound before any engine starts (raises OSError when taken)."""
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    # Inherited by accepted connections: without it a response written in two pieces can wait
+    # for the client's delayed ACK (40 ms) under asyncio's own event loop.
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     try:
         sock.bind((host, port))
     except OSError:

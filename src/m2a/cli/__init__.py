@@ -115,7 +115,16 @@ def up(
         say(f"generated an API key (kept in {settings.home / 'admin.key'}): ", bold=key)
     else:
         say("API key: ", bold=key)
-    raise typer.Exit(asyncio.run(run_up(settings, specs, key, say, sock)))
+    raise typer.Exit(run_loop(run_up(settings, specs, key, say, sock)))
+
+
+def run_loop(coro):  # type: ignore[no-untyped-def]
+    """Run the server on uvloop where installed (as `uvicorn` itself does), else asyncio's loop."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coro)
+    return uvloop.run(coro)
 
 
 def main() -> None:

@@ -1,0 +1,113 @@
+"""The gateway's own cost per request, against a mock engine that answers at once.
+
+Starts `bench/mock_engine.py`, then `m2a up` serving it as a remote model, creates a team and a team
+key through the admin API (so each request goes through key lookup, the grant check and schema
+validation), and sends the same requests straight to the mock and through the gateway, rounds
+alternating, at concurrency 1 and 16, non-streamed and streamed (16 chunks).
+
+    .venv/bin/python bench/gateway_mock.py [--seconds 5] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import aiohttp
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from stack import KEY, Up, free_port  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+
+
+async def load(
+    url: str, key: str | None, concurrency: int, seconds: float, stream: bool
+) -> tuple[int, list[float]]:
+    """Requests done in ``seconds`` and their latencies (to the first byte of the answer body)."""
+    body = {
+        "model": "mock",
+        "messages": [{"role": "user", "content": "hi"}],
+        "max_tokens": 16,
+        "stream": stream,
+    }
+    headers = {"authorization": f"Bearer {key}"} if key else {}
+    latencies: list[float] = []
+    errors = 0
+    deadline = time.perf_counter() + seconds
+
+    async def worker(session: aiohttp.ClientSession) -> None:
+        nonlocal errors
+        while time.perf_counter() < deadline:
+            t0 = time.perf_counter()
+            async with session.post(url, json=body, headers=headers) as resp:
+                first = await resp.content.readany()
+                latency = time.perf_counter() - t0
+                await resp.read()
+                if resp.status != 200 or not first:
+                    errors += 1
+                    continue
+            latencies.append(latency)
+
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+        await asyncio.gather(*(worker(session) for _ in range(concurrency)))
+    if errors:
+        raise SystemExit(f"{errors} requests failed against {url}")
+    return len(latencies), latencies
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seconds", type=float, default=5.0, help="per round and target")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--home", type=Path, default=Path("/tmp/m2a-bench-mock"))
+    args = ap.parse_args()
+    port = free_port()
+    mock = subprocess.Popen([sys.executable, str(HERE / "mock_engine.py"), str(port)])
+    try:
+        direct = f"http://127.0.0.1:{port}/v1/chat/completions"
+        with Up(
+            [{"name": "mock", "engine": "remote", "url": f"http://127.0.0.1:{port}/v1"}], args.home
+        ) as up:
+            admin = {"authorization": f"Bearer {KEY}"}
+            httpx.post(f"{up.root}/admin/v1/teams", json={"name": "bench"}, headers=admin)
+            httpx.put(f"{up.root}/admin/v1/teams/bench/grants/mock", headers=admin).raise_for_status()
+            r = httpx.post(f"{up.root}/admin/v1/keys", json={"team": "bench", "name": "bench"}, headers=admin)
+            team_key = r.json()["key"]
+            via = f"{up.base_url}/chat/completions"
+            asyncio.run(load(via, team_key, 4, 1, False))  # warm both paths
+            asyncio.run(load(direct, None, 4, 1, False))
+            print("| answer | concurrency | target | req/s | p50 ms | p99 ms |\n|---|---|---|---|---|---|")
+            for stream in (False, True):
+                for c in (1, 16):
+                    results: dict[str, tuple[int, list[float], float]] = {}
+                    for _ in range(args.rounds):
+                        for label, url, key in (
+                            ("mock direct", direct, None),
+                            ("through m2a", via, team_key),
+                        ):
+                            n, lat = asyncio.run(load(url, key, c, args.seconds, stream))
+                            done, lats, secs = results.get(label, (0, [], 0.0))
+                            results[label] = (done + n, lats + lat, secs + args.seconds)
+                    kind = "stream (16 chunks)" if stream else "JSON"
+                    for label, (done, lats, secs) in results.items():
+                        lats.sort()
+                        p50, p99 = 1000 * statistics.median(lats), 1000 * lats[int(0.99 * (len(lats) - 1))]
+                        print(
+                            f"| {kind} | {c} | {label} | {done / secs:.0f} | {p50:.2f} | {p99:.2f} |",
+                            flush=True,
+                        )
+    finally:
+        mock.terminate()
+        mock.wait()
+
+
+if __name__ == "__main__":
+    main()
