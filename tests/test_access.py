@@ -32,6 +32,7 @@ from m2a.router.pool import Endpoint, Pool
 from m2a.store.db import open_store
 from m2a.store.identity import IdentityStore, Principal
 from tests.fake_engine import FakeEngine
+from tests.openai_shape import assert_openai_error
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -39,7 +40,6 @@ ADMIN = "sk-access-admin-" + "a" * 24
 CHAT_MODELS = ("alpha", "beta")
 EMBED_MODEL = "emb"
 HELLO = [{"role": "user", "content": "Say hello."}]
-ERROR_KEYS = {"message", "type", "param", "code"}
 TIMEOUT = 30.0  # per HTTP call; generous for a loaded two-core machine
 POLL_S = 5.0  # the gateway polls the store every 0.5 s: changes by another process show well within this
 
@@ -47,21 +47,6 @@ POLL_S = 5.0  # the gateway polls the store every 0.5 s: changes by another proc
 # ---------------------------------------------------------------------------- helpers
 def auth(key: str | None) -> dict[str, str]:
     return {"authorization": f"Bearer {key}"} if key else {}
-
-
-def assert_openai_error(resp: httpx.Response, status: int, code: str | None = None) -> dict[str, Any]:
-    """``resp`` is an error in OpenAI's shape with ``status``; returns its ``error`` object."""
-    assert resp.status_code == status, resp.text
-    assert resp.headers["content-type"].startswith("application/json")
-    body = resp.json()
-    assert set(body) == {"error"}, body
-    err = body["error"]
-    assert set(err) == ERROR_KEYS, err
-    assert isinstance(err["message"], str) and err["message"]
-    assert isinstance(err["type"], str) and err["type"]
-    if code is not None:
-        assert err["code"] == code, err
-    return err
 
 
 async def eventually(check: Callable[[], Awaitable[bool]], what: str, timeout: float = POLL_S) -> None:

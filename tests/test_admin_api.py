@@ -33,12 +33,12 @@ from m2a.store.db import open_store
 from m2a.store.identity import IdentityStore
 from tests.db_fixtures import Database, database  # noqa: F401 (a fixture)
 from tests.fake_engine import FakeEngine
+from tests.openai_shape import assert_openai_error
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 ADMIN = "sk-admin-api-" + "a" * 24
 HELLO = [{"role": "user", "content": "Say hello."}]
-ERROR_KEYS = {"message", "type", "param", "code"}
 TIMEOUT = 30.0  # per HTTP call; generous for a loaded two-core machine
 # Examples per operation and run: generated inputs, invalid ones, and (where the path names a team)
 # generated inputs on an existing team. The whole run stays well under a minute on two cores.
@@ -48,20 +48,6 @@ FUZZ_RUNS = (("positive", 30, False), ("negative", 15, False), ("positive", 20, 
 # ---------------------------------------------------------------------------- helpers
 def auth(key: str | None) -> dict[str, str]:
     return {"authorization": f"Bearer {key}"} if key else {}
-
-
-def assert_openai_error(resp: httpx.Response, status: int, code: str | None = None) -> dict[str, Any]:
-    """``resp`` is an error in OpenAI's shape with ``status``; returns its ``error`` object."""
-    assert resp.status_code == status, resp.text
-    assert resp.headers["content-type"].startswith("application/json")
-    body = resp.json()
-    assert set(body) == {"error"}, body
-    err = body["error"]
-    assert set(err) == ERROR_KEYS, err
-    assert isinstance(err["message"], str) and err["message"]
-    if code is not None:
-        assert err["code"] == code, err
-    return err
 
 
 def make_pool(engine_url: str) -> Pool:

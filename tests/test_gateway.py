@@ -16,7 +16,7 @@ import contextlib
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import httpx
 import openai
@@ -28,6 +28,7 @@ from m2a.config import GatewayConfig
 from m2a.gateway.app import create_app
 from m2a.router.pool import Endpoint, Pool
 from tests.fake_engine import OLD_VLLM_ERROR, FakeEngine, chat_answer, free_port
+from tests.openai_shape import ERROR_KEYS, assert_openai_error
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -35,7 +36,6 @@ KEY = "sk-gateway-test-" + "k" * 24
 CHAT = "fake-chat"
 EMBED = "acme/fake-embed"  # a slash in the name, as in Hugging Face ids
 HELLO = [{"role": "user", "content": "Say hello."}]
-ERROR_KEYS = {"message", "type", "param", "code"}
 TIMEOUT = 30.0  # per HTTP call; generous for a loaded two-core machine
 T = TypeVar("T")
 
@@ -115,21 +115,6 @@ def http_client(gw: Gateway, key: str | None = KEY) -> httpx.AsyncClient:
 
 def openai_client(gw: Gateway, key: str = KEY) -> openai.AsyncOpenAI:
     return openai.AsyncOpenAI(base_url=gw.base_url, api_key=key, max_retries=0, timeout=TIMEOUT)
-
-
-def assert_openai_error(resp: httpx.Response, status: int, code: str | None = None) -> dict[str, Any]:
-    """``resp`` is an error in OpenAI's shape with ``status``; returns its ``error`` object."""
-    assert resp.status_code == status, resp.text
-    assert resp.headers["content-type"].startswith("application/json")
-    body = resp.json()
-    assert set(body) == {"error"}, body
-    err = body["error"]
-    assert set(err) == ERROR_KEYS, err
-    assert isinstance(err["message"], str) and err["message"]
-    assert isinstance(err["type"], str) and err["type"]
-    if code is not None:
-        assert err["code"] == code, err
-    return err
 
 
 async def within(aw: Awaitable[T], what: str, timeout: float = TIMEOUT) -> T:
