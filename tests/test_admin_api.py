@@ -246,6 +246,19 @@ async def test_admin_api_needs_a_valid_key(gw: Gateway) -> None:
     assert_openai_error(await gw.admin("GET", "/nothing-here"), 404)
 
 
+async def test_callers_are_checked_before_their_bodies(gw: Gateway, store: IdentityStore) -> None:
+    await store.create_team("team-a")
+    member, _ = await store.create_key("team-a", "member")
+
+    async def post_broken(key: str | None) -> httpx.Response:
+        headers = {**auth(key), "content-type": "application/json"}
+        return await gw.client.post("/admin/v1/teams", content=b'{"name": ', headers=headers)
+
+    assert_openai_error(await post_broken(None), 401, "missing_api_key")
+    assert_openai_error(await post_broken(member), 403, "admin_only")
+    assert_openai_error(await post_broken(ADMIN), 400)  # an admin learns what is wrong
+
+
 async def test_inputs_the_database_cannot_hold_are_refused(
     database: Database,  # noqa: F811 (the fixture)
     engine: FakeEngine,

@@ -106,6 +106,20 @@ def create_admin_api(store: IdentityStore, access: Access) -> FastAPI:
         servers=[{"url": "/admin"}],  # mounted under /admin in the gateway
     )
 
+    @api.middleware("http")
+    async def authenticate_first(request: Request, call_next):  # type: ignore[no-untyped-def]
+        """Key and role before anything else: FastAPI would parse (and reject) a body first."""
+        path = request.url.path
+        if path.endswith(("/openapi.json", "/docs", "/docs/oauth2-redirect")):
+            return await call_next(request)
+        try:
+            principal = await access.principal(request)
+            if not path.endswith("/v1/whoami"):
+                require_admin(principal)
+        except GatewayError as exc:
+            return exc.response()
+        return await call_next(request)
+
     async def caller(request: Request) -> Principal:
         return await access.principal(request)
 
