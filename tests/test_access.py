@@ -18,7 +18,6 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -29,8 +28,8 @@ import m2a.gateway.access as access_module
 from m2a.config import GatewayConfig
 from m2a.gateway.app import create_app
 from m2a.router.pool import Endpoint, Pool
-from m2a.store.db import open_store
 from m2a.store.identity import IdentityStore, Principal
+from tests import gateway_fixtures
 from tests.fake_engine import FakeEngine
 from tests.openai_shape import assert_openai_error
 
@@ -42,6 +41,9 @@ EMBED_MODEL = "emb"
 HELLO = [{"role": "user", "content": "Say hello."}]
 TIMEOUT = 30.0  # per HTTP call; generous for a loaded two-core machine
 POLL_S = 5.0  # the gateway polls the store every 0.5 s: changes by another process show well within this
+
+engine = gateway_fixtures.engine  # shared fixtures: a fake engine and a SQLite store
+store = gateway_fixtures.store
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -102,22 +104,6 @@ async def serve(engine_url: str, store: IdentityStore | None) -> AsyncIterator[G
 
 
 # ---------------------------------------------------------------------------- fixtures
-@pytest_asyncio.fixture(scope="module", loop_scope="session")
-async def engine() -> AsyncIterator[FakeEngine]:
-    fake = FakeEngine()
-    await fake.start()
-    yield fake
-    await fake.stop()
-
-
-@pytest_asyncio.fixture(loop_scope="session")
-async def store(tmp_path: Path) -> AsyncIterator[IdentityStore]:
-    """A fresh, migrated SQLite identity store."""
-    db = await open_store(None, tmp_path / "home")
-    yield IdentityStore(db)
-    await db.dispose()
-
-
 @pytest_asyncio.fixture(loop_scope="session")
 async def gw(engine: FakeEngine, store: IdentityStore) -> AsyncIterator[Gateway]:
     async with serve(engine.url, store) as gateway:

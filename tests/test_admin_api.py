@@ -15,7 +15,6 @@ import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -29,8 +28,8 @@ from schemathesis.checks import not_a_server_error
 from m2a.config import GatewayConfig
 from m2a.gateway.app import create_app
 from m2a.router.pool import Endpoint, Pool
-from m2a.store.db import open_store
 from m2a.store.identity import IdentityStore
+from tests import gateway_fixtures
 from tests.db_fixtures import Database, database  # noqa: F401 (a fixture)
 from tests.fake_engine import FakeEngine
 from tests.openai_shape import assert_openai_error
@@ -43,6 +42,9 @@ TIMEOUT = 30.0  # per HTTP call; generous for a loaded two-core machine
 # Examples per operation and run: generated inputs, invalid ones, and (where the path names a team)
 # generated inputs on an existing team. The whole run stays well under a minute on two cores.
 FUZZ_RUNS = (("positive", 30, False), ("negative", 15, False), ("positive", 20, True))
+
+engine = gateway_fixtures.engine  # shared fixtures: a fake engine and a SQLite store
+store = gateway_fixtures.store
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -85,22 +87,6 @@ async def snapshot(store: IdentityStore) -> tuple[object, ...]:
 
 
 # ---------------------------------------------------------------------------- fixtures
-@pytest_asyncio.fixture(scope="module", loop_scope="session")
-async def engine() -> AsyncIterator[FakeEngine]:
-    fake = FakeEngine()
-    await fake.start()
-    yield fake
-    await fake.stop()
-
-
-@pytest_asyncio.fixture(loop_scope="session")
-async def store(tmp_path: Path) -> AsyncIterator[IdentityStore]:
-    """A fresh, migrated SQLite identity store."""
-    db = await open_store(None, tmp_path / "home")
-    yield IdentityStore(db)
-    await db.dispose()
-
-
 @pytest_asyncio.fixture(loop_scope="session")
 async def gw(engine: FakeEngine, store: IdentityStore) -> AsyncIterator[Gateway]:
     async with serve(engine.url, store) as gateway:
