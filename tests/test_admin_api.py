@@ -325,6 +325,11 @@ async def test_member_keys_cannot_administer_or_see_other_teams(
             ("DELETE", f"/keys/{a}", None),
             ("DELETE", f"/keys/{b}", None),
             ("DELETE", "/keys/999999", None),
+            ("GET", "/quotas", None),
+            ("GET", "/quotas?team=team-b", None),
+            ("PUT", "/teams/team-a/quotas", {"limits": [{"metric": "requests", "window": "day", "limit": 10**9}]}),
+            ("PUT", "/teams/team-b/quotas", {"limits": [{"metric": "requests", "window": "day", "limit": 0}]}),
+            ("DELETE", "/teams/team-a/quotas", None),
         ]
         for method, path, body in calls:
             resp = await gw.admin(method, path, key=key_a, json=body)
@@ -377,6 +382,9 @@ ADMIN_PATHS = {
     "/v1/teams/{team}/grants/{model}": {"put", "delete"},
     "/v1/keys": {"get", "post"},
     "/v1/keys/{key_id}": {"delete"},
+    "/v1/quotas": {"get"},
+    "/v1/teams/{team}/quotas": {"put", "delete"},
+    "/v1/usage": {"get"},
 }
 
 

@@ -28,6 +28,23 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+class Price(_Strict):
+    """What a model's tokens cost, in dollars per million tokens (for chargeback and cost budgets)."""
+
+    input_per_1m: float = Field(default=0.0, ge=0)
+    output_per_1m: float = Field(default=0.0, ge=0)
+    cached_input_per_1m: float | None = Field(
+        default=None, ge=0, description="Prompt tokens served from the prefix cache; default: input price."
+    )
+
+    def cost(self, input_tokens: int, output_tokens: int, cached_tokens: int = 0) -> float:
+        cached_price = self.input_per_1m if self.cached_input_per_1m is None else self.cached_input_per_1m
+        fresh = max(input_tokens - cached_tokens, 0)
+        return (
+            fresh * self.input_per_1m + cached_tokens * cached_price + output_tokens * self.output_per_1m
+        ) / 1e6
+
+
 class ModelConfig(_Strict):
     """One model the platform serves."""
 
@@ -57,6 +74,13 @@ class ModelConfig(_Strict):
     )
     extra_args: list[str] = Field(default_factory=list, description="Extra engine command-line flags.")
     license: str | None = None
+    price: Price = Field(default_factory=Price, description="Dollars per million tokens.")
+    max_inflight_per_replica: int | None = Field(
+        default=None,
+        ge=1,
+        description="Requests one replica runs at once before lower priorities wait at the gateway; "
+        "default from the engine (vLLM on CPU 16, on GPU 256, llama.cpp 1, remote: no limit).",
+    )
 
     @model_validator(mode="after")
     def _remote_needs_url(self) -> ModelConfig:
@@ -73,6 +97,23 @@ class GatewayConfig(_Strict):
     max_body_bytes: int = Field(default=8 << 20, ge=1024, description="Larger request bodies get 413.")
     upstream_timeout_s: float = Field(default=600.0, gt=0, description="Longest wait for an engine.")
     connect_timeout_s: float = Field(default=5.0, gt=0)
+    reserve_output_tokens: int = Field(
+        default=1024,
+        ge=1,
+        description="Output tokens reserved against token quotas when a request sets no max_tokens.",
+    )
+    priorities: bool = Field(default=True, description="Hold lower priorities when a model is saturated.")
+    priority_deadline_s: dict[str, float] = Field(
+        default_factory=lambda: {"critical": 60.0, "standard": 30.0, "batch": 15.0},
+        description="Longest wait at the gateway per priority before 503 (then Retry-After).",
+    )
+    priority_headroom: dict[str, float] = Field(
+        default_factory=lambda: {"critical": 1.0, "standard": 0.9, "batch": 0.5},
+        description="Share of a model's capacity each priority may fill; the rest is kept for higher ones.",
+    )
+    max_waiting: int = Field(
+        default=1000, ge=0, description="Requests held per model before new ones get 503."
+    )
 
 
 class SupervisorConfig(_Strict):
@@ -104,6 +145,10 @@ class Settings(_Strict):
         description="Where teams, keys and usage live ($M2A_DATABASE_URL): a postgresql:// URL; "
         "default SQLite in the state directory.",
     )
+    redis_url: str | None = Field(
+        default=None,
+        description="Quota counters shared by gateway processes ($M2A_REDIS_URL); default in process.",
+    )
     models: list[ModelConfig] = Field(default_factory=default_models)
     gateway: GatewayConfig = Field(default_factory=GatewayConfig)
     supervisor: SupervisorConfig = Field(default_factory=SupervisorConfig)
@@ -122,7 +167,12 @@ class Settings(_Strict):
         return next((m for m in self.models if m.name == name), None)
 
 
-_TOP_LEVEL_ENV = {"M2A_HOME": "home", "M2A_ADMIN_KEY": "admin_key", "M2A_DATABASE_URL": "database_url"}
+_TOP_LEVEL_ENV = {
+    "M2A_HOME": "home",
+    "M2A_ADMIN_KEY": "admin_key",
+    "M2A_DATABASE_URL": "database_url",
+    "M2A_REDIS_URL": "redis_url",
+}
 
 
 def _env_overrides(environ: dict[str, str]) -> dict[str, Any]:

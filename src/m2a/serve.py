@@ -24,10 +24,13 @@ from m2a.engines.base import EngineSpec
 from m2a.engines.registry import choose
 from m2a.engines.supervisor import Supervisor
 from m2a.gateway.app import create_app
+from m2a.gateway.counters import Counters, Memory, RedisCounters
+from m2a.gateway.quota import Quotas
 from m2a.metal.inventory import Inventory
 from m2a.router.pool import Endpoint, Pool
 from m2a.store.db import open_store
 from m2a.store.identity import IdentityStore
+from m2a.store.ledger import Ledger
 
 Say = Callable[[str], None]
 
@@ -132,7 +135,18 @@ async def run_up(
     """Serve until a signal arrives; always stop every engine before returning."""
     pool = Pool()
     for s in specs:
-        pool.add(Endpoint(s.replica_id, s.model, s.base_url, s.task, s.engine, s.api_key, s.metrics_url))
+        pool.add(
+            Endpoint(
+                s.replica_id,
+                s.model,
+                s.base_url,
+                s.task,
+                s.engine,
+                s.api_key,
+                s.metrics_url,
+                max_inflight=s.max_inflight,
+            )
+        )
     sup = Supervisor(
         specs,
         settings.supervisor,
@@ -145,7 +159,24 @@ async def run_up(
     except Exception as exc:  # nothing started yet: say why and stop
         say(f"cannot open the database ({settings.database_url or 'SQLite in ' + str(settings.home)}): {exc}")
         return 1
-    app = create_app(pool, key, settings.gateway, replica_status=sup.status, identity=IdentityStore(db))
+    counters: Counters = RedisCounters(settings.redis_url) if settings.redis_url else Memory()
+    quotas = Quotas(
+        counters,
+        {m.name: m.price for m in settings.models},
+        settings.gateway.reserve_output_tokens,
+        stale_s=settings.gateway.upstream_timeout_s + 60,
+    )
+    ledger = Ledger(db, settings.home / "ledger")
+    app = create_app(
+        pool,
+        key,
+        settings.gateway,
+        replica_status=sup.status,
+        identity=IdentityStore(db),
+        quotas=quotas,
+        ledger=ledger,
+        usage_store=db,
+    )
     gw = settings.gateway
     server = _Server(uvicorn.Config(app, host=gw.host, port=gw.port, log_level="warning", access_log=False))
     stop = asyncio.Event()

@@ -15,6 +15,7 @@ from m2a.catalog.sources import SourceError
 from m2a.cli.config_cmd import config_app
 from m2a.cli.identity_cmd import keys_app, teams_app
 from m2a.cli.models_cmd import models_app
+from m2a.cli.usage_cmd import quotas_app, usage
 from m2a.config import ConfigError, EngineKind, Settings, load_settings
 from m2a.engines.registry import EngineChoiceError
 
@@ -23,6 +24,8 @@ app.add_typer(models_app, name="models")
 app.add_typer(config_app, name="config")
 app.add_typer(teams_app, name="teams")
 app.add_typer(keys_app, name="keys")
+app.add_typer(quotas_app, name="quotas")
+app.command("usage")(usage)
 console = Console(stderr=True, soft_wrap=True)
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML config file.", exists=False)]

@@ -18,9 +18,10 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from m2a.cli.models_cmd import models_app
-from m2a.config import ConfigError, load_settings
+from m2a.config import ConfigError, Settings, load_settings
 from m2a.store.db import open_store
 from m2a.store.identity import IdentityError, IdentityStore
 
@@ -43,7 +44,7 @@ def parse_duration(text: str) -> timedelta:
     return timedelta(**{_UNITS[match.group(2)]: float(match.group(1))})
 
 
-def run(config: Path | None, work: Callable[[IdentityStore], Awaitable[T]]) -> T:
+def run_store(config: Path | None, work: Callable[[Settings, AsyncEngine], Awaitable[T]]) -> T:
     """Open the configured store, run ``work`` on it, and turn refusals into clear errors."""
     try:
         settings = load_settings(config)
@@ -54,7 +55,7 @@ def run(config: Path | None, work: Callable[[IdentityStore], Awaitable[T]]) -> T
     async def go() -> T:
         engine = await open_store(settings.database_url, settings.home)
         try:
-            return await work(IdentityStore(engine))
+            return await work(settings, engine)
         finally:
             await engine.dispose()
 
@@ -63,6 +64,10 @@ def run(config: Path | None, work: Callable[[IdentityStore], Awaitable[T]]) -> T
     except IdentityError as exc:
         err.print(f"[red]error:[/] {escape(exc.message)}")
         raise typer.Exit(1) from exc
+
+
+def run(config: Path | None, work: Callable[[IdentityStore], Awaitable[T]]) -> T:
+    return run_store(config, lambda _settings, engine: work(IdentityStore(engine)))
 
 
 @teams_app.command("create")

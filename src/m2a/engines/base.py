@@ -28,6 +28,7 @@ class EngineSpec:
     argv: list[str] | None = None  # None: nothing to start (remote)
     env: dict[str, str] = field(default_factory=dict)
     api_key: str | None = None  # sent upstream as a bearer token
+    max_inflight: int | None = None  # requests it runs at once before the gateway holds the rest
 
     @property
     def managed(self) -> bool:

@@ -69,4 +69,5 @@ class LlamaCppEngine:
             live_url=f"{base}/docs",  # answered by the web server alone, even while generating
             metrics_url=None,
             argv=argv,
+            max_inflight=cfg.max_inflight_per_replica or 1,  # it runs one request at a time
         )

@@ -35,4 +35,5 @@ class RemoteEngine:
             health_url=f"{base}/models",
             metrics_url=f"{root}/metrics",
             api_key=cfg.api_key,
+            max_inflight=cfg.max_inflight_per_replica,
         )

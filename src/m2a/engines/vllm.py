@@ -37,6 +37,9 @@ CPU_DEFAULT_KV_CACHE_BYTES = 1 << 30
 # On CPU the KV cache is small (1 GiB by default): a model's full context (32k-128k tokens for
 # recent models) would not fit it and vLLM would refuse to start. Cap the default context.
 CPU_DEFAULT_MAX_CONTEXT = 8192
+# Requests one replica runs at once before lower priorities wait at the gateway.
+CPU_INFLIGHT = 16  # 2-core measurement: throughput grows up to about 16 streams (bench/engines.py)
+GPU_INFLIGHT = 256  # vLLM's own default batch size (max_num_seqs)
 
 
 def cpu_context(folder: Path) -> int | None:
@@ -107,7 +110,13 @@ class VllmEngine:
         if task == "embed":
             argv += ["--runner", "pooling"]
         else:
-            argv += ["--enable-prefix-caching", "--scheduling-policy", "priority"]
+            # Prompt-token details put the prefix-cache hits in each answer's usage, for the ledger.
+            argv += [
+                "--enable-prefix-caching",
+                "--scheduling-policy",
+                "priority",
+                "--enable-prompt-tokens-details",
+            ]
             parser = tool_parser_for(cfg, manifest)
             if parser:
                 argv += ["--enable-auto-tool-choice", "--tool-call-parser", parser]
@@ -134,6 +143,8 @@ class VllmEngine:
             metrics_url=f"{base}/metrics",
             argv=argv,
             env=env,
+            max_inflight=cfg.max_inflight_per_replica
+            or (GPU_INFLIGHT if inventory.has_nvidia else CPU_INFLIGHT),
         )
 
 

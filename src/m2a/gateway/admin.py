@@ -1,6 +1,7 @@
 """The admin HTTP API (FastAPI, so it documents itself at /admin/openapi.json and /admin/docs).
 
-Teams, grants and keys, for callers with an admin key; `/admin/v1/whoami` for any valid key.
+Teams, grants, keys and quotas for callers with an admin key; `/admin/v1/whoami` and
+`/admin/v1/usage` (own team only) for any valid key.
 Errors use OpenAI's error shape like the rest of the gateway. (No `from __future__ import
 annotations` here: FastAPI reads the dependency annotations at runtime.)
 """
@@ -11,11 +12,15 @@ from typing import Annotated, Literal
 from fastapi import Depends, FastAPI, Path, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.exceptions import HTTPException
 
+from m2a.config import Price
 from m2a.gateway.access import Access, require_admin
+from m2a.gateway.admin_usage import usage_router
 from m2a.gateway.errors import GatewayError, error_response
 from m2a.store.identity import MAX_ID, IdentityError, IdentityStore, KeyInfo, Principal, TeamInfo
+from m2a.store.quotas import QuotaStore
 
 Priority = Literal["critical", "standard", "batch"]
 # What the database can hold: PostgreSQL text cannot contain NUL, ids are 32-bit, grants 256 chars.
@@ -95,7 +100,12 @@ def _key(k: KeyInfo) -> KeyOut:
     return KeyOut(**k.__dict__)
 
 
-def create_admin_api(store: IdentityStore, access: Access) -> FastAPI:
+def create_admin_api(
+    store: IdentityStore,
+    access: Access,
+    usage: AsyncEngine | None = None,
+    prices: dict[str, Price] | None = None,
+) -> FastAPI:
     api = FastAPI(
         title="m2a admin API",
         version="1",
@@ -114,7 +124,7 @@ def create_admin_api(store: IdentityStore, access: Access) -> FastAPI:
             return await call_next(request)
         try:
             principal = await access.principal(request)
-            if not path.endswith("/v1/whoami"):
+            if not path.endswith(("/v1/whoami", "/v1/usage")):
                 require_admin(principal)
         except GatewayError as exc:
             return exc.response()
@@ -220,4 +230,5 @@ def create_admin_api(store: IdentityStore, access: Access) -> FastAPI:
         changed()
         return next(_key(k) for k in await store.list_keys() if k.id == key_id)
 
+    api.include_router(usage_router(access, QuotaStore(store.engine), usage, prices or {}))
     return api

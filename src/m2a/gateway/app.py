@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -11,6 +12,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -20,11 +22,17 @@ from starlette.routing import Mount, Route
 from m2a.config import GatewayConfig
 from m2a.gateway import schemas
 from m2a.gateway.access import Access
+from m2a.gateway.accounting import Accounting
+from m2a.gateway.counters import Memory
 from m2a.gateway.errors import GatewayError, error_response
 from m2a.gateway.metrics import GatewayMetrics
+from m2a.gateway.priority import PriorityGate
 from m2a.gateway.proxy import Forwarder, Outgoing, Upstream
+from m2a.gateway.quota import Quotas
+from m2a.router.load import LoadWatcher
 from m2a.router.pool import Pool
 from m2a.store.identity import IdentityStore, Principal
+from m2a.store.ledger import Ledger
 
 log = logging.getLogger("m2a.gateway")
 
@@ -71,18 +79,27 @@ def create_app(
     cfg: GatewayConfig | None = None,
     replica_status: Callable[[], list[dict[str, object]]] | None = None,
     identity: IdentityStore | None = None,
+    *,
+    quotas: Quotas | None = None,
+    ledger: Ledger | None = None,
+    usage_store: AsyncEngine | None = None,
 ) -> Starlette:
     """The gateway for the models in ``pool``, for callers with the admin ``key`` or a team key.
 
     ``replica_status`` (from whoever runs the engines) adds per-replica detail to ``/readyz``;
     ``identity`` holds teams, keys and grants (without it only the admin key works) and adds the
-    admin API under ``/admin``.
+    admin API under ``/admin``. ``quotas`` counts against team and key limits (in process by
+    default), ``ledger`` records every request, ``usage_store`` answers the admin usage queries.
     """
     cfg = cfg or GatewayConfig()
     access = Access(key, identity)
     metrics = GatewayMetrics()
     upstream = Upstream(cfg.connect_timeout_s, cfg.upstream_timeout_s)
     forwarder = Forwarder(pool, upstream, metrics)
+    quotas = quotas or Quotas(Memory(), {}, cfg.reserve_output_tokens)
+    gate = PriorityGate(pool, cfg) if cfg.priorities else None
+    accounting = Accounting(quotas, gate, ledger, metrics)
+    load = LoadWatcher(pool)
     created = int(time.time())
 
     def model_card(name: str) -> dict[str, object]:
@@ -142,6 +159,15 @@ def create_app(
             served(principal, req.model, path, task)
             # A UUID: some engines (llama-cpp-python) reject any other x-request-id with a bare 400.
             request_id = str(uuid.uuid4())
+            on_end = await accounting.admit(
+                principal,
+                req.model,
+                path,
+                payload,
+                request_id,
+                req.stream,
+                task == "embed",  # type: ignore[arg-type]
+            )
             out = Outgoing(
                 route=path,
                 model=req.model,
@@ -151,7 +177,9 @@ def create_app(
                 stream=req.stream,
                 request_id=request_id,
                 # vLLM chat engines run with priority scheduling: the caller's team decides the order.
-                priority=principal.priority_order if task == "chat" else None,
+                priority=principal.priority_order if task == "chat" and cfg.priorities else None,
+                count_usage=True,
+                on_end=on_end,
             )
             return await forwarder.forward(request, out)
 
@@ -208,11 +236,21 @@ def create_app(
     async def lifespan(app: Starlette):  # type: ignore[no-untyped-def]
         await upstream.open()
         await access.start()
+        if ledger is not None:
+            await ledger.start()
+        load.start()
+        waker = asyncio.create_task(gate.run()) if gate is not None else None
         try:
             yield
         finally:
+            if waker is not None:
+                waker.cancel()
+            await load.close()
             await access.close()
             await upstream.close()
+            await quotas.close()
+            if ledger is not None:
+                await ledger.close()
 
     routes = [Route(p, openai_route(p), methods=["POST"]) for p in ROUTES]
     routes += [
@@ -225,7 +263,7 @@ def create_app(
     if identity is not None:
         from m2a.gateway.admin import create_admin_api  # FastAPI loads only where teams exist
 
-        routes.append(Mount("/admin", app=create_admin_api(identity, access)))
+        routes.append(Mount("/admin", app=create_admin_api(identity, access, usage_store, quotas.prices)))
     app = Starlette(
         routes=routes,
         lifespan=lifespan,
@@ -238,4 +276,6 @@ def create_app(
     app.state.metrics = metrics
     app.state.pool = pool
     app.state.access = access
+    app.state.quotas = quotas
+    app.state.gate = gate
     return app

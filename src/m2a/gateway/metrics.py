@@ -44,3 +44,28 @@ class GatewayMetrics:
         self.replica_healthy = Gauge(
             "m2a_replica_healthy", "1 when a replica is in the pool", ["model", "replica"], registry=r
         )
+        self.quota_refusals = Counter(
+            "m2a_quota_refusals", "Requests refused by a quota (429)", ["team", "code"], registry=r
+        )
+        self.tokens = Counter(
+            "m2a_tokens",
+            "Tokens by model, team and kind (input, output)",
+            ["model", "team", "kind"],
+            registry=r,
+        )
+        self.priority_wait = Histogram(
+            "m2a_priority_wait_seconds",
+            "Time held at the gateway while the model was saturated",
+            ["model", "priority"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.priority_shed = Counter(
+            "m2a_priority_shed",
+            "Requests refused because the model was saturated (503)",
+            ["model", "priority"],
+            registry=r,
+        )
+        self.priority_waiting = Gauge(
+            "m2a_priority_waiting", "Requests held at the gateway now", ["model"], registry=r
+        )

@@ -20,6 +20,7 @@ from starlette.types import Receive, Scope, Send
 
 from m2a.gateway.errors import GatewayError, normalize_upstream_error
 from m2a.gateway.metrics import GatewayMetrics
+from m2a.gateway.usage import StreamTap, Usage, from_body
 from m2a.router.pool import Endpoint, Pool
 
 PASS_HEADERS = ("traceparent", "tracestate", "baggage")
@@ -90,6 +91,18 @@ async def _unless_disconnected(request: Request, aw: Awaitable[T]) -> T | None:
 
 
 @dataclass
+class Outcome:
+    """How a forwarded request ended, for the ledger and the quota settlement."""
+
+    status: int  # HTTP status the client got (499: the client left)
+    replica: str | None
+    usage: Usage | None  # the engine's own numbers, when it sent them
+    chunks: int  # streamed content events, the fallback count of output tokens
+    ttft_s: float | None
+    duration_s: float
+
+
+@dataclass
 class Outgoing:
     """One validated request on its way to an engine."""
 
@@ -101,15 +114,30 @@ class Outgoing:
     stream: bool
     request_id: str
     priority: int | None = None  # vLLM scheduling priority (lower first); None leaves the body alone
-    _with_priority: bytes | None = field(default=None, repr=False)
+    count_usage: bool = False  # ask a stream for its usage even if the client did not
+    on_end: Callable[[Outcome], None] | None = None  # called once, before the client's last byte
+    _bodies: dict[bool, bytes] = field(default_factory=dict, repr=False)
+
+    @property
+    def strip_usage(self) -> bool:
+        """The usage chunk is ours, not the client's: they did not ask for it."""
+        opts = self.payload.get("stream_options")
+        return self.count_usage and not (isinstance(opts, dict) and opts.get("include_usage"))
 
     def body_for(self, ep: Endpoint) -> bytes:
-        """What ``ep`` receives: for vLLM, the caller's priority replaces any the client sent."""
-        if self.priority is None or ep.engine != "vllm":
-            return self.body
-        if self._with_priority is None:
-            self._with_priority = json.dumps({**self.payload, "priority": self.priority}).encode()
-        return self._with_priority
+        """What ``ep`` receives: the caller's priority (vLLM) and a request for stream usage added."""
+        vllm = ep.engine == "vllm"
+        if vllm not in self._bodies:
+            extra: dict[str, Any] = {}
+            if self.priority is not None and vllm:
+                extra["priority"] = self.priority
+            if self.stream and self.strip_usage:
+                extra["stream_options"] = {
+                    **(self.payload.get("stream_options") or {}),
+                    "include_usage": True,
+                }
+            self._bodies[vllm] = json.dumps({**self.payload, **extra}).encode() if extra else self.body
+        return self._bodies[vllm]
 
 
 class Forwarder:
@@ -176,61 +204,96 @@ class Forwarder:
         started = time.perf_counter()
         inflight = self.metrics.inflight.labels(model)
         inflight.inc()  # from now until `finish`, including the wait for the engine's first byte
+
+        def report(
+            status: int,
+            replica: str | None,
+            usage: Usage | None = None,
+            chunks: int = 0,
+            ttft: float | None = None,
+        ) -> None:
+            self.metrics.requests.labels(route, model, str(status)).inc()
+            if out.on_end is not None:
+                out.on_end(Outcome(status, replica, usage, chunks, ttft, time.perf_counter() - started))
+
         try:
             connected = await _unless_disconnected(request, self._connect(request, out))
         except GatewayError as exc:
             inflight.dec()
-            self.metrics.requests.labels(route, model, str(exc.status)).inc()
+            report(exc.status, None)
+            raise
+        except BaseException:
+            inflight.dec()
+            report(499, None)
             raise
         if connected is None:  # the client left before the engine answered: the engine call is cancelled
             inflight.dec()
             self.metrics.cancelled.labels(model).inc()
-            self.metrics.requests.labels(route, model, "499").inc()
+            report(499, None)
             return Response(status_code=499)
         ep, resp = connected
-        done = False
+        released = reported = False
 
-        def finish(status: int) -> None:
-            nonlocal done
-            if done:
-                return
-            done = True
-            if resp.content.at_eof():
-                resp.release()  # fully read: the connection goes back to the pool
-            else:
-                resp.close()  # abandoned mid-answer: closing it makes the engine abort the request
-            ep.inflight -= 1
-            inflight.dec()
-            self.metrics.requests.labels(route, model, str(status)).inc()
-            self.metrics.duration.labels(route, model).observe(time.perf_counter() - started)
+        def account(
+            status: int, usage: Usage | None = None, chunks: int = 0, ttft: float | None = None
+        ) -> None:
+            nonlocal reported
+            if not reported:
+                reported = True
+                self.metrics.duration.labels(route, model).observe(time.perf_counter() - started)
+                report(status, ep.id, usage, chunks, ttft)
+
+        def finish(
+            status: int, usage: Usage | None = None, chunks: int = 0, ttft: float | None = None
+        ) -> None:
+            nonlocal released
+            if not released:
+                released = True
+                if resp.content.at_eof():
+                    resp.release()  # fully read: the connection goes back to the pool
+                else:
+                    resp.close()  # abandoned mid-answer: closing it makes the engine abort the request
+                ep.inflight -= 1
+                inflight.dec()
+            account(status, usage, chunks, ttft)
 
         headers = {"x-request-id": request_id, "x-m2a-replica": ep.id}
         if not stream or resp.status != 200:
             return await self._whole(request, resp, model, headers, finish)
+        tap = StreamTap(out.strip_usage)
 
         async def chunks() -> AsyncIterator[bytes]:
-            first = True
+            ttft: float | None = None
             status = 200
             try:
                 async for chunk in resp.content.iter_any():
-                    if first:
-                        self.metrics.ttft.labels(model).observe(time.perf_counter() - started)
-                        first = False
-                    yield chunk
+                    if ttft is None:
+                        ttft = time.perf_counter() - started
+                        self.metrics.ttft.labels(model).observe(ttft)
+                    data, end = tap.feed(chunk)
+                    if data:
+                        yield data
+                    if end is not None:  # account for the request before the client sees the end
+                        account(200, tap.usage, tap.chunks, ttft)
+                        yield end
+                rest = tap.rest()
+                if rest:
+                    yield rest
             except (aiohttp.ClientError, TimeoutError) as exc:
                 status = 502  # the engine went away, not the client
                 self.metrics.upstream_errors.labels(model, ep.id).inc()
                 err = GatewayError(502, f"the engine stopped mid-stream: {type(exc).__name__}")
+                finish(502, tap.usage, tap.chunks, ttft)
                 yield f"data: {json.dumps(err.body())}\n\n".encode()
             finally:
                 if status == 200 and not resp.content.at_eof():
                     self.metrics.cancelled.labels(model).inc()
                     status = 499
-                finish(status)
+                finish(status, tap.usage, tap.chunks, ttft)
 
         return _Stream(
             chunks(),
-            cleanup=lambda: finish(499),
+            cleanup=lambda: finish(499, tap.usage, tap.chunks),
             status_code=200,
             media_type="text/event-stream",
             headers={**headers, "cache-control": "no-cache", "x-accel-buffering": "no"},
@@ -242,7 +305,7 @@ class Forwarder:
         resp: aiohttp.ClientResponse,
         model: str,
         headers: dict[str, str],
-        finish: Callable[[int], None],
+        finish: Callable[..., None],
     ) -> Response:
         """Read a whole answer, abandoning the engine call if the client disconnects first."""
         try:
@@ -255,7 +318,7 @@ class Forwarder:
             finish(499)
             return Response(status_code=499)
         status = resp.status
-        finish(status)
+        finish(status, from_body(data) if status == 200 else None)
         if status >= 400:
             try:
                 payload: object = json.loads(data)

@@ -19,6 +19,10 @@ class Endpoint:
     metrics_url: str | None = None
     healthy: bool = False
     inflight: int = 0
+    max_inflight: int | None = None  # None: no limit known
+    # From the engine's own metrics (None: unknown or stale); see router/load.py.
+    waiting: float | None = None
+    kv_usage: float | None = None
 
 
 class Pool:

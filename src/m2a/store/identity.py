@@ -17,6 +17,7 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from m2a.store.limits import Limit, limits_for
 from m2a.store.schema import ApiKey, Grant, Revision, Team
 
 PRIORITIES = {"critical": 0, "standard": 100, "batch": 200}  # lower runs first, as in vLLM
@@ -69,6 +70,8 @@ class Principal:
     priority_order: int
     models: frozenset[str] | None  # None: every model (admins)
     expires_at: datetime | None
+    team_id: int | None = None
+    limits: tuple[Limit, ...] = ()  # the team's quotas and the key's own
 
     @property
     def is_admin(self) -> bool:
@@ -332,4 +335,16 @@ class IdentityStore:
             models = (await s.execute(select(Grant.model).where(Grant.team_id == team.id))).scalars().all()
             priority = k.priority or team.priority
             order = PRIORITIES[k.priority] if k.priority else team.priority_order
-            return Principal(k.id, k.prefix, team.name, "member", priority, order, frozenset(models), expires)
+            limits = await limits_for(s, team.id, k.id)
+            return Principal(
+                k.id,
+                k.prefix,
+                team.name,
+                "member",
+                priority,
+                order,
+                frozenset(models),
+                expires,
+                team.id,
+                limits,
+            )

@@ -1,10 +1,10 @@
-"""Tables of the identity part of the store: teams, API keys, model grants, and a change counter."""
+"""Tables of the store: teams, API keys, model grants, a change counter, quotas and the usage ledger."""
 
 from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import DateTime, ForeignKey, Integer, String, UniqueConstraint
+from sqlalchemy import BigInteger, Boolean, DateTime, Float, ForeignKey, Integer, String, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -55,3 +55,45 @@ class Revision(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     value: Mapped[int] = mapped_column(Integer)
+
+
+class Quota(Base):
+    """One limit of a team, or of one key of a team (``key_id`` set): metric per window."""
+
+    __tablename__ = "quotas"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    team_id: Mapped[int] = mapped_column(ForeignKey("teams.id"), index=True)
+    key_id: Mapped[int | None] = mapped_column(ForeignKey("api_keys.id"), nullable=True)
+    metric: Mapped[str] = mapped_column(
+        String(16)
+    )  # tokens, input_tokens, output_tokens, requests, cost, concurrency
+    window: Mapped[str] = mapped_column(String(8))  # minute, hour, day, month; "-" for concurrency
+    limit: Mapped[int] = mapped_column(BigInteger)  # cost in micro-dollars
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class Usage(Base):
+    """One request that reached (or was on its way to) an engine: the ledger chargeback reads."""
+
+    __tablename__ = "usage"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    request_id: Mapped[str] = mapped_column(String(36), unique=True)
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    team: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    key_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    key_prefix: Mapped[str] = mapped_column(String(16))
+    model: Mapped[str] = mapped_column(String(256), index=True)
+    route: Mapped[str] = mapped_column(String(32))
+    replica: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    priority: Mapped[str] = mapped_column(String(16))
+    stream: Mapped[bool] = mapped_column(Boolean)
+    status: Mapped[str] = mapped_column(String(16))  # ok, error, cancelled, interrupted
+    http_status: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    input_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    output_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    cached_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    ttft_ms: Mapped[float | None] = mapped_column(Float, nullable=True)
+    duration_ms: Mapped[float | None] = mapped_column(Float, nullable=True)

@@ -1,0 +1,110 @@
+"""Admission and accounting of one request: quota, priority slot, and ledger record, tied together.
+
+``admit`` runs after the request is validated and allowed: it reserves the quota estimate, waits
+for a priority slot, and begins the ledger record, undoing what it did if a later step refuses.
+It returns the callback the forwarder calls once when the request ends, which settles the quota
+with the engine's usage, ends the ledger record and frees the slot.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from m2a.gateway.errors import GatewayError
+from m2a.gateway.metrics import GatewayMetrics
+from m2a.gateway.priority import PriorityGate
+from m2a.gateway.proxy import Outcome
+from m2a.gateway.quota import Quotas, estimate_input
+from m2a.store.identity import Principal
+from m2a.store.ledger import Ledger
+
+
+def _state(status: int) -> str:
+    return "ok" if status < 400 else "cancelled" if status == 499 else "error"
+
+
+class Accounting:
+    def __init__(
+        self, quotas: Quotas, gate: PriorityGate | None, ledger: Ledger | None, metrics: GatewayMetrics
+    ) -> None:
+        self.quotas = quotas
+        self.gate = gate
+        self.ledger = ledger
+        self.metrics = metrics
+
+    async def admit(
+        self,
+        p: Principal,
+        model: str,
+        route: str,
+        payload: dict[str, Any],
+        request_id: str,
+        stream: bool,
+        embed: bool,
+    ) -> Callable[[Outcome], None]:
+        team = p.team or "-"
+        try:
+            ticket = await self.quotas.admit(p, model, payload, request_id, embed)
+        except GatewayError as exc:
+            self.metrics.quota_refusals.labels(team, exc.code or "").inc()
+            raise
+        try:
+            if self.gate is not None:
+                t0 = time.perf_counter()
+                waiting = self.metrics.priority_waiting.labels(model)
+                waiting.inc()
+                try:
+                    await self.gate.enter(model, p.priority, p.priority_order)
+                except GatewayError:
+                    self.metrics.priority_shed.labels(model, p.priority).inc()
+                    raise
+                finally:
+                    waiting.dec()
+                self.metrics.priority_wait.labels(model, p.priority).observe(time.perf_counter() - t0)
+            if self.ledger is not None:
+                self.ledger.begin(
+                    request_id,
+                    team=p.team,
+                    key_id=p.key_id or None,
+                    key_prefix=p.key_prefix,
+                    model=model,
+                    route=route,
+                    priority=p.priority,
+                    stream=stream,
+                )
+        except BaseException:
+            if ticket is not None:
+                ticket.settle(0, 0)
+            raise
+
+        def on_end(o: Outcome) -> None:
+            if o.usage is not None:
+                used_in, used_out, cached = o.usage.input_tokens, o.usage.output_tokens, o.usage.cached_tokens
+            elif o.replica is not None and (o.status == 200 or o.status == 499):
+                # The engine worked on it but sent no usage (cut off, or it cannot): our estimate.
+                used_in, used_out, cached = estimate_input(payload), o.chunks, 0
+            else:
+                used_in = used_out = cached = 0
+            if ticket is not None:
+                ticket.settle(used_in, used_out, cached)
+            if self.ledger is not None:
+                self.ledger.end(
+                    request_id,
+                    status=_state(o.status),
+                    http_status=o.status,
+                    replica=o.replica,
+                    input_tokens=used_in,
+                    output_tokens=used_out,
+                    cached_tokens=cached,
+                    ttft_ms=None if o.ttft_s is None else round(o.ttft_s * 1000, 3),
+                    duration_ms=round(o.duration_s * 1000, 3),
+                )
+            if used_in or used_out:
+                self.metrics.tokens.labels(model, team, "input").inc(used_in)
+                self.metrics.tokens.labels(model, team, "output").inc(used_out)
+            if self.gate is not None:
+                self.gate.leave(model)
+
+        return on_end

@@ -1,0 +1,135 @@
+"""Admin API routes for quotas and the usage ledger (mounted by ``admin.py``).
+
+Quotas are for admins. Usage is for admins (any team) and for team keys (their own team only:
+a team key asking for another team's usage gets 403, and its rows never include other teams).
+(No ``from __future__ import annotations``: FastAPI reads the annotations at runtime.)
+"""
+
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Depends, Query, Request, Response
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from m2a.config import Price
+from m2a.gateway.access import Access, require_admin
+from m2a.gateway.errors import GatewayError
+from m2a.store.identity import MAX_ID, Principal
+from m2a.store.limits import MAX_LIMIT, NO_WINDOW
+from m2a.store.quotas import QuotaInfo, QuotaStore
+from m2a.store.usage import usage_rows
+
+NO_NUL = r"^[^\x00]*$"
+Metric = Literal["tokens", "input_tokens", "output_tokens", "requests", "cost", "concurrency"]
+Window = Literal["minute", "hour", "day", "month", "-"]
+
+
+class LimitIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    metric: Metric
+    window: Window = Field(
+        default=NO_WINDOW, description="'-' for concurrency, else minute, hour, day, month."
+    )
+    limit: int = Field(
+        ge=0, le=MAX_LIMIT, description="Tokens, requests or concurrent requests; cost in micro-dollars."
+    )
+
+
+class QuotasIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    limits: list[LimitIn] = Field(min_length=1, max_length=32)
+    key_id: int | None = Field(default=None, ge=1, le=MAX_ID, description="Limits of one key of the team.")
+
+
+class QuotaOut(BaseModel):
+    team: str
+    key_id: int | None
+    metric: str
+    window: str
+    limit: int
+    created_at: datetime
+
+
+class UsageOut(BaseModel):
+    group: str | None
+    model: str
+    bucket: str | None
+    requests: int
+    errors: int
+    interrupted: int
+    input_tokens: int
+    output_tokens: int
+    cached_tokens: int
+    avg_ttft_ms: float | None
+    avg_duration_ms: float | None
+    cost: float = Field(description="Dollars, at the prices configured now.")
+
+
+def _quota(q: QuotaInfo) -> QuotaOut:
+    return QuotaOut(**q.__dict__)
+
+
+def usage_router(
+    access: Access, quotas: QuotaStore, usage: AsyncEngine | None, prices: dict[str, Price]
+) -> APIRouter:
+    router = APIRouter()
+
+    async def caller(request: Request) -> Principal:
+        return await access.principal(request)
+
+    async def admin(principal: Annotated[Principal, Depends(caller)]) -> Principal:
+        require_admin(principal)
+        return principal
+
+    Admin = Annotated[Principal, Depends(admin)]
+    Team = Annotated[str, Query(pattern=NO_NUL)]
+
+    @router.get("/v1/quotas", response_model=list[QuotaOut])
+    async def list_quotas(_: Admin, team: Team | None = None) -> list[QuotaOut]:
+        return [_quota(q) for q in await quotas.list(team)]
+
+    @router.put("/v1/teams/{team}/quotas", response_model=list[QuotaOut])
+    async def set_quotas(team: str, body: QuotasIn, _: Admin) -> list[QuotaOut]:
+        """Set limits of the team (or of one key); other limits stay as they are."""
+        await quotas.set(team, [(x.metric, x.window, x.limit) for x in body.limits], body.key_id)
+        access.invalidate()
+        return [_quota(q) for q in await quotas.list(team)]
+
+    @router.delete("/v1/teams/{team}/quotas", status_code=204)
+    async def clear_quotas(
+        team: str,
+        _: Admin,
+        key_id: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
+        metric: Metric | None = None,
+    ) -> Response:
+        await quotas.clear(team, key_id, metric)
+        access.invalidate()
+        return Response(status_code=204)
+
+    @router.get("/v1/usage", response_model=list[UsageOut])
+    async def get_usage(
+        p: Annotated[Principal, Depends(caller)],
+        by: Literal["team", "key", "model", "replica", "priority", "status"] = "team",
+        since_days: Annotated[float, Query(gt=0, le=3660)] = 7,
+        bucket: Literal["hour", "day", "month"] | None = None,
+        team: Team | None = None,
+    ) -> list[UsageOut]:
+        """Usage totals; team keys see their own team's only."""
+        if not p.is_admin:
+            if team is not None and team != p.team:
+                raise GatewayError(403, "A team key sees its own team's usage only.", code="not_your_team")
+            team = p.team
+        if usage is None:
+            return []
+        since = datetime.now(UTC) - timedelta(days=since_days)
+        rows = await usage_rows(usage, by, since=since, team=team, bucket=bucket)
+        return [
+            UsageOut(
+                **r.__dict__,
+                cost=(prices.get(r.model) or Price()).cost(r.input_tokens, r.output_tokens, r.cached_tokens),
+            )
+            for r in rows
+        ]
+
+    return router

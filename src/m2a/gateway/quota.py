@@ -1,0 +1,190 @@
+"""Admission against quotas: reserve an estimate before the engine sees a request, settle after.
+
+The estimate is the prompt's tokens (from its text, on the generous side) plus ``max_tokens`` (or
+the configured reserve when the request sets none). Every limit of the caller's team and key is
+reserved at once or not at all; a request over any of them gets 429 with the limit it hit and
+``Retry-After``. When the answer ends, the engine's own usage numbers replace the estimate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from m2a.config import Price
+from m2a.gateway.counters import Charge, Counters
+from m2a.gateway.errors import GatewayError
+from m2a.store.identity import Principal
+from m2a.store.limits import WINDOWS, Limit
+
+BYTES_PER_TOKEN = 3  # generous: English runs about 4 bytes per token
+TOKENS_PER_MESSAGE = 4  # the chat template's own tokens around each message
+TOKENS_PER_IMAGE = 1000
+
+
+def _text_bytes(content: Any) -> tuple[int, int]:
+    """UTF-8 bytes of the text in a message content, and how many images it holds."""
+    if isinstance(content, str):
+        return len(content.encode()), 0
+    size = images = 0
+    if isinstance(content, list):
+        for part in content:
+            if isinstance(part, dict):
+                if part.get("type") == "text" and isinstance(part.get("text"), str):
+                    size += len(part["text"].encode())
+                elif part.get("type") == "image_url":
+                    images += 1
+    return size, images
+
+
+def estimate_input(payload: dict[str, Any]) -> int:
+    """Prompt tokens of a validated chat, completion or embedding request, estimated from its text."""
+    if "messages" in payload:
+        size, images, count = 0, 0, 0
+        for m in payload["messages"]:
+            b, i = _text_bytes(m.get("content"))
+            size, images, count = size + b, images + i, count + 1
+        if payload.get("tools"):
+            size += len(str(payload["tools"]).encode())
+        return math.ceil(size / BYTES_PER_TOKEN) + TOKENS_PER_MESSAGE * count + TOKENS_PER_IMAGE * images
+    prompt = payload.get("prompt", payload.get("input", ""))
+    items = prompt if isinstance(prompt, list) else [prompt]
+    total = 0
+    for item in items:
+        if isinstance(item, str):
+            total += math.ceil(len(item.encode()) / BYTES_PER_TOKEN) + 1
+        elif isinstance(item, int):  # one token id
+            total += 1
+        elif isinstance(item, list):  # token ids
+            total += len(item)
+    return total
+
+
+def estimate_output(payload: dict[str, Any], default: int, embed: bool) -> int:
+    if embed:
+        return 0
+    most = payload.get("max_completion_tokens") or payload.get("max_tokens") or default
+    return int(most) * int(payload.get("n") or 1)
+
+
+def window_bounds(window: str, now: float) -> tuple[int, float]:
+    """Start and end (epoch seconds) of the fixed window bucket holding ``now``; months are calendar."""
+    if window == "month":
+        t = datetime.fromtimestamp(now, UTC)
+        start = datetime(t.year, t.month, 1, tzinfo=UTC)
+        end = datetime(t.year + (t.month == 12), t.month % 12 + 1, 1, tzinfo=UTC)
+        return int(start.timestamp()), end.timestamp()
+    size = WINDOWS[window]
+    start = int(now // size * size)
+    return start, float(start + size)
+
+
+def amounts(metric: str, price: Price, input_tokens: int, output_tokens: int, cached: int = 0) -> int:
+    if metric == "tokens":
+        return input_tokens + output_tokens
+    if metric == "input_tokens":
+        return input_tokens
+    if metric == "output_tokens":
+        return output_tokens
+    if metric == "cost":
+        return math.ceil(price.cost(input_tokens, output_tokens, cached) * 1e6)
+    return 1  # requests, concurrency
+
+
+@dataclass
+class Ticket:
+    """What one admitted request holds; ``settle`` gives back what it did not use, once."""
+
+    quotas: Quotas
+    token: str
+    price: Price
+    limits: list[Limit]
+    charges: list[Charge]
+    settled: bool = field(default=False)
+
+    def settle(self, input_tokens: int, output_tokens: int, cached_tokens: int = 0) -> None:
+        if self.settled:
+            return
+        self.settled = True
+        deltas = [
+            0
+            if lim.metric in ("requests", "concurrency")
+            else amounts(lim.metric, self.price, input_tokens, output_tokens, cached_tokens) - c.amount
+            for lim, c in zip(self.limits, self.charges, strict=True)
+        ]
+        self.quotas.spawn(self.quotas.counters.settle(self.charges, deltas, self.token))
+
+
+class Quotas:
+    """The gateway's quota check: counters (in process or Redis) and the per-model prices."""
+
+    def __init__(
+        self, counters: Counters, prices: dict[str, Price], reserve_output: int = 1024, stale_s: float = 900.0
+    ) -> None:
+        self.counters = counters
+        self.prices = prices
+        self.reserve_output = reserve_output
+        self.stale_s = stale_s  # a concurrency slot older than this is a dead process's: freed
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def spawn(self, aw: Any) -> None:
+        task = asyncio.ensure_future(aw)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def drain(self) -> None:
+        """Wait for pending settlements (shutdown, tests)."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    async def admit(
+        self, principal: Principal, model: str, payload: dict[str, Any], token: str, embed: bool = False
+    ) -> Ticket | None:
+        """Reserve the request's estimate against every limit of the caller; None when it has none."""
+        if not principal.limits:
+            return None
+        price = self.prices.get(model) or Price()
+        est_in = estimate_input(payload)
+        est_out = estimate_output(payload, self.reserve_output, embed)
+        now = time.time()
+        charges: list[Charge] = []
+        for lim in principal.limits:
+            amount = amounts(lim.metric, price, est_in, est_out)
+            if lim.metric == "concurrency":
+                charges.append(
+                    Charge(f"{lim.scope}:{lim.subject}:concurrency", lim.limit, 1, now + self.stale_s, True)
+                )
+                continue
+            if lim.limit > 0 and amount > lim.limit:
+                raise GatewayError(
+                    429,
+                    f"This request needs up to {amount} against the limit of {lim.describe(principal.team)}, "
+                    "so it can never fit; lower max_tokens or shorten the prompt.",
+                    code="request_too_large",
+                    param="max_tokens",
+                )
+            start, end = window_bounds(lim.window, now)
+            charges.append(
+                Charge(f"{lim.scope}:{lim.subject}:{lim.metric}:{lim.window}:{start}", lim.limit, amount, end)
+            )
+        hit = await self.counters.reserve(charges, token)
+        if hit is not None:
+            lim, c = principal.limits[hit], charges[hit]
+            retry = 1 if c.concurrency else max(1, math.ceil(c.expires - time.time()))
+            zero = lim.limit == 0
+            raise GatewayError(
+                429,
+                f"Quota exceeded: {lim.describe(principal.team)}"
+                + (" (an admin set it to zero)." if zero else f". Retry after {retry} s."),
+                code="insufficient_quota" if zero else "rate_limit_exceeded",
+                headers={"Retry-After": str(retry)},
+            )
+        return Ticket(self, token, price, list(principal.limits), charges)
+
+    async def close(self) -> None:
+        await self.drain()
+        await self.counters.close()

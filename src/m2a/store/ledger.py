@@ -1,0 +1,216 @@
+"""The usage ledger: one record per request, crash-safe, written to the database in batches.
+
+Each gateway process appends to its own journal file (JSON lines, one ``write`` per line, so a
+line is whole even if the process is killed): a *begin* line before the request goes to an engine
+and an *end* line before the client gets the last byte of the answer. A background task upserts
+finished records into the ``usage`` table every ``flush_s``. The journal is locked while its
+process lives; at start, and every few seconds, each process reads the journals of dead processes:
+finished records are stored, and requests that began but never ended are stored as
+``interrupted``. Upserts by request id make a replay harmless.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from m2a.store.schema import Usage
+
+log = logging.getLogger("m2a.store.ledger")
+
+BEGIN_FIELDS = ("team", "key_id", "key_prefix", "model", "route", "priority", "stream")
+END_FIELDS = (
+    "status",
+    "http_status",
+    "replica",
+    "input_tokens",
+    "output_tokens",
+    "cached_tokens",
+    "ttft_ms",
+    "duration_ms",
+)
+ROTATE_BYTES = 8 << 20
+
+
+def _row(begin: dict[str, Any], end: dict[str, Any] | None) -> dict[str, Any]:
+    row = {f: begin.get(f) for f in BEGIN_FIELDS}
+    row["request_id"] = begin["id"]
+    row["started_at"] = datetime.fromtimestamp(begin["at"], UTC)
+    row["finished_at"] = datetime.fromtimestamp(end["at"], UTC) if end else None
+    for f in END_FIELDS:
+        row[f] = end.get(f) if end else None
+    if end is None:
+        row["status"] = "interrupted"  # the gateway died while this request was in flight
+    for f in ("input_tokens", "output_tokens", "cached_tokens"):
+        row[f] = row[f] or 0
+    row["key_prefix"] = row["key_prefix"] or ""
+    row["stream"] = bool(row["stream"])
+    return row
+
+
+def read_journal(path: Path) -> list[dict[str, Any]]:
+    """Every request a journal holds, as ledger rows (interrupted where no end line exists)."""
+    begins: dict[str, dict[str, Any]] = {}
+    ends: dict[str, dict[str, Any]] = {}
+    with path.open("rb") as f:
+        for line in f:
+            try:
+                entry = json.loads(line)
+            except ValueError:  # a torn last line: the process died writing it
+                continue
+            (begins if entry.get("t") == "b" else ends)[entry["id"]] = entry
+    return [_row(b, ends.get(rid)) for rid, b in begins.items()]
+
+
+class Ledger:
+    def __init__(self, engine: AsyncEngine, directory: Path, flush_s: float = 0.25) -> None:
+        self.engine = engine
+        self.directory = directory
+        self.flush_s = flush_s
+        self._open: dict[str, dict[str, Any]] = {}  # begun, not ended
+        self._done: list[dict[str, Any]] = []  # ended, not yet in the database
+        self._fd = -1
+        self._path: Path | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
+
+    # -- the journal ---------------------------------------------------------------------------
+
+    def _open_journal(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        path = self.directory / f"journal-{os.getpid()}-{uuid.uuid4().hex[:8]}.jsonl"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # held while this process lives
+        self._fd, self._path = fd, path
+
+    def _write(self, entry: dict[str, Any]) -> None:
+        os.write(self._fd, json.dumps(entry, separators=(",", ":")).encode() + b"\n")
+
+    def begin(self, request_id: str, **fields: Any) -> None:
+        """Record that a request is going to an engine (call before sending it)."""
+        entry = {"t": "b", "id": request_id, "at": time.time(), **fields}
+        self._write(entry)
+        self._open[request_id] = entry
+
+    def end(self, request_id: str, **fields: Any) -> None:
+        """Record how a begun request ended (call before the client gets the last byte)."""
+        begin = self._open.pop(request_id, None)
+        if begin is None:
+            return
+        entry = {"t": "e", "id": request_id, "at": time.time(), **fields}
+        self._write(entry)
+        self._done.append(_row(begin, entry))
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._open)
+
+    # -- the database --------------------------------------------------------------------------
+
+    async def _upsert(self, rows: list[dict[str, Any]]) -> None:
+        if not rows:
+            return
+        stmt = self._insert(Usage)
+        update = {c: stmt.excluded[c] for c in rows[0] if c != "request_id"}
+        stmt = stmt.on_conflict_do_update(index_elements=["request_id"], set_=update)
+        async with self.engine.begin() as conn:
+            for i in range(0, len(rows), 500):
+                await conn.execute(stmt, rows[i : i + 500])
+
+    async def flush(self) -> int:
+        """Write finished records to the database; how many."""
+        rows, self._done = self._done, []
+        try:
+            await self._upsert(rows)
+        except Exception:
+            self._done = rows + self._done  # the journal still has them; try again next time
+            raise
+        if self._path is not None and not self._done and self._path.stat().st_size > ROTATE_BYTES:
+            self._rotate()
+        return len(rows)
+
+    def _rotate(self) -> None:
+        """A fresh journal holding only the open requests; the old one is fully in the database."""
+        old_fd, old_path = self._fd, self._path
+        self._open_journal()
+        for entry in self._open.values():
+            self._write(entry)
+        assert old_path is not None
+        old_path.unlink()
+        os.close(old_fd)
+
+    async def recover(self) -> int:
+        """Store the records of journals whose process is gone; how many records."""
+        count = 0
+        for path in sorted(self.directory.glob("journal-*.jsonl")):
+            if path == self._path:
+                continue
+            try:
+                fd = os.open(path, os.O_RDWR)
+            except FileNotFoundError:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:  # its process is alive
+                os.close(fd)
+                continue
+            try:
+                rows = read_journal(path)
+                await self._upsert(rows)
+                path.unlink()
+                count += len(rows)
+                interrupted = sum(r["status"] == "interrupted" for r in rows)
+                log.warning(
+                    "ledger: recovered %d records (%d interrupted) from %s", len(rows), interrupted, path.name
+                )
+            finally:
+                os.close(fd)
+        return count
+
+    async def _run(self) -> None:
+        last_recover = time.monotonic()
+        while True:
+            await asyncio.sleep(self.flush_s)
+            try:
+                await self.flush()
+                if time.monotonic() - last_recover > 5:
+                    last_recover = time.monotonic()
+                    await self.recover()
+            except Exception:  # the database may blip: the journal keeps everything meanwhile
+                log.warning("ledger: could not write usage records", exc_info=True)
+
+    async def start(self) -> int:
+        self._open_journal()
+        recovered = await self.recover()
+        self._task = asyncio.create_task(self._run())
+        return recovered
+
+    async def close(self) -> None:
+        """Final flush; requests still open are recorded as interrupted."""
+        if self._task:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        for rid in list(self._open):
+            self.end(rid, status="interrupted")
+        try:
+            await self.flush()
+        except Exception:
+            log.warning("ledger: final write failed; the journal stays for the next start", exc_info=True)
+            os.close(self._fd)
+            return
+        if self._path is not None:
+            self._path.unlink(missing_ok=True)
+        os.close(self._fd)

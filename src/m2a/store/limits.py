@@ -1,0 +1,57 @@
+"""Limits as the gateway enforces them, read with a key's principal (no other store imports)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from m2a.store.schema import Quota
+
+# Token metrics count the engine's usage numbers; cost is in micro-dollars (prices from the config).
+METRICS = ("tokens", "input_tokens", "output_tokens", "requests", "cost", "concurrency")
+WINDOWS = {"minute": 60, "hour": 3600, "day": 86400, "month": 30 * 86400}  # month: calendar, UTC
+NO_WINDOW = "-"  # concurrency has none
+MAX_LIMIT = 2**62
+
+
+@dataclass(frozen=True)
+class Limit:
+    """One limit as the gateway enforces it; ``subject`` names the counter (team id or key id)."""
+
+    scope: str  # team or key
+    subject: int
+    metric: str
+    window: str
+    limit: int
+
+    def describe(self, team: str | None) -> str:
+        who = f"team '{team}'" if self.scope == "team" else f"key {self.subject}"
+        if self.metric == "concurrency":
+            return f"{self.limit} concurrent requests for {who}"
+        amount = (
+            f"${self.limit / 1e6:.2f}"
+            if self.metric == "cost"
+            else f"{self.limit} {self.metric.replace('_', ' ')}"
+        )
+        return f"{amount} per {self.window} for {who}"
+
+
+async def limits_for(s: AsyncSession, team_id: int, key_id: int) -> tuple[Limit, ...]:
+    """The team's limits and the key's own, for the principal of ``key_id``."""
+    rows = (
+        await s.execute(
+            select(Quota).where(Quota.team_id == team_id, (Quota.key_id.is_(None)) | (Quota.key_id == key_id))
+        )
+    ).scalars()
+    return tuple(
+        Limit(
+            "team" if q.key_id is None else "key",
+            team_id if q.key_id is None else key_id,
+            q.metric,
+            q.window,
+            q.limit,
+        )
+        for q in rows
+    )

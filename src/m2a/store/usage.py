@@ -1,0 +1,105 @@
+"""Reading the usage ledger: totals by team, key, model, replica or priority, per time bucket."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import case, func, select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from m2a.store.schema import Usage
+
+GROUPS = {
+    "team": Usage.team,
+    "key": Usage.key_prefix,
+    "model": Usage.model,
+    "replica": Usage.replica,
+    "priority": Usage.priority,
+    "status": Usage.status,
+}
+BUCKETS = ("hour", "day", "month")
+
+
+@dataclass
+class UsageRow:
+    group: str | None
+    model: str
+    bucket: str | None
+    requests: int
+    errors: int  # answered with an error status
+    interrupted: int  # cut off: the client left, or the gateway died
+    input_tokens: int
+    output_tokens: int
+    cached_tokens: int
+    avg_ttft_ms: float | None
+    avg_duration_ms: float | None
+
+
+def _bucket(dialect: str, bucket: str) -> Any:
+    if dialect == "postgresql":
+        fmt = {"hour": 'YYYY-MM-DD"T"HH24:00', "day": "YYYY-MM-DD", "month": "YYYY-MM"}[bucket]
+        return func.to_char(func.date_trunc(bucket, func.timezone("UTC", Usage.started_at)), fmt)
+    fmt = {"hour": "%Y-%m-%dT%H:00", "day": "%Y-%m-%d", "month": "%Y-%m"}[bucket]
+    return func.strftime(fmt, Usage.started_at)
+
+
+async def usage_rows(
+    engine: AsyncEngine,
+    by: str = "team",
+    since: datetime | None = None,
+    until: datetime | None = None,
+    team: str | None = None,
+    bucket: str | None = None,
+) -> list[UsageRow]:
+    """Totals grouped by ``by`` and model (so costs can be priced per model), optionally per bucket."""
+    if by not in GROUPS:
+        raise ValueError(f"by must be one of {', '.join(GROUPS)}")
+    if bucket is not None and bucket not in BUCKETS:
+        raise ValueError(f"bucket must be one of {', '.join(BUCKETS)}")
+    group = GROUPS[by]
+    bucket_col = _bucket(engine.dialect.name, bucket) if bucket else None
+    cols = [
+        group.label("group"),
+        Usage.model,
+        func.count().label("requests"),
+        func.sum(case((Usage.status == "error", 1), else_=0)).label("errors"),
+        func.sum(case((Usage.status.in_(("interrupted", "cancelled")), 1), else_=0)).label("interrupted"),
+        func.coalesce(func.sum(Usage.input_tokens), 0).label("input_tokens"),
+        func.coalesce(func.sum(Usage.output_tokens), 0).label("output_tokens"),
+        func.coalesce(func.sum(Usage.cached_tokens), 0).label("cached_tokens"),
+        func.avg(Usage.ttft_ms).label("avg_ttft_ms"),
+        func.avg(Usage.duration_ms).label("avg_duration_ms"),
+    ]
+    keys = [group, Usage.model]
+    if bucket_col is not None:
+        cols.append(bucket_col.label("bucket"))
+        keys.append(bucket_col)
+    q = select(*cols).group_by(*keys)
+    if since is not None:
+        q = q.where(Usage.started_at >= since)
+    if until is not None:
+        q = q.where(Usage.started_at < until)
+    if team is not None:
+        q = q.where(Usage.team == team)
+    async with engine.connect() as conn:
+        rows = (await conn.execute(q)).mappings().all()
+    out = [
+        UsageRow(
+            group=r["group"],
+            model=r["model"],
+            bucket=r.get("bucket"),
+            requests=int(r["requests"]),
+            errors=int(r["errors"] or 0),
+            interrupted=int(r["interrupted"] or 0),
+            input_tokens=int(r["input_tokens"]),
+            output_tokens=int(r["output_tokens"]),
+            cached_tokens=int(r["cached_tokens"]),
+            avg_ttft_ms=None if r["avg_ttft_ms"] is None else float(r["avg_ttft_ms"]),
+            avg_duration_ms=None if r["avg_duration_ms"] is None else float(r["avg_duration_ms"]),
+        )
+        for r in rows
+    ]
+    out.sort(key=lambda r: (r.bucket or "", r.group or "", r.model))
+    return out
