@@ -5,13 +5,19 @@ key through the admin API (so each request goes through key lookup, the grant ch
 validation), and sends the same requests straight to the mock and through the gateway, rounds
 alternating, at concurrency 1 and 16, non-streamed and streamed (16 chunks).
 
-    .venv/bin/python bench/gateway_mock.py [--seconds 5] [--rounds 3]
+With LiteLLM installed in its own environment (`bench/litellm_env.sh`), its proxy is a third target
+in the same rounds ("through LiteLLM"; `litellm_proxy.py` says how it is started); `--no-litellm`
+leaves it out.
+
+    .venv/bin/python bench/gateway_mock.py [--seconds 5] [--rounds 3] [--no-litellm]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import signal
 import statistics
 import subprocess
 import sys
@@ -23,6 +29,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from litellm_proxy import LITELLM, LiteLLM  # noqa: E402
 from stack import KEY, Up, free_port  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -68,31 +75,43 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=5.0, help="per round and target")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--home", type=Path, default=Path("/tmp/m2a-bench-mock"))
+    ap.add_argument(
+        "--litellm",
+        action=argparse.BooleanOptionalAction,
+        default=LITELLM.exists(),
+        help="also measure LiteLLM's proxy (default: when bench/.venv-litellm has it)",
+    )
     args = ap.parse_args()
+    # Ctrl-C and kill both stop the run the way asyncio.run handles Ctrl-C, so the children are ended.
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even when started in the background
+    signal.signal(signal.SIGTERM, lambda *_: signal.raise_signal(signal.SIGINT))
     port = free_port()
     mock = subprocess.Popen([sys.executable, str(HERE / "mock_engine.py"), str(port)])
     try:
         direct = f"http://127.0.0.1:{port}/v1/chat/completions"
-        with Up(
-            [{"name": "mock", "engine": "remote", "url": f"http://127.0.0.1:{port}/v1"}], args.home
-        ) as up:
+        with (
+            Up([{"name": "mock", "engine": "remote", "url": f"http://127.0.0.1:{port}/v1"}], args.home) as up,
+            LiteLLM(f"http://127.0.0.1:{port}/v1") if args.litellm else contextlib.nullcontext() as ll,
+        ):
             admin = {"authorization": f"Bearer {KEY}"}
             httpx.post(f"{up.root}/admin/v1/teams", json={"name": "bench"}, headers=admin)
             httpx.put(f"{up.root}/admin/v1/teams/bench/grants/mock", headers=admin).raise_for_status()
             r = httpx.post(f"{up.root}/admin/v1/keys", json={"team": "bench", "name": "bench"}, headers=admin)
             team_key = r.json()["key"]
-            via = f"{up.base_url}/chat/completions"
-            asyncio.run(load(via, team_key, 4, 1, False))  # warm both paths
-            asyncio.run(load(direct, None, 4, 1, False))
+            targets = [
+                ("mock direct", direct, None),
+                ("through m2a", f"{up.base_url}/chat/completions", team_key),
+            ]
+            if ll is not None:
+                targets.append(("through LiteLLM", f"{ll.base_url}/chat/completions", ll.key))
+            for _, url, key in targets:  # warm every path
+                asyncio.run(load(url, key, 4, 1, False))
             print("| answer | concurrency | target | req/s | p50 ms | p99 ms |\n|---|---|---|---|---|---|")
             for stream in (False, True):
                 for c in (1, 16):
                     results: dict[str, tuple[int, list[float], float]] = {}
                     for _ in range(args.rounds):
-                        for label, url, key in (
-                            ("mock direct", direct, None),
-                            ("through m2a", via, team_key),
-                        ):
+                        for label, url, key in targets:
                             n, lat = asyncio.run(load(url, key, c, args.seconds, stream))
                             done, lats, secs = results.get(label, (0, [], 0.0))
                             results[label] = (done + n, lats + lat, secs + args.seconds)
