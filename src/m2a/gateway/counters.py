@@ -86,8 +86,9 @@ class Memory:
                 self._windows[c.key] = (max(value + d, 0), exp)
 
     async def value(self, key: str) -> int:
-        slots = self._slots.get(key)
-        return len(slots) if slots is not None else self._window(key, time.time())
+        now = time.time()
+        slots = self._slots.get(key)  # a stale slot is free, as reserve() sees it
+        return sum(stale > now for stale in slots.values()) if slots is not None else self._window(key, now)
 
     async def close(self) -> None:
         pass
