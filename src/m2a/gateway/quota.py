@@ -91,7 +91,8 @@ def amounts(metric: str, price: Price, input_tokens: int, output_tokens: int, ca
     if metric == "output_tokens":
         return output_tokens
     if metric == "cost":
-        return math.ceil(price.cost(input_tokens, output_tokens, cached) * 1e6)
+        # round off float noise first (0.1 * 101 + 0.3 * 13 is 14.000000000000002): no phantom micro-dollar
+        return math.ceil(round(price.cost(input_tokens, output_tokens, cached) * 1e6, 6))
     return 1  # requests, concurrency
 
 
