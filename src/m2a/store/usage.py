@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import case, func, select
@@ -58,6 +58,8 @@ async def usage_rows(
         raise ValueError(f"by must be one of {', '.join(GROUPS)}")
     if bucket is not None and bucket not in BUCKETS:
         raise ValueError(f"bucket must be one of {', '.join(BUCKETS)}")
+    # SQLite keeps timestamps as UTC text and compares text: bring an offset-aware bound to UTC first
+    since, until = (t.astimezone(UTC) if t is not None and t.tzinfo else t for t in (since, until))
     group = GROUPS[by]
     bucket_col = _bucket(engine.dialect.name, bucket) if bucket else None
     cols = [
