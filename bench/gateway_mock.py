@@ -1,8 +1,9 @@
 """The gateway's own cost per request, against a mock engine that answers at once.
 
 Starts `bench/mock_engine.py`, then `m2a up` serving it as a remote model, creates a team and a team
-key through the admin API (so each request goes through key lookup, the grant check and schema
-validation), and sends the same requests straight to the mock and through the gateway, rounds
+key with quotas through the admin API (so each request goes through key lookup, the grant check,
+schema validation, quota reservation and settlement, the priority gate and a usage-ledger record),
+and sends the same requests straight to the mock and through the gateway, rounds
 alternating, at concurrency 1 and 16, non-streamed and streamed (16 chunks).
 
 With LiteLLM installed in its own environment (`bench/litellm_env.sh`), its proxy is a third target
@@ -98,6 +99,16 @@ def main() -> None:
             httpx.put(f"{up.root}/admin/v1/teams/bench/grants/mock", headers=admin).raise_for_status()
             r = httpx.post(f"{up.root}/admin/v1/keys", json={"team": "bench", "name": "bench"}, headers=admin)
             team_key = r.json()["key"]
+            # Every governance feature on: limits the run never reaches, so each request is
+            # reserved and settled against four counters (and recorded in the usage ledger).
+            limits = [
+                {"metric": "tokens", "window": "minute", "limit": 10**12},
+                {"metric": "tokens", "window": "day", "limit": 10**12},
+                {"metric": "requests", "window": "minute", "limit": 10**12},
+                {"metric": "concurrency", "window": "-", "limit": 1000},
+            ]
+            q = httpx.put(f"{up.root}/admin/v1/teams/bench/quotas", json={"limits": limits}, headers=admin)
+            q.raise_for_status()
             targets = [
                 ("mock direct", direct, None),
                 ("through m2a", f"{up.base_url}/chat/completions", team_key),

@@ -26,9 +26,17 @@ class Up:
     """`m2a up` in a child process with the given models; `with Up(models) as up:`."""
 
     def __init__(
-        self, models: list[dict], home: Path, label: str = "m2a up", cpus: set[int] | None = None
+        self,
+        models: list[dict],
+        home: Path,
+        label: str = "m2a up",
+        cpus: set[int] | None = None,
+        extra: dict | None = None,
+        env: dict[str, str] | None = None,
     ) -> None:
+        self.env = env or {}  # more environment, e.g. M2A_DATABASE_URL
         self.models = models
+        self.extra = extra or {}  # more config sections, e.g. {"gateway": {"priorities": False}}
         self.cpus = cpus  # pin `m2a up` (the gateway) to these cores
         self.home = home
         self.label = label
@@ -40,9 +48,11 @@ class Up:
     def __enter__(self) -> Up:
         self.home.mkdir(parents=True, exist_ok=True)
         cfg = self.home / f"bench-{self.port}.yaml"
-        cfg.write_text(yaml.safe_dump({"models": self.models, "supervisor": {"base_port": 21000}}))
+        cfg.write_text(
+            yaml.safe_dump({"models": self.models, "supervisor": {"base_port": 21000}, **self.extra})
+        )
         log = (self.home / f"bench-{self.port}.log").open("wb")
-        env = {**os.environ, "M2A_HOME": str(self.home), "M2A_ADMIN_KEY": KEY}
+        env = {**os.environ, "M2A_HOME": str(self.home), "M2A_ADMIN_KEY": KEY, **self.env}
         self.started = time.monotonic()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "m2a", "up", "--config", str(cfg), "--port", str(self.port)],

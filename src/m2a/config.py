@@ -149,6 +149,11 @@ class Settings(_Strict):
         default=None,
         description="Quota counters shared by gateway processes ($M2A_REDIS_URL); default in process.",
     )
+    redis_prefix: str = Field(
+        default="m2a:q:",
+        min_length=1,
+        description="Namespace of the counters in Redis ($M2A_REDIS_PREFIX), one per installation.",
+    )
     models: list[ModelConfig] = Field(default_factory=default_models)
     gateway: GatewayConfig = Field(default_factory=GatewayConfig)
     supervisor: SupervisorConfig = Field(default_factory=SupervisorConfig)
@@ -172,6 +177,7 @@ _TOP_LEVEL_ENV = {
     "M2A_ADMIN_KEY": "admin_key",
     "M2A_DATABASE_URL": "database_url",
     "M2A_REDIS_URL": "redis_url",
+    "M2A_REDIS_PREFIX": "redis_prefix",
 }
 
 

@@ -159,7 +159,9 @@ async def run_up(
     except Exception as exc:  # nothing started yet: say why and stop
         say(f"cannot open the database ({settings.database_url or 'SQLite in ' + str(settings.home)}): {exc}")
         return 1
-    counters: Counters = RedisCounters(settings.redis_url) if settings.redis_url else Memory()
+    counters: Counters = Memory()
+    if settings.redis_url:
+        counters = RedisCounters(settings.redis_url, settings.redis_prefix)
     quotas = Quotas(
         counters,
         {m.name: m.price for m in settings.models},
