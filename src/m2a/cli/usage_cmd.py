@@ -36,7 +36,7 @@ def parse_limit(text: str, money: bool = False) -> tuple[int, str]:
     amount = float(m.group(1)) * {"": 1, "k": 1e3, "m": 1e6}[m.group(2).lower()]
     window = _WINDOW_ALIASES.get(m.group(3), m.group(3))
     assert window in WINDOWS
-    return round(amount * 1e6) if money else int(amount), window
+    return round(amount * 1e6) if money else int(round(amount, 6)), window  # 1.005 * 1e3 is 1004.99…
 
 
 def _limits(option: str, values: list[str] | None, money: bool = False) -> list[tuple[str, str, int]]:
