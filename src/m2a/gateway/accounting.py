@@ -76,7 +76,7 @@ class Accounting:
                 )
         except BaseException:
             if ticket is not None:
-                ticket.settle(0, 0)
+                ticket.settle(0, 0, served=False)
             raise
 
         def on_end(o: Outcome) -> None:

@@ -107,12 +107,16 @@ class Ticket:
     charges: list[Charge]
     settled: bool = field(default=False)
 
-    def settle(self, input_tokens: int, output_tokens: int, cached_tokens: int = 0) -> None:
+    def settle(
+        self, input_tokens: int, output_tokens: int, cached_tokens: int = 0, served: bool = True
+    ) -> None:
+        """Replace the estimate with the usage; a request refused after admission (not ``served``:
+        shed by the priority gate) gives its request back too."""
         if self.settled:
             return
         self.settled = True
         deltas = [
-            0
+            (0 if served else -c.amount)
             if lim.metric in ("requests", "concurrency")
             else amounts(lim.metric, self.price, input_tokens, output_tokens, cached_tokens) - c.amount
             for lim, c in zip(self.limits, self.charges, strict=True)
