@@ -3,11 +3,15 @@
 It runs an aiohttp server on a free loopback port inside the running event loop, records every
 request it receives (path, headers, raw body), and can be steered by the test:
 
-* ``mode``: ``"ok"`` answers normally, ``"error"`` answers 400 in vLLM's older error shape,
-  ``"die_mid_stream"`` sends one SSE chunk of a streamed answer and then drops the connection.
+* ``mode``: ``"ok"`` answers normally, ``"error"`` answers ``error_status`` (400 by default) in
+  vLLM's older error shape, ``"die_mid_stream"`` sends one SSE chunk of a streamed answer and then
+  drops the connection.
+* ``usage``: the token counts every answer reports (a whole answer's ``usage``; a stream's final
+  usage-only chunk, sent only when the request asks with ``stream_options.include_usage``, as vLLM).
 * ``gate``: when set to an ``asyncio.Event``, a streamed answer pauses after its first chunk (and a
   dying one dies only then) and a non-streamed answer waits before answering, until the test sets it.
-* ``chunk_delay``: seconds between streamed chunks.
+* ``chunk_delay``: seconds between streamed chunks; ``delay``: seconds before answering at all.
+* ``waiting``: what ``GET /metrics`` reports as ``vllm:num_requests_waiting`` (vLLM's queue).
 * ``cancelled``: set when a handler notices that its client (the gateway) went away.
 
 It is not a model: tests about real answers use the real engines (tests/test_e2e_*.py).
@@ -51,7 +55,10 @@ class Received:
         return json.loads(self.body)
 
 
-def chat_answer(model: str) -> bytes:
+DEFAULT_USAGE = {"prompt_tokens": 7, "completion_tokens": 2, "total_tokens": 9}
+
+
+def chat_answer(model: str, usage: dict[str, int] | None = None) -> bytes:
     """A non-streamed answer, serialized with unusual spacing and vLLM's extra fields on purpose."""
     answer = {
         "id": "chatcmpl-fake",
@@ -67,7 +74,7 @@ def chat_answer(model: str) -> bytes:
                 "stop_reason": None,
             }
         ],
-        "usage": {"prompt_tokens": 7, "completion_tokens": 2, "total_tokens": 9},
+        "usage": usage or DEFAULT_USAGE,
         "prompt_logprobs": None,
         "kv_transfer_params": None,
     }
@@ -86,6 +93,19 @@ def sse_chunk(model: str, content: str | None, finish_reason: str | None = None)
     return f"data: {json.dumps(chunk)}\n\n".encode()
 
 
+def usage_chunk(model: str, usage: dict[str, int]) -> bytes:
+    """The last chunk of a stream that asked for usage: no choices, only the counts."""
+    chunk = {
+        "id": "chatcmpl-fake",
+        "object": "chat.completion.chunk",
+        "created": 1700000000,
+        "model": model,
+        "choices": [],
+        "usage": usage,
+    }
+    return f"data: {json.dumps(chunk)}\n\n".encode()
+
+
 class FakeEngine:
     def __init__(self, chunks: tuple[str, ...] = ("Hel", "lo", ", ", "world", "!")) -> None:
         self.port = free_port()
@@ -94,6 +114,10 @@ class FakeEngine:
         self.mode: Mode = "ok"
         self.gate: asyncio.Event | None = None
         self.chunk_delay = 0.0
+        self.delay = 0.0
+        self.error_status = 400
+        self.usage: dict[str, int] = dict(DEFAULT_USAGE)
+        self.waiting = 0.0
         self.requests: list[Received] = []
         self.started = asyncio.Event()  # some handler began
         self.cancelled = asyncio.Event()  # some handler saw its client go away
@@ -118,20 +142,24 @@ class FakeEngine:
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         received = await self._record(request)
         if self.mode == "error":
-            return web.json_response(OLD_VLLM_ERROR, status=400)
+            return web.json_response(OLD_VLLM_ERROR, status=self.error_status)
         body = received.json
         model = body.get("model", "?")
         try:
+            if self.delay:
+                await asyncio.sleep(self.delay)
             if body.get("stream"):
-                return await self._stream(request, model)
+                opts = body.get("stream_options")
+                usage = isinstance(opts, dict) and bool(opts.get("include_usage"))
+                return await self._stream(request, model, usage)
             if self.gate is not None:
                 await self.gate.wait()
-            return web.Response(body=chat_answer(model), content_type="application/json")
+            return web.Response(body=chat_answer(model, self.usage), content_type="application/json")
         except (asyncio.CancelledError, ConnectionResetError):
             self.cancelled.set()
             raise
 
-    async def _stream(self, request: web.Request, model: str) -> web.StreamResponse:
+    async def _stream(self, request: web.Request, model: str, usage: bool = False) -> web.StreamResponse:
         resp = web.StreamResponse(headers={"content-type": "text/event-stream", "cache-control": "no-cache"})
         await resp.prepare(request)
         for i, piece in enumerate(self.chunks):
@@ -149,6 +177,8 @@ class FakeEngine:
                 request.transport.close()  # no chunked-encoding terminator: a truncated answer
                 await asyncio.sleep(3600)  # cancelled by aiohttp once the connection is gone
         await resp.write(sse_chunk(model, None, "stop"))
+        if usage:
+            await resp.write(usage_chunk(model, self.usage))
         await resp.write(b"data: [DONE]\n\n")
         await resp.write_eof()
         return resp
@@ -156,7 +186,7 @@ class FakeEngine:
     async def _embeddings(self, request: web.Request) -> web.Response:
         received = await self._record(request)
         if self.mode == "error":
-            return web.json_response(OLD_VLLM_ERROR, status=400)
+            return web.json_response(OLD_VLLM_ERROR, status=self.error_status)
         body = received.json
         return web.json_response(
             {
@@ -168,11 +198,22 @@ class FakeEngine:
             }
         )
 
+    async def _metrics(self, request: web.Request) -> web.Response:
+        """A few of vLLM's Prometheus series (not recorded as requests)."""
+        text = (
+            "# TYPE vllm:num_requests_waiting gauge\n"
+            f'vllm:num_requests_waiting{{model_name="fake"}} {self.waiting}\n'
+            "# TYPE vllm:kv_cache_usage_perc gauge\n"
+            'vllm:kv_cache_usage_perc{model_name="fake"} 0.25\n'
+        )
+        return web.Response(text=text, content_type="text/plain")
+
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_post("/v1/embeddings", self._embeddings)
+        app.router.add_get("/metrics", self._metrics)
         # handler_cancellation: a handler is cancelled when its client disconnects, as in vLLM.
         self._runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=2.0)
         await self._runner.setup()
