@@ -520,6 +520,31 @@ async def test_a_waiter_past_its_deadline_gets_503(
     assert [(r["status"], r["priority"]) for r in rows] == [("ok", "batch")] * 2  # none for the shed one
 
 
+async def test_a_client_that_leaves_while_held_gives_everything_back(
+    engine: FakeEngine, store: IdentityStore, ledger: Ledger
+) -> None:
+    [key] = await make_team(store, "bulk", "batch")
+    engine.gate = asyncio.Event()
+    async with serve(make_pool(engine, max_inflight=1), store, None, ledger) as gw:
+        await gw.set_quota("bulk", ("requests", "minute", 10), ("tokens", "minute", 100_000))
+        gate = gw.app.state.gate
+        first = asyncio.create_task(gw.chat(key, "first", max_tokens=10))
+        await within(engine.started.wait(), "the first request to reach the engine")
+        held = asyncio.create_task(gw.chat(key, "held", max_tokens=10))
+        await eventually(lambda: gate.waiting(MODEL) == 1, "the second request to be held")
+        held.cancel()  # the client hangs up while its request waits for a slot
+        with contextlib.suppress(asyncio.CancelledError):
+            await held
+        await eventually(lambda: gate.waiting(MODEL) == 0, "the gate to notice the client left")
+        engine.release()
+        assert (await within(first, "the first answer")).status_code == 200
+        assert gw.gate_inflight() == 0
+        assert await gw.counter(key, "requests") == 1  # the one that left was never served
+        assert contents(engine) == ["first"]
+    rows = await ledger_rows(store)
+    assert [r["status"] for r in rows] == ["ok"]  # no record for a request that never reached an engine
+
+
 async def test_a_full_queue_sheds_the_lowest_priority(engine: FakeEngine, store: IdentityStore) -> None:
     [batch] = await make_team(store, "bulk", "batch")
     [critical] = await make_team(store, "ops", "critical")

@@ -9,7 +9,7 @@ with the engine's usage, ends the ledger record and frees the slot.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from m2a.gateway.errors import GatewayError
@@ -23,6 +23,13 @@ from m2a.store.ledger import Ledger
 
 def _state(status: int) -> str:
     return "ok" if status < 400 else "cancelled" if status == 499 else "error"
+
+
+class ClientGone(Exception):
+    """The client disconnected while its request waited for a slot."""
+
+
+Watch = Callable[[Awaitable[None]], Awaitable[object]]
 
 
 class Accounting:
@@ -43,26 +50,26 @@ class Accounting:
         request_id: str,
         stream: bool,
         embed: bool,
+        watch: Watch | None = None,
     ) -> Callable[[Outcome], None]:
+        """Reserve, wait for a slot, begin the record; the callback for the request's end.
+
+        ``watch`` runs a wait so that it ends early (with None) if the client disconnects;
+        ``ClientGone`` is raised then, and everything taken is given back.
+        """
         team = p.team or "-"
         try:
             ticket = await self.quotas.admit(p, model, payload, request_id, embed)
         except GatewayError as exc:
             self.metrics.quota_refusals.labels(team, exc.code or "").inc()
             raise
+        entered = False
         try:
             if self.gate is not None:
-                t0 = time.perf_counter()
-                waiting = self.metrics.priority_waiting.labels(model)
-                waiting.inc()
-                try:
-                    await self.gate.enter(model, p.priority, p.priority_order)
-                except GatewayError:
-                    self.metrics.priority_shed.labels(model, p.priority).inc()
-                    raise
-                finally:
-                    waiting.dec()
-                self.metrics.priority_wait.labels(model, p.priority).observe(time.perf_counter() - t0)
+                entered = self.gate.try_enter(model, p.priority, p.priority_order)
+                if not entered:
+                    await self._wait(p, model, watch)
+                    entered = True
             if self.ledger is not None:
                 self.ledger.begin(
                     request_id,
@@ -77,6 +84,8 @@ class Accounting:
         except BaseException:
             if ticket is not None:
                 ticket.settle(0, 0, served=False)
+            if entered and self.gate is not None:
+                self.gate.leave(model)
             raise
 
         def on_end(o: Outcome) -> None:
@@ -108,3 +117,21 @@ class Accounting:
                 self.gate.leave(model)
 
         return on_end
+
+    async def _wait(self, p: Principal, model: str, watch: Watch | None) -> None:
+        assert self.gate is not None
+        t0 = time.perf_counter()
+        waiting = self.metrics.priority_waiting.labels(model)
+        waiting.inc()
+        try:
+            wait = self.gate.wait(model, p.priority, p.priority_order)
+            if watch is None:
+                await wait
+            elif await watch(wait) is None:
+                raise ClientGone
+        except GatewayError:
+            self.metrics.priority_shed.labels(model, p.priority).inc()
+            raise
+        finally:
+            waiting.dec()
+        self.metrics.priority_wait.labels(model, p.priority).observe(time.perf_counter() - t0)

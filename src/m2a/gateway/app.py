@@ -22,12 +22,12 @@ from starlette.routing import Mount, Route
 from m2a.config import GatewayConfig
 from m2a.gateway import schemas
 from m2a.gateway.access import Access
-from m2a.gateway.accounting import Accounting
+from m2a.gateway.accounting import Accounting, ClientGone
 from m2a.gateway.counters import Memory
 from m2a.gateway.errors import GatewayError, error_response
 from m2a.gateway.metrics import GatewayMetrics
 from m2a.gateway.priority import PriorityGate
-from m2a.gateway.proxy import Forwarder, Outgoing, Upstream
+from m2a.gateway.proxy import Forwarder, Outgoing, Upstream, unless_disconnected
 from m2a.gateway.quota import Quotas
 from m2a.router.load import LoadWatcher
 from m2a.router.pool import Pool
@@ -159,15 +159,19 @@ def create_app(
             served(principal, req.model, path, task)
             # A UUID: some engines (llama-cpp-python) reject any other x-request-id with a bare 400.
             request_id = str(uuid.uuid4())
-            on_end = await accounting.admit(
-                principal,
-                req.model,
-                path,
-                payload,
-                request_id,
-                req.stream,
-                task == "embed",  # type: ignore[arg-type]
-            )
+            try:
+                on_end = await accounting.admit(
+                    principal,
+                    req.model,
+                    path,
+                    payload,  # type: ignore[arg-type]
+                    request_id,
+                    req.stream,
+                    task == "embed",
+                    watch=lambda aw: unless_disconnected(request, aw),
+                )
+            except ClientGone:  # left while held at the priority gate: nothing reached an engine
+                return Response(status_code=499)
             out = Outgoing(
                 route=path,
                 model=req.model,

@@ -74,12 +74,22 @@ class PriorityGate:
 
     async def enter(self, model: str, cls: str, order: int) -> None:
         """Wait for room (or raise 503); the caller must ``leave`` once the request is done."""
+        if not self.try_enter(model, cls, order):
+            await self.wait(model, cls, order)
+
+    def try_enter(self, model: str, cls: str, order: int) -> bool:
+        """Take a slot if there is room now and nobody better waits; False: call ``wait``."""
         m = self._models.setdefault(model, _Model())
         now = time.monotonic()
         m.last_seen[cls] = now
         if (not m.queue or m.queue[0].order > order) and self._fits(model, m, cls, now):
             m.inflight += 1
-            return
+            return True
+        return False
+
+    async def wait(self, model: str, cls: str, order: int) -> bool:
+        """Queue for a slot (after ``try_enter`` said no); True once in. Cancelling gives the place up."""
+        m = self._models[model]
         if len(m.queue) >= self.cfg.max_waiting:
             worst = max(m.queue) if m.queue else None
             if worst is None or worst.order <= order:
@@ -94,7 +104,7 @@ class PriorityGate:
             await asyncio.wait_for(asyncio.shield(waiter.future), deadline)
         except TimeoutError:
             if waiter.future.done() and not waiter.future.exception():
-                return  # admitted just as the deadline passed
+                return True  # admitted just as the deadline passed
             self._drop(m, waiter)
             raise self._overloaded(model, f"no room within {deadline:g} s") from None
         except asyncio.CancelledError:  # the client left while waiting
@@ -103,6 +113,7 @@ class PriorityGate:
             else:
                 self._drop(m, waiter)
             raise
+        return True
 
     def _drop(self, m: _Model, waiter: _Waiter) -> None:
         if waiter in m.queue:
@@ -144,6 +155,10 @@ class PriorityGate:
     def waiting(self, model: str) -> int:
         m = self._models.get(model)
         return len(m.queue) if m else 0
+
+    def inflight(self, model: str) -> int:
+        m = self._models.get(model)
+        return m.inflight if m else 0
 
     async def run(self, interval_s: float = 0.1) -> None:
         """Wake waiters as engine load and health change (a queue that drained, a replica back)."""

@@ -67,7 +67,7 @@ async def _wait_disconnect(receive: Receive) -> None:
         pass
 
 
-async def _unless_disconnected(request: Request, aw: Awaitable[T]) -> T | None:
+async def unless_disconnected(request: Request, aw: Awaitable[T]) -> T | None:
     """``aw``'s result, or None (``aw`` cancelled) if the client disconnects first.
 
     Engines such as vLLM send no headers for a non-streamed answer until it is complete, so the
@@ -217,7 +217,7 @@ class Forwarder:
                 out.on_end(Outcome(status, replica, usage, chunks, ttft, time.perf_counter() - started))
 
         try:
-            connected = await _unless_disconnected(request, self._connect(request, out))
+            connected = await unless_disconnected(request, self._connect(request, out))
         except GatewayError as exc:
             inflight.dec()
             report(exc.status, None)
@@ -309,7 +309,7 @@ class Forwarder:
     ) -> Response:
         """Read a whole answer, abandoning the engine call if the client disconnects first."""
         try:
-            data = await _unless_disconnected(request, resp.read())
+            data = await unless_disconnected(request, resp.read())
         except (aiohttp.ClientError, TimeoutError) as exc:
             finish(502)
             raise GatewayError(502, f"the engine failed to answer: {type(exc).__name__}") from exc

@@ -155,6 +155,16 @@ class Quotas:
         price = self.prices.get(model) or Price()
         est_in = estimate_input(payload)
         est_out = estimate_output(payload, self.reserve_output, embed)
+        asked = bool(payload.get("max_completion_tokens") or payload.get("max_tokens"))
+        if not asked and not embed:
+            # No max_tokens: reserve the default, but never more than the tightest token limit
+            # leaves after the prompt, or a small team could send no such request at all.
+            room = [
+                lim.limit - (0 if lim.metric == "output_tokens" else est_in)
+                for lim in principal.limits
+                if lim.metric in ("tokens", "output_tokens") and lim.limit > 0
+            ]
+            est_out = max(1, min([est_out, *room]))
         now = time.time()
         charges: list[Charge] = []
         for lim in principal.limits:
@@ -168,9 +178,10 @@ class Quotas:
                 raise GatewayError(
                     429,
                     f"This request needs up to {amount} against the limit of {lim.describe(principal.team)}, "
-                    "so it can never fit; lower max_tokens or shorten the prompt.",
+                    "so it can never fit; "
+                    + ("lower max_tokens or shorten the prompt." if asked else "shorten the prompt."),
                     code="request_too_large",
-                    param="max_tokens",
+                    param="max_tokens" if asked else "messages",
                 )
             start, end = window_bounds(lim.window, now)
             charges.append(
