@@ -327,8 +327,8 @@ async def test_member_keys_cannot_administer_or_see_other_teams(
             ("DELETE", "/keys/999999", None),
             ("GET", "/quotas", None),
             ("GET", "/quotas?team=team-b", None),
-            ("PUT", "/teams/team-a/quotas", {"limits": [{"metric": "requests", "window": "day", "limit": 10**9}]}),
-            ("PUT", "/teams/team-b/quotas", {"limits": [{"metric": "requests", "window": "day", "limit": 0}]}),
+            ("PUT", "/teams/team-a/quotas", {"limits": [{"metric": "tokens", "window": "day", "limit": 9}]}),
+            ("PUT", "/teams/team-b/quotas", {"limits": [{"metric": "tokens", "window": "hour", "limit": 0}]}),
             ("DELETE", "/teams/team-a/quotas", None),
         ]
         for method, path, body in calls:

@@ -99,7 +99,8 @@ CASES = {
         [V[0], b'data: {"usage": {"prompt_tokens": 1}\n\n', DONE], True, [0, 1], None, 1, DONE
     ),
     "usage null is no usage": Case(
-        [V[0], event({"choices": [], "usage": None}), DONE], True, [0, 1], None, 2, DONE
+        # No choices: no token counted.
+        [V[0], event({"choices": [], "usage": None}), DONE], True, [0, 1], None, 1, DONE
     ),
     "[DONE] without a space": Case([V[0], b"data:[DONE]\n\n"], True, [0], None, 1, b"data:[DONE]\n\n"),
 }

@@ -36,7 +36,12 @@ def parse_limit(text: str, money: bool = False) -> tuple[int, str]:
     amount = float(m.group(1)) * {"": 1, "k": 1e3, "m": 1e6}[m.group(2).lower()]
     window = _WINDOW_ALIASES.get(m.group(3), m.group(3))
     assert window in WINDOWS
-    return round(amount * 1e6) if money else int(round(amount, 6)), window  # 1.005 * 1e3 is 1004.99…
+    if money:
+        return round(amount * 1e6), window
+    count = round(amount, 6)  # 1.005 * 1e3 is 1004.99…
+    if count != int(count):
+        raise typer.BadParameter(f"{text!r}: a count of tokens or requests is a whole number")
+    return int(count), window
 
 
 def _limits(option: str, values: list[str] | None, money: bool = False) -> list[tuple[str, str, int]]:

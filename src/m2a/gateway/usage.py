@@ -73,7 +73,7 @@ class StreamTap:
                 continue
             if payload and b'"usage"' in payload and self._take_usage(payload):
                 continue
-            if payload and b'"choices"' in payload:
+            if payload and b'"choices"' in payload and b'"choices":[]' not in payload:
                 self.chunks += 1
             out.append(event)
         self._buf = self._buf[pos:]
