@@ -151,10 +151,16 @@ class Gateway:
 
 @contextlib.asynccontextmanager
 async def serve(
-    pool: Pool, store: IdentityStore, cfg: GatewayConfig | None = None, ledger: Ledger | None = None
+    pool: Pool,
+    store: IdentityStore,
+    cfg: GatewayConfig | None = None,
+    ledger: Ledger | None = None,
+    app_kw: dict[str, Any] | None = None,
 ) -> AsyncIterator[Gateway]:
     """The gateway on a real uvicorn server; leaving the block runs its shutdown (ledger included)."""
-    app = create_app(pool, ADMIN, cfg, identity=store, ledger=ledger, usage_store=store.engine)
+    app = create_app(
+        pool, ADMIN, cfg, identity=store, ledger=ledger, usage_store=store.engine, **(app_kw or {})
+    )
     server = _Server(
         uvicorn.Config(
             app,

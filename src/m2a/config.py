@@ -125,6 +125,27 @@ class SupervisorConfig(_Strict):
     base_port: int = Field(default=18100, ge=1024, le=65000, description="First port given to engines.")
 
 
+class TelemetryConfig(_Strict):
+    """Traces and metrics: what is recorded, and where it goes."""
+
+    tracing: bool = Field(default=True, description="One OpenTelemetry trace per gateway request.")
+    record_content: bool = Field(
+        default=False, description="Put prompt and completion text on spans (off: never recorded)."
+    )
+    trace_store: bool = Field(default=True, description="Keep traces in $M2A_HOME/traces.db (m2a traces).")
+    trace_retention_hours: float = Field(default=72.0, gt=0, description="Older spans are pruned.")
+    trace_max_spans: int = Field(default=200_000, ge=1000, description="Oldest spans pruned beyond this.")
+    otlp_endpoint: str | None = Field(
+        default=None,
+        description="Also send traces to this OTLP/HTTP collector (or $OTEL_EXPORTER_OTLP_ENDPOINT): "
+        "Jaeger, Tempo, Langfuse, MLflow …",
+    )
+    engine_tracing: bool = Field(
+        default=True, description="Start vLLM engines with OTLP tracing pointed at the gateway."
+    )
+    device_metrics: bool = Field(default=True, description="GPU/CPU metrics on /metrics.")
+
+
 def default_home() -> Path:
     return Path(user_data_dir("m2a", appauthor=False))
 
@@ -157,6 +178,7 @@ class Settings(_Strict):
     models: list[ModelConfig] = Field(default_factory=default_models)
     gateway: GatewayConfig = Field(default_factory=GatewayConfig)
     supervisor: SupervisorConfig = Field(default_factory=SupervisorConfig)
+    telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
 
     @field_validator("models")
     @classmethod
@@ -188,7 +210,7 @@ def _env_overrides(environ: dict[str, str]) -> dict[str, Any]:
             out[_TOP_LEVEL_ENV[key]] = value
         elif key.startswith("M2A_") and "__" in key:
             section, _, field = key[4:].lower().partition("__")
-            if section in ("gateway", "supervisor"):
+            if section in ("gateway", "supervisor", "telemetry"):
                 out.setdefault(section, {})[field] = value
     return out
 

@@ -51,7 +51,7 @@ class Accounting:
         stream: bool,
         embed: bool,
         watch: Watch | None = None,
-    ) -> Callable[[Outcome], None]:
+    ) -> Callable[[Outcome], tuple[int, int, int]]:
         """Reserve, wait for a slot, begin the record; the callback for the request's end.
 
         ``watch`` runs a wait so that it ends early (with None) if the client disconnects;
@@ -88,7 +88,8 @@ class Accounting:
                 self.gate.leave(model)
             raise
 
-        def on_end(o: Outcome) -> None:
+        def on_end(o: Outcome) -> tuple[int, int, int]:
+            """Settle, record, free the slot; the tokens counted (input, output, cached)."""
             if o.usage is not None:
                 used_in, used_out, cached = o.usage.input_tokens, o.usage.output_tokens, o.usage.cached_tokens
             elif o.replica is not None and (o.status == 200 or o.status == 499):
@@ -115,6 +116,7 @@ class Accounting:
                 self.metrics.tokens.labels(model, team, "output").inc(used_out)
             if self.gate is not None:
                 self.gate.leave(model)
+            return used_in, used_out, cached
 
         return on_end
 

@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
+from opentelemetry.trace import Span, Tracer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.applications import Starlette
@@ -20,14 +21,14 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
 
 from m2a.config import GatewayConfig
-from m2a.gateway import schemas
+from m2a.gateway import schemas, tracing
 from m2a.gateway.access import Access
 from m2a.gateway.accounting import Accounting, ClientGone
 from m2a.gateway.counters import Memory
 from m2a.gateway.errors import GatewayError, error_response
 from m2a.gateway.metrics import GatewayMetrics
 from m2a.gateway.priority import PriorityGate
-from m2a.gateway.proxy import Forwarder, Outgoing, Upstream, unless_disconnected
+from m2a.gateway.proxy import Forwarder, Outcome, Outgoing, Upstream, unless_disconnected
 from m2a.gateway.quota import Quotas
 from m2a.router.load import LoadWatcher
 from m2a.router.pool import Pool
@@ -83,19 +84,22 @@ def create_app(
     quotas: Quotas | None = None,
     ledger: Ledger | None = None,
     usage_store: AsyncEngine | None = None,
+    tracer: Tracer | None = None,
+    record_content: bool = False,
 ) -> Starlette:
     """The gateway for the models in ``pool``, for callers with the admin ``key`` or a team key.
 
     ``replica_status`` (from whoever runs the engines) adds per-replica detail to ``/readyz``;
     ``identity`` holds teams, keys and grants (without it only the admin key works) and adds the
     admin API under ``/admin``. ``quotas`` counts against team and key limits (in process by
-    default), ``ledger`` records every request, ``usage_store`` answers the admin usage queries.
+    default), ``ledger`` records every request, ``usage_store`` answers the admin usage queries,
+    ``tracer`` gives every request a trace (text on spans only with ``record_content``).
     """
     cfg = cfg or GatewayConfig()
     access = Access(key, identity)
     metrics = GatewayMetrics()
     upstream = Upstream(cfg.connect_timeout_s, cfg.upstream_timeout_s)
-    forwarder = Forwarder(pool, upstream, metrics)
+    forwarder = Forwarder(pool, upstream, metrics, tracer)
     quotas = quotas or Quotas(Memory(), {}, cfg.reserve_output_tokens)
     gate = PriorityGate(pool, cfg) if cfg.priorities else None
     accounting = Accounting(quotas, gate, ledger, metrics)
@@ -145,47 +149,113 @@ def create_app(
                 code="wrong_endpoint",
             )
 
+    async def admit(
+        request: Request,
+        span: Span | None,
+        principal: Principal,
+        req: Any,
+        path: str,
+        payload: dict[str, Any],
+        request_id: str,
+        task: str,
+    ) -> Callable[[Outcome], tuple[int, int, int]] | None:
+        """Quota, priority slot and ledger record (in an admission span); None if the client left."""
+        adm = None
+        if span is not None and tracer is not None:
+            adm = tracing.child(
+                tracer,
+                span,
+                "m2a.admission",
+                **{
+                    "m2a.priority": principal.priority,
+                    "m2a.priority.order": principal.priority_order,
+                    "m2a.quota.limits": len(principal.limits),
+                },
+            )
+        try:
+            on_end = await accounting.admit(
+                principal,
+                req.model,
+                path,
+                payload,
+                request_id,
+                req.stream,
+                task == "embed",
+                watch=lambda aw: unless_disconnected(request, aw),
+            )
+        except ClientGone:
+            on_end = None
+        except GatewayError as exc:
+            if adm is not None:
+                adm.set_attribute("m2a.admission.result", exc.code or str(exc.status))
+                tracing.fail(adm, exc.status, exc.code, exc.message)
+                adm.end()
+            raise
+        if adm is not None:
+            adm.set_attribute("m2a.admission.result", "admitted" if on_end else "client_disconnected")
+            adm.end()
+        return on_end
+
     def openai_route(path: str) -> Callable[[Request], Awaitable[Response]]:
         engine_path, validate, task = ROUTES[path]
 
         async def handler(request: Request) -> Response:
-            principal = await access.principal(request)
-            body = await read_body(request, cfg.max_body_bytes)
-            payload = parse_json(body)
+            span = tracing.start_request(tracer, request, path) if tracer is not None else None
+            ended = False
             try:
-                req = validate(payload)
-            except schemas.RequestError as exc:
-                raise GatewayError(400, exc.message, param=exc.param, code="invalid_request") from exc
-            served(principal, req.model, path, task)
-            # A UUID: some engines (llama-cpp-python) reject any other x-request-id with a bare 400.
-            request_id = str(uuid.uuid4())
-            try:
-                on_end = await accounting.admit(
-                    principal,
-                    req.model,
-                    path,
-                    payload,  # type: ignore[arg-type]
-                    request_id,
-                    req.stream,
-                    task == "embed",
-                    watch=lambda aw: unless_disconnected(request, aw),
+                principal = await access.principal(request)
+                body = await read_body(request, cfg.max_body_bytes)
+                payload = parse_json(body)
+                try:
+                    req = validate(payload)
+                except schemas.RequestError as exc:
+                    raise GatewayError(400, exc.message, param=exc.param, code="invalid_request") from exc
+                served(principal, req.model, path, task)
+                if span is not None:
+                    tracing.describe_request(span, req.model, payload, principal, record_content)  # type: ignore[arg-type]
+                # A UUID: some engines (llama-cpp-python) reject any other x-request-id with a bare 400.
+                request_id = str(uuid.uuid4())
+                on_end = await admit(request, span, principal, req, path, payload, request_id, task)  # type: ignore[arg-type]
+                if on_end is None:  # left while held at the priority gate: nothing reached an engine
+                    if span is not None:
+                        ended = True
+                        tracing.fail(span, 499, "client_disconnected", "left while held")
+                        span.end()
+                    return Response(status_code=499)
+
+                def end(o: Outcome) -> None:
+                    nonlocal ended
+                    used_in, used_out, cached = on_end(o)
+                    if span is not None:
+                        ended = True
+                        tracing.finish(
+                            span, o.status, used_in, used_out, cached, o.finish_reasons, o.ttft_s, o.replica
+                        )
+
+                out = Outgoing(
+                    route=path,
+                    model=req.model,
+                    engine_path=engine_path,
+                    body=body,
+                    payload=payload,  # type: ignore[arg-type]
+                    stream=req.stream,
+                    request_id=request_id,
+                    # vLLM chat engines run with priority scheduling: the caller's team decides the order.
+                    priority=principal.priority_order if task == "chat" and cfg.priorities else None,
+                    count_usage=True,
+                    on_end=end,
+                    span=span,
                 )
-            except ClientGone:  # left while held at the priority gate: nothing reached an engine
-                return Response(status_code=499)
-            out = Outgoing(
-                route=path,
-                model=req.model,
-                engine_path=engine_path,
-                body=body,
-                payload=payload,  # type: ignore[arg-type]
-                stream=req.stream,
-                request_id=request_id,
-                # vLLM chat engines run with priority scheduling: the caller's team decides the order.
-                priority=principal.priority_order if task == "chat" and cfg.priorities else None,
-                count_usage=True,
-                on_end=on_end,
-            )
-            return await forwarder.forward(request, out)
+                return await forwarder.forward(request, out)
+            except BaseException as exc:
+                if span is not None and not ended:
+                    ended = True
+                    if isinstance(exc, GatewayError):
+                        tracing.fail(span, exc.status, exc.code, exc.message)
+                    else:
+                        tracing.fail(span, 500, type(exc).__name__, str(exc))
+                    span.end()
+                raise
 
         return handler
 

@@ -14,13 +14,15 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import aiohttp
+from opentelemetry.trace import Span, SpanKind, Tracer
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
+from m2a.gateway import tracing
 from m2a.gateway.errors import GatewayError, normalize_upstream_error
 from m2a.gateway.metrics import GatewayMetrics
-from m2a.gateway.usage import StreamTap, Usage, from_body
+from m2a.gateway.usage import StreamTap, Usage, finish_reasons, from_body
 from m2a.router.pool import Endpoint, Pool
 
 PASS_HEADERS = ("traceparent", "tracestate", "baggage")
@@ -100,6 +102,7 @@ class Outcome:
     chunks: int  # streamed content events, the fallback count of output tokens
     ttft_s: float | None
     duration_s: float
+    finish_reasons: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -116,6 +119,7 @@ class Outgoing:
     priority: int | None = None  # vLLM scheduling priority (lower first); None leaves the body alone
     count_usage: bool = False  # ask a stream for its usage even if the client did not
     on_end: Callable[[Outcome], None] | None = None  # called once, before the client's last byte
+    span: Span | None = None  # the request's server span, when tracing
     _bodies: dict[bool, bytes] = field(default_factory=dict, repr=False)
 
     @property
@@ -141,56 +145,98 @@ class Outgoing:
 
 
 class Forwarder:
-    def __init__(self, pool: Pool, upstream: Upstream, metrics: GatewayMetrics) -> None:
+    def __init__(
+        self, pool: Pool, upstream: Upstream, metrics: GatewayMetrics, tracer: Tracer | None = None
+    ) -> None:
         self.pool = pool
         self.upstream = upstream
         self.metrics = metrics
+        self.tracer = tracer
 
-    def _headers(self, request: Request, ep: Endpoint, request_id: str) -> dict[str, str]:
+    def _headers(
+        self, request: Request, ep: Endpoint, request_id: str, span: Span | None = None
+    ) -> dict[str, str]:
         headers = {"content-type": "application/json", "x-request-id": request_id}
-        for name in PASS_HEADERS:
-            value = request.headers.get(name)
-            if value:
-                headers[name] = value
+        if span is not None:  # the engine's span becomes a child of our engine-call span
+            headers.update(tracing.inject(span))
+        else:
+            for name in PASS_HEADERS:
+                value = request.headers.get(name)
+                if value:
+                    headers[name] = value
         if ep.api_key:
             headers["authorization"] = f"Bearer {ep.api_key}"
         return headers
 
-    async def _connect(self, request: Request, out: Outgoing) -> tuple[Endpoint, aiohttp.ClientResponse]:
+    def _spans(self, out: Outgoing, ep: Endpoint, attempt: int, tried: set[str]) -> Span | None:
+        """Record the routing decision; the engine-call span (None when not tracing)."""
+        if self.tracer is None or out.span is None:
+            return None
+        healthy = [e for e in self.pool.endpoints(out.model) if e.healthy]
+        tracing.child(
+            self.tracer,
+            out.span,
+            "m2a.route",
+            **{
+                "m2a.route.policy": "least_inflight",
+                "m2a.route.attempt": attempt,
+                "m2a.route.candidates": len(healthy),
+                "m2a.route.excluded": sorted(tried),
+                "m2a.replica": ep.id,
+                "m2a.replica.inflight": ep.inflight,
+            },
+        ).end()
+        return tracing.child(
+            self.tracer,
+            out.span,
+            f"engine {ep.id}",
+            SpanKind.CLIENT,
+            **{"m2a.replica": ep.id, "m2a.engine": ep.engine, "url.full": ep.base_url + out.engine_path},
+        )
+
+    async def _connect(
+        self, request: Request, out: Outgoing
+    ) -> tuple[Endpoint, aiohttp.ClientResponse, Span | None]:
         model = out.model
         assert self.upstream.session is not None
         tried: set[str] = set()
         last_error = ""
-        for _ in range(2):
+        for attempt in range(2):
             ep = self.pool.pick(model, exclude=frozenset(tried))
             if ep is None:
                 break
+            span = self._spans(out, ep, attempt, tried)
             ep.inflight += 1
             try:
                 resp = await self.upstream.session.post(
                     ep.base_url + out.engine_path,
                     data=out.body_for(ep),
-                    headers=self._headers(request, ep, out.request_id),
+                    headers=self._headers(request, ep, out.request_id, span),
                 )
-                return ep, resp
-            except RETRYABLE as exc:  # the engine never saw the request: another replica may take it
+                if span is not None:
+                    span.set_attribute("http.response.status_code", resp.status)
+                return ep, resp, span
+            except BaseException as exc:
+                if span is not None:
+                    tracing.fail(span, 502, type(exc).__name__, str(exc))
+                    span.end()
+                if not isinstance(exc, RETRYABLE):
+                    ep.inflight -= 1
+                    if isinstance(exc, (aiohttp.ClientError, TimeoutError)):  # it may have: no second try
+                        self.metrics.upstream_errors.labels(model, ep.id).inc()
+                        timed_out = isinstance(exc, TimeoutError)
+                        raise GatewayError(
+                            504 if timed_out else 502,
+                            f"The engine serving '{model}' "
+                            + ("did not answer in time." if timed_out else f"failed: {type(exc).__name__}."),
+                            code="engine_timeout" if timed_out else "engine_error",
+                        ) from exc
+                    raise
+                # The engine never saw the request: another replica may take it.
                 ep.inflight -= 1
                 tried.add(ep.id)
                 last_error = f"{type(exc).__name__}: {exc}"
                 self.metrics.upstream_errors.labels(model, ep.id).inc()
-            except (aiohttp.ClientError, TimeoutError) as exc:  # it may have: no second try
-                ep.inflight -= 1
-                self.metrics.upstream_errors.labels(model, ep.id).inc()
-                timed_out = isinstance(exc, TimeoutError)
-                raise GatewayError(
-                    504 if timed_out else 502,
-                    f"The engine serving '{model}' "
-                    + ("did not answer in time." if timed_out else f"failed: {type(exc).__name__}."),
-                    code="engine_timeout" if timed_out else "engine_error",
-                ) from exc
-            except asyncio.CancelledError:
-                ep.inflight -= 1
-                raise
         detail = f" (last error: {last_error})" if last_error else ""
         raise GatewayError(
             503,
@@ -204,6 +250,7 @@ class Forwarder:
         started = time.perf_counter()
         inflight = self.metrics.inflight.labels(model)
         inflight.inc()  # from now until `finish`, including the wait for the engine's first byte
+        reasons: list[str] = []  # finish reasons seen in the answer (traced requests only)
 
         def report(
             status: int,
@@ -214,7 +261,8 @@ class Forwarder:
         ) -> None:
             self.metrics.requests.labels(route, model, str(status)).inc()
             if out.on_end is not None:
-                out.on_end(Outcome(status, replica, usage, chunks, ttft, time.perf_counter() - started))
+                duration = time.perf_counter() - started
+                out.on_end(Outcome(status, replica, usage, chunks, ttft, duration, reasons))
 
         try:
             connected = await unless_disconnected(request, self._connect(request, out))
@@ -231,7 +279,7 @@ class Forwarder:
             self.metrics.cancelled.labels(model).inc()
             report(499, None)
             return Response(status_code=499)
-        ep, resp = connected
+        ep, resp, engine_span = connected
         released = reported = False
 
         def account(
@@ -253,13 +301,15 @@ class Forwarder:
                     resp.release()  # fully read: the connection goes back to the pool
                 else:
                     resp.close()  # abandoned mid-answer: closing it makes the engine abort the request
+                if engine_span is not None:
+                    engine_span.end()
                 ep.inflight -= 1
                 inflight.dec()
             account(status, usage, chunks, ttft)
 
         headers = {"x-request-id": request_id, "x-m2a-replica": ep.id}
         if not stream or resp.status != 200:
-            return await self._whole(request, resp, model, headers, finish)
+            return await self._whole(request, resp, model, headers, finish, reasons if out.span else None)
         tap = StreamTap(out.strip_usage)
 
         async def chunks() -> AsyncIterator[bytes]:
@@ -274,6 +324,7 @@ class Forwarder:
                     if data:
                         yield data
                     if end is not None:  # account for the request before the client sees the end
+                        reasons.extend(tap.finish_reasons)
                         account(200, tap.usage, tap.chunks, ttft)
                         yield end
                 rest = tap.rest()
@@ -306,6 +357,7 @@ class Forwarder:
         model: str,
         headers: dict[str, str],
         finish: Callable[..., None],
+        reasons: list[str] | None = None,
     ) -> Response:
         """Read a whole answer, abandoning the engine call if the client disconnects first."""
         try:
@@ -318,6 +370,8 @@ class Forwarder:
             finish(499)
             return Response(status_code=499)
         status = resp.status
+        if reasons is not None and status == 200:
+            reasons.extend(finish_reasons(data))
         finish(status, from_body(data) if status == 200 else None)
         if status >= 400:
             try:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 _EVENT_END = re.compile(rb"\r?\n\r?\n")
+_FINISH = re.compile(rb'"finish_reason"\s*:\s*"([a-z_]+)"')
 
 
 @dataclass
@@ -42,6 +43,11 @@ def from_body(data: bytes) -> Usage | None:
     return Usage.parse(payload.get("usage")) if isinstance(payload, dict) else None
 
 
+def finish_reasons(data: bytes) -> list[str]:
+    """The ``finish_reason`` values in an answer or chunk, in order (for the trace)."""
+    return [m.decode() for m in _FINISH.findall(data)]
+
+
 def _data(event: bytes) -> bytes | None:
     for line in event.splitlines():
         if line.startswith(b"data:"):
@@ -56,6 +62,7 @@ class StreamTap:
         self.strip_usage = strip_usage
         self.usage: Usage | None = None
         self.chunks = 0  # events with choices: about one output token each, when usage is missing
+        self.finish_reasons: list[str] = []
         self._buf = b""
 
     def feed(self, data: bytes) -> tuple[bytes, bytes | None]:
@@ -75,6 +82,8 @@ class StreamTap:
                 continue
             if payload and b'"choices"' in payload and b'"choices":[]' not in payload:
                 self.chunks += 1
+                if b'"finish_reason"' in payload:
+                    self.finish_reasons += finish_reasons(payload)
             out.append(event)
         self._buf = self._buf[pos:]
         return b"".join(out), done
