@@ -167,3 +167,16 @@ def cpu_binding(cfg: ModelConfig, replica: int, cpus: int, task: str) -> str:
         start = 0
     end = min(cpus, start + width) - 1
     return str(start) if start == end else f"{start}-{end}"
+
+
+def trace_to(spec: EngineSpec, endpoint: str, token: str) -> None:
+    """Have a vLLM replica send its request spans (queue, prefill, decode) to ``endpoint`` over
+    OTLP/HTTP with ``token``; its spans continue the ``traceparent`` the gateway sends."""
+    spec.argv = [*(spec.argv or []), "--otlp-traces-endpoint", endpoint]
+    spec.env.update(
+        {
+            "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "http/protobuf",
+            "OTEL_EXPORTER_OTLP_TRACES_HEADERS": f"authorization=Bearer {token}",
+            "OTEL_SERVICE_NAME": f"vllm {spec.replica_id}",
+        }
+    )

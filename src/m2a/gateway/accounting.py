@@ -57,7 +57,7 @@ class Accounting:
         ``watch`` runs a wait so that it ends early (with None) if the client disconnects;
         ``ClientGone`` is raised then, and everything taken is given back.
         """
-        team = p.team or "-"
+        team = self.metrics.team(p.team)
         try:
             ticket = await self.quotas.admit(p, model, payload, request_id, embed)
         except GatewayError as exc:
@@ -114,6 +114,15 @@ class Accounting:
             if used_in or used_out:
                 self.metrics.tokens.labels(model, team, "input").inc(used_in)
                 self.metrics.tokens.labels(model, team, "output").inc(used_out)
+            if o.replica is not None:
+                m = self.metrics
+                m.outcomes.labels(model, team, p.priority, o.replica, _state(o.status)).inc()
+                if o.ttft_s is not None:
+                    m.request_ttft.labels(model, team, p.priority, o.replica).observe(o.ttft_s)
+                    if used_out > 1 and o.status == 200:
+                        m.tpot.labels(model, team, p.priority).observe(
+                            (o.duration_s - o.ttft_s) / (used_out - 1)
+                        )
             if self.gate is not None:
                 self.gate.leave(model)
             return used_in, used_out, cached

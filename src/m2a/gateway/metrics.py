@@ -5,6 +5,25 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+_TPOT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1)
+MAX_TEAMS = 200  # distinct team label values; later ones share "other" (bounded cardinality)
+
+
+class BoundedLabel:
+    """Keeps a label's distinct values under a limit: values past it are reported as ``other``."""
+
+    def __init__(self, limit: int = MAX_TEAMS) -> None:
+        self.limit = limit
+        self._seen: set[str] = set()
+
+    def __call__(self, value: str | None) -> str:
+        value = value or "-"
+        if value in self._seen:
+            return value
+        if len(self._seen) >= self.limit:
+            return "other"
+        self._seen.add(value)
+        return value
 
 
 class GatewayMetrics:
@@ -39,6 +58,33 @@ class GatewayMetrics:
             "m2a_client_disconnects",
             "Requests whose client went away; the engine call was cancelled",
             ["model"],
+            registry=r,
+        )
+        self.team = BoundedLabel()
+        self.request_ttft = Histogram(
+            "m2a_request_time_to_first_token_seconds",
+            "Time to the first streamed token, by model, team, priority and replica",
+            ["model", "team", "priority", "replica"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.tpot = Histogram(
+            "m2a_time_per_output_token_seconds",
+            "Time per output token after the first, by model, team and priority",
+            ["model", "team", "priority"],
+            buckets=_TPOT_BUCKETS,
+            registry=r,
+        )
+        self.outcomes = Counter(
+            "m2a_request_outcomes",
+            "Requests that reached an engine, by model, team, priority, replica and status",
+            ["model", "team", "priority", "replica", "status"],
+            registry=r,
+        )
+        self.route_decisions = Counter(
+            "m2a_route_decisions",
+            "Replica choices, by model, replica and policy",
+            ["model", "replica", "policy"],
             registry=r,
         )
         self.replica_healthy = Gauge(

@@ -205,6 +205,7 @@ class Forwarder:
             ep = self.pool.pick(model, exclude=frozenset(tried))
             if ep is None:
                 break
+            self.metrics.route_decisions.labels(model, ep.id, "least_inflight").inc()
             span = self._spans(out, ep, attempt, tried)
             ep.inflight += 1
             try:
