@@ -23,6 +23,7 @@ from m2a.config import ModelConfig, Settings
 from m2a.engines.base import EngineSpec
 from m2a.engines.registry import choose
 from m2a.engines.supervisor import Supervisor
+from m2a.engines.vllm import trace_to
 from m2a.gateway.app import create_app
 from m2a.gateway.counters import Counters, Memory, RedisCounters
 from m2a.gateway.quota import Quotas
@@ -31,6 +32,9 @@ from m2a.router.pool import Endpoint, Pool
 from m2a.store.db import open_store
 from m2a.store.identity import IdentityStore
 from m2a.store.ledger import Ledger
+from m2a.telemetry.exporter import StoreExporter
+from m2a.telemetry.setup import Tracing, store_path
+from m2a.telemetry.store import TraceStore
 
 Say = Callable[[str], None]
 
@@ -169,6 +173,23 @@ async def run_up(
         stale_s=settings.gateway.upstream_timeout_s + 60,
     )
     ledger = Ledger(db, settings.home / "ledger")
+    tel = settings.telemetry
+    trace_store = (
+        TraceStore(store_path(settings.home), tel.trace_retention_hours * 3600, tel.trace_max_spans)
+        if tel.trace_store
+        else None
+    )
+    tracing = None
+    if tel.tracing:
+        tracing = Tracing(tel, StoreExporter(trace_store) if trace_store is not None else None)
+        tracing.install()
+    ingest_token = secrets.token_urlsafe(24)  # what engines present when they send us their spans
+    if tracing is not None and trace_store is not None and tel.engine_tracing:
+        port = sock.getsockname()[1] if sock is not None else settings.gateway.port
+        host = "127.0.0.1" if settings.gateway.host in ("0.0.0.0", "::", "") else settings.gateway.host
+        for spec in specs:
+            if spec.engine == "vllm" and spec.task == "chat":
+                trace_to(spec, f"http://{host}:{port}/otlp/v1/traces", ingest_token)
     app = create_app(
         pool,
         key,
@@ -178,6 +199,10 @@ async def run_up(
         quotas=quotas,
         ledger=ledger,
         usage_store=db,
+        tracer=tracing.tracer if tracing is not None else None,
+        record_content=tel.record_content,
+        trace_store=trace_store,
+        ingest_token=ingest_token,
     )
     gw = settings.gateway
     server = _Server(uvicorn.Config(app, host=gw.host, port=gw.port, log_level="warning", access_log=False))
@@ -219,4 +244,8 @@ async def run_up(
         with contextlib.suppress(OSError):
             pidfile.unlink()
         await db.dispose()
+        if tracing is not None:
+            tracing.shutdown()  # flushes the last spans into the store
+        if trace_store is not None:
+            trace_store.close()
         say("stopped: no engine left running")

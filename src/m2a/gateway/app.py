@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
 import logging
 import time
@@ -24,6 +25,7 @@ from m2a.config import GatewayConfig
 from m2a.gateway import schemas, tracing
 from m2a.gateway.access import Access
 from m2a.gateway.accounting import Accounting, ClientGone
+from m2a.gateway.auth import bearer_token
 from m2a.gateway.counters import Memory
 from m2a.gateway.errors import GatewayError, error_response
 from m2a.gateway.metrics import GatewayMetrics
@@ -34,6 +36,7 @@ from m2a.router.load import LoadWatcher
 from m2a.router.pool import Pool
 from m2a.store.identity import IdentityStore, Principal
 from m2a.store.ledger import Ledger
+from m2a.telemetry.store import TraceStore
 
 log = logging.getLogger("m2a.gateway")
 
@@ -86,6 +89,8 @@ def create_app(
     usage_store: AsyncEngine | None = None,
     tracer: Tracer | None = None,
     record_content: bool = False,
+    trace_store: TraceStore | None = None,
+    ingest_token: str | None = None,
 ) -> Starlette:
     """The gateway for the models in ``pool``, for callers with the admin ``key`` or a team key.
 
@@ -93,7 +98,9 @@ def create_app(
     ``identity`` holds teams, keys and grants (without it only the admin key works) and adds the
     admin API under ``/admin``. ``quotas`` counts against team and key limits (in process by
     default), ``ledger`` records every request, ``usage_store`` answers the admin usage queries,
-    ``tracer`` gives every request a trace (text on spans only with ``record_content``).
+    ``tracer`` gives every request a trace (text on spans only with ``record_content``);
+    ``trace_store`` receives spans over OTLP at ``/otlp/v1/traces`` from callers that present the
+    admin key or ``ingest_token`` (the engines m2a starts).
     """
     cfg = cfg or GatewayConfig()
     access = Access(key, identity)
@@ -334,6 +341,16 @@ def create_app(
         Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", prometheus, methods=["GET"]),
     ]
+    if trace_store is not None:
+        from m2a.telemetry.receiver import otlp_traces_route
+
+        accepted = [t.encode() for t in (key, ingest_token) if t]
+
+        async def may_send_traces(request: Request) -> bool:
+            token = bearer_token(request)
+            return token is not None and any(hmac.compare_digest(token.encode(), a) for a in accepted)
+
+        routes.append(otlp_traces_route(trace_store, may_send_traces))
     if identity is not None:
         from m2a.gateway.admin import create_admin_api  # FastAPI loads only where teams exist
 
