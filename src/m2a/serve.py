@@ -33,7 +33,8 @@ from m2a.store.db import open_store
 from m2a.store.identity import IdentityStore
 from m2a.store.ledger import Ledger
 from m2a.telemetry.exporter import StoreExporter
-from m2a.telemetry.setup import Tracing, store_path
+from m2a.telemetry.relay import Relay
+from m2a.telemetry.setup import Tracing, collector_endpoint, store_path
 from m2a.telemetry.store import TraceStore
 
 Say = Callable[[str], None]
@@ -203,6 +204,7 @@ async def run_up(
         record_content=tel.record_content,
         trace_store=trace_store,
         ingest_token=ingest_token,
+        relay=Relay(collector) if (collector := collector_endpoint(tel)) else None,
     )
     gw = settings.gateway
     server = _Server(uvicorn.Config(app, host=gw.host, port=gw.port, log_level="warning", access_log=False))

@@ -36,6 +36,7 @@ from m2a.router.load import LoadWatcher
 from m2a.router.pool import Pool
 from m2a.store.identity import IdentityStore, Principal
 from m2a.store.ledger import Ledger
+from m2a.telemetry.relay import Relay
 from m2a.telemetry.store import TraceStore
 
 log = logging.getLogger("m2a.gateway")
@@ -91,6 +92,7 @@ def create_app(
     record_content: bool = False,
     trace_store: TraceStore | None = None,
     ingest_token: str | None = None,
+    relay: Relay | None = None,
 ) -> Starlette:
     """The gateway for the models in ``pool``, for callers with the admin ``key`` or a team key.
 
@@ -100,7 +102,8 @@ def create_app(
     default), ``ledger`` records every request, ``usage_store`` answers the admin usage queries,
     ``tracer`` gives every request a trace (text on spans only with ``record_content``);
     ``trace_store`` receives spans over OTLP at ``/otlp/v1/traces`` from callers that present the
-    admin key or ``ingest_token`` (the engines m2a starts).
+    admin key or ``ingest_token`` (the engines m2a starts), and ``relay`` passes those on to an
+    external collector.
     """
     cfg = cfg or GatewayConfig()
     access = Access(key, identity)
@@ -332,6 +335,8 @@ def create_app(
             await quotas.close()
             if ledger is not None:
                 await ledger.close()
+            if relay is not None:
+                await relay.close()
 
     routes = [Route(p, openai_route(p), methods=["POST"]) for p in ROUTES]
     routes += [
@@ -350,7 +355,7 @@ def create_app(
             token = bearer_token(request)
             return token is not None and any(hmac.compare_digest(token.encode(), a) for a in accepted)
 
-        routes.append(otlp_traces_route(trace_store, may_send_traces))
+        routes.append(otlp_traces_route(trace_store, may_send_traces, relay=relay))
     if identity is not None:
         from m2a.gateway.admin import create_admin_api  # FastAPI loads only where teams exist
 

@@ -44,10 +44,13 @@ def otlp_traces_route(
     *,
     path: str = PATH,
     max_body: int = MAX_BODY,
+    relay: Callable[[bytes, str, str], None] | None = None,
 ) -> Route:
     """A route answering OTLP/HTTP trace exports; ``allow`` decides who may send (False → 401).
 
-    ``max_body`` bounds the body both as sent and once decompressed (413 beyond it).
+    ``max_body`` bounds the body both as sent and once decompressed (413 beyond it). ``relay``,
+    when given, gets each stored export as sent (body, content type, content encoding), to pass
+    it on to an external collector.
     """
 
     async def receive(request: Request) -> Response:
@@ -73,8 +76,10 @@ def otlp_traces_route(
             response = _error(content_type, 503, _UNAVAILABLE, "trace store busy")
             response.headers["Retry-After"] = "1"
             return response
-        body, kind = encode_response(content_type, rejected, problem)
-        return Response(body, status_code=200, media_type=kind)
+        if relay is not None:
+            relay(body, content_type, encoding)
+        answer, kind = encode_response(content_type, rejected, problem)
+        return Response(answer, status_code=200, media_type=kind)
 
     return Route(path, receive, methods=["POST"], name="otlp_traces")
 
