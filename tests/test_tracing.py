@@ -14,9 +14,11 @@ import pytest_asyncio
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.sampling import Decision
 from opentelemetry.trace import SpanKind, StatusCode
 
 from m2a.store.identity import IdentityStore
+from m2a.telemetry.sampling import RateLimited, sampler
 from tests import gateway_fixtures
 from tests.fake_engine import FakeEngine
 from tests.openai_shape import assert_openai_error
@@ -125,3 +127,35 @@ async def test_refusals_end_the_trace_with_an_error(engine: FakeEngine, store: I
     assert sorted(s.attributes["error.type"] for s in roots) == ["insufficient_quota", "invalid_api_key"]
     assert by_name(spans)["m2a.admission"].attributes["m2a.admission.result"] == "insufficient_quota"
     assert not engine.requests
+
+
+async def test_under_load_only_some_traces_are_recorded_but_all_propagate(
+    engine: FakeEngine, store: IdentityStore
+) -> None:
+    """The rate limit records the first trace, not the next ones; a caller's sampled parent always."""
+    [key] = await make_team(store, "research")
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(sampler=sampler(per_second=0.001))  # a bucket of one, refilled slowly
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    async with serve(make_pool(engine), store, app_kw={"tracer": provider.get_tracer("t")}) as gw:
+        for _ in range(3):
+            assert (await gw.chat(key)).status_code == 200
+        sampled = {"traceparent": f"00-{CLIENT_TRACE}-{CLIENT_PARENT}-01", "authorization": f"Bearer {key}"}
+        body = {"model": "chat", "messages": [{"role": "user", "content": "hi"}]}
+        assert (await gw.client.post("/v1/chat/completions", headers=sampled, json=body)).status_code == 200
+    roots = [s for s in exporter.get_finished_spans() if s.kind == SpanKind.SERVER]
+    assert len(roots) == 2  # the first one, and the one the caller asked for
+    assert format(roots[1].context.trace_id, "032x") == CLIENT_TRACE
+    sampled_bits = [int(r.headers["traceparent"].rsplit("-", 1)[1], 16) & 1 for r in engine.requests]
+    assert sampled_bits == [1, 0, 0, 1]  # every engine call got a context, sampled or not
+    unrecorded = {r.headers["traceparent"].split("-")[1] for r in engine.requests[1:3]}
+    assert len(unrecorded) == 2  # each request its own trace id, even unrecorded
+
+
+async def test_rate_limited_sampler_refills() -> None:
+    limited = RateLimited(per_second=1000, burst=2)
+    decisions = [limited.should_sample(None, 1, "x").decision for _ in range(3)]
+    assert decisions == [Decision.RECORD_AND_SAMPLE, Decision.RECORD_AND_SAMPLE, Decision.DROP]
+    limited._last -= 0.01  # ten milliseconds later: ten tokens, capped at the burst of two
+    assert limited.should_sample(None, 1, "x").decision == Decision.RECORD_AND_SAMPLE
+    assert RateLimited(0).should_sample(None, 1, "x").decision == Decision.RECORD_AND_SAMPLE  # no limit

@@ -129,6 +129,12 @@ class TelemetryConfig(_Strict):
     """Traces and metrics: what is recorded, and where it goes."""
 
     tracing: bool = Field(default=True, description="One OpenTelemetry trace per gateway request.")
+    traces_per_second: float = Field(
+        default=50.0,
+        ge=0,
+        description="Record at most this many new traces a second (every request at low load; 0: all). "
+        "A caller's sampled traceparent is always recorded.",
+    )
     record_content: bool = Field(
         default=False, description="Put prompt and completion text on spans (off: never recorded)."
     )

@@ -171,7 +171,7 @@ def create_app(
     ) -> Callable[[Outcome], tuple[int, int, int]] | None:
         """Quota, priority slot and ledger record (in an admission span); None if the client left."""
         adm = None
-        if span is not None and tracer is not None:
+        if span is not None and tracer is not None and span.is_recording():
             adm = tracing.child(
                 tracer,
                 span,
@@ -221,7 +221,7 @@ def create_app(
                 except schemas.RequestError as exc:
                     raise GatewayError(400, exc.message, param=exc.param, code="invalid_request") from exc
                 served(principal, req.model, path, task)
-                if span is not None:
+                if span is not None and span.is_recording():
                     tracing.describe_request(span, req.model, payload, principal, record_content)  # type: ignore[arg-type]
                 # A UUID: some engines (llama-cpp-python) reject any other x-request-id with a bare 400.
                 request_id = str(uuid.uuid4())

@@ -170,7 +170,7 @@ class Forwarder:
 
     def _spans(self, out: Outgoing, ep: Endpoint, attempt: int, tried: set[str]) -> Span | None:
         """Record the routing decision; the engine-call span (None when not tracing)."""
-        if self.tracer is None or out.span is None:
+        if self.tracer is None or out.span is None or not out.span.is_recording():
             return None
         healthy = [e for e in self.pool.endpoints(out.model) if e.healthy]
         tracing.child(
@@ -212,7 +212,7 @@ class Forwarder:
                 resp = await self.upstream.session.post(
                     ep.base_url + out.engine_path,
                     data=out.body_for(ep),
-                    headers=self._headers(request, ep, out.request_id, span),
+                    headers=self._headers(request, ep, out.request_id, span or out.span),
                 )
                 if span is not None:
                     span.set_attribute("http.response.status_code", resp.status)

@@ -108,6 +108,9 @@ def finish(
     ttft_s: float | None,
     replica: str | None,
 ) -> None:
+    if not span.is_recording():
+        span.end()
+        return
     attrs: dict[str, Any] = {
         "http.response.status_code": status,
         "gen_ai.usage.input_tokens": input_tokens,

@@ -15,6 +15,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 
 from m2a import __version__
 from m2a.config import TelemetryConfig
+from m2a.telemetry.sampling import sampler
 
 
 def collector_endpoint(cfg: TelemetryConfig, environ: dict[str, str] | None = None) -> str | None:
@@ -42,7 +43,8 @@ class Tracing:
         extra: list[SpanExporter] | None = None,
     ) -> None:
         self.provider = TracerProvider(
-            resource=Resource.create({"service.name": service, "service.version": __version__})
+            resource=Resource.create({"service.name": service, "service.version": __version__}),
+            sampler=sampler(cfg.traces_per_second),
         )
         exporters = list(extra or [])
         if store_exporter is not None:
