@@ -45,6 +45,34 @@ class Price(_Strict):
         ) / 1e6
 
 
+class ScorerConfig(_Strict):
+    """One scorer of the routing pipeline and its weight (scores are in [0, 1])."""
+
+    name: str = Field(description="A registered scorer: queue, kv_usage, inflight, prefix, session …")
+    weight: float = Field(default=1.0, ge=0)
+    params: dict[str, Any] = Field(default_factory=dict, description="Scorer-specific settings.")
+
+
+def default_scorers() -> list[ScorerConfig]:
+    return [
+        ScorerConfig(name="prefix", weight=2.0),
+        ScorerConfig(name="queue", weight=1.0),
+        ScorerConfig(name="kv_usage", weight=1.0),
+        ScorerConfig(name="inflight", weight=1.0),
+    ]
+
+
+class RouterConfig(_Strict):
+    """How the gateway picks a replica: filters, then weighted scorers, then a picker."""
+
+    filters: list[str] = Field(default_factory=lambda: ["healthy", "not_overloaded"])
+    scorers: list[ScorerConfig] = Field(default_factory=default_scorers)
+    picker: str = Field(default="max_score", description="max_score, weighted_random or power_of_two.")
+    session_header: str = Field(
+        default="x-session-id", description="Header naming a session (session scorer)."
+    )
+
+
 class ModelConfig(_Strict):
     """One model the platform serves."""
 
@@ -75,6 +103,7 @@ class ModelConfig(_Strict):
     extra_args: list[str] = Field(default_factory=list, description="Extra engine command-line flags.")
     license: str | None = None
     price: Price = Field(default_factory=Price, description="Dollars per million tokens.")
+    router: RouterConfig | None = Field(default=None, description="This model's routing; default: `router`.")
     max_inflight_per_replica: int | None = Field(
         default=None,
         ge=1,
@@ -185,6 +214,7 @@ class Settings(_Strict):
     gateway: GatewayConfig = Field(default_factory=GatewayConfig)
     supervisor: SupervisorConfig = Field(default_factory=SupervisorConfig)
     telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
+    router: RouterConfig = Field(default_factory=RouterConfig)
 
     @field_validator("models")
     @classmethod
@@ -216,7 +246,7 @@ def _env_overrides(environ: dict[str, str]) -> dict[str, Any]:
             out[_TOP_LEVEL_ENV[key]] = value
         elif key.startswith("M2A_") and "__" in key:
             section, _, field = key[4:].lower().partition("__")
-            if section in ("gateway", "supervisor", "telemetry"):
+            if section in ("gateway", "supervisor", "telemetry", "router"):
                 out.setdefault(section, {})[field] = value
     return out
 
