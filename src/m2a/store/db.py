@@ -6,7 +6,7 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import event
+from sqlalchemy import event, text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
@@ -52,6 +52,10 @@ async def migrate(engine: AsyncEngine) -> None:
         command.upgrade(cfg, "head")
 
     async with engine.begin() as conn:
+        if engine.dialect.name == "postgresql":
+            # Gateways starting together on a fresh database: one migrates, the others wait for it
+            # (held until this transaction ends) and then find the schema at head.
+            await conn.execute(text("SELECT pg_advisory_xact_lock(7265676)"))
         await conn.run_sync(upgrade)
 
 
