@@ -167,9 +167,11 @@ class Ledger:
                 os.close(fd)
                 continue
             try:
+                if os.fstat(fd).st_nlink == 0:  # another process recovered it while we waited
+                    continue
                 rows = read_journal(path)
                 await self._upsert(rows)
-                path.unlink()
+                path.unlink(missing_ok=True)
                 count += len(rows)
                 interrupted = sum(r["status"] == "interrupted" for r in rows)
                 log.warning(
