@@ -1,0 +1,304 @@
+"""Routing plugins, one table per plugin: filters, scorers, pickers, the KV block index, the registry."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from typing import Any
+
+import pytest
+
+from m2a.router.kvindex import KVBlockIndex, PrecisePrefixScorer
+from m2a.router.plugins import NEUTRAL, RouteRequest, UnknownPlugin, build, known, register_scorer
+from m2a.router.pool import Endpoint
+from m2a.router.prefix import BlockLRU, PrefixScorer
+from m2a.router.scorers import InflightScorer, SessionScorer
+from m2a.router.tokens import block_hashes
+
+
+def ep(rid: str, **kw: Any) -> Endpoint:
+    kw.setdefault("healthy", True)
+    return Endpoint(id=rid, model="m", base_url=f"http://{rid}/v1", **kw)
+
+
+def req(tokens: list[int] | None = None, **kw: Any) -> RouteRequest:
+    hashes = block_hashes(tokens, 4) if tokens else []
+    return RouteRequest(model="m", prompt_tokens=tokens, block_hashes=hashes, block_size=4, **kw)
+
+
+def approx(d: dict[str, float]) -> dict[str, float]:
+    return {k: round(v, 4) for k, v in d.items()}
+
+
+# --- filters ---------------------------------------------------------------------------------------
+
+FILTER_CASES = [
+    # (filter, endpoints, kept ids)
+    ("healthy", [ep("a"), ep("b", healthy=False)], ["a"]),
+    ("healthy", [ep("a", healthy=False)], []),
+    ("not_overloaded", [ep("a", waiting=100.0), ep("b", waiting=1.0)], ["b"]),
+    ("not_overloaded", [ep("a", kv_usage=0.99), ep("b", kv_usage=0.5)], ["b"]),
+    ("not_overloaded", [ep("a", inflight=4, max_inflight=4), ep("b", inflight=3, max_inflight=4)], ["b"]),
+    ("not_overloaded", [ep("a", inflight=400), ep("b")], ["a", "b"]),  # no max_inflight: no limit
+    ("not_overloaded", [ep("a", waiting=None, kv_usage=None), ep("b", waiting=0.0)], ["a", "b"]),
+    ("not_overloaded", [ep("a", waiting=100.0), ep("b", kv_usage=1.0)], ["a", "b"]),  # all: keep all
+]
+
+
+@pytest.mark.parametrize(("name", "eps", "kept"), FILTER_CASES)
+def test_filters(name: str, eps: list[Endpoint], kept: list[str]) -> None:
+    assert [e.id for e in build("filter", name).filter(req(), eps)] == kept
+
+
+# --- load scorers ----------------------------------------------------------------------------------
+
+SCORER_CASES = [
+    # (scorer, params, endpoints, expected scores)
+    (
+        "queue",
+        {},
+        [ep("a", waiting=0.0), ep("b", waiting=1.0), ep("c", waiting=3.0)],
+        {"a": 1.0, "b": 0.5, "c": 0.25},
+    ),
+    ("queue", {}, [ep("a", waiting=10.0), ep("b", waiting=11.0)], {"a": 1.0, "b": 0.9167}),
+    ("queue", {}, [ep("a", waiting=0.0), ep("b")], {"a": 1.0, "b": NEUTRAL}),  # unknown: neutral
+    ("queue", {}, [ep("a", waiting=3.0), ep("b", waiting=4.0), ep("c")], {"a": 0.25, "b": 0.2, "c": NEUTRAL}),
+    ("queue", {"floor": 4.0}, [ep("a", waiting=0.0), ep("b", waiting=4.0)], {"a": 1.0, "b": 0.5}),
+    (
+        "kv_usage",
+        {},
+        [ep("a", kv_usage=0.25), ep("b", kv_usage=1.0), ep("c")],
+        {"a": 0.75, "b": 0.0, "c": NEUTRAL},
+    ),
+    ("kv_usage", {}, [ep("a", kv_usage=1.5)], {"a": 0.0}),  # clamped
+    ("inflight", {}, [ep("a", inflight=0), ep("b", inflight=1)], {"a": 1.0, "b": 0.75}),
+    ("inflight", {"request_share": 1.0}, [ep("a", inflight=1), ep("b", inflight=3)], {"a": 1.0, "b": 0.5}),
+    ("session", {}, [ep("a"), ep("b")], {"a": NEUTRAL, "b": NEUTRAL}),  # no session
+    ("prefix", {"block_size": 4}, [ep("a"), ep("b")], {"a": NEUTRAL, "b": NEUTRAL}),  # no tokens
+    ("precise_prefix", {}, [ep("a"), ep("b")], {"a": NEUTRAL, "b": NEUTRAL}),  # no engine hashes
+]
+
+
+@pytest.mark.parametrize(("name", "params", "eps", "expected"), SCORER_CASES)
+def test_scorers_without_history(
+    name: str, params: dict[str, Any], eps: list[Endpoint], expected: dict[str, float]
+) -> None:
+    assert approx(build("scorer", name, params).score(req(), eps)) == expected
+
+
+INFLIGHT_TOKEN_CASES = [
+    # (picks as (replica, est_tokens), finished picks, expected token-only scores for a, b)
+    ([("a", 744)], [], {"a": 0.256, "b": 1.0}),  # (0 + 256) / (744 + 256)
+    ([("a", 744), ("b", 744)], [], {"a": 1.0, "b": 1.0}),
+    ([("a", 744)], [("a", 744)], {"a": 1.0, "b": 1.0}),  # done gives the tokens back
+    ([("a", 100), ("b", 1100)], [("a", 100)], {"a": 1.0, "b": 0.1888}),
+]
+
+
+@pytest.mark.parametrize(("picks", "done", "expected"), INFLIGHT_TOKEN_CASES)
+def test_inflight_tokens(picks: list[tuple[str, int]], done: list[tuple[str, int]], expected: dict) -> None:
+    eps = {"a": ep("a"), "b": ep("b")}
+    s = InflightScorer(request_share=0.0)
+    for rid, n in picks:
+        s.on_pick(req(est_tokens=n), eps[rid])
+    for rid, n in done:
+        s.on_done(req(est_tokens=n), eps[rid])
+    assert approx(s.score(req(), list(eps.values()))) == expected
+
+
+SESSION_CASES = [
+    # (history of (session, replica), request session, candidates' loads, expected)
+    ([("s1", "a")], "s1", {"a": 0, "b": 0}, {"a": 1.0, "b": 0.0}),
+    ([("s1", "a"), ("s1", "b")], "s1", {"a": 0, "b": 0}, {"a": 0.0, "b": 1.0}),  # last one wins
+    ([("s1", "a")], "s2", {"a": 0, "b": 0}, {"a": NEUTRAL, "b": NEUTRAL}),  # new session
+    ([("s1", "c")], "s1", {"a": 0, "b": 0}, {"a": NEUTRAL, "b": NEUTRAL}),  # its replica is gone
+    ([("s1", "a")], "s1", {"a": 20, "b": 1}, {"a": 0.0, "b": 0.0}),  # hot replica: affinity dropped
+    ([("s1", "a"), ("s2", "b"), ("s3", "b")], "s1", {"a": 0, "b": 0}, {"a": NEUTRAL, "b": NEUTRAL}),
+]
+
+
+@pytest.mark.parametrize(("history", "session", "loads", "expected"), SESSION_CASES)
+def test_session(history: list[tuple[str, str]], session: str, loads: dict[str, int], expected: dict) -> None:
+    eps = {rid: ep(rid, inflight=n) for rid, n in loads.items()}
+    s = SessionScorer(max_sessions=2)  # the last case: s1 evicted by s2, s3
+    for sess, rid in history:
+        s.on_pick(req(session=sess), eps.get(rid) or ep(rid))
+    assert s.score(req(session=session), list(eps.values())) == expected
+
+
+# --- approximate prefix ----------------------------------------------------------------------------
+
+A = list(range(100, 132))  # 8 blocks of 4 tokens
+B = list(range(500, 532))
+PREFIX_CASES = [
+    # (prompts sent to a, prompts sent to b, request, loads, params, expected)
+    ([A], [], A, {}, {}, {"a": 1.0, "b": 0.0}),
+    ([A[:16]], [A[:8]], A, {}, {}, {"a": 0.5, "b": 0.25}),  # longest prefix / all blocks
+    ([A[:16] + B[:16]], [], A, {}, {}, {"a": 0.5, "b": 0.0}),  # divergence after 4 blocks
+    ([B], [A[:30]], A, {}, {}, {"a": 0.0, "b": 0.875}),  # a partial block is not held
+    ([A], [], A, {"a": 10, "b": 0}, {}, {"a": 0.0, "b": 0.0}),  # hot: 10 > 0 * 2 + 4
+    ([A], [], A, {"a": 4, "b": 0}, {}, {"a": 1.0, "b": 0.0}),  # at the limit: kept
+    ([A], [], A, {"a": 10, "b": 3}, {}, {"a": 1.0, "b": 0.0}),  # 10 <= 3 * 2 + 4
+    ([A], [], A, {"a": 10, "b": 0}, {"hot_factor": 0.5}, {"a": 0.5, "b": 0.0}),
+    ([A], [], A, {"a": 10, "b": 0}, {"slack": 16}, {"a": 1.0, "b": 0.0}),
+    ([A, B], [], A, {}, {"capacity_blocks": 8}, {"a": 0.0, "b": 0.0}),  # A evicted by B
+    ([A, B], [], A, {}, {"capacity_blocks": 12}, {"a": 0.5, "b": 0.0}),  # A's first 4 blocks left
+    ([A, B], [], A, {}, {"kv_cache_tokens": 48}, {"a": 0.5, "b": 0.0}),  # 48 tokens = 12 blocks
+]
+
+
+@pytest.mark.parametrize(("on_a", "on_b", "prompt", "loads", "params", "expected"), PREFIX_CASES)
+def test_prefix(
+    on_a: list[list[int]], on_b: list[list[int]], prompt: list[int], loads: dict, params: dict, expected: dict
+) -> None:
+    a, b = ep("a", inflight=loads.get("a", 0)), ep("b", inflight=loads.get("b", 0))
+    s = PrefixScorer(block_size=4, **params)
+    for replica, prompts in ((a, on_a), (b, on_b)):
+        for p in prompts:
+            s.on_pick(req(p), replica)
+    assert approx(s.score(req(prompt), [a, b])) == expected
+
+
+def test_prefix_guard_uses_engine_queue() -> None:
+    s = PrefixScorer(block_size=4)
+    a, b = ep("a", waiting=30.0), ep("b", waiting=0.0)
+    s.on_pick(req(A), a)
+    assert s.score(req(A), [a, b]) == {"a": 0.0, "b": 0.0}
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_block_lru_stays_parent_closed(seed: int) -> None:
+    """Under random inserts and evictions, binary-search matching equals a linear scan."""
+    rng = random.Random(seed)
+    stems = [[rng.randrange(1000) for _ in range(40)] for _ in range(6)]
+    lru = BlockLRU(capacity=25)
+    for _ in range(200):
+        stem = rng.choice(stems)
+        lru.insert_chain(block_hashes(stem[: rng.randrange(4, 41)], 4))
+        probe = block_hashes(rng.choice(stems), 4)
+        linear = next((i for i, h in enumerate(probe) if h not in lru.blocks), len(probe))
+        assert lru.match(probe) == linear
+        assert len(lru.blocks) <= 25
+
+
+def test_prefix_set_capacity_and_clear() -> None:
+    s, a = PrefixScorer(block_size=4), ep("a")
+    s.on_pick(req(A), a)
+    s.set_capacity("a", 2)
+    assert s.score(req(A), [a]) == {"a": 0.25}
+    s.clear("a")
+    assert s.score(req(A), [a]) == {"a": 0.0}
+
+
+# --- precise prefix from KV events -----------------------------------------------------------------
+
+H = [11, 12, 13, 14]
+KV_CASES = [
+    # (events as (kind, replica, hashes, parent), engine hashes of the request, expected)
+    ([("stored", "a", H, None)], H, {"a": 1.0, "b": 0.0}),
+    ([("stored", "a", H[:2], None), ("stored", "a", H[2:], 12)], H, {"a": 1.0, "b": 0.0}),
+    ([("stored", "a", H, None), ("removed", "a", [13], None)], H, {"a": 0.5, "b": 0.0}),
+    ([("stored", "a", H, None), ("stored", "b", H[:1], None)], H, {"a": 1.0, "b": 0.25}),
+    ([("stored", "a", H, None), ("cleared", "a", [], None)], H, {"a": 0.0, "b": 0.0}),
+    (
+        [("stored", "a", H, None), ("stored", "b", H, None), ("cleared", "a", [], None)],
+        H,
+        {"a": 0.0, "b": 1.0},
+    ),
+    ([("stored", "a", [99] + H[1:], None)], H, {"a": 0.0, "b": 0.0}),  # no first block: no prefix
+    ([("stored", "a", H, None)], None, {"a": NEUTRAL, "b": NEUTRAL}),  # not wired: neutral
+]
+
+
+@pytest.mark.parametrize(("events", "hashes", "expected"), KV_CASES)
+def test_precise_prefix(events: list[tuple], hashes: list[int] | None, expected: dict) -> None:
+    index = KVBlockIndex()
+    for kind, replica, hs, parent in events:
+        if kind == "stored":
+            index.apply_stored(replica, hs, parent)
+        elif kind == "removed":
+            index.apply_removed(replica, hs)
+        else:
+            index.clear_all(replica)
+    s = PrecisePrefixScorer(index=index)
+    assert s.score(req(engine_block_hashes=hashes), [ep("a"), ep("b")]) == expected
+    if events[-1][0] == "cleared":
+        assert index.blocks("a") == 0 and all("a" not in holders for holders in index.by_block.values())
+
+
+# --- pickers ---------------------------------------------------------------------------------------
+
+PICKER_CASES = [
+    # (picker, scores, ids that may be picked, ids that must be picked at least once in 400 seeded picks)
+    ("max_score", [0.2, 0.9, 0.5], {"r1"}, {"r1"}),
+    ("max_score", [0.9, 0.9, 0.5], {"r0", "r1"}, {"r0", "r1"}),  # ties broken at random
+    ("weighted_random", [0.0, 1.0, 3.0], {"r1", "r2"}, {"r1", "r2"}),
+    ("weighted_random", [0.0, 0.0], {"r0", "r1"}, {"r0", "r1"}),  # all zero: uniform
+    ("power_of_two", [0.1, 0.9], {"r1"}, {"r1"}),
+    ("power_of_two", [0.1, 0.5, 0.9], {"r1", "r2"}, {"r1", "r2"}),  # the worst never wins a pair
+    ("power_of_two", [0.3], {"r0"}, {"r0"}),
+]
+
+
+@pytest.mark.parametrize(("name", "scores", "allowed", "seen"), PICKER_CASES)
+def test_pickers(name: str, scores: list[float], allowed: set[str], seen: set[str]) -> None:
+    picker, rng = build("picker", name), random.Random(3)
+    scored = [(ep(f"r{i}"), s) for i, s in enumerate(scores)]
+    got = Counter(picker.pick(scored, rng).id for _ in range(400))
+    assert set(got) <= allowed and seen <= set(got)
+
+
+def test_weighted_random_is_proportional() -> None:
+    picker, rng = build("picker", "weighted_random"), random.Random(5)
+    scored = [(ep("a"), 1.0), (ep("b"), 3.0)]
+    got = Counter(picker.pick(scored, rng).id for _ in range(4000))
+    assert 0.70 < got["b"] / 4000 < 0.80
+
+
+def test_seeded_pickers_repeat() -> None:
+    scored = [(ep(f"r{i}"), 0.5) for i in range(8)]
+    for name in ("max_score", "weighted_random", "power_of_two"):
+        runs = [
+            [build("picker", name).pick(scored, rng).id for _ in range(50)]
+            for rng in (random.Random(9), random.Random(9))
+        ]
+        assert runs[0] == runs[1]
+
+
+# --- registry and request --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["filter", "scorer", "picker"])
+def test_unknown_plugin_lists_known_names(kind: str) -> None:
+    with pytest.raises(UnknownPlugin) as err:
+        build(kind, "nope")
+    assert "nope" in str(err.value)
+    for name in known(kind):
+        assert name in str(err.value)
+
+
+def test_registry_contents_and_bad_params() -> None:
+    assert known("filter") == ["healthy", "not_overloaded"]
+    assert {"prefix", "precise_prefix", "queue", "kv_usage", "inflight", "session"} <= set(known("scorer"))
+    assert known("picker") == ["max_score", "power_of_two", "weighted_random"]
+    with pytest.raises(ValueError, match="bad params for scorer 'queue'"):
+        build("scorer", "queue", {"flor": 2})
+
+
+def test_register_a_new_scorer() -> None:
+    @register_scorer("test_constant")
+    class Constant:
+        def __init__(self, value: float = 0.3) -> None:
+            self.value = value
+
+        def score(self, req: RouteRequest, eps: list[Endpoint]) -> dict[str, float]:
+            return {e.id: self.value for e in eps}
+
+    assert build("scorer", "test_constant", {"value": 0.7}).score(req(), [ep("a")]) == {"a": 0.7}
+
+
+def test_request_hashes_at_another_block_size() -> None:
+    r = req(A)
+    assert r.hashes(4) is r.block_hashes and len(r.hashes(4)) == 8
+    assert r.hashes(8) == block_hashes(A, 8) and len(r.hashes(8)) == 4
+    assert RouteRequest(model="m").hashes(16) == []
