@@ -104,6 +104,11 @@ class ModelConfig(_Strict):
     license: str | None = None
     price: Price = Field(default_factory=Price, description="Dollars per million tokens.")
     router: RouterConfig | None = Field(default=None, description="This model's routing; default: `router`.")
+    tokenizer: str | None = Field(
+        default=None,
+        description="How the router tokenizes prompts for prefix affinity: 'hf:<folder>' or 'simple' "
+        "(the simulator's); default: the model's own folder for vLLM, none for remote models.",
+    )
     max_inflight_per_replica: int | None = Field(
         default=None,
         ge=1,

@@ -28,6 +28,7 @@ from m2a.gateway.app import create_app
 from m2a.gateway.counters import Counters, Memory, RedisCounters
 from m2a.gateway.quota import Quotas
 from m2a.metal.inventory import Inventory
+from m2a.router.pipeline import Router
 from m2a.router.pool import Endpoint, Pool
 from m2a.store.db import open_store
 from m2a.store.identity import IdentityStore
@@ -150,6 +151,7 @@ async def run_up(
                 s.api_key,
                 s.metrics_url,
                 max_inflight=s.max_inflight,
+                tokenizer=s.tokenizer,
             )
         )
     sup = Supervisor(
@@ -205,6 +207,7 @@ async def run_up(
         trace_store=trace_store,
         ingest_token=ingest_token,
         relay=Relay(collector) if (collector := collector_endpoint(tel)) else None,
+        router=Router(pool, {m.name: m.router for m in settings.models if m.router}, settings.router),
     )
     gw = settings.gateway
     server = _Server(uvicorn.Config(app, host=gw.host, port=gw.port, log_level="warning", access_log=False))

@@ -29,6 +29,7 @@ class EngineSpec:
     env: dict[str, str] = field(default_factory=dict)
     api_key: str | None = None  # sent upstream as a bearer token
     max_inflight: int | None = None  # requests it runs at once before the gateway holds the rest
+    tokenizer: str | None = None  # for the router's prefix affinity: "hf:<folder>" or "simple"
 
     @property
     def managed(self) -> bool:

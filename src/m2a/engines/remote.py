@@ -36,4 +36,5 @@ class RemoteEngine:
             metrics_url=f"{root}/metrics",
             api_key=cfg.api_key,
             max_inflight=cfg.max_inflight_per_replica,
+            tokenizer=cfg.tokenizer,
         )

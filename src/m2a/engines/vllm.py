@@ -145,6 +145,7 @@ class VllmEngine:
             env=env,
             max_inflight=cfg.max_inflight_per_replica
             or (GPU_INFLIGHT if inventory.has_nvidia else CPU_INFLIGHT),
+            tokenizer=cfg.tokenizer or f"hf:{manifest.path('hf')}",
         )
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import json
 import logging
 import time
 import uuid
@@ -26,13 +25,17 @@ from m2a.gateway import schemas, tracing
 from m2a.gateway.access import Access
 from m2a.gateway.accounting import Accounting, ClientGone
 from m2a.gateway.auth import bearer_token
+from m2a.gateway.body import parse_json, read_body
 from m2a.gateway.counters import Memory
 from m2a.gateway.errors import GatewayError, error_response
 from m2a.gateway.metrics import GatewayMetrics
 from m2a.gateway.priority import PriorityGate
-from m2a.gateway.proxy import Forwarder, Outcome, Outgoing, Upstream, unless_disconnected
+from m2a.gateway.proxy import Forwarder, Outcome, Outgoing
 from m2a.gateway.quota import Quotas
+from m2a.gateway.routing import RouteRequests
+from m2a.gateway.upstream import Upstream, unless_disconnected
 from m2a.router.load import LoadWatcher
+from m2a.router.pipeline import Router
 from m2a.router.pool import Pool
 from m2a.store.identity import IdentityStore, Principal
 from m2a.store.ledger import Ledger
@@ -50,34 +53,6 @@ ROUTES: dict[str, tuple[str, Validator, str]] = {
 }
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    too_big = GatewayError(
-        413, f"Request body is larger than the limit of {limit} bytes.", code="body_too_large"
-    )
-    length = request.headers.get("content-length")
-    if length and length.isdigit() and int(length) > limit:
-        raise too_big
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise too_big
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-def parse_json(body: bytes) -> object:
-    if not body.strip():
-        raise GatewayError(400, "The request body is empty; send a JSON object.", code="invalid_json")
-    try:
-        return json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise GatewayError(
-            400, f"We could not parse the JSON body of your request: {exc}", code="invalid_json"
-        ) from exc
-
-
 def create_app(
     pool: Pool,
     key: str,
@@ -93,6 +68,7 @@ def create_app(
     trace_store: TraceStore | None = None,
     ingest_token: str | None = None,
     relay: Relay | None = None,
+    router: Router | None = None,
 ) -> Starlette:
     """The gateway for the models in ``pool``, for callers with the admin ``key`` or a team key.
 
@@ -103,13 +79,16 @@ def create_app(
     ``tracer`` gives every request a trace (text on spans only with ``record_content``);
     ``trace_store`` receives spans over OTLP at ``/otlp/v1/traces`` from callers that present the
     admin key or ``ingest_token`` (the engines m2a starts), and ``relay`` passes those on to an
-    external collector.
+    external collector. ``router`` picks among a model's replicas (default: the standard pipeline).
     """
     cfg = cfg or GatewayConfig()
     access = Access(key, identity)
     metrics = GatewayMetrics()
     upstream = Upstream(cfg.connect_timeout_s, cfg.upstream_timeout_s)
-    forwarder = Forwarder(pool, upstream, metrics, tracer)
+    router = router or Router(pool)
+    forwarder = Forwarder(pool, upstream, metrics, tracer, router)
+    routing = RouteRequests(pool, router)
+
     quotas = quotas or Quotas(Memory(), {}, cfg.reserve_output_tokens)
     gate = PriorityGate(pool, cfg) if cfg.priorities else None
     accounting = Accounting(quotas, gate, ledger, metrics)
@@ -255,6 +234,7 @@ def create_app(
                     count_usage=True,
                     on_end=end,
                     span=span,
+                    route_req=routing.build(req.model, payload, request.headers),  # type: ignore[arg-type]
                 )
                 return await forwarder.forward(request, out)
             except BaseException as exc:
@@ -323,10 +303,12 @@ def create_app(
         if ledger is not None:
             await ledger.start()
         load.start()
+        loading = asyncio.create_task(routing.load())
         waker = asyncio.create_task(gate.run()) if gate is not None else None
         try:
             yield
         finally:
+            loading.cancel()
             if waker is not None:
                 waker.cancel()
             await load.close()

@@ -6,23 +6,24 @@ client yet). When the client goes away, the engine request is closed, which make
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import aiohttp
 from opentelemetry.trace import Span, SpanKind, Tracer
 from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
-from starlette.types import Receive, Scope, Send
+from starlette.responses import Response
 
 from m2a.gateway import tracing
 from m2a.gateway.errors import GatewayError, normalize_upstream_error
 from m2a.gateway.metrics import GatewayMetrics
+from m2a.gateway.upstream import Stream, Upstream, unless_disconnected
 from m2a.gateway.usage import StreamTap, Usage, finish_reasons, from_body
+from m2a.router.pipeline import Decision, Router
+from m2a.router.plugins import RouteRequest
 from m2a.router.pool import Endpoint, Pool
 
 PASS_HEADERS = ("traceparent", "tracestate", "baggage")
@@ -30,66 +31,6 @@ PASS_HEADERS = ("traceparent", "tracestate", "baggage")
 # the engine closed counts: it is dropped before the request is read).
 RETRYABLE = (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError, aiohttp.ServerDisconnectedError)
 T = TypeVar("T")
-
-
-class Upstream:
-    """One pooled aiohttp session for every engine call of the process."""
-
-    def __init__(self, connect_timeout_s: float, read_timeout_s: float) -> None:
-        self._timeout = aiohttp.ClientTimeout(total=None, connect=connect_timeout_s, sock_read=read_timeout_s)
-        self.session: aiohttp.ClientSession | None = None
-
-    async def open(self) -> None:
-        connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=30, enable_cleanup_closed=True)
-        self.session = aiohttp.ClientSession(
-            connector=connector, timeout=self._timeout, auto_decompress=False
-        )
-
-    async def close(self) -> None:
-        if self.session:
-            await self.session.close()
-
-
-class _Stream(StreamingResponse):
-    """A streaming response that always runs its cleanup, even if it never started sending."""
-
-    def __init__(self, content: AsyncIterator[bytes], cleanup: Callable[[], None], **kw: Any) -> None:
-        super().__init__(content, **kw)
-        self._cleanup = cleanup
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            await super().__call__(scope, receive, send)
-        finally:
-            self._cleanup()
-
-
-async def _wait_disconnect(receive: Receive) -> None:
-    while (await receive())["type"] != "http.disconnect":
-        pass
-
-
-async def unless_disconnected(request: Request, aw: Awaitable[T]) -> T | None:
-    """``aw``'s result, or None (``aw`` cancelled) if the client disconnects first.
-
-    Engines such as vLLM send no headers for a non-streamed answer until it is complete, so the
-    wait for the engine's response headers must watch the client too.
-    """
-    task = asyncio.ensure_future(aw)
-    watcher = asyncio.create_task(_wait_disconnect(request.receive))
-    try:
-        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        watcher.cancel()
-        if not task.done():
-            task.cancel()
-    try:
-        return await task
-    except asyncio.CancelledError:
-        current = asyncio.current_task()
-        if current is not None and current.cancelling():
-            raise
-        return None
 
 
 @dataclass
@@ -120,6 +61,7 @@ class Outgoing:
     count_usage: bool = False  # ask a stream for its usage even if the client did not
     on_end: Callable[[Outcome], None] | None = None  # called once, before the client's last byte
     span: Span | None = None  # the request's server span, when tracing
+    route_req: RouteRequest | None = None  # for the routing pipeline (models with several replicas)
     _bodies: dict[bool, bytes] = field(default_factory=dict, repr=False)
 
     @property
@@ -146,9 +88,15 @@ class Outgoing:
 
 class Forwarder:
     def __init__(
-        self, pool: Pool, upstream: Upstream, metrics: GatewayMetrics, tracer: Tracer | None = None
+        self,
+        pool: Pool,
+        upstream: Upstream,
+        metrics: GatewayMetrics,
+        tracer: Tracer | None = None,
+        router: Router | None = None,
     ) -> None:
         self.pool = pool
+        self.router = router
         self.upstream = upstream
         self.metrics = metrics
         self.tracer = tracer
@@ -168,24 +116,35 @@ class Forwarder:
             headers["authorization"] = f"Bearer {ep.api_key}"
         return headers
 
-    def _spans(self, out: Outgoing, ep: Endpoint, attempt: int, tried: set[str]) -> Span | None:
+    def _pick(self, out: Outgoing, tried: set[str]) -> tuple[Endpoint | None, Decision | None]:
+        """The replica for this attempt: the routing pipeline's choice, or the least busy one."""
+        if self.router is not None and out.route_req is not None:
+            decision = self.router.pick(out.route_req, exclude=frozenset(tried))
+            return (decision.endpoint if decision else None), decision
+        return self.pool.pick(out.model, exclude=frozenset(tried)), None
+
+    def _done(self, out: Outgoing, ep: Endpoint) -> None:
+        if self.router is not None and out.route_req is not None:
+            self.router.done(out.route_req, ep)
+
+    def _spans(
+        self, out: Outgoing, ep: Endpoint, attempt: int, tried: set[str], decision: Decision | None
+    ) -> Span | None:
         """Record the routing decision; the engine-call span (None when not tracing)."""
         if self.tracer is None or out.span is None or not out.span.is_recording():
             return None
-        healthy = [e for e in self.pool.endpoints(out.model) if e.healthy]
-        tracing.child(
-            self.tracer,
-            out.span,
-            "m2a.route",
-            **{
-                "m2a.route.policy": "least_inflight",
-                "m2a.route.attempt": attempt,
-                "m2a.route.candidates": len(healthy),
-                "m2a.route.excluded": sorted(tried),
-                "m2a.replica": ep.id,
-                "m2a.replica.inflight": ep.inflight,
-            },
-        ).end()
+        attrs: dict[str, Any] = {
+            "m2a.route.attempt": attempt,
+            "m2a.route.excluded": sorted(tried),
+            "m2a.replica": ep.id,
+            "m2a.replica.inflight": ep.inflight,
+        }
+        if decision is not None:
+            attrs.update(decision.attributes())
+        else:
+            attrs["m2a.route.policy"] = "least_inflight"
+            attrs["m2a.route.candidates"] = sum(e.healthy for e in self.pool.endpoints(out.model))
+        tracing.child(self.tracer, out.span, "m2a.route", **attrs).end()
         return tracing.child(
             self.tracer,
             out.span,
@@ -202,11 +161,12 @@ class Forwarder:
         tried: set[str] = set()
         last_error = ""
         for attempt in range(2):
-            ep = self.pool.pick(model, exclude=frozenset(tried))
+            ep, decision = self._pick(out, tried)
             if ep is None:
                 break
-            self.metrics.route_decisions.labels(model, ep.id, "least_inflight").inc()
-            span = self._spans(out, ep, attempt, tried)
+            policy = decision.picker if decision is not None else "least_inflight"
+            self.metrics.route_decisions.labels(model, ep.id, policy).inc()
+            span = self._spans(out, ep, attempt, tried, decision)
             ep.inflight += 1
             try:
                 resp = await self.upstream.session.post(
@@ -218,6 +178,7 @@ class Forwarder:
                     span.set_attribute("http.response.status_code", resp.status)
                 return ep, resp, span
             except BaseException as exc:
+                self._done(out, ep)
                 if span is not None:
                     tracing.fail(span, 502, type(exc).__name__, str(exc))
                     span.end()
@@ -304,6 +265,7 @@ class Forwarder:
                     resp.close()  # abandoned mid-answer: closing it makes the engine abort the request
                 if engine_span is not None:
                     engine_span.end()
+                self._done(out, ep)
                 ep.inflight -= 1
                 inflight.dec()
             account(status, usage, chunks, ttft)
@@ -343,7 +305,7 @@ class Forwarder:
                     status = 499
                 finish(status, tap.usage, tap.chunks, ttft)
 
-        return _Stream(
+        return Stream(
             chunks(),
             cleanup=lambda: finish(499, tap.usage, tap.chunks),
             status_code=200,

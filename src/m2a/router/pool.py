@@ -20,6 +20,7 @@ class Endpoint:
     healthy: bool = False
     inflight: int = 0
     max_inflight: int | None = None  # None: no limit known
+    tokenizer: str | None = None  # how the router reads prompts ("hf:<folder>", "simple"); None: it cannot
     # From the engine's own metrics (None: unknown or stale); see router/load.py.
     waiting: float | None = None
     kv_usage: float | None = None

@@ -1,0 +1,54 @@
+"""What the routing pipeline needs from a request: its prompt as tokens, for models with several
+replicas (a single replica leaves nothing to choose, and costs nothing).
+
+Tokenizers are loaded in the background at start (transformers is a slow import); until a model's
+is ready, or when it cannot read a prompt, the router routes on load alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from m2a.router.pipeline import Router
+from m2a.router.plugins import RouteRequest
+from m2a.router.pool import Pool
+from m2a.router.tokens import Tokenizer, load_tokenizer, prompt_tokens
+
+log = logging.getLogger("m2a.gateway.routing")
+
+
+class RouteRequests:
+    def __init__(self, pool: Pool, router: Router) -> None:
+        self.pool = pool
+        self.router = router
+        self.tokenizers: dict[str, Tokenizer] = {}  # per model with several replicas, once loaded
+
+    async def load(self) -> None:
+        """Load each multi-replica model's tokenizer, off the event loop."""
+        for model in self.pool.models():
+            eps = self.pool.endpoints(model)
+            ref = next((e.tokenizer for e in eps if e.tokenizer), None)
+            if len(eps) < 2 or ref is None:
+                continue
+            try:
+                tok = load_tokenizer(ref)
+                await asyncio.to_thread(tok.encode, "warm up")
+                self.tokenizers[model] = tok
+            except Exception:  # prefix affinity is lost for this model; routing still works
+                log.warning("cannot load tokenizer %s for %s", ref, model, exc_info=True)
+
+    def build(self, model: str, payload: dict[str, Any], headers: Mapping[str, str]) -> RouteRequest | None:
+        """The pipeline's view of a request; None for single-replica models."""
+        if len(self.pool.endpoints(model)) < 2:
+            return None
+        tokens = None
+        tok = self.tokenizers.get(model)
+        if tok is not None:
+            try:
+                tokens = prompt_tokens(tok, payload)
+            except Exception:  # a template the tokenizer cannot render: route on load alone
+                tokens = None
+        return self.router.request(model, payload, tokens, headers)
