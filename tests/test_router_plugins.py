@@ -255,6 +255,13 @@ def test_weighted_random_is_proportional() -> None:
     assert 0.70 < got["b"] / 4000 < 0.80
 
 
+def test_round_robin_takes_turns_whatever_the_scores() -> None:
+    picker, rng = build("picker", "round_robin"), random.Random(1)
+    scored = [(ep("a"), 0.0), (ep("b"), 1.0), (ep("c"), 0.5)]
+    assert [picker.pick(scored, rng).id for _ in range(7)] == ["a", "b", "c", "a", "b", "c", "a"]
+    assert picker.pick(scored[:1], rng).id == "a"  # one candidate left (the others filtered out)
+
+
 def test_seeded_pickers_repeat() -> None:
     scored = [(ep(f"r{i}"), 0.5) for i in range(8)]
     for name in ("max_score", "weighted_random", "power_of_two"):
@@ -280,7 +287,7 @@ def test_unknown_plugin_lists_known_names(kind: str) -> None:
 def test_registry_contents_and_bad_params() -> None:
     assert known("filter") == ["healthy", "not_overloaded"]
     assert {"prefix", "precise_prefix", "queue", "kv_usage", "inflight", "session"} <= set(known("scorer"))
-    assert known("picker") == ["max_score", "power_of_two", "weighted_random"]
+    assert known("picker") == ["max_score", "power_of_two", "round_robin", "weighted_random"]
     with pytest.raises(ValueError, match="bad params for scorer 'queue'"):
         build("scorer", "queue", {"flor": 2})
 

@@ -4,14 +4,17 @@
   the load instead of the first one taking it all;
 - ``weighted_random``: a replica with probability proportional to its score (uniform when every
   score is 0);
-- ``power_of_two``: two distinct replicas at random, the better of them (ties at random).
+- ``power_of_two``: two distinct replicas at random, the better of them (ties at random);
+- ``round_robin``: ignores the scores and takes the candidates in turn (a baseline for benchmarks:
+  what a plain load balancer does). The turn is per picker, i.e. per model's pipeline.
 
-Every picker is given at least one candidate and uses only the ``rng`` it is handed, so a seeded
-router makes the same choices.
+Every picker is given at least one candidate and uses only the ``rng`` it is handed (``round_robin``
+none), so a seeded router makes the same choices.
 """
 
 from __future__ import annotations
 
+import itertools
 import random
 
 from m2a.router.plugins import register_picker
@@ -51,3 +54,12 @@ class PowerOfTwo:
         if abs(sa - sb) <= TIE:
             return a if rng.random() < 0.5 else b
         return a if sa > sb else b
+
+
+@register_picker("round_robin")
+class RoundRobin:
+    def __init__(self) -> None:
+        self._turn = itertools.count()
+
+    def pick(self, scored: list[tuple[Endpoint, float]], rng: random.Random) -> Endpoint:
+        return scored[next(self._turn) % len(scored)][0]
