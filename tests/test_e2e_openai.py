@@ -109,7 +109,10 @@ def test_remote_engine_gets_traceparent_and_its_own_key(client: OpenAI, stack: S
     )
     assert r.choices[0].message.content
     seen = stack.echo.requests[-1]["headers"]
-    assert seen["traceparent"] == tp
+    version, trace_id, parent, flags = seen["traceparent"].split("-")
+    # The client's trace goes on; the engine's parent is the gateway's own engine-call span.
+    assert (version, trace_id, flags) == ("00", "4bf92f3577b34da6a3ce929d0e0e4736", "01")
+    assert len(parent) == 16 and parent != "00f067aa0ba902b7"
     assert seen["authorization"] == "Bearer remote-secret"  # not the client's key
 
 
