@@ -304,3 +304,20 @@ async def test_a_replica_dying_mid_stream_ends_the_stream_with_an_error_event() 
         # The next request goes to the survivor.
         resp = await gw.post(chat(system, "again"))
         assert resp.status_code == 200 and resp.headers["x-m2a-replica"] != rid
+
+
+async def test_sim_tokenize_gives_the_routers_tokens() -> None:
+    """vLLM's /tokenize on a simulated replica (what vllm-router's cache_aware asks for) answers the
+    tokens the gateway's ``simple`` tokenizer computes for the same body."""
+    from m2a.router.tokens import load_tokenizer, prompt_tokens
+
+    body = chat(system_prompt("tok", 40), "which tokens?")
+    async with Simulator(1, params=FAST) as sim, httpx.AsyncClient(trust_env=False) as client:
+        root = sim.urls[0].removesuffix("/v1")
+        resp = await client.post(f"{root}/tokenize", json=body)
+        assert resp.status_code == 200
+        got = resp.json()
+        assert got["tokens"] == prompt_tokens(load_tokenizer("simple"), body)
+        assert got["count"] == len(got["tokens"]) > 40
+        bad = await client.post(f"{root}/tokenize", json={"model": MODEL})
+        assert bad.status_code == 400 and "error" in bad.json()

@@ -1,7 +1,9 @@
 """A replica's HTTP surface: vLLM's OpenAI routes, ``/health``, ``/metrics`` and the fault admin.
 
 Routes: ``POST /v1/chat/completions``, ``POST /v1/completions`` (streamed or not), ``GET /v1/models``,
-``GET /health``, ``GET /metrics``; ``GET|POST /sim/faults`` (``{"slow": 2.0, "error_rate": 0.1,
+``GET /health``, ``GET /metrics``, ``POST /tokenize`` (vLLM's: a chat or completions body → the prompt's
+token ids after the chat template; routers such as vllm-router's ``cache_aware`` ask for it);
+``GET|POST /sim/faults`` (``{"slow": 2.0, "error_rate": 0.1,
 "die_after": 3}``) and ``GET /sim/cache`` (the cache's counters) for tests and benchmarks.
 """
 
@@ -16,6 +18,7 @@ from aiohttp import web
 
 from m2a.engines.sim import openai_io as io
 from m2a.engines.sim.openai_io import ApiError
+from m2a.engines.sim.tokenize import prompt_ids
 
 if TYPE_CHECKING:
     from m2a.engines.sim.replica import Replica
@@ -92,6 +95,21 @@ async def models(request: web.Request) -> web.Response:
     return _json_response({"object": "list", "data": [card]})
 
 
+async def tokenize(request: web.Request) -> web.Response:
+    """vLLM's ``/tokenize``: ``{"messages": [...]}`` or ``{"prompt": "..."}`` → ``{"count", "max_model_len",
+    "tokens"}``, the very tokens the replica's prefix cache sees."""
+    try:
+        payload = msgspec.json.decode(await request.read())
+        ids = prompt_ids(payload) if isinstance(payload, dict) else None
+    except (msgspec.DecodeError, TypeError, ValueError) as exc:
+        return _error(ApiError(400, f"cannot tokenize: {exc}"))
+    if ids is None:
+        return _error(ApiError(400, "a tokenize request needs `messages` or `prompt`"))
+    p = request.app[REPLICA].params
+    body = {"count": len(ids), "max_model_len": p.max_model_len, "tokens": ids, "token_strs": None}
+    return _json_response(body)
+
+
 async def health(request: web.Request) -> web.Response:
     return web.Response(status=200)
 
@@ -128,6 +146,7 @@ def make_app(replica: Replica) -> web.Application:
     app.router.add_post("/v1/completions", completions)
     app.router.add_get("/v1/models", models)
     app.router.add_get("/health", health)
+    app.router.add_post("/tokenize", tokenize)
     app.router.add_get("/metrics", metrics)
     app.router.add_route("*", "/sim/faults", faults)
     app.router.add_get("/sim/cache", cache)
