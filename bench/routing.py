@@ -24,7 +24,12 @@ Routers (each in its own child process, in front of the same replicas):
   ``random``, ``round_robin``, ``load`` (queue + kv_usage + inflight), ``prefix`` (approximate prefix
   affinity only, with its pile-up guard) and ``default`` (``RouterConfig()``, m2a's default pipeline);
 - with ``--vllm-router``: the Rust ``vllm-router`` 0.1.17 (its own venv, bench/.venv-vllm-router) with
-  ``--policy cache_aware`` and ``--policy power_of_two``, pointed straight at the replicas.
+  ``--policy cache_aware`` and ``--policy power_of_two``, pointed straight at the replicas, with its
+  default settings. ``cache_aware`` tokenizes each prompt by asking a worker: first vLLM's
+  ``/v1/chat/completions/render`` (the simulator answers 404), then ``/tokenize`` (the simulator's
+  tokens); without ``/tokenize`` it logs ``render_unavailable`` and routes no better than
+  ``power_of_two``. ``VLLM_ROUTER_LOG=<folder>`` (and ``VLLM_ROUTER_LOG_LEVEL=debug``) keeps its logs,
+  with every cache decision and its match rate.
 
 Reported per policy and rate step: p50/p90 time to first token (requests still waiting at the end
 count with their wait so far, marked ≥), output tokens/s, and the prefix-cache hit rate from the
