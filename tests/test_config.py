@@ -14,9 +14,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from pydantic import ValidationError
 
 from m2a import __version__
-from m2a.config import ConfigError, Settings, load_settings
+from m2a.config import ConfigError, ModelConfig, Settings, load_settings
 
 M2A = str(Path(sys.executable).with_name("m2a"))
 
@@ -245,3 +246,18 @@ def test_cli_version(tmp_path: Path) -> None:
     r = run_m2a("--version", home=tmp_path)
     assert r.returncode == 0, r
     assert r.stdout.strip() == f"m2a {__version__}"
+
+
+def test_remote_model_with_several_urls_has_one_replica_each() -> None:
+    from m2a.engines.registry import choose
+    from m2a.metal.inventory import Inventory
+
+    m = ModelConfig(name="sim", urls=["http://a:1/v1", "http://b:2"], tokenizer="simple")
+    assert m.replicas == 2
+    specs = [choose(m).spec(m, None, 0, i, Inventory(2)) for i in range(m.replicas)]
+    assert [s.base_url for s in specs] == ["http://a:1/v1", "http://b:2/v1"]
+    assert [s.replica_id for s in specs] == ["sim#0", "sim#1"] and specs[0].tokenizer == "simple"
+    with pytest.raises(ValidationError, match="not both"):
+        ModelConfig(name="x", url="http://a/v1", urls=["http://b/v1"])
+    with pytest.raises(ValidationError, match="only for engine 'remote'"):
+        ModelConfig(name="x", urls=["http://b/v1"], engine="vllm")

@@ -85,6 +85,9 @@ class ModelConfig(_Strict):
     task: Task | None = Field(default=None, description="chat or embed; defaults from the source.")
     engine: EngineKind = "auto"
     url: str | None = Field(default=None, description="Base URL of a remote OpenAI-compatible server.")
+    urls: list[str] | None = Field(
+        default=None, min_length=1, description="Several remote servers of the same model: one replica each."
+    )
     api_key: str | None = Field(default=None, description="Key sent to a remote server.")
     replicas: int = Field(default=1, ge=1, le=64)
     max_model_len: int | None = Field(default=None, ge=16)
@@ -118,10 +121,14 @@ class ModelConfig(_Strict):
 
     @model_validator(mode="after")
     def _remote_needs_url(self) -> ModelConfig:
-        if self.engine == "remote" and not self.url:
-            raise ValueError("engine 'remote' needs `url` (the server's OpenAI base URL)")
-        if self.url and self.engine not in ("remote", "auto"):
-            raise ValueError("`url` is only for engine 'remote'")
+        if self.url and self.urls:
+            raise ValueError("give `url` or `urls`, not both")
+        if self.engine == "remote" and not (self.url or self.urls):
+            raise ValueError("engine 'remote' needs `url` (the server's OpenAI base URL) or `urls`")
+        if (self.url or self.urls) and self.engine not in ("remote", "auto"):
+            raise ValueError("`url` and `urls` are only for engine 'remote'")
+        if self.urls and self.replicas == 1:
+            object.__setattr__(self, "replicas", len(self.urls))
         return self
 
 

@@ -80,7 +80,7 @@ def plan(settings: Settings, inventory: Inventory, say: Say) -> list[EngineSpec]
     specs: list[EngineSpec] = []
     for cfg in settings.models:
         manifest = None
-        if cfg.engine == "remote" or cfg.url:
+        if cfg.engine == "remote" or cfg.url or cfg.urls:
             engine = choose(cfg)
         else:
             native = import_model(

@@ -31,7 +31,7 @@ def choose(cfg: ModelConfig, source_format: str | None = None) -> Engine:
         if reason:
             raise EngineChoiceError(f"{cfg.name}: {reason}")
         return engine
-    if cfg.url:
+    if cfg.url or cfg.urls:
         return ENGINES["remote"]
     vllm, llama = ENGINES["vllm"], ENGINES["llamacpp"]
     if vllm.unavailable() is None:

@@ -21,8 +21,9 @@ class RemoteEngine:
     def spec(
         self, cfg: ModelConfig, manifest: Manifest | None, port: int, replica: int, inventory: Inventory
     ) -> EngineSpec:
-        assert cfg.url
-        base = cfg.url.rstrip("/")
+        url = cfg.urls[replica % len(cfg.urls)] if cfg.urls else cfg.url
+        assert url
+        base = url.rstrip("/")
         if not base.endswith("/v1"):
             base += "/v1"
         root = base.removesuffix("/v1")
