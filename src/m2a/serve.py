@@ -207,6 +207,7 @@ async def run_up(
         trace_store=trace_store,
         ingest_token=ingest_token,
         relay=Relay(collector) if (collector := collector_endpoint(tel)) else None,
+        device_metrics=tel.device_metrics,
         router=Router(pool, {m.name: m.router for m in settings.models if m.router}, settings.router),
     )
     gw = settings.gateway

@@ -14,6 +14,7 @@ from m2a import __version__
 from m2a.catalog.sources import SourceError
 from m2a.cli.config_cmd import config_app
 from m2a.cli.identity_cmd import keys_app, teams_app
+from m2a.cli.metal_cmd import metal
 from m2a.cli.models_cmd import models_app
 from m2a.cli.sim_cmd import sim
 from m2a.cli.traces_cmd import traces_app
@@ -30,6 +31,7 @@ app.add_typer(quotas_app, name="quotas")
 app.add_typer(traces_app, name="traces")
 app.command("usage")(usage)
 app.command("sim")(sim)
+app.command("metal")(metal)
 console = Console(stderr=True, soft_wrap=True)
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML config file.", exists=False)]

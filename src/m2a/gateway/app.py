@@ -69,6 +69,7 @@ def create_app(
     ingest_token: str | None = None,
     relay: Relay | None = None,
     router: Router | None = None,
+    device_metrics: bool = False,
 ) -> Starlette:
     """The gateway for the models in ``pool``, for callers with the admin ``key`` or a team key.
 
@@ -84,6 +85,10 @@ def create_app(
     cfg = cfg or GatewayConfig()
     access = Access(key, identity)
     metrics = GatewayMetrics()
+    if device_metrics:  # GPU (NVML, amd-smi, xpu-smi) and host readings on /metrics
+        from m2a.metal.prometheus import DeviceCollector
+
+        metrics.registry.register(DeviceCollector())
     upstream = Upstream(cfg.connect_timeout_s, cfg.upstream_timeout_s)
     router = router or Router(pool)
     forwarder = Forwarder(pool, upstream, metrics, tracer, router)

@@ -1,0 +1,80 @@
+"""`m2a metal`: the accelerators and host this machine has, live readings, and where `m2a up`
+places each replica of the configured models."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+out = Console()
+
+
+def _gib(n: int | None) -> str:
+    return "-" if n is None else f"{n / (1 << 30):.1f}"
+
+
+def metal(
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML config file.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Accelerators (vendor, model, memory, use, power, temperature, driver), host, and placement."""
+    from m2a.cli import settings_or_exit
+    from m2a.engines.placement import placement
+    from m2a.metal.devices import read_devices, read_host
+    from m2a.metal.inventory import detect
+
+    settings = settings_or_exit(config)
+    devices, host, inventory = read_devices(), read_host(interval_s=0.2), detect()
+    placed = placement(settings, inventory)
+    if as_json:
+        print(
+            json.dumps(
+                {
+                    "devices": [
+                        {**dataclasses.asdict(d), "placed": placed.get(d.label, [])} for d in devices
+                    ],
+                    "host": dataclasses.asdict(host),
+                    "placement": placed,
+                },
+                indent=2,
+            )
+        )
+        return
+    table = Table(
+        "device", "model", "memory GiB (used/total)", "use", "power W", "temp °C", "driver", "placed"
+    )
+    for d in devices:
+        table.add_row(
+            d.label,
+            d.name,
+            f"{_gib(d.memory_used_bytes)}/{_gib(d.memory_total_bytes)}",
+            "-" if d.utilization is None else f"{d.utilization:.0%}",
+            "-" if d.power_watts is None else f"{d.power_watts:.0f}",
+            "-" if d.temperature_c is None else f"{d.temperature_c:.0f}",
+            d.driver or "-",
+            ", ".join(placed.get(d.label, [])) or "-",
+        )
+    cpu_placed = [
+        f"{r} ({label[4:]})" for label, rs in placed.items() if label.startswith("cpu:") for r in rs
+    ]
+    table.add_row(
+        "cpu",
+        f"{host.cpu_count} logical CPUs",
+        f"{_gib(host.memory_used_bytes)}/{_gib(host.memory_total_bytes)}",
+        "-" if host.cpu_utilization is None else f"{host.cpu_utilization:.0%}",
+        "-",
+        "-",
+        "-",
+        ", ".join(cpu_placed) or "-",
+    )
+    out.print(table)
+    if placed.get("remote"):
+        out.print(f"remote: {', '.join(placed['remote'])}")
+    if not devices:
+        out.print("no GPU found (NVML, nvidia-smi, amd-smi, rocm-smi, xpu-smi): engines run on the CPU")
