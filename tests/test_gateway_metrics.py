@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
@@ -81,3 +82,47 @@ async def test_metrics_by_team_priority_and_replica(engine: FakeEngine, store: I
 async def test_team_label_is_bounded() -> None:
     label = BoundedLabel(limit=3)
     assert [label(t) for t in ("a", "b", None, "c", "a", "d")] == ["a", "b", "-", "other", "a", "other"]
+
+
+VLLM_PAGE = """# HELP vllm:num_requests_waiting Number of requests waiting to be processed.
+# TYPE vllm:num_requests_waiting gauge
+vllm:num_requests_waiting{engine="0",model_name="m"} %s
+# HELP vllm:time_to_first_token_seconds Histogram of time to first token in seconds.
+# TYPE vllm:time_to_first_token_seconds histogram
+vllm:time_to_first_token_seconds_bucket{engine="0",le="0.1",model_name="m"} 3.0
+vllm:time_to_first_token_seconds_bucket{engine="0",le="+Inf",model_name="m"} 4.0
+vllm:time_to_first_token_seconds_count{engine="0",model_name="m"} 4.0
+vllm:time_to_first_token_seconds_sum{engine="0",model_name="m"} 0.5
+"""
+
+
+async def test_engine_metrics_are_re_exported_per_replica() -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from m2a.router.engine_metrics import EngineMetrics
+
+    registry = CollectorRegistry()
+    pages = {"m#0": (VLLM_PAGE % 2).encode(), "m#1": (VLLM_PAGE % 7).encode(), "m#2": b"not {prometheus"}
+    registry.register(EngineMetrics(pages))
+    m = samples(generate_latest(registry).decode())
+    for replica, waiting in (("m#0", 2), ("m#1", 7)):
+        labels = {"engine": "0", "model_name": "m", "replica": replica}
+        assert value(m, "vllm:num_requests_waiting", **labels) == waiting
+        assert value(m, "vllm:time_to_first_token_seconds_count", **labels) == 4
+        assert value(m, "vllm:time_to_first_token_seconds_bucket", **labels, le="0.1") == 3
+    assert not any(dict(k[1]).get("replica") == "m#2" for k in m)  # the unparsable page is skipped
+
+
+async def test_gateway_scrape_includes_the_engines_series(engine: FakeEngine, store: IdentityStore) -> None:
+    engine.waiting = 3
+    async with serve(make_pool(engine, metrics=True), store) as gw:
+        for _ in range(200):  # the load watcher polls every 100 ms
+            text = (await gw.client.get("/metrics")).text
+            if 'replica="chat-0"' in text and "vllm:num_requests_waiting" in text:
+                break
+            await asyncio.sleep(0.05)
+    m = samples(text)
+    assert any(
+        name == "vllm:num_requests_waiting" and dict(labels).get("replica") == "chat-0" and v == 3
+        for (name, labels), v in m.items()
+    )

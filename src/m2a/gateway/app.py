@@ -34,6 +34,7 @@ from m2a.gateway.proxy import Forwarder, Outcome, Outgoing
 from m2a.gateway.quota import Quotas
 from m2a.gateway.routing import RouteRequests
 from m2a.gateway.upstream import Upstream, unless_disconnected
+from m2a.router.engine_metrics import EngineMetrics
 from m2a.router.load import LoadWatcher
 from m2a.router.pipeline import Router
 from m2a.router.pool import Pool
@@ -98,6 +99,7 @@ def create_app(
     gate = PriorityGate(pool, cfg) if cfg.priorities else None
     accounting = Accounting(quotas, gate, ledger, metrics)
     load = LoadWatcher(pool)
+    metrics.registry.register(EngineMetrics(load.pages))  # the engines' own series, per replica
     created = int(time.time())
 
     def model_card(name: str) -> dict[str, object]:

@@ -46,6 +46,7 @@ class LoadWatcher:
         self.interval_s = interval_s
         self.stale_s = stale_s
         self._seen: dict[str, float] = {}
+        self.pages: dict[str, bytes] = {}  # each replica's last metrics page, for re-export
         self._task: asyncio.Task[None] | None = None
         self._session: aiohttp.ClientSession | None = None
 
@@ -55,7 +56,9 @@ class LoadWatcher:
             async with self._session.get(ep.metrics_url) as resp:
                 if resp.status != 200:
                     return
-                ep.waiting, ep.kv_usage = parse_load(await resp.read())
+                page = await resp.read()
+                ep.waiting, ep.kv_usage = parse_load(page)
+                self.pages[ep.id] = page
                 self._seen[ep.id] = time.monotonic()
         except (aiohttp.ClientError, TimeoutError):
             pass
@@ -69,6 +72,7 @@ class LoadWatcher:
             for e in self.pool.all():
                 if now - self._seen.get(e.id, 0.0) > self.stale_s:
                     e.waiting = e.kv_usage = None
+                    self.pages.pop(e.id, None)
             await asyncio.sleep(self.interval_s)
 
     def start(self) -> None:
