@@ -14,6 +14,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
+    ExportMetricsServiceRequest,
+    ExportMetricsServiceResponse,
+)
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
@@ -48,6 +52,7 @@ class Collector:
             self.port = s.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}/v1/traces"
         self.spans: list[Span] = []
+        self.metric_names: set[str] = set()
         self._lock = threading.Lock()
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
@@ -81,6 +86,19 @@ class Collector:
             body=ExportTraceServiceResponse().SerializeToString(), content_type="application/x-protobuf"
         )
 
+    async def _metrics(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        if request.headers.get("content-encoding") == "gzip":
+            body = gzip.decompress(body)
+        export = ExportMetricsServiceRequest()
+        export.ParseFromString(body)
+        names = {m.name for rm in export.resource_metrics for sm in rm.scope_metrics for m in sm.metrics}
+        with self._lock:
+            self.metric_names |= names
+        return web.Response(
+            body=ExportMetricsServiceResponse().SerializeToString(), content_type="application/x-protobuf"
+        )
+
     def trace(self, trace_id: str) -> list[Span]:
         with self._lock:
             return [s for s in self.spans if s.trace_id == trace_id]
@@ -88,6 +106,7 @@ class Collector:
     async def _start(self) -> None:
         app = web.Application(client_max_size=64 << 20)
         app.router.add_post("/v1/traces", self._traces)
+        app.router.add_post("/v1/metrics", self._metrics)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         await web.TCPSite(self._runner, "127.0.0.1", self.port).start()

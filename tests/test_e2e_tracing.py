@@ -84,3 +84,12 @@ def test_a_request_is_one_trace_from_gateway_to_engine(stack: Stack, collector: 
             break
         time.sleep(0.5)
     assert {f"chat {MODEL}", f"engine {MODEL}#0", engine_spans[0].name} <= names, out.stdout + out.stderr
+
+
+def test_metrics_reach_the_collector_as_otlp(stack: Stack, collector: Collector) -> None:
+    """The numbers of /metrics, engines' included, also go to the configured collector."""
+    deadline = time.monotonic() + 60  # exported every 15 s
+    want = {"m2a_requests_total", "vllm.num_requests_waiting"}
+    while not want <= collector.metric_names and time.monotonic() < deadline:
+        time.sleep(1)
+    assert want <= collector.metric_names, sorted(collector.metric_names)[:50]

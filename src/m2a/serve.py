@@ -208,6 +208,7 @@ async def run_up(
         ingest_token=ingest_token,
         relay=Relay(collector) if (collector := collector_endpoint(tel)) else None,
         device_metrics=tel.device_metrics,
+        metrics_collector=collector_endpoint(tel),
         router=Router(pool, {m.name: m.router for m in settings.models if m.router}, settings.router),
     )
     gw = settings.gateway

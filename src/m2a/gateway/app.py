@@ -40,6 +40,7 @@ from m2a.router.pipeline import Router
 from m2a.router.pool import Pool
 from m2a.store.identity import IdentityStore, Principal
 from m2a.store.ledger import Ledger
+from m2a.telemetry.metrics_bridge import otlp_bridge, refresh_every
 from m2a.telemetry.relay import Relay
 from m2a.telemetry.store import TraceStore
 
@@ -71,6 +72,7 @@ def create_app(
     relay: Relay | None = None,
     router: Router | None = None,
     device_metrics: bool = False,
+    metrics_collector: str | None = None,
 ) -> Starlette:
     """The gateway for the models in ``pool``, for callers with the admin ``key`` or a team key.
 
@@ -82,6 +84,7 @@ def create_app(
     ``trace_store`` receives spans over OTLP at ``/otlp/v1/traces`` from callers that present the
     admin key or ``ingest_token`` (the engines m2a starts), and ``relay`` passes those on to an
     external collector. ``router`` picks among a model's replicas (default: the standard pipeline).
+    ``metrics_collector`` (an OTLP traces URL) also gets the /metrics numbers as OTLP metrics.
     """
     cfg = cfg or GatewayConfig()
     access = Access(key, identity)
@@ -311,11 +314,16 @@ def create_app(
             await ledger.start()
         load.start()
         loading = asyncio.create_task(routing.load())
+        bridge = otlp_bridge(metrics.registry, metrics_collector) if metrics_collector else None
+        refreshing = asyncio.create_task(refresh_every(bridge, 10.0)) if bridge is not None else None
         waker = asyncio.create_task(gate.run()) if gate is not None else None
         try:
             yield
         finally:
             loading.cancel()
+            if refreshing is not None and bridge is not None:
+                refreshing.cancel()
+                await asyncio.to_thread(bridge.shutdown)  # a last export
             if waker is not None:
                 waker.cancel()
             await load.close()
