@@ -67,7 +67,9 @@ class RouterConfig(_Strict):
 
     filters: list[str] = Field(default_factory=lambda: ["healthy", "not_overloaded"])
     scorers: list[ScorerConfig] = Field(default_factory=default_scorers)
-    picker: str = Field(default="max_score", description="max_score, weighted_random or power_of_two.")
+    picker: str = Field(
+        default="max_score", description="max_score, weighted_random, power_of_two or round_robin."
+    )
     session_header: str = Field(
         default="x-session-id", description="Header naming a session (session scorer)."
     )
