@@ -1,22 +1,47 @@
-"""`m2a metal`: the accelerators and host this machine has, live readings, and where `m2a up`
-places each replica of the configured models."""
+"""`m2a metal`: the accelerators and host this machine has, live readings, where `m2a up`
+places each replica of the configured models, and the replicas' states when a gateway answers."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import urllib.error
+import urllib.request
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+
+from m2a.config import Settings
 
 out = Console()
 
 
 def _gib(n: int | None) -> str:
     return "-" if n is None else f"{n / (1 << 30):.1f}"
+
+
+def gateway_status(settings: Settings, timeout_s: float = 0.5) -> dict[str, Any] | None:
+    """The running gateway's ``/readyz`` (ready, models, replicas with their states), or None."""
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(
+        settings.gateway.host, settings.gateway.host
+    )
+    url = f"http://{f'[{host}]' if ':' in host else host}:{settings.gateway.port}/readyz"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as resp:
+            body = resp.read()
+    except urllib.error.HTTPError as exc:  # 503 while warming up still carries the replicas
+        body = exc.read()
+    except (OSError, ValueError):  # nothing listening, or not reachable
+        return None
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        return None
+    return {"url": url, **doc} if isinstance(doc, dict) else None
 
 
 def metal(
@@ -32,6 +57,7 @@ def metal(
     settings = settings_or_exit(config)
     devices, host, inventory = read_devices(), read_host(interval_s=0.2), detect()
     placed = placement(settings, inventory)
+    gateway = gateway_status(settings)
     if as_json:
         print(
             json.dumps(
@@ -41,6 +67,7 @@ def metal(
                     ],
                     "host": dataclasses.asdict(host),
                     "placement": placed,
+                    "gateway": gateway,
                 },
                 indent=2,
             )
@@ -78,3 +105,19 @@ def metal(
         out.print(f"remote: {', '.join(placed['remote'])}")
     if not devices:
         out.print("no GPU found (NVML, nvidia-smi, amd-smi, rocm-smi, xpu-smi): engines run on the CPU")
+    if gateway is not None:
+        _print_gateway(gateway)
+
+
+def _print_gateway(gateway: dict[str, Any]) -> None:
+    ready = "ready" if gateway.get("ready") else "not ready"
+    out.print(f"gateway at {escape(gateway['url'])}: {ready}")
+    replicas = gateway.get("replicas")
+    if not isinstance(replicas, list) or not replicas:
+        return
+    table = Table("replica", "model", "engine", "state", "restarts", "last error")
+    for r in replicas:
+        if isinstance(r, dict):
+            cells = (r.get(k) for k in ("replica", "model", "engine", "state", "restarts", "last_error"))
+            table.add_row(*(escape("-" if c is None else str(c)) for c in cells))
+    out.print(table)

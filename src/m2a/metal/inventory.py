@@ -1,11 +1,14 @@
-"""Find this machine's accelerators: NVIDIA GPUs (nvidia-smi), AMD GPUs (rocm-smi), or only CPUs."""
+"""Find this machine's accelerators for placement: NVIDIA GPUs (NVML, else nvidia-smi), or only CPUs.
+
+Live numbers (use, power, temperature) and other vendors' GPUs are in ``m2a.metal.devices``.
+"""
 
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
 from dataclasses import dataclass, field
+
+from m2a.metal.nvidia import read_nvidia
 
 
 @dataclass(frozen=True)
@@ -14,6 +17,8 @@ class Gpu:
     index: int
     name: str
     memory_mib: int
+    driver: str | None = None
+    uuid: str | None = None
 
 
 @dataclass(frozen=True)
@@ -33,26 +38,11 @@ class Inventory:
 
 
 def _nvidia() -> list[Gpu]:
-    exe = shutil.which("nvidia-smi")
-    if not exe:
-        return []
-    try:
-        out = subprocess.run(
-            [exe, "--query-gpu=index,name,memory.total", "--format=csv,noheader,nounits"],
-            capture_output=True,
-            text=True,
-            timeout=20,
-            check=True,
-        ).stdout
-    except (subprocess.SubprocessError, OSError):
-        return []
-    gpus = []
-    for line in out.strip().splitlines():
-        parts = [p.strip() for p in line.split(",")]
-        if len(parts) == 3 and parts[0].isdigit():
-            mem = int(float(parts[2])) if parts[2].replace(".", "").isdigit() else 0
-            gpus.append(Gpu("nvidia", int(parts[0]), parts[1], mem))
-    return gpus
+    """NVIDIA GPUs through NVML where the `nvidia-ml-py` package and the driver work, else nvidia-smi."""
+    return [
+        Gpu("nvidia", r.index, r.name, (r.memory_total_bytes or 0) >> 20, r.driver, r.uuid)
+        for r in read_nvidia()
+    ]
 
 
 def detect() -> Inventory:

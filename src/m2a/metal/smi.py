@@ -219,12 +219,17 @@ def intel_readings(
     return out
 
 
-@functools.cache
+_xpu_known: dict[int, dict[str, Any]] = {}
+
+
 def _xpu_facts() -> dict[int, dict[str, Any]]:
-    listing = run_tool(["xpu-smi", "discovery", "--json"])
-    ids = list(parse_xpu_discovery(listing, {}))
-    details = {i: run_tool(["xpu-smi", "discovery", "-d", str(i), "--json"]) for i in ids}
-    return parse_xpu_discovery(listing, details)
+    """Asked once; asked again while the tool has not listed any device yet (service starting)."""
+    if not _xpu_known:
+        listing = run_tool(["xpu-smi", "discovery", "--json"])
+        ids = list(parse_xpu_discovery(listing, {}))
+        details = {i: run_tool(["xpu-smi", "discovery", "-d", str(i), "--json"]) for i in ids}
+        _xpu_known.update(parse_xpu_discovery(listing, details))
+    return _xpu_known
 
 
 def read_intel() -> list[DeviceReading]:
