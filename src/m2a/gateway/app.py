@@ -102,7 +102,8 @@ def create_app(
     gate = PriorityGate(pool, cfg) if cfg.priorities else None
     accounting = Accounting(quotas, gate, ledger, metrics)
     load = LoadWatcher(pool)
-    metrics.registry.register(EngineMetrics(load.pages))  # the engines' own series, per replica
+    # The engines' own series, per replica (model_name added where an engine leaves it out).
+    metrics.registry.register(EngineMetrics(load.pages, {e.id: e.model for e in pool.all()}))
     created = int(time.time())
 
     def model_card(name: str) -> dict[str, object]:
