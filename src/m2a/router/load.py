@@ -21,6 +21,7 @@ log = logging.getLogger("m2a.router.load")
 
 WAITING = b"vllm:num_requests_waiting"
 KV_USAGE = b"vllm:kv_cache_usage_perc"
+NO_METRICS_RETRY_S = 60.0
 
 
 def parse_load(text: bytes) -> tuple[float | None, float | None]:
@@ -47,6 +48,7 @@ class LoadWatcher:
         self.stale_s = stale_s
         self._seen: dict[str, float] = {}
         self.pages: dict[str, bytes] = {}  # each replica's last metrics page, for re-export
+        self._skip_until: dict[str, float] = {}  # endpoints without a metrics page: until when
         self._task: asyncio.Task[None] | None = None
         self._session: aiohttp.ClientSession | None = None
 
@@ -54,7 +56,8 @@ class LoadWatcher:
         assert self._session is not None and ep.metrics_url
         try:
             async with self._session.get(ep.metrics_url) as resp:
-                if resp.status != 200:
+                if resp.status != 200:  # no metrics there (a remote API): ask again in a minute
+                    self._skip_until[ep.id] = time.monotonic() + NO_METRICS_RETRY_S
                     return
                 page = await resp.read()
                 ep.waiting, ep.kv_usage = parse_load(page)
@@ -65,7 +68,12 @@ class LoadWatcher:
 
     async def _run(self) -> None:
         while True:
-            eps = [e for e in self.pool.all() if e.metrics_url and e.healthy]
+            now = time.monotonic()
+            eps = [
+                e
+                for e in self.pool.all()
+                if e.metrics_url and e.healthy and self._skip_until.get(e.id, 0.0) <= now
+            ]
             if eps:
                 await asyncio.gather(*(self._poll(e) for e in eps))
             now = time.monotonic()
