@@ -17,7 +17,7 @@ import contextlib
 import json
 import time
 import types
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -25,7 +25,6 @@ from typing import Any, TypeVar
 import httpx
 import pytest
 import pytest_asyncio
-import uvicorn
 from sqlalchemy import select
 
 import m2a.gateway.counters as counters_module
@@ -40,6 +39,7 @@ from m2a.store.quotas import QuotaStore
 from m2a.store.schema import Usage
 from tests import gateway_fixtures
 from tests.fake_engine import FakeEngine
+from tests.live_app import live
 from tests.openai_shape import assert_openai_error
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -55,14 +55,6 @@ store = gateway_fixtures.store  # a fresh, migrated SQLite identity store per te
 
 
 # ---------------------------------------------------------------------------- helpers
-class _Server(uvicorn.Server):
-    """uvicorn without its own signal handling (pytest keeps SIGINT)."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
-
-
 def auth(key: str) -> dict[str, str]:
     return {"authorization": f"Bearer {key}"}
 
@@ -161,34 +153,11 @@ async def serve(
     app = create_app(
         pool, ADMIN, cfg, identity=store, ledger=ledger, usage_store=store.engine, **(app_kw or {})
     )
-    server = _Server(
-        uvicorn.Config(
-            app,
-            host="127.0.0.1",
-            port=0,
-            lifespan="on",
-            log_config=None,
-            log_level="warning",
-            access_log=False,
-            timeout_graceful_shutdown=5,
-        )
-    )
-    task = asyncio.create_task(server.serve())
-    try:
-        async with asyncio.timeout(TIMEOUT):
-            while not server.started:
-                if task.done():
-                    task.result()
-                    raise RuntimeError("uvicorn exited before it started")
-                await asyncio.sleep(0.01)
-        port = server.servers[0].sockets[0].getsockname()[1]
-        async with httpx.AsyncClient(
-            base_url=f"http://127.0.0.1:{port}", timeout=TIMEOUT, trust_env=False
-        ) as client:
-            yield Gateway(app, client, store)
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(task, TIMEOUT)
+    async with (
+        live(app, TIMEOUT) as url,
+        httpx.AsyncClient(base_url=url, timeout=TIMEOUT, trust_env=False) as client,
+    ):
+        yield Gateway(app, client, store)
 
 
 async def make_team(store: IdentityStore, name: str, priority: str = "standard", keys: int = 1) -> list[str]:

@@ -14,12 +14,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import httpx
 import pytest
-import uvicorn
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -31,6 +30,7 @@ from m2a.engines.sim import SimParams, Simulator
 from m2a.gateway.app import create_app
 from m2a.router.pipeline import Router
 from m2a.router.pool import Endpoint, Pool
+from tests.live_app import live
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -69,14 +69,6 @@ def chat(system: str, question: str, max_tokens: int = 8, stream: bool = False) 
         "max_tokens": max_tokens,
         "stream": stream,
     }
-
-
-class _Server(uvicorn.Server):
-    """uvicorn without its own signal handling (pytest keeps SIGINT)."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
 
 
 @dataclass
@@ -127,39 +119,15 @@ async def gateway(n: int, seed: int = 7) -> AsyncIterator[Gateway]:
             tracer=provider.get_tracer("test"),
             router=Router(pool, seed=seed),
         )
-        server = _Server(
-            uvicorn.Config(
-                app,
-                host="127.0.0.1",
-                port=0,
-                lifespan="on",
-                log_config=None,
-                log_level="warning",
-                access_log=False,
-                timeout_graceful_shutdown=5,
-            )
-        )
-        task = asyncio.create_task(server.serve())
-        try:
-            async with asyncio.timeout(TIMEOUT):
-                while not server.started:
-                    if task.done():
-                        task.result()
-                        raise RuntimeError("uvicorn exited before it started")
-                    await asyncio.sleep(0.01)
-            port = server.servers[0].sockets[0].getsockname()[1]
-            async with httpx.AsyncClient(
-                base_url=f"http://127.0.0.1:{port}",
-                headers={"authorization": f"Bearer {KEY}"},
-                timeout=TIMEOUT,
-                trust_env=False,
-            ) as client:
-                gw = Gateway(app, client, pool, sim, exporter)
-                await tokenizer_loaded(gw)
-                yield gw
-        finally:
-            server.should_exit = True
-            await asyncio.wait_for(task, TIMEOUT)
+        async with (
+            live(app, TIMEOUT) as url,
+            httpx.AsyncClient(
+                base_url=url, headers={"authorization": f"Bearer {KEY}"}, timeout=TIMEOUT, trust_env=False
+            ) as client,
+        ):
+            gw = Gateway(app, client, pool, sim, exporter)
+            await tokenizer_loaded(gw)
+            yield gw
 
 
 async def tokenizer_loaded(gw: Gateway) -> None:
