@@ -71,6 +71,30 @@ async def load(
     return len(latencies), latencies
 
 
+def rounds(
+    targets: list[tuple[str, str, str | None]], n_rounds: int, seconds: float
+) -> dict[tuple[bool, int], dict[str, float]]:
+    """Alternate the targets round by round at concurrency 1 and 16, JSON then streamed; print one
+    table row per target and return req/s by (stream, concurrency) and target."""
+    rates: dict[tuple[bool, int], dict[str, float]] = {}
+    print("| answer | concurrency | target | req/s | p50 ms | p99 ms |\n|---|---|---|---|---|---|")
+    for stream in (False, True):
+        for c in (1, 16):
+            results: dict[str, tuple[int, list[float], float]] = {}
+            for _ in range(n_rounds):
+                for label, url, key in targets:
+                    n, lat = asyncio.run(load(url, key, c, seconds, stream))
+                    done, lats, secs = results.get(label, (0, [], 0.0))
+                    results[label] = (done + n, lats + lat, secs + seconds)
+            kind = "stream (16 chunks)" if stream else "JSON"
+            for label, (done, lats, secs) in results.items():
+                lats.sort()
+                p50, p99 = 1000 * statistics.median(lats), 1000 * lats[int(0.99 * (len(lats) - 1))]
+                rates.setdefault((stream, c), {})[label] = done / secs
+                print(f"| {kind} | {c} | {label} | {done / secs:.0f} | {p50:.2f} | {p99:.2f} |", flush=True)
+    return rates
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seconds", type=float, default=5.0, help="per round and target")
@@ -117,23 +141,7 @@ def main() -> None:
                 targets.append(("through LiteLLM", f"{ll.base_url}/chat/completions", ll.key))
             for _, url, key in targets:  # warm every path
                 asyncio.run(load(url, key, 4, 1, False))
-            print("| answer | concurrency | target | req/s | p50 ms | p99 ms |\n|---|---|---|---|---|---|")
-            for stream in (False, True):
-                for c in (1, 16):
-                    results: dict[str, tuple[int, list[float], float]] = {}
-                    for _ in range(args.rounds):
-                        for label, url, key in targets:
-                            n, lat = asyncio.run(load(url, key, c, args.seconds, stream))
-                            done, lats, secs = results.get(label, (0, [], 0.0))
-                            results[label] = (done + n, lats + lat, secs + args.seconds)
-                    kind = "stream (16 chunks)" if stream else "JSON"
-                    for label, (done, lats, secs) in results.items():
-                        lats.sort()
-                        p50, p99 = 1000 * statistics.median(lats), 1000 * lats[int(0.99 * (len(lats) - 1))]
-                        print(
-                            f"| {kind} | {c} | {label} | {done / secs:.0f} | {p50:.2f} | {p99:.2f} |",
-                            flush=True,
-                        )
+            rounds(targets, args.rounds, args.seconds)
     finally:
         mock.terminate()
         mock.wait()

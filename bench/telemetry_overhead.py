@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -21,7 +20,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from gateway_mock import load  # noqa: E402
+from gateway_mock import load, rounds  # noqa: E402
 from stack import KEY, Up, free_port  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -57,27 +56,10 @@ def main() -> None:
             ]
             for _, url, key in targets:
                 asyncio.run(load(url, key, 4, 1, False))
-            print("| answer | concurrency | target | req/s | p50 ms | p99 ms |\n|---|---|---|---|---|---|")
-            for stream in (False, True):
-                for c in (1, 16):
-                    results: dict[str, tuple[int, list[float], float]] = {}
-                    for _ in range(args.rounds):
-                        for label, url, key in targets:
-                            n, lat = asyncio.run(load(url, key, c, args.seconds, stream))
-                            done, lats, secs = results.get(label, (0, [], 0.0))
-                            results[label] = (done + n, lats + lat, secs + args.seconds)
-                    kind = "stream (16 chunks)" if stream else "JSON"
-                    rates = {}
-                    for label, (done, lats, secs) in results.items():
-                        lats.sort()
-                        p50, p99 = 1000 * statistics.median(lats), 1000 * lats[int(0.99 * (len(lats) - 1))]
-                        rates[label] = done / secs
-                        print(
-                            f"| {kind} | {c} | {label} | {done / secs:.0f} | {p50:.2f} | {p99:.2f} |",
-                            flush=True,
-                        )
-                    cost = 100 * (1 - rates["telemetry on"] / rates["telemetry off"])
-                    print(f"| {kind} | {c} | cost of telemetry | {cost:.1f}% of throughput | | |", flush=True)
+            print("\n| answer | concurrency | cost of telemetry (share of throughput) |\n|---|---|---|")
+            for (stream, c), rate in rounds(targets, args.rounds, args.seconds).items():
+                cost = 100 * (1 - rate["telemetry on"] / rate["telemetry off"])
+                print(f"| {'stream (16 chunks)' if stream else 'JSON'} | {c} | {cost:.1f}% |", flush=True)
             stored = httpx.get(f"{on_.root}/readyz").status_code  # still healthy after the run
             print(f"\ntelemetry-on gateway /readyz after the run: {stored}")
     finally:

@@ -14,20 +14,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
 import httpx
 import openai
 import pytest
-import uvicorn
 from prometheus_client.parser import text_string_to_metric_families
 
 from m2a.config import GatewayConfig
 from m2a.gateway.app import create_app
 from m2a.router.pool import Endpoint, Pool
 from tests.fake_engine import OLD_VLLM_ERROR, FakeEngine, chat_answer, free_port
+from tests.live_app import live
 from tests.openai_shape import ERROR_KEYS, assert_openai_error
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -41,14 +41,6 @@ T = TypeVar("T")
 
 
 # ---------------------------------------------------------------------------- helpers
-class _Server(uvicorn.Server):
-    """uvicorn without its own signal handling (pytest keeps SIGINT)."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
-
-
 @dataclass
 class Gateway:
     url: str  # root, without /v1
@@ -62,30 +54,8 @@ class Gateway:
 @contextlib.asynccontextmanager
 async def serve_gateway(pool: Pool, cfg: GatewayConfig | None = None) -> AsyncIterator[Gateway]:
     """The gateway app on a real uvicorn server, on a free loopback port."""
-    config = uvicorn.Config(
-        create_app(pool, KEY, cfg),
-        host="127.0.0.1",
-        port=0,
-        lifespan="on",
-        log_config=None,
-        log_level="warning",
-        access_log=False,
-        timeout_graceful_shutdown=5,
-    )
-    server = _Server(config)
-    task = asyncio.create_task(server.serve())
-    try:
-        async with asyncio.timeout(TIMEOUT):
-            while not server.started:
-                if task.done():
-                    task.result()  # raises why it failed to start
-                    raise RuntimeError("uvicorn exited before it started")
-                await asyncio.sleep(0.01)
-        port = server.servers[0].sockets[0].getsockname()[1]
-        yield Gateway(f"http://127.0.0.1:{port}", pool)
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(task, TIMEOUT)
+    async with live(create_app(pool, KEY, cfg), TIMEOUT) as url:
+        yield Gateway(url, pool)
 
 
 def endpoint(
