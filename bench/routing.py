@@ -60,7 +60,8 @@ ROOT = Path(__file__).resolve().parent.parent
 VLLM_ROUTER = ROOT / "bench" / ".venv-vllm-router" / "bin" / "vllm-router"
 KEY = "sk-bench-routing-" + "b" * 24
 MODEL = "sim-model"
-M2A_POLICIES = ["random", "round_robin", "load", "prefix", "default"]
+M2A_POLICIES = ["random", "round_robin", "load", "prefix", "precise", "default"]
+GATEWAYS = "@"  # "default@2": the policy in two gateway processes, requests alternating between them
 VLLM_POLICIES = ["vllm-router:cache_aware", "vllm-router:power_of_two"]
 
 
@@ -74,6 +75,7 @@ def sim_params(time_scale: float) -> dict:
         "max_num_seqs": 16,
         "block_size": 16,
         "capacity_blocks": 1536,  # 24,576 tokens: ~7 system prompts with the running requests' blocks
+        "hash_seed": 0x5EED,  # the replicas' block hashes differ from the router's, as vLLM's do
         "time_scale": time_scale,
         "min_emit_interval_s": 0.05,  # wall: a few chunks per answer, cheap streams
     }
@@ -90,6 +92,8 @@ def policy_config(name: str):  # -> RouterConfig
         return RouterConfig(scorers=[ScorerConfig(name=n) for n in ("queue", "kv_usage", "inflight")])
     if name == "prefix":
         return RouterConfig(scorers=[ScorerConfig(name="prefix")])
+    if name == "precise":
+        return RouterConfig(scorers=[ScorerConfig(name="precise_prefix")])
     if name == "default":
         return RouterConfig()
     if name == "default_sized":  # the default, its prefix LRUs sized like the simulated KV caches
@@ -107,14 +111,16 @@ def policy_config(name: str):  # -> RouterConfig
 async def child_sim(n: int, params: dict, seed: int) -> None:
     from m2a.engines.sim import SimParams, Simulator
 
-    async with Simulator(n, params=SimParams(**params), seed=seed) as sim:
-        print(json.dumps({"urls": sim.urls, "metrics": sim.metrics_urls}), flush=True)
+    async with Simulator(n, params=SimParams(**params), seed=seed, kv_events=True) as sim:
+        print(json.dumps({"urls": sim.urls, "metrics": sim.metrics_urls, "kv": sim.kv_endpoints}), flush=True)
         stop = asyncio.Event()
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
         await stop.wait()
 
 
-def child_gateway(policy: str, urls: list[str], metrics: list[str], port: int, seed: int) -> None:
+def child_gateway(
+    policy: str, urls: list[str], metrics: list[str], kv: list[str], port: int, seed: int
+) -> None:
     import uvicorn
 
     from m2a.config import GatewayConfig
@@ -123,8 +129,11 @@ def child_gateway(policy: str, urls: list[str], metrics: list[str], port: int, s
     from m2a.router.pool import Endpoint, Pool
 
     pool = Pool()
-    for i, (url, murl) in enumerate(zip(urls, metrics, strict=True)):
-        pool.add(Endpoint(f"sim-{i}", MODEL, url, metrics_url=murl, healthy=True, tokenizer="simple"))
+    for i, (url, murl, kurl) in enumerate(zip(urls, metrics, kv, strict=True)):
+        ep = Endpoint(
+            f"sim-{i}", MODEL, url, metrics_url=murl, healthy=True, tokenizer="simple", kv_events=kurl
+        )
+        pool.add(ep)
     router = Router(pool, {}, default=policy_config(policy), seed=seed)
     app = create_app(pool, KEY, GatewayConfig(priorities=False), router=router)
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False, loop="uvloop")
@@ -295,31 +304,34 @@ async def run_policy(name: str, args: argparse.Namespace, planned: list[Planned]
          "--time-scale", str(args.time_scale)],
         stdout=subprocess.PIPE, env=env, text=True,
     )  # fmt: skip
-    router: subprocess.Popen | None = None
+    routers: list[subprocess.Popen] = []
+    base, _, copies = name.partition(GATEWAYS)
     result = PolicyResult(name)
     try:
         line = await asyncio.to_thread(sim.stdout.readline)  # type: ignore[union-attr]
         if not line:
             raise RuntimeError("the simulator did not start")
         info = json.loads(line)
-        urls, murls = info["urls"], info["metrics"]
-        port = free_port()
+        urls, murls, kurls = info["urls"], info["metrics"], info["kv"]
+        ports = [free_port() for _ in range(int(copies or 1))]
         headers = {"authorization": f"Bearer {KEY}"}
         if name.startswith("vllm-router:"):
             roots = [u.removesuffix("/v1") for u in urls]
             level = os.environ.get("VLLM_ROUTER_LOG_LEVEL", "warning")
-            cmd = [str(VLLM_ROUTER), "--host", "127.0.0.1", "--port", str(port), "--worker-urls", *roots,
+            cmd = [str(VLLM_ROUTER), "--host", "127.0.0.1", "--port", str(ports[0]), "--worker-urls", *roots,
                    "--policy", name.split(":", 1)[1], "--log-level", level]  # fmt: skip
             log_to = os.environ.get("VLLM_ROUTER_LOG")  # a folder for its logs, e.g. to check its choices
             log = open(f"{log_to}/{name.split(':')[1]}.log" if log_to else os.devnull, "w")  # noqa: SIM115
-            router = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
-            await wait_http(f"http://127.0.0.1:{port}/health", 60)
+            routers.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT))
+            await wait_http(f"http://127.0.0.1:{ports[0]}/health", 60)
         else:
-            cmd = [py, me, "--child", "gateway", "--policy", name, "--port", str(port),
-                   "--seed", str(args.seed), "--urls", *urls, "--metrics", *murls]  # fmt: skip
-            router = subprocess.Popen(cmd, env=env)
-            await wait_http(f"http://127.0.0.1:{port}/readyz", 60, headers)
-        url = f"http://127.0.0.1:{port}/v1/chat/completions"
+            for i, port in enumerate(ports):
+                cmd = [py, me, "--child", "gateway", "--policy", base, "--port", str(port), "--seed",
+                       str(args.seed + i), "--urls", *urls, "--metrics", *murls, "--kv", *kurls]  # fmt: skip
+                routers.append(subprocess.Popen(cmd, env=env))
+            for port in ports:
+                await wait_http(f"http://127.0.0.1:{port}/readyz", 60, headers)
+        gw_urls = [f"http://127.0.0.1:{port}/v1/chat/completions" for port in ports]
         ts = args.time_scale
         connector = aiohttp.TCPConnector(limit=0)
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=10)
@@ -328,14 +340,20 @@ async def run_policy(name: str, args: argparse.Namespace, planned: list[Planned]
                 {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
             )
             for _ in range(3):  # the m2a gateway loads its tokenizer in the background at start
-                async with session.post(url, data=warm, headers={"content-type": "application/json"}) as r:
-                    await r.read()
-                    if r.status != 200:
-                        raise RuntimeError(f"warm-up request: HTTP {r.status}")
+                for url in gw_urls:
+                    async with session.post(
+                        url, data=warm, headers={"content-type": "application/json"}
+                    ) as r:
+                        await r.read()
+                        if r.status != 200:
+                            raise RuntimeError(f"warm-up request: HTTP {r.status}")
                 await asyncio.sleep(0.2)
-            procs = {"replicas": psutil.Process(sim.pid), "router": psutil.Process(router.pid)}
+            procs = {
+                "replicas": [psutil.Process(sim.pid)],
+                "router": [psutil.Process(r.pid) for r in routers],
+            }
             me_proc = psutil.Process()
-            cpu0 = {k: cpu_s(p) for k, p in procs.items()} | {"loadgen": cpu_s(me_proc)}
+            cpu0 = {k: sum(map(cpu_s, ps)) for k, ps in procs.items()} | {"loadgen": cpu_s(me_proc)}
             counts = [await cache_counts(session, urls)]
             recs: list[Done] = []
             tasks: list[asyncio.Task[None]] = []
@@ -352,6 +370,7 @@ async def run_policy(name: str, args: argparse.Namespace, planned: list[Planned]
                     await asyncio.sleep(delay)
                 rec = Done(p.step, time.perf_counter() - t0)
                 recs.append(rec)
+                url = gw_urls[len(tasks) % len(gw_urls)]  # several gateways: requests alternate
                 tasks.append(asyncio.create_task(one(session, url, p, t0, rec)))
             while next_step < len(args.rates):
                 await asyncio.sleep(max(0.0, step_end[next_step] - (time.perf_counter() - t0)))
@@ -362,7 +381,7 @@ async def run_policy(name: str, args: argparse.Namespace, planned: list[Planned]
                 await asyncio.wait(pending, timeout=args.drain_s * ts)
             cutoff = time.perf_counter() - t0
             elapsed = cutoff
-            cpu1 = {k: cpu_s(p) for k, p in procs.items()} | {"loadgen": cpu_s(me_proc)}
+            cpu1 = {k: sum(map(cpu_s, ps)) for k, ps in procs.items()} | {"loadgen": cpu_s(me_proc)}
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
@@ -392,11 +411,11 @@ async def run_policy(name: str, args: argparse.Namespace, planned: list[Planned]
                     hit_rate=(h1 - h0) / (q1 - q0) if q1 > q0 else float("nan"),
                 )
             )
-        if router is not None and router.poll() is not None:
-            result.note = f"router exited with {router.returncode}"
+        if any(r.poll() is not None for r in routers):
+            result.note = "a router exited early"
     finally:
-        if router is not None:
-            stop(router)
+        for r in routers:
+            stop(r)
         stop(sim)
     return result
 
@@ -504,12 +523,13 @@ def main() -> None:
     ap.add_argument("--port", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--urls", nargs="*", help=argparse.SUPPRESS)
     ap.add_argument("--metrics", nargs="*", help=argparse.SUPPRESS)
+    ap.add_argument("--kv", nargs="*", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child == "sim":
         asyncio.run(child_sim(args.replicas, sim_params(args.time_scale), args.seed))
         return
     if args.child == "gateway":
-        child_gateway(args.policy, args.urls, args.metrics, args.port, args.seed)
+        child_gateway(args.policy, args.urls, args.metrics, args.kv, args.port, args.seed)
         return
     if args.smoke:
         args.step_s, args.drain_s, args.rates = 8.0, 4.0, [4.0, 8.0]

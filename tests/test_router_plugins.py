@@ -8,12 +8,15 @@ from typing import Any
 
 import pytest
 
+from m2a.config import RouterConfig, ScorerConfig
+from m2a.engines.kv_events import Cleared, Removed, Stored
+from m2a.engines.tokens import block_hashes
 from m2a.router.kvindex import KVBlockIndex, PrecisePrefixScorer
+from m2a.router.pipeline import Router
 from m2a.router.plugins import NEUTRAL, RouteRequest, UnknownPlugin, build, known, register_scorer
-from m2a.router.pool import Endpoint
+from m2a.router.pool import Endpoint, Pool
 from m2a.router.prefix import BlockLRU, PrefixScorer
 from m2a.router.scorers import InflightScorer, SessionScorer
-from m2a.router.tokens import block_hashes
 
 
 def ep(rid: str, **kw: Any) -> Endpoint:
@@ -75,15 +78,16 @@ SCORER_CASES = [
     ("inflight", {"request_share": 1.0}, [ep("a", inflight=1), ep("b", inflight=3)], {"a": 1.0, "b": 0.5}),
     ("session", {}, [ep("a"), ep("b")], {"a": NEUTRAL, "b": NEUTRAL}),  # no session
     ("prefix", {"block_size": 4}, [ep("a"), ep("b")], {"a": NEUTRAL, "b": NEUTRAL}),  # no tokens
-    ("precise_prefix", {}, [ep("a"), ep("b")], {"a": NEUTRAL, "b": NEUTRAL}),  # no engine hashes
+    ("precise_prefix", {}, [ep("a"), ep("b")], None),  # no KV events: abstains
 ]
 
 
 @pytest.mark.parametrize(("name", "params", "eps", "expected"), SCORER_CASES)
 def test_scorers_without_history(
-    name: str, params: dict[str, Any], eps: list[Endpoint], expected: dict[str, float]
+    name: str, params: dict[str, Any], eps: list[Endpoint], expected: dict[str, float] | None
 ) -> None:
-    assert approx(build("scorer", name, params).score(req(), eps)) == expected
+    got = build("scorer", name, params).score(req(), eps)
+    assert (got if got is None else approx(got)) == expected
 
 
 INFLIGHT_TOKEN_CASES = [
@@ -192,38 +196,84 @@ def test_prefix_set_capacity_and_clear() -> None:
 
 # --- precise prefix from KV events -----------------------------------------------------------------
 
-H = [11, 12, 13, 14]
+T = list(range(100, 116))  # a prompt of four 4-token blocks
+E = [901, 902, 903, 904]  # the engine's own hashes of those blocks (any function: the index re-keys)
+
+
+def st(hashes: list[int], parent: int | None, tokens: list[int], **kw: Any) -> Stored:
+    return Stored(hashes, parent, tokens, 4, **kw)
+
+
 KV_CASES = [
-    # (events as (kind, replica, hashes, parent), engine hashes of the request, expected)
-    ([("stored", "a", H, None)], H, {"a": 1.0, "b": 0.0}),
-    ([("stored", "a", H[:2], None), ("stored", "a", H[2:], 12)], H, {"a": 1.0, "b": 0.0}),
-    ([("stored", "a", H, None), ("removed", "a", [13], None)], H, {"a": 0.5, "b": 0.0}),
-    ([("stored", "a", H, None), ("stored", "b", H[:1], None)], H, {"a": 1.0, "b": 0.25}),
-    ([("stored", "a", H, None), ("cleared", "a", [], None)], H, {"a": 0.0, "b": 0.0}),
+    # (events as (replica, event), request tokens, expected scores for a and b)
+    ([("a", st(E, None, T)), ("b", Cleared())], T, {"a": 1.0, "b": 0.0}),
     (
-        [("stored", "a", H, None), ("stored", "b", H, None), ("cleared", "a", [], None)],
-        H,
-        {"a": 0.0, "b": 1.0},
+        [("a", st(E[:2], None, T[:8])), ("a", st(E[2:], 902, T[8:])), ("b", Cleared())],
+        T,
+        {"a": 1.0, "b": 0.0},
     ),
-    ([("stored", "a", [99] + H[1:], None)], H, {"a": 0.0, "b": 0.0}),  # no first block: no prefix
-    ([("stored", "a", H, None)], None, {"a": NEUTRAL, "b": NEUTRAL}),  # not wired: neutral
+    ([("a", st(E, None, T)), ("a", Removed([903])), ("b", Cleared())], T, {"a": 0.5, "b": 0.0}),
+    ([("a", st(E, None, T)), ("b", st([555], None, T[:4]))], T, {"a": 1.0, "b": 0.25}),
+    ([("a", st(E, None, T)), ("b", st(E, None, T)), ("a", Cleared())], T, {"a": 0.0, "b": 1.0}),
+    ([("a", st(E, None, T))], T, {"a": 1.0, "b": NEUTRAL}),  # b sends no events: unknown
+    ([("a", st(E, None, T)), ("b", Cleared())], [7] + T[1:], {"a": 0.0, "b": 0.0}),  # other first block
+    ([("a", st(E, None, T)), ("b", Cleared())], T[:3], {"a": NEUTRAL, "b": NEUTRAL}),  # under one block
+    ([("a", st(E[2:], 902, T[8:])), ("b", Cleared())], T, {"a": 0.0, "b": 0.0}),  # parent never seen
+    ([("a", st(E, None, T, keyed=False)), ("b", Cleared())], T, {"a": 0.0, "b": 0.0}),  # LoRA blocks
+    (
+        [("a", st(E, None, T)), ("a", st(E, None, T)), ("a", Removed(E[3:])), ("b", Cleared())],
+        T,
+        {"a": 0.75, "b": 0.0},
+    ),  # announced twice, removed once
 ]
 
 
-@pytest.mark.parametrize(("events", "hashes", "expected"), KV_CASES)
-def test_precise_prefix(events: list[tuple], hashes: list[int] | None, expected: dict) -> None:
+@pytest.mark.parametrize(("events", "tokens", "expected"), KV_CASES)
+def test_precise_prefix(events: list[tuple[str, Any]], tokens: list[int], expected: dict) -> None:
     index = KVBlockIndex()
-    for kind, replica, hs, parent in events:
-        if kind == "stored":
-            index.apply_stored(replica, hs, parent)
-        elif kind == "removed":
-            index.apply_removed(replica, hs)
-        else:
-            index.clear_all(replica)
+    for replica, event in events:
+        index.apply(replica, [event])
     s = PrecisePrefixScorer(index=index)
-    assert s.score(req(engine_block_hashes=hashes), [ep("a"), ep("b")]) == expected
-    if events[-1][0] == "cleared":
-        assert index.blocks("a") == 0 and all("a" not in holders for holders in index.by_block.values())
+    assert s.score(req(tokens), [ep("a"), ep("b")]) == expected
+    if isinstance(events[-1][1], Cleared):
+        assert index.blocks(events[-1][0]) == 0
+
+
+def test_precise_prefix_matches_the_routers_own_hashes() -> None:
+    """The index holds exactly the hashes the router computes from the same tokens."""
+    index = KVBlockIndex()
+    index.apply("a", [st(E, None, T)])
+    assert set(index.by_block) == set(block_hashes(T, 4))
+    assert index.block_size == {"a": 4}
+
+
+def test_precise_prefix_counts_running_requests_until_done() -> None:
+    """Blocks of a request still in prefill count for its replica; ``done`` takes them back."""
+    index = KVBlockIndex()
+    index.apply("a", [])
+    index.apply("b", [])
+    s = PrecisePrefixScorer(index=index, block_size=4)
+    a, b, r = ep("a"), ep("b"), req(T)
+    s.on_pick(r, b)
+    assert s.score(req(T), [a, b]) == {"a": 0.0, "b": 1.0}
+    s.on_done(r, b)
+    assert s.score(req(T), [a, b]) == {"a": 0.0, "b": 0.0}
+    assert s.running == {"b": {}}
+
+
+def test_abstaining_scorer_leaves_the_weighted_mean() -> None:
+    """A scorer returning None is left out: the other scorers decide alone, at full weight."""
+    pool = Pool()
+    for rid, inflight in (("a", 0), ("b", 3)):
+        pool.add(ep(rid, inflight=inflight))
+    cfg = RouterConfig(
+        scorers=[ScorerConfig(name="precise_prefix", weight=9), ScorerConfig(name="inflight", weight=1)]
+    )
+    router = Router(pool, default=cfg)
+    decision = router.pick(router.request("m", {"messages": []}, T))
+    assert decision is not None and decision.endpoint.id == "a"
+    assert set(decision.scores) == {"inflight"}
+    assert decision.total["a"] == 1.0
 
 
 # --- pickers ---------------------------------------------------------------------------------------

@@ -277,7 +277,7 @@ async def test_a_replica_dying_mid_stream_ends_the_stream_with_an_error_event() 
 async def test_sim_tokenize_gives_the_routers_tokens() -> None:
     """vLLM's /tokenize on a simulated replica (what vllm-router's cache_aware asks for) answers the
     tokens the gateway's ``simple`` tokenizer computes for the same body."""
-    from m2a.router.tokens import load_tokenizer, prompt_tokens
+    from m2a.engines.tokens import load_tokenizer, prompt_tokens
 
     body = chat(system_prompt("tok", 40), "which tokens?")
     async with Simulator(1, params=FAST) as sim, httpx.AsyncClient(trust_env=False) as client:

@@ -25,7 +25,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from m2a.engines.sim import SimParams, Simulator, fit
 from m2a.engines.sim.kvcache import PagedKVCache
-from m2a.router.tokens import SimpleTokenizer, block_hashes
+from m2a.engines.tokens import SimpleTokenizer, block_hashes
 
 FAST = SimParams(time_scale=0.05)
 SYSTEM = "You are a careful assistant who answers in one short sentence. " * 6

@@ -90,6 +90,12 @@ class ModelConfig(_Strict):
     urls: list[str] | None = Field(
         default=None, min_length=1, description="Several remote servers of the same model: one replica each."
     )
+    kv_events: list[str] | None = Field(
+        default=None,
+        min_length=1,
+        description="ZMQ endpoints where remote vLLM servers publish KV-cache events, one per URL in "
+        "`urls` order (for precise prefix-cache routing); m2a's own vLLM replicas publish anyway.",
+    )
     api_key: str | None = Field(default=None, description="Key sent to a remote server.")
     replicas: int = Field(default=1, ge=1, le=64)
     max_model_len: int | None = Field(default=None, ge=16)
@@ -131,6 +137,12 @@ class ModelConfig(_Strict):
             raise ValueError("`url` and `urls` are only for engine 'remote'")
         if self.urls and self.replicas == 1:
             object.__setattr__(self, "replicas", len(self.urls))
+        if self.kv_events is not None:
+            servers = self.urls or ([self.url] if self.url else [])
+            if len(self.kv_events) != len(servers):
+                raise ValueError("`kv_events` needs one endpoint per remote URL (`url` or `urls`)")
+            if bad := [e for e in self.kv_events if not e.startswith(("tcp://", "ipc://"))]:
+                raise ValueError(f"`kv_events` endpoints are tcp://host:port or ipc://path, not {bad[0]!r}")
         return self
 
 

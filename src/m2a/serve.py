@@ -23,7 +23,7 @@ from m2a.config import ModelConfig, Settings
 from m2a.engines.base import EngineSpec
 from m2a.engines.registry import choose
 from m2a.engines.supervisor import Supervisor
-from m2a.engines.vllm import trace_to
+from m2a.engines.vllm import publish_kv_events, trace_to
 from m2a.gateway.app import create_app
 from m2a.gateway.counters import Counters, Memory, RedisCounters
 from m2a.gateway.quota import Quotas
@@ -98,7 +98,10 @@ def plan(settings: Settings, inventory: Inventory, say: Say) -> list[EngineSpec]
                 progress=say,
             )
         for n in range(cfg.replicas):
-            specs.append(engine.spec(cfg, manifest, next(ports), n, inventory))
+            spec = engine.spec(cfg, manifest, next(ports), n, inventory)
+            if spec.engine == "vllm" and spec.task == "chat" and cfg.replicas > 1:
+                publish_kv_events(spec, settings.home / "run" / "kv", next(ports))
+            specs.append(spec)
     return specs
 
 
@@ -152,6 +155,7 @@ async def run_up(
                 s.metrics_url,
                 max_inflight=s.max_inflight,
                 tokenizer=s.tokenizer,
+                kv_events=s.kv_events,
             )
         )
     sup = Supervisor(

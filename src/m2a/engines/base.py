@@ -30,6 +30,7 @@ class EngineSpec:
     api_key: str | None = None  # sent upstream as a bearer token
     max_inflight: int | None = None  # requests it runs at once before the gateway holds the rest
     tokenizer: str | None = None  # for the router's prefix affinity: "hf:<folder>" or "simple"
+    kv_events: str | None = None  # ZMQ endpoint where the engine publishes KV-cache events
 
     @property
     def managed(self) -> bool:

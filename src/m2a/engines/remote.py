@@ -38,4 +38,5 @@ class RemoteEngine:
             api_key=cfg.api_key,
             max_inflight=cfg.max_inflight_per_replica,
             tokenizer=cfg.tokenizer,
+            kv_events=cfg.kv_events[replica % len(cfg.kv_events)] if cfg.kv_events else None,
         )

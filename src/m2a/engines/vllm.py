@@ -149,6 +149,29 @@ class VllmEngine:
         )
 
 
+def publish_kv_events(spec: EngineSpec, run_dir: Path, port: int) -> None:
+    """Have a vLLM replica publish its KV-cache events, for the router's precise prefix affinity.
+
+    On a Unix socket in ``run_dir`` (local only, guarded by file permissions: the events carry
+    prompt token ids), or, where that path would be too long for a socket, on ``port`` of every
+    interface (vLLM binds only wildcard and ipc endpoints; it connects to any other).
+    """
+    assert spec.argv is not None
+    if "--kv-events-config" in spec.argv:  # configured by hand in extra_args: left as it is
+        return
+    sock = run_dir / f"kv-{spec.replica_id.replace('#', '-')}.sock"
+    if len(str(sock)) < 100:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        run_dir.chmod(0o700)
+        sock.unlink(missing_ok=True)
+        bind = connect = f"ipc://{sock}"
+    else:
+        bind, connect = f"tcp://*:{port}", f"tcp://127.0.0.1:{port}"
+    config = {"enable_kv_cache_events": True, "publisher": "zmq", "endpoint": bind, "topic": "kv"}
+    spec.argv += ["--kv-events-config", json.dumps(config)]
+    spec.kv_events = connect
+
+
 def cpu_binding(cfg: ModelConfig, replica: int, cpus: int, task: str) -> str:
     """Which cores a CPU replica's OpenMP threads are pinned to.
 

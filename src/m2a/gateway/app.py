@@ -35,6 +35,7 @@ from m2a.gateway.quota import Quotas
 from m2a.gateway.routing import RouteRequests
 from m2a.gateway.upstream import Upstream, unless_disconnected
 from m2a.router.engine_metrics import EngineMetrics
+from m2a.router.kvevents import KVEventMetrics
 from m2a.router.load import LoadWatcher
 from m2a.router.pipeline import Router
 from m2a.router.pool import Pool
@@ -104,6 +105,7 @@ def create_app(
     load = LoadWatcher(pool)
     # The engines' own series, per replica (model_name added where an engine leaves it out).
     metrics.registry.register(EngineMetrics(load.pages, {e.id: e.model for e in pool.all()}))
+    metrics.registry.register(KVEventMetrics(routing.kv_events))
     created = int(time.time())
 
     def model_card(name: str) -> dict[str, object]:
@@ -314,14 +316,14 @@ def create_app(
         if ledger is not None:
             await ledger.start()
         load.start()
-        loading = asyncio.create_task(routing.load())
+        routing.start()
         bridge = otlp_bridge(metrics.registry, metrics_collector) if metrics_collector else None
         refreshing = asyncio.create_task(refresh_every(bridge, 10.0)) if bridge is not None else None
         waker = asyncio.create_task(gate.run()) if gate is not None else None
         try:
             yield
         finally:
-            loading.cancel()
+            await routing.close()
             if refreshing is not None and bridge is not None:
                 refreshing.cancel()
                 await asyncio.to_thread(bridge.shutdown)  # a last export

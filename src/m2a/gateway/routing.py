@@ -2,7 +2,8 @@
 replicas (a single replica leaves nothing to choose, and costs nothing).
 
 Tokenizers are loaded in the background at start (transformers is a slow import); until a model's
-is ready, or when it cannot read a prompt, the router routes on load alone.
+is ready, or when it cannot read a prompt, the router routes on load alone. The replicas' KV-cache
+events, where their engines publish them, are subscribed to here too (``router.kvevents``).
 """
 
 from __future__ import annotations
@@ -12,10 +13,11 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
+from m2a.engines.tokens import Tokenizer, load_tokenizer, prompt_tokens
+from m2a.router.kvevents import KVEventSubscriber
 from m2a.router.pipeline import Router
 from m2a.router.plugins import RouteRequest
 from m2a.router.pool import Pool
-from m2a.router.tokens import Tokenizer, load_tokenizer, prompt_tokens
 
 log = logging.getLogger("m2a.gateway.routing")
 
@@ -25,6 +27,18 @@ class RouteRequests:
         self.pool = pool
         self.router = router
         self.tokenizers: dict[str, Tokenizer] = {}  # per model with several replicas, once loaded
+        multi = [e for m in pool.models() if len(pool.endpoints(m)) > 1 for e in pool.endpoints(m)]
+        self.kv_events = KVEventSubscriber(router.kv_index, {e.id: e.kv_events for e in multi if e.kv_events})
+        self._loading: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._loading = asyncio.create_task(self.load())
+        self.kv_events.start()
+
+    async def close(self) -> None:
+        if self._loading is not None:
+            self._loading.cancel()
+        await self.kv_events.close()
 
     async def load(self) -> None:
         """Load each multi-replica model's tokenizer, off the event loop."""

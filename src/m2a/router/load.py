@@ -2,6 +2,8 @@
 
 Polls each replica's ``/metrics`` every ``interval_s`` and keeps the numbers on its ``Endpoint``;
 numbers older than ``stale_s`` (a replica that stopped answering) are cleared to None, unknown.
+The KV cache's size in tokens (``vllm:cache_config_info``: ``num_gpu_blocks`` × ``block_size``)
+is kept on ``Endpoint.kv_cache_tokens``; the approximate prefix scorer sizes its LRUs from it.
 Only the few series needed are picked out of the text, line by line: vLLM's page is tens of
 kilobytes of histograms, and a full parse each time would cost more than the poll is worth.
 """
@@ -11,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import time
 
 import aiohttp
@@ -21,6 +24,8 @@ log = logging.getLogger("m2a.router.load")
 
 WAITING = b"vllm:num_requests_waiting"
 KV_USAGE = b"vllm:kv_cache_usage_perc"
+CACHE_INFO = b"vllm:cache_config_info{"
+_LABEL = re.compile(rb'(\w+)="([^"]*)"')
 NO_METRICS_RETRY_S = 60.0
 
 
@@ -39,6 +44,21 @@ def parse_load(text: bytes) -> tuple[float | None, float | None]:
             else:
                 kv = max(kv or 0.0, value)
     return waiting, kv
+
+
+def parse_cache_tokens(text: bytes) -> int | None:
+    """The KV cache's size in tokens from ``vllm:cache_config_info``'s labels; None when absent."""
+    at = text.find(CACHE_INFO)
+    if at < 0:
+        return None
+    labels = dict(_LABEL.findall(text[at : text.find(b"}", at)]))
+    try:
+        return int(labels[b"num_gpu_blocks"]) * int(labels[b"block_size"])
+    except (KeyError, ValueError):
+        try:
+            return int(labels[b"kv_cache_size_tokens"])
+        except (KeyError, ValueError):
+            return None
 
 
 class LoadWatcher:
@@ -61,6 +81,8 @@ class LoadWatcher:
                     return
                 page = await resp.read()
                 ep.waiting, ep.kv_usage = parse_load(page)
+                if ep.kv_cache_tokens is None:
+                    ep.kv_cache_tokens = parse_cache_tokens(page)
                 self.pages[ep.id] = page
                 self._seen[ep.id] = time.monotonic()
         except (aiohttp.ClientError, TimeoutError):

@@ -12,7 +12,8 @@ Use from the gateway (one ``Router`` per gateway process)::
 ``pick`` calls the plugins' ``on_pick`` hooks (the prefix index learns the request's blocks, in-flight
 tokens grow); ``done`` calls ``on_done``. The gateway keeps ``Endpoint.inflight`` itself, as with
 ``Pool.pick``. Combined score: the weighted mean of the scorers' scores (weights from the config,
-a scorer of weight 0 is not run); with no scorer every candidate scores 0.5 and the picker decides.
+a scorer of weight 0 is not run, a scorer that abstains is left out of the mean); with no scorer
+every candidate scores 0.5 and the picker decides.
 """
 
 from __future__ import annotations
@@ -23,10 +24,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from m2a.config import RouterConfig
+from m2a.engines.tokens import block_hashes
 from m2a.router.kvindex import KVBlockIndex
 from m2a.router.plugins import NEUTRAL, Filter, Hooks, Picker, RouteRequest, Scorer, Shared, build
 from m2a.router.pool import Endpoint, Pool
-from m2a.router.tokens import block_hashes
 
 DEFAULT_MAX_TOKENS = 256  # expected output tokens when a request sets no max_tokens
 
@@ -76,7 +77,6 @@ class Pipeline:
         self.on_pick = [p.on_pick for p in plugins if _overrides(p, "on_pick")]
         self.on_done = [p.on_done for p in plugins if _overrides(p, "on_done")]
         self.active = [(n, w, s) for n, w, s in self.scorers if w > 0]
-        self.weight_sum = sum(w for _, w, _ in self.active)
         prefix = next((s for s in config.scorers if s.name == "prefix"), None)
         self.block_size = int(prefix.params.get("block_size", 16)) if prefix else 16
         self.hash_blocks = prefix is not None and prefix.weight > 0  # else hashed on demand only
@@ -171,13 +171,17 @@ class Router:
             return None
         scores: dict[str, dict[str, float]] = {}
         total = dict.fromkeys((e.id for e in eps), 0.0)
+        weight_sum = 0.0
         for name, weight, scorer in p.active:
             got = scorer.score(req, eps)
+            if got is None:  # the scorer abstains: it knows nothing of these replicas
+                continue
             scores[name] = got
+            weight_sum += weight
             for rid in total:
                 total[rid] += weight * got.get(rid, NEUTRAL)
-        if p.weight_sum > 0:
-            total = {rid: v / p.weight_sum for rid, v in total.items()}
+        if weight_sum > 0:
+            total = {rid: v / weight_sum for rid, v in total.items()}
         else:
             total = dict.fromkeys(total, NEUTRAL)
         chosen = p.picker.pick([(e, total[e.id]) for e in eps], self.rng)

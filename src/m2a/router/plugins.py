@@ -10,6 +10,8 @@ Conventions every plugin keeps:
 - a scorer returns a score for each replica it was given, in [0, 1], higher is better; where it has no
   data for a replica (no metrics yet, stale metrics, no prompt tokens) it gives the neutral 0.5, so an
   unknown replica is neither preferred nor shunned; a replica missing from its answer counts as 0.5;
+  a scorer that knows nothing of any candidate may return None instead: it abstains, and its weight
+  is left out of the combined score;
 - plugins that learn from decisions (the prefix index, in-flight tokens, sessions) implement
   ``on_pick(req, ep)`` — called once the replica is chosen — and ``on_done(req, ep)`` — called when the
   request has finished or failed on that replica; both are optional;
@@ -24,8 +26,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 
+from m2a.engines.tokens import block_hashes
 from m2a.router.pool import Endpoint
-from m2a.router.tokens import block_hashes
 
 if TYPE_CHECKING:
     from m2a.router.kvindex import KVBlockIndex
@@ -43,7 +45,6 @@ class RouteRequest:
     session: str | None = None  # the session header or the OpenAI ``user`` field
     est_tokens: int = 0  # prompt tokens plus the output expected (max_tokens or a default)
     block_size: int = 16  # the block size ``block_hashes`` were computed with
-    engine_block_hashes: list[int] | None = None  # the engine's own hashes (precise_prefix); None: unknown
     _other: dict[int, list[int]] = field(default_factory=dict, repr=False)
 
     def hashes(self, block_size: int) -> list[int]:
@@ -72,7 +73,7 @@ class Filter(Protocol):
 
 @runtime_checkable
 class Scorer(Protocol):
-    def score(self, req: RouteRequest, eps: list[Endpoint]) -> dict[str, float]: ...
+    def score(self, req: RouteRequest, eps: list[Endpoint]) -> dict[str, float] | None: ...
 
 
 @runtime_checkable

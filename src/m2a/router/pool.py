@@ -21,9 +21,11 @@ class Endpoint:
     inflight: int = 0
     max_inflight: int | None = None  # None: no limit known
     tokenizer: str | None = None  # how the router reads prompts ("hf:<folder>", "simple"); None: it cannot
+    kv_events: str | None = None  # the engine's KV-event publisher (ZMQ endpoint); None: none
     # From the engine's own metrics (None: unknown or stale); see router/load.py.
     waiting: float | None = None
     kv_usage: float | None = None
+    kv_cache_tokens: int | None = None  # the engine's KV-cache size (vllm:cache_config_info)
 
 
 class Pool:

@@ -2,8 +2,9 @@
 
 The ``prefix`` scorer keeps, for each replica, an LRU of the block hashes of the prompts the router
 sent it (inserted by ``on_pick``), sized like the replica's KV cache: ``capacity_blocks`` (default
-8192), or ``kv_cache_tokens // block_size`` when the engine's KV size is known (``kv_cache_tokens``
-param, or ``set_capacity(replica, blocks)`` per replica from the engine's reported cache size). A
+8192), or ``kv_cache_tokens // block_size`` when the KV size is known: the ``kv_cache_tokens``
+param, the engine's own report (``Endpoint.kv_cache_tokens``, from its metrics; load.py), or
+``set_capacity(replica, blocks)``. A
 replica's score is the fraction of the request's blocks it holds from the start: longest matching
 prefix / total blocks. A prompt shorter than one block scores the neutral 0.5 everywhere.
 
@@ -16,13 +17,16 @@ holds it, until that replica drowns. A replica whose load (requests in flight fr
 the engine's waiting queue when larger) is above ``max_load_ratio`` × the least-loaded candidate's
 load + ``slack`` gets its affinity score multiplied by ``hot_factor`` (0 by default): the next
 requests go to a less-loaded replica, which then warms up too, and the prefix spreads.
+
+With ``defer_to_events`` the scorer abstains when every candidate replica reports its KV cache in
+events (the ``precise_prefix`` scorer then knows better than this router's guesses).
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
 
-from m2a.router.plugins import NEUTRAL, Hooks, RouteRequest, register_scorer
+from m2a.router.plugins import NEUTRAL, Hooks, RouteRequest, Shared, register_scorer
 from m2a.router.pool import Endpoint
 
 
@@ -91,6 +95,7 @@ class PrefixScorer(Hooks):
         max_load_ratio: float = 2.0,
         slack: float = 4.0,
         hot_factor: float = 0.0,
+        defer_to_events: bool = False,
     ) -> None:
         if block_size < 1:
             raise ValueError("block_size must be at least 1")
@@ -99,6 +104,11 @@ class PrefixScorer(Hooks):
         self.max_load_ratio, self.slack, self.hot_factor = max_load_ratio, slack, hot_factor
         self.lrus: dict[str, BlockLRU] = {}
         self._capacities: dict[str, int] = {}
+        self.defer_to_events = defer_to_events
+        self._fed: dict[str, float] = {}  # the KV-event index's replicas with events
+
+    def attach(self, shared: Shared) -> None:
+        self._fed = shared.kv_index.fed
 
     def _lru(self, replica: str) -> BlockLRU:
         lru = self.lrus.get(replica)
@@ -116,7 +126,9 @@ class PrefixScorer(Hooks):
         """Forget what a replica held (it restarted: its cache is empty)."""
         self.lrus.pop(replica, None)
 
-    def score(self, req: RouteRequest, eps: list[Endpoint]) -> dict[str, float]:
+    def score(self, req: RouteRequest, eps: list[Endpoint]) -> dict[str, float] | None:
+        if self.defer_to_events and self._fed and all(e.id in self._fed for e in eps):
+            return None  # every candidate reports its KV cache: precise_prefix knows better
         hashes = req.hashes(self.block_size)
         if not hashes:
             return {e.id: NEUTRAL for e in eps}
@@ -129,4 +141,6 @@ class PrefixScorer(Hooks):
     def on_pick(self, req: RouteRequest, ep: Endpoint) -> None:
         hashes = req.hashes(self.block_size)
         if hashes:
+            if ep.kv_cache_tokens and ep.id not in self._capacities:  # the engine told its size
+                self.set_capacity(ep.id, max(1, ep.kv_cache_tokens // self.block_size))
             self._lru(ep.id).insert_chain(hashes)

@@ -1,10 +1,7 @@
-"""KV-cache events in vLLM's wire format, published over ZMQ PUB.
+"""A simulated replica's KV-cache events, published over ZMQ PUB as vLLM's ``ZmqEventPublisher`` does.
 
-The structs mirror ``vllm.distributed.kv_events`` (vLLM 0.32) field for field and with the same
-msgspec options, so a subscriber that decodes a real vLLM engine's events with vLLM's own classes
-decodes the simulator's too: the batch is an array ``[ts, [events...], data_parallel_rank]``, each
-event a map tagged ``{"type": "BlockStored", ...}``. Frames are ``[topic, sequence as 8 bytes
-big-endian, msgpack payload]``, as vLLM's ``ZmqEventPublisher`` sends them.
+Frames are ``[topic, sequence as 8 bytes big-endian, msgpack payload]``; the payload is encoded with
+the structs of ``m2a.engines.kv_events``, which mirror vLLM's, so vLLM's own classes decode it.
 """
 
 from __future__ import annotations
@@ -17,44 +14,7 @@ from typing import Any
 import msgspec
 import zmq
 
-MEDIUM_GPU = "GPU"
-
-
-class KVCacheEvent(msgspec.Struct, omit_defaults=True, gc=False, tag=True):
-    """Base of the three event kinds (tagged by class name, as vLLM's)."""
-
-
-class BlockStored(KVCacheEvent):
-    block_hashes: list[int]
-    parent_block_hash: int | None
-    token_ids: list[int]
-    block_size: int
-    lora_id: int | None  # no defaults: vLLM's decoder requires these keys on the wire
-    medium: str | None
-    lora_name: str | None
-
-
-class BlockRemoved(KVCacheEvent):
-    block_hashes: list[int]
-    medium: str | None
-
-
-class AllBlocksCleared(KVCacheEvent):
-    pass
-
-
-class KVEventBatch(msgspec.Struct, array_like=True, omit_defaults=True, gc=False):
-    ts: float
-    events: list[BlockStored | BlockRemoved | AllBlocksCleared]
-    data_parallel_rank: int | None = None
-
-
-def stored(hashes: list[int], parent: int | None, token_ids: list[int], block_size: int) -> BlockStored:
-    return BlockStored(hashes, parent, token_ids, block_size, None, MEDIUM_GPU, None)
-
-
-def removed(hashes: list[int]) -> BlockRemoved:
-    return BlockRemoved(hashes, MEDIUM_GPU)
+from m2a.engines.kv_events import KVCacheEvent, KVEventBatch
 
 
 class EventPublisher:

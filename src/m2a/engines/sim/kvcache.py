@@ -1,7 +1,7 @@
 """A paged KV cache with prefix reuse and LRU eviction, modelled on vLLM's block manager.
 
 The cache holds ``capacity`` blocks of ``block_size`` tokens. A full block is identified by a chained
-hash (its parent block's hash and its own token ids: ``m2a.router.tokens.block_hashes``). A request
+hash (its parent block's hash and its own token ids: ``m2a.engines.tokens.block_hashes``). A request
 reuses the longest run of cached full blocks from the start of its prompt (those tokens are prefix
 cache hits; as in vLLM the last prompt token is always computed, so a prompt never hits whole), and
 takes fresh blocks for the rest. Fresh blocks come from the head of the free queue; a block that
@@ -16,7 +16,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from m2a.engines.sim.events import AllBlocksCleared, KVCacheEvent, removed, stored
+from m2a.engines.kv_events import AllBlocksCleared, KVCacheEvent, removed, stored
 from m2a.engines.sim.tokenize import ROOT_HASH, block_hashes, chained_hash
 
 
@@ -54,9 +54,14 @@ class SeqBlocks:
 
 class PagedKVCache:
     def __init__(
-        self, block_size: int, capacity: int, on_event: Callable[[KVCacheEvent], None] | None = None
+        self,
+        block_size: int,
+        capacity: int,
+        on_event: Callable[[KVCacheEvent], None] | None = None,
+        root: int = ROOT_HASH,
     ) -> None:
         self.block_size = block_size
+        self.root = root  # the chain's seed, as vLLM's from PYTHONHASHSEED: hashes differ per seed
         self.capacity = capacity
         self.on_event = on_event
         self.stats = CacheStats()
@@ -84,7 +89,7 @@ class PagedKVCache:
 
     def cached_prefix(self, tokens: Sequence[int]) -> int:
         """How many prompt tokens a request for ``tokens`` would find cached now."""
-        return self._match(block_hashes(tokens, self.block_size), len(tokens)) * self.block_size
+        return self._match(block_hashes(tokens, self.block_size, self.root), len(tokens)) * self.block_size
 
     def _match(self, hashes: list[int], n_tokens: int) -> int:
         limit = min(len(hashes), (n_tokens - 1) // self.block_size)
@@ -110,7 +115,7 @@ class PagedKVCache:
     def allocate(self, tokens: Sequence[int]) -> SeqBlocks | None:
         """Blocks for a prompt, reusing its cached prefix; None when too few blocks are free now."""
         bs = self.block_size
-        hashes = block_hashes(tokens, bs)
+        hashes = block_hashes(tokens, bs, self.root)
         hit = self._match(hashes, len(tokens))
         hit_blocks = [self.cached[h] for h in hashes[:hit]]
         need = self.blocks_for(len(tokens)) - hit
@@ -174,7 +179,7 @@ class PagedKVCache:
             self._emit(removed(evicted))
         full = len(seq.tokens) // bs
         if full > filled_from:
-            hashes, parent = [], ROOT_HASH if seq.last_hash is None else seq.last_hash
+            hashes, parent = [], self.root if seq.last_hash is None else seq.last_hash
             for i in range(filled_from, full):
                 parent = chained_hash(parent, seq.tokens[i * bs : (i + 1) * bs])
                 hashes.append(parent)

@@ -33,6 +33,7 @@ class SimParams:
     serial_prefill: bool = True  # prefills take turns on the replica's one compute unit
     block_size: int = 16
     capacity_blocks: int = 2048
+    hash_seed: int = 0  # seeds the block-hash chain, like vLLM's PYTHONHASHSEED (0: the router's own)
     max_model_len: int = 32768
     default_max_tokens: int = 64  # output length when a request sets no max_tokens
     time_scale: float = 1.0  # wall seconds per simulated second

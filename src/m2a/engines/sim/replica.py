@@ -54,7 +54,7 @@ class Replica:
         self._zmq_ctx = zmq_ctx
         self._kv_endpoint = kv_endpoint
         self.metrics = EngineMetrics(params.model, params.block_size, params.capacity_blocks)
-        self.cache = PagedKVCache(params.block_size, params.capacity_blocks)
+        self.cache = PagedKVCache(params.block_size, params.capacity_blocks, root=params.hash_seed)
         self.engine = Engine(params, self.faults, self.cache, self.metrics)
         self.metrics.state = EngineState(
             running=lambda: self.engine.running,

@@ -1,4 +1,8 @@
-"""Prompt tokens and block hashes for prefix-cache routing.
+"""Prompt tokens and block hashes: a prompt as an engine's prefix cache sees it.
+
+Used by the router (prefix-cache affinity, re-keying the engines' KV events) and by the engine
+simulator, which must cut prompts exactly as the router does. Stdlib only; transformers is imported
+on first use by the ``hf:`` tokenizer.
 
 The router matches *tokens* after the chat template, as the engines' prefix caches do, not characters.
 ``block_hashes`` cuts a token list into full blocks and chains a 64-bit BLAKE2b hash over them: block
