@@ -56,6 +56,7 @@ class ScorerConfig(_Strict):
 def default_scorers() -> list[ScorerConfig]:
     return [
         ScorerConfig(name="prefix", weight=2.0),
+        ScorerConfig(name="precise_prefix", weight=2.0),
         ScorerConfig(name="queue", weight=1.0),
         ScorerConfig(name="kv_usage", weight=1.0),
         ScorerConfig(name="inflight", weight=1.0),
