@@ -96,9 +96,17 @@ def policy_config(name: str):  # -> RouterConfig
         return RouterConfig(scorers=[ScorerConfig(name="precise_prefix")])
     if name == "default":
         return RouterConfig()
+    if name == "default_eager":  # the default, the approximate scorer scoring even where events are sent
+        eager = [
+            sc.model_copy(update={"params": {}}) if sc.name == "prefix" else sc
+            for sc in RouterConfig().scorers
+        ]
+        return RouterConfig(scorers=eager)
     if name == "default_sized":  # the default, its prefix LRUs sized like the simulated KV caches
         sized = [
-            sc.model_copy(update={"params": {"kv_cache_tokens": 1536 * 16}}) if sc.name == "prefix" else sc
+            sc.model_copy(update={"params": {**sc.params, "kv_cache_tokens": 1536 * 16}})
+            if sc.name == "prefix"
+            else sc
             for sc in RouterConfig().scorers
         ]
         return RouterConfig(scorers=sized)

@@ -83,6 +83,16 @@ async def counters(urls: list[str]) -> tuple[float, float]:
     return hits, queries
 
 
+async def tokenizer_ready(url: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    async with httpx.AsyncClient(timeout=10) as c:
+        while time.monotonic() < deadline:
+            if f'm2a_router_tokenizer_ready{{model="{MODEL}"}} 1.0' in (await c.get(url)).text:
+                return
+            await asyncio.sleep(0.5)
+    raise RuntimeError(f"{url}: the routing tokenizer did not load in {timeout:g} s")
+
+
 async def one(session: aiohttp.ClientSession, url: str, body: bytes, rec: dict) -> None:
     t0 = time.perf_counter()
     try:
@@ -128,7 +138,8 @@ async def run_policy(name: str, args: argparse.Namespace, urls: list[str], kv: l
     try:
         for p in ports:
             await wait_http(f"http://127.0.0.1:{p}/readyz", 120, {"authorization": f"Bearer {KEY}"})
-        await asyncio.sleep(3)  # tokenizers load in the background; KV-event subscriptions join
+        for p in ports:  # the tokenizer loads in the background: routing waits for it to see prompts
+            await tokenizer_ready(f"http://127.0.0.1:{p}/metrics", 120)
         salt = secrets.token_hex(4)
         systems = [
             f"{salt} You are the assistant of a shop selling {t}. Answer briefly and politely. " * 45

@@ -51,8 +51,9 @@ def test_composition_from_config() -> None:
     assert [n for n, _, _ in pa.scorers] == ["queue", "inflight"]
     assert isinstance(pa.scorers[0][2], QueueScorer) and pa.scorers[0][2].floor == 2.0
     assert [n for n, _, _ in pa.active] == ["queue"]  # weight 0: not run
-    assert [n for n, _, _ in pb.scorers] == ["prefix", "queue", "kv_usage", "inflight"]  # the default
-    assert [n for n, w, _ in pb.scorers if w == 2.0] == ["prefix"]
+    assert [n for n, _, _ in pb.scorers] == ["prefix", "precise_prefix", "queue", "kv_usage", "inflight"]
+    assert [n for n, w, _ in pb.scorers if w == 2.0] == ["prefix", "precise_prefix"]
+    assert pb.scorers[0][2].defer_to_events
     d = router.pick(router.request("a"))
     assert d is not None and set(d.scores) == {"queue"} and d.picker == "power_of_two"
     assert router.scorers("prefix") == [pb.scorers[0][2]]

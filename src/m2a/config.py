@@ -55,7 +55,9 @@ class ScorerConfig(_Strict):
 
 def default_scorers() -> list[ScorerConfig]:
     return [
-        ScorerConfig(name="prefix", weight=2.0),
+        # Where replicas send KV events, precise_prefix decides and the approximate scorer steps back
+        # (it only knows this gateway process's own decisions); elsewhere it is the prefix signal.
+        ScorerConfig(name="prefix", weight=2.0, params={"defer_to_events": True}),
         ScorerConfig(name="precise_prefix", weight=2.0),
         ScorerConfig(name="queue", weight=1.0),
         ScorerConfig(name="kv_usage", weight=1.0),

@@ -4,6 +4,7 @@ Each replica answers the OpenAI API at ``http://HOST:PORT+i/v1``, Prometheus met
 faults at ``POST /sim/faults``, and with ``--kv-events`` publishes KV-cache events in vLLM's format on
 a ZMQ PUB socket. ``--params FILE`` reads a JSON object of ``SimParams`` fields (flags win);
 ``--fit FILE`` fits the latency model to a CSV of measurements and prints those fields as JSON.
+``--plan`` answers how many such replicas a workload needs for a p90 TTFT target (plan_cmd.py).
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from typing import Annotated, Any
 import typer
 import zmq
 
+from m2a.cli.plan_cmd import plan_options, run_plan
+from m2a.config import RouterConfig, load_settings
 from m2a.engines.sim import SimParams, Simulator, fit
 
 
@@ -95,6 +98,20 @@ def sim(
     fit_csv: Annotated[
         Path | None, typer.Option("--fit", help="Fit to a measurements CSV; print JSON.")
     ] = None,
+    plan: Annotated[
+        bool, typer.Option("--plan", help="Capacity planning: the fewest replicas meeting --target-p90.")
+    ] = False,
+    rate: Annotated[float, typer.Option(help="--plan: requests per second.")] = 10.0,
+    target_p90: Annotated[float, typer.Option(help="--plan: p90 time to first token, seconds.")] = 1.0,
+    duration: Annotated[float, typer.Option(help="--plan: seconds of traffic per trial.")] = 60.0,
+    groups: Annotated[int, typer.Option(help="--plan: groups of users sharing a system prompt.")] = 8,
+    shared_tokens: Annotated[int, typer.Option(help="--plan: tokens of each shared prompt.")] = 1000,
+    unique_tokens: Annotated[int, typer.Option(help="--plan: tokens of each request's own.")] = 100,
+    output_tokens: Annotated[int, typer.Option(help="--plan: output tokens per request.")] = 64,
+    max_replicas: Annotated[int, typer.Option(help="--plan: give up above this many.")] = 64,
+    config: Annotated[
+        Path | None, typer.Option("--config", help="--plan: m2a config whose `router` section routes.")
+    ] = None,
 ) -> None:
     """Run simulated vLLM replicas (OpenAI API, vLLM metrics, prefix cache, KV events, faults)."""
     overrides = {
@@ -113,6 +130,13 @@ def sim(
         if fit_csv is not None:
             typer.echo(json.dumps(dataclasses.asdict(_fit_csv(fit_csv, base)), indent=2))
             return
+        if plan:
+            work = plan_options(rate, duration, groups, shared_tokens, unique_tokens, output_tokens, seed)
+            router = load_settings(config).router if config else RouterConfig()
+            if time_scale is None:
+                base = base.with_(time_scale=0.25)
+            best = run_plan(base, work, target_p90, max_replicas, router)
+            raise typer.Exit(0 if best is not None else 1)
         simulator = Simulator(
             replicas,
             base,

@@ -32,10 +32,9 @@ from m2a.gateway.metrics import GatewayMetrics
 from m2a.gateway.priority import PriorityGate
 from m2a.gateway.proxy import Forwarder, Outcome, Outgoing
 from m2a.gateway.quota import Quotas
-from m2a.gateway.routing import RouteRequests
+from m2a.gateway.routing import RouteRequests, RoutingMetrics
 from m2a.gateway.upstream import Upstream, unless_disconnected
 from m2a.router.engine_metrics import EngineMetrics
-from m2a.router.kvevents import KVEventMetrics
 from m2a.router.load import LoadWatcher
 from m2a.router.pipeline import Router
 from m2a.router.pool import Pool
@@ -105,7 +104,7 @@ def create_app(
     load = LoadWatcher(pool)
     # The engines' own series, per replica (model_name added where an engine leaves it out).
     metrics.registry.register(EngineMetrics(load.pages, {e.id: e.model for e in pool.all()}))
-    metrics.registry.register(KVEventMetrics(routing.kv_events))
+    metrics.registry.register(RoutingMetrics(routing))
     created = int(time.time())
 
     def model_card(name: str) -> dict[str, object]:

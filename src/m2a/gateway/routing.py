@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
+
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from m2a.engines.tokens import Tokenizer, load_tokenizer, prompt_tokens
 from m2a.router.kvevents import KVEventSubscriber
@@ -66,3 +69,39 @@ class RouteRequests:
             except Exception:  # a template the tokenizer cannot render: route on load alone
                 tokens = None
         return self.router.request(model, payload, tokens, headers)
+
+
+class RoutingMetrics(Collector):
+    """Prometheus view of what routing knows: tokenizers loaded, KV events and the index per replica."""
+
+    def __init__(self, routing: RouteRequests) -> None:
+        self.routing = routing
+
+    def collect(self) -> Iterator[Metric]:
+        tok = GaugeMetricFamily(
+            "m2a_router_tokenizer_ready",
+            "1 once a model's tokenizer is loaded for routing.",
+            labels=["model"],
+        )
+        for model in self.routing.pool.models():
+            if len(self.routing.pool.endpoints(model)) > 1:
+                tok.add_metric([model], float(model in self.routing.tokenizers))
+        sub = self.routing.kv_events
+        events = CounterMetricFamily(
+            "m2a_kv_events", "KV-cache events received, by replica.", labels=["replica"]
+        )
+        gaps = CounterMetricFamily(
+            "m2a_kv_event_gaps", "Event sequence gaps and engine restarts, by replica.", labels=["replica"]
+        )
+        bad = CounterMetricFamily(
+            "m2a_kv_event_errors", "Event frames that did not decode.", labels=["replica"]
+        )
+        blocks = GaugeMetricFamily(
+            "m2a_kv_index_blocks", "Blocks the router knows each replica holds.", labels=["replica"]
+        )
+        for rid, st in sub.stats.items():
+            events.add_metric([rid], st.events)
+            gaps.add_metric([rid], st.gaps)
+            bad.add_metric([rid], st.bad)
+            blocks.add_metric([rid], sub.index.blocks(rid))
+        yield from (tok, events, gaps, bad, blocks)

@@ -13,13 +13,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import zmq
 import zmq.asyncio
-from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
 
 from m2a.engines.kv_events import BadEvents, decode_batch
 from m2a.router.kvindex import KVBlockIndex
@@ -107,30 +104,3 @@ class KVEventSubscriber:
         if self._ctx is not None:
             self._ctx.term()
             self._ctx = None
-
-
-class KVEventMetrics(Collector):
-    """Prometheus view of the subscriptions: events and gaps per replica, and the index's size."""
-
-    def __init__(self, sub: KVEventSubscriber) -> None:
-        self.sub = sub
-
-    def collect(self) -> Iterator[Metric]:
-        events = CounterMetricFamily(
-            "m2a_kv_events", "KV-cache events received, by replica.", labels=["replica"]
-        )
-        gaps = CounterMetricFamily(
-            "m2a_kv_event_gaps", "Event sequence gaps and engine restarts, by replica.", labels=["replica"]
-        )
-        bad = CounterMetricFamily(
-            "m2a_kv_event_errors", "Event frames that did not decode.", labels=["replica"]
-        )
-        blocks = GaugeMetricFamily(
-            "m2a_kv_index_blocks", "Blocks the router knows each replica holds.", labels=["replica"]
-        )
-        for rid, st in self.sub.stats.items():
-            events.add_metric([rid], st.events)
-            gaps.add_metric([rid], st.gaps)
-            bad.add_metric([rid], st.bad)
-            blocks.add_metric([rid], self.sub.index.blocks(rid))
-        yield from (events, gaps, bad, blocks)

@@ -73,12 +73,19 @@ async def _generate(request: web.Request, chat: bool) -> web.StreamResponse:
     return resp
 
 
+async def _answer(request: web.Request, chat: bool) -> web.StreamResponse:
+    try:
+        return await _generate(request, chat=chat)
+    except ConnectionResetError:  # the client hung up mid-stream: its sequence was freed on the way out
+        return web.Response(status=499)
+
+
 async def chat_completions(request: web.Request) -> web.StreamResponse:
-    return await _generate(request, chat=True)
+    return await _answer(request, chat=True)
 
 
 async def completions(request: web.Request) -> web.StreamResponse:
-    return await _generate(request, chat=False)
+    return await _answer(request, chat=False)
 
 
 async def models(request: web.Request) -> web.Response:

@@ -1,0 +1,209 @@
+"""Capacity planning: how many replicas a workload needs to meet a time-to-first-token target.
+
+Each trial starts ``n`` simulated replicas (``m2a.engines.sim``, with the latency model of a real
+engine when its parameters were fitted: ``m2a sim --fit``), routes a synthetic workload over them with
+m2a's router in this process (the configured pipeline, the replicas' KV events and metrics), and
+measures TTFT at the client. The search doubles ``n`` until a trial meets the target, then bisects
+between the last miss and the first hit. A trial meets the target when the p90 TTFT is at most
+``target_p90_s`` and no request errs; requests still waiting when the trial ends count with their wait
+so far, so an overloaded pool (a growing queue) misses.
+
+Workload (``Workload``): Poisson arrivals at ``rate`` requests/s for ``duration_s`` simulated seconds;
+``groups`` groups of users, each group sharing a system prompt of ``shared_tokens`` tokens, each
+request adding ``unique_tokens`` of its own and asking for ``output_tokens``. Times are simulated
+seconds; ``SimParams.time_scale`` sets how fast they run on the wall clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import aiohttp
+
+from m2a.config import RouterConfig
+from m2a.engines.sim import SimParams, Simulator
+from m2a.engines.sim.tokenize import WORDS
+from m2a.engines.tokens import load_tokenizer, prompt_tokens
+from m2a.router.kvevents import KVEventSubscriber
+from m2a.router.load import LoadWatcher
+from m2a.router.pipeline import Router
+from m2a.router.pool import Endpoint, Pool
+
+
+@dataclass(frozen=True)
+class Workload:
+    rate: float  # requests per simulated second
+    duration_s: float = 60.0
+    groups: int = 8
+    shared_tokens: int = 1000
+    unique_tokens: int = 100
+    output_tokens: int = 64
+    seed: int = 0
+
+    def requests(self) -> list[tuple[float, dict]]:
+        """(arrival in simulated seconds, chat request body), the same for every trial."""
+        rng = random.Random(self.seed)
+
+        def words(n: int) -> str:
+            return " ".join(rng.choice(WORDS) for _ in range(n))
+
+        systems = [f"group {g} " + words(self.shared_tokens) for g in range(self.groups)]
+        out, at = [], rng.expovariate(self.rate)
+        while at < self.duration_s:
+            body = {
+                "model": "sim-model",
+                "messages": [
+                    {"role": "system", "content": systems[rng.randrange(self.groups)]},
+                    {"role": "user", "content": words(self.unique_tokens)},
+                ],
+                "max_tokens": self.output_tokens,
+                "stream": True,
+            }
+            out.append((at, body))
+            at += rng.expovariate(self.rate)
+        return out
+
+
+@dataclass
+class Trial:
+    replicas: int
+    requests: int
+    errors: int
+    waiting: int  # no first token when the trial ended
+    p50_s: float
+    p90_s: float
+    hit_rate: float
+    meets: bool
+
+
+@dataclass
+class _Rec:
+    start: float
+    ttft: float | None = None
+    error: bool = False
+
+
+def _pct(xs: list[float], q: float) -> float:
+    if not xs:
+        return math.nan
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(q * len(xs)))]
+
+
+async def trial(
+    n: int,
+    work: Workload,
+    params: SimParams,
+    router: RouterConfig,
+    target_p90_s: float,
+    drain_s: float = 10.0,
+) -> Trial:
+    """Route ``work`` over ``n`` simulated replicas; TTFT in simulated seconds."""
+    ts = params.time_scale
+    tok = load_tokenizer("simple")
+    planned = work.requests()
+    async with Simulator(n, params.with_(model="sim-model"), kv_events=True, seed=work.seed) as sim:
+        pool = Pool()
+        for i, (url, murl, kv) in enumerate(zip(sim.urls, sim.metrics_urls, sim.kv_endpoints, strict=True)):
+            pool.add(Endpoint(f"sim-{i}", "sim-model", url, metrics_url=murl, healthy=True, kv_events=kv))
+        r = Router(pool, default=router, seed=work.seed)
+        events = KVEventSubscriber(r.kv_index, {e.id: e.kv_events for e in pool.all() if e.kv_events})
+        load = LoadWatcher(pool, interval_s=0.1)
+        events.start()
+        load.start()
+        recs: list[_Rec] = []
+
+        async def one(body: dict, session: aiohttp.ClientSession) -> None:
+            rec = _Rec(time.perf_counter())
+            recs.append(rec)
+            req = r.request("sim-model", body, prompt_tokens(tok, body))
+            decision = r.pick(req)
+            if decision is None:
+                rec.error = True
+                return
+            ep = decision.endpoint
+            ep.inflight += 1
+            try:
+                async with session.post(f"{ep.base_url}/chat/completions", json=body) as resp:
+                    if resp.status != 200:
+                        rec.error = True
+                        return
+                    async for line in resp.content:
+                        if rec.ttft is None and line.startswith(b"data: ") and b'"content"' in line:
+                            rec.ttft = time.perf_counter() - rec.start
+            except aiohttp.ClientError:
+                rec.error = True
+            finally:
+                ep.inflight -= 1
+                r.done(req, ep)
+
+        try:
+            async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+                t0 = time.perf_counter()
+                tasks = []
+                for at, body in planned:
+                    await asyncio.sleep(max(0.0, at * ts - (time.perf_counter() - t0)))
+                    tasks.append(asyncio.create_task(one(body, session)))
+                _, pending = await asyncio.wait(tasks, timeout=drain_s * ts)
+                end = time.perf_counter()
+                for t in pending:
+                    t.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+        finally:
+            await load.close()
+            await events.close()
+        hits = sum(rep.cache.stats.hits for rep in sim.replicas)
+        asked = sum(rep.cache.stats.queries for rep in sim.replicas)
+    errors = sum(x.error for x in recs)
+    waits = [(x.ttft if x.ttft is not None else end - x.start) / ts for x in recs if not x.error]
+    p90 = _pct(waits, 0.9)
+    return Trial(
+        replicas=n,
+        requests=len(planned),
+        errors=errors,
+        waiting=sum(x.ttft is None and not x.error for x in recs),
+        p50_s=_pct(waits, 0.5),
+        p90_s=p90,
+        hit_rate=hits / asked if asked else math.nan,
+        meets=errors == 0 and p90 <= target_p90_s,
+    )
+
+
+async def plan_replicas(
+    work: Workload,
+    params: SimParams,
+    target_p90_s: float,
+    router: RouterConfig | None = None,
+    max_replicas: int = 64,
+    progress: Callable[[Trial], None] | None = None,
+) -> tuple[int | None, list[Trial]]:
+    """The fewest replicas meeting the target (None: not even ``max_replicas``), and every trial run."""
+    cfg = router or RouterConfig()
+    trials: dict[int, Trial] = {}
+
+    async def run(n: int) -> Trial:
+        t = trials.get(n)
+        if t is None:
+            t = trials[n] = await trial(n, work, params, cfg, target_p90_s)
+            if progress is not None:
+                progress(t)
+        return t
+
+    miss, n = 0, 1
+    while not (await run(n)).meets:
+        if n >= max_replicas:
+            return None, sorted(trials.values(), key=lambda t: t.replicas)
+        miss, n = n, min(n * 2, max_replicas)
+    hit = n
+    while hit - miss > 1:
+        mid = (hit + miss) // 2
+        if (await run(mid)).meets:
+            hit = mid
+        else:
+            miss = mid
+    return hit, sorted(trials.values(), key=lambda t: t.replicas)

@@ -1,0 +1,44 @@
+"""Capacity planning on simulated replicas (`m2a sim --plan`): the search and its answer."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from m2a.engines.sim import SimParams
+from m2a.router.capacity import Workload, plan_replicas
+
+# Each uncached prompt costs 0.3 s of prefill and there is no shared prefix: one replica can take
+# about 3 requests/s, so 5 requests/s overload it and its queue grows.
+PARAMS = SimParams(prefill_s_per_token=0.001, decode_s_per_token=0.005, time_scale=0.1)
+WORK = Workload(rate=5.0, duration_s=12.0, groups=50, shared_tokens=0, unique_tokens=300, output_tokens=8)
+
+
+async def test_the_answer_is_the_fewest_replicas_that_meet_the_target() -> None:
+    seen = []
+    best, trials = await plan_replicas(WORK, PARAMS, target_p90_s=1.5, max_replicas=8, progress=seen.append)
+    assert seen == trials or sorted(seen, key=lambda t: t.replicas) == trials
+    by_n = {t.replicas: t for t in trials}
+    assert not by_n[1].meets and by_n[1].p90_s > 1.5  # overloaded: the queue grew
+    assert best is not None and best >= 2 and by_n[best].meets
+    assert not by_n[best - 1].meets  # the bisection tried one fewer
+    assert all(t.requests == trials[0].requests and t.errors == 0 for t in trials)
+
+
+async def test_an_unreachable_target_has_no_answer() -> None:
+    best, trials = await plan_replicas(WORK, PARAMS, target_p90_s=0.001, max_replicas=2)
+    assert best is None and [t.replicas for t in trials] == [1, 2]
+
+
+def test_cli_plan() -> None:
+    cmd = [sys.executable, "-m", "m2a", "sim", "--plan", "--rate", "2", "--duration", "6", "--groups", "2",
+           "--shared-tokens", "200", "--unique-tokens", "20", "--output-tokens", "4", "--time-scale", "0.1",
+           "--target-p90", "5", "--max-replicas", "2"]  # fmt: skip
+    out = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=120, env={**os.environ, "COLUMNS": "120"}
+    )
+    assert out.returncode == 0, out.stderr
+    assert "1 replica meets the target" in out.stdout
+    bad = subprocess.run([*cmd[:6], "0"], capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "rate" in (bad.stdout + bad.stderr)
