@@ -1,14 +1,18 @@
 """What one routing decision costs, measured inside the process (issue 4's target: p99 < 0.5 ms).
 
 16 replicas of one model with engine metrics set, the default pipeline (healthy, not_overloaded;
-prefix ×2, queue, kv_usage, inflight; max_score), every replica's prefix LRU filled to its capacity
-(8192 blocks of 16 tokens), and requests of 2,048 tokens already tokenized: groups sharing a
-1,024-token system prefix, each with its own question. It times, per request:
+prefix ×2, precise_prefix ×2, queue, kv_usage, inflight; max_score), every replica's prefix LRU
+filled to its capacity (8192 blocks of 16 tokens), and requests of 2,048 tokens already tokenized:
+groups sharing a 1,024-token system prefix, each with its own question. With ``--kv-events`` (the
+default) every replica also reports 8192 blocks of 16 tokens through KV events, each group's prefix
+on one of them: precise_prefix then decides and the approximate scorer steps back, as in production
+with vLLM engines. It times, per request:
 
 - ``pick``: ``Router.pick`` (filters, scorers, picker, the on_pick hooks that update the index) with
   the block hashes already computed;
 - ``request+pick``: ``Router.request`` (hashing 128 blocks, session, token estimate) then ``pick``;
-- ``done``: ``Router.done``.
+- ``done``: ``Router.done``;
+- ``events``: re-keying one BlockStored event of 8 blocks into the KV index (the subscriber's cost).
 
     .venv/bin/python bench/router_decision.py [--replicas 16] [--tokens 2048] [--n 5000]
 """
@@ -21,6 +25,7 @@ import statistics
 import time
 
 from m2a.config import RouterConfig
+from m2a.engines.kv_events import Stored
 from m2a.router.pipeline import Router
 from m2a.router.pool import Endpoint, Pool
 from m2a.router.prefix import PrefixScorer
@@ -45,6 +50,7 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=2048)
     ap.add_argument("--groups", type=int, default=64, help="distinct shared system prefixes")
     ap.add_argument("--n", type=int, default=5000, help="timed decisions")
+    ap.add_argument("--no-kv-events", dest="kv_events", action="store_false", help="approximate prefix only")
     args = ap.parse_args()
     rng = random.Random(7)
 
@@ -74,6 +80,21 @@ def main() -> None:
 
     half = args.tokens // 2
     systems = [[rng.randrange(50_000) for _ in range(half)] for _ in range(args.groups)]
+    events_ns: list[float] = []
+    if args.kv_events:  # every replica reports a full cache; each group's prefix lives on one replica
+        index = router.kv_index
+
+        def store(rid: str, tokens: list[int]) -> None:
+            ev = Stored([rng.getrandbits(64) for _ in range(len(tokens) // 16)], None, tokens, 16)
+            t0 = time.perf_counter_ns()
+            index.apply(rid, [ev])
+            events_ns.append(time.perf_counter_ns() - t0)
+
+        for g, system in enumerate(systems):
+            store(f"r{g % args.replicas}", system)
+        for ep in pool.endpoints("m"):
+            while index.blocks(ep.id) < 8192:
+                store(ep.id, [rng.randrange(50_000) for _ in range(128)])
 
     def prompt() -> list[int]:
         return rng.choice(systems) + [rng.randrange(50_000) for _ in range(args.tokens - half)]
@@ -112,6 +133,9 @@ def main() -> None:
     print(line("pick", picks))
     print(line("request+pick", both))
     print(line("done", dones))
+    if events_ns:
+        print(f"KV index: {len(router.kv_index.by_block)} blocks over {args.replicas} replicas")
+        print(line("events", events_ns[args.groups :]))
 
 
 if __name__ == "__main__":

@@ -96,6 +96,14 @@ def policy_config(name: str):  # -> RouterConfig
         return RouterConfig(scorers=[ScorerConfig(name="precise_prefix")])
     if name == "default":
         return RouterConfig()
+    if name == "default_unqueued":  # the default, its prefix guards cooling busy replicas that do not queue
+        queued = [
+            sc.model_copy(update={"params": {**sc.params, "queued_only": False}})
+            if sc.name in ("prefix", "precise_prefix")
+            else sc
+            for sc in RouterConfig().scorers
+        ]
+        return RouterConfig(scorers=queued)
     if name == "default_eager":  # the default, the approximate scorer scoring even where events are sent
         eager = [
             sc.model_copy(update={"params": {}}) if sc.name == "prefix" else sc

@@ -163,11 +163,30 @@ def test_prefix(
     assert approx(s.score(req(prompt), [a, b])) == expected
 
 
-def test_prefix_guard_uses_engine_queue() -> None:
-    s = PrefixScorer(block_size=4)
-    a, b = ep("a", waiting=30.0), ep("b", waiting=0.0)
-    s.on_pick(req(A), a)
-    assert s.score(req(A), [a, b]) == {"a": 0.0, "b": 0.0}
+GUARD_CASES = [
+    # (a's in-flight requests, a's engine queue, queued_only, a's affinity kept)
+    (0, 30.0, True, False),  # the engine queues: hot by its queue alone
+    (10, 0.0, True, True),  # busier than b but not queueing: a miss elsewhere would cost more
+    (10, 0.0, False, False),  # without queued_only, in-flight requests alone make it hot
+    (10, 2.0, True, False),
+    (10, None, True, False),  # no metrics from the engine: in-flight requests decide
+]
+
+
+@pytest.mark.parametrize(("inflight", "waiting", "queued_only", "kept"), GUARD_CASES)
+def test_prefix_guard_and_the_engine_queue(
+    inflight: int, waiting: float | None, queued_only: bool, kept: bool
+) -> None:
+    """Both prefix scorers: replica a holds the prompt, b holds nothing and is idle."""
+    a, b = ep("a", inflight=inflight, waiting=waiting), ep("b", waiting=0.0)
+    approximate = PrefixScorer(block_size=4, queued_only=queued_only)
+    approximate.on_pick(req(A), a)
+    index = KVBlockIndex()
+    index.apply("a", [Stored(list(range(8)), None, A, 4)])
+    index.apply("b", [])
+    precise = PrecisePrefixScorer(index=index, queued_only=queued_only)
+    for scorer in (approximate, precise):
+        assert scorer.score(req(A), [a, b]) == {"a": 1.0 if kept else 0.0, "b": 0.0}
 
 
 @pytest.mark.parametrize("seed", range(5))

@@ -157,8 +157,10 @@ class PrecisePrefixScorer(Hooks):
         max_load_ratio: float = 2.0,
         slack: float = 4.0,
         hot_factor: float = 0.0,
+        queued_only: bool = True,
     ) -> None:
         self.index = index
+        self.queued_only = queued_only
         self.default_block_size = block_size  # until a replica's events tell its own
         self.max_load_ratio, self.slack, self.hot_factor = max_load_ratio, slack, hot_factor
         self.running: dict[str, dict[int, int]] = {}  # replica → blocks of its running requests
@@ -186,7 +188,7 @@ class PrecisePrefixScorer(Hooks):
                 scores[e.id] = NEUTRAL
                 continue
             scores[e.id] = _leading(hashes, self.running.get(e.id), index, e.id) / len(hashes)
-        cool(scores, eps, self.max_load_ratio, self.slack, self.hot_factor)
+        cool(scores, eps, self.max_load_ratio, self.slack, self.hot_factor, self.queued_only)
         return scores
 
     def on_pick(self, req: RouteRequest, ep: Endpoint) -> None:
