@@ -261,3 +261,18 @@ def test_remote_model_with_several_urls_has_one_replica_each() -> None:
         ModelConfig(name="x", url="http://a/v1", urls=["http://b/v1"])
     with pytest.raises(ValidationError, match="only for engine 'remote'"):
         ModelConfig(name="x", urls=["http://b/v1"], engine="vllm")
+
+
+def test_remote_kv_events_one_per_url() -> None:
+    from m2a.engines.remote import RemoteEngine
+    from m2a.metal.inventory import Inventory
+
+    m = ModelConfig(
+        name="m", urls=["http://a:1/v1", "http://b:2/v1"], kv_events=["tcp://a:5557", "ipc:///run/b"]
+    )
+    specs = [RemoteEngine().spec(m, None, 0, i, Inventory(cpus=2)) for i in range(2)]
+    assert [s.kv_events for s in specs] == ["tcp://a:5557", "ipc:///run/b"]
+    with pytest.raises(ValidationError, match="one endpoint per remote URL"):
+        ModelConfig(name="m", urls=["http://a:1/v1", "http://b:2/v1"], kv_events=["tcp://a:5557"])
+    with pytest.raises(ValidationError, match="tcp://host:port or ipc://path"):
+        ModelConfig(name="m", url="http://a:1/v1", kv_events=["a:5557"])

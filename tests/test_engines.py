@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -18,7 +19,13 @@ from m2a.engines import registry
 from m2a.engines.llamacpp import DEFAULT_CONTEXT, LlamaCppEngine
 from m2a.engines.registry import EngineChoiceError, choose
 from m2a.engines.remote import RemoteEngine
-from m2a.engines.vllm import CPU_DEFAULT_KV_CACHE_BYTES, VllmEngine, cpu_binding, tool_parser_for
+from m2a.engines.vllm import (
+    CPU_DEFAULT_KV_CACHE_BYTES,
+    VllmEngine,
+    cpu_binding,
+    publish_kv_events,
+    tool_parser_for,
+)
 from m2a.metal.inventory import Gpu, Inventory
 
 CPU2 = Inventory(cpus=2)
@@ -87,6 +94,31 @@ def test_vllm_kv_cache_from_config() -> None:
     cfg = ModelConfig(name="smol", kv_cache_bytes=512 << 20)
     argv = VllmEngine().spec(cfg, manifest(), 18100, 0, CPU2).argv
     assert argv is not None and flag(argv, "--kv-cache-memory-bytes") == str(512 << 20)
+
+
+def test_vllm_kv_events_on_a_private_unix_socket(tmp_path: Path) -> None:
+    cfg = ModelConfig(name="smol", replicas=2)
+    spec = VllmEngine().spec(cfg, manifest(), 18100, 1, CPU2)
+    publish_kv_events(spec, tmp_path / "run" / "kv")
+    assert spec.argv is not None
+    config = json.loads(flag(spec.argv, "--kv-events-config"))
+    sock = tmp_path / "run" / "kv" / "kv-smol-1.sock"
+    assert config == {
+        "enable_kv_cache_events": True,
+        "publisher": "zmq",
+        "endpoint": f"ipc://{sock}",
+        "topic": "kv",
+    }
+    assert spec.kv_events == f"ipc://{sock}"
+    assert (sock.parent.stat().st_mode & 0o777) == 0o700
+    deep = tmp_path / ("d" * 120)  # too long for a socket path: a private temporary folder instead
+    spec = VllmEngine().spec(cfg, manifest(), 18100, 0, CPU2)
+    publish_kv_events(spec, deep)
+    assert spec.kv_events is not None and len(spec.kv_events) < 108 and "m2a-kv-" in spec.kv_events
+    own = ModelConfig(name="smol", replicas=2, extra_args=["--kv-events-config", "{}"])
+    spec = VllmEngine().spec(own, manifest(), 18100, 0, CPU2)
+    publish_kv_events(spec, tmp_path)
+    assert spec.argv is not None and spec.argv.count("--kv-events-config") == 1 and spec.kv_events is None
 
 
 def test_vllm_embed_on_cpu() -> None:

@@ -100,7 +100,7 @@ def plan(settings: Settings, inventory: Inventory, say: Say) -> list[EngineSpec]
         for n in range(cfg.replicas):
             spec = engine.spec(cfg, manifest, next(ports), n, inventory)
             if spec.engine == "vllm" and spec.task == "chat" and cfg.replicas > 1:
-                publish_kv_events(spec, settings.home / "run" / "kv", next(ports))
+                publish_kv_events(spec, settings.home / "run" / "kv")
             specs.append(spec)
     return specs
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import sys
+import tempfile
 from pathlib import Path
 
 from m2a.catalog.store import Manifest
@@ -149,27 +150,26 @@ class VllmEngine:
         )
 
 
-def publish_kv_events(spec: EngineSpec, run_dir: Path, port: int) -> None:
+def publish_kv_events(spec: EngineSpec, run_dir: Path) -> None:
     """Have a vLLM replica publish its KV-cache events, for the router's precise prefix affinity.
 
-    On a Unix socket in ``run_dir`` (local only, guarded by file permissions: the events carry
-    prompt token ids), or, where that path would be too long for a socket, on ``port`` of every
-    interface (vLLM binds only wildcard and ipc endpoints; it connects to any other).
+    On a Unix socket in ``run_dir`` (mode 0700: local only, since the events carry prompt token ids;
+    vLLM would bind a TCP endpoint on every interface), or in a private temporary folder where that
+    path would be too long for a socket.
     """
     assert spec.argv is not None
     if "--kv-events-config" in spec.argv:  # configured by hand in extra_args: left as it is
         return
-    sock = run_dir / f"kv-{spec.replica_id.replace('#', '-')}.sock"
-    if len(str(sock)) < 100:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        run_dir.chmod(0o700)
-        sock.unlink(missing_ok=True)
-        bind = connect = f"ipc://{sock}"
-    else:
-        bind, connect = f"tcp://*:{port}", f"tcp://127.0.0.1:{port}"
-    config = {"enable_kv_cache_events": True, "publisher": "zmq", "endpoint": bind, "topic": "kv"}
+    name = f"kv-{spec.replica_id.replace('#', '-')}.sock"
+    if len(str(run_dir / name)) >= 100:  # sun_path holds 108 bytes
+        run_dir = Path(tempfile.mkdtemp(prefix="m2a-kv-"))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir.chmod(0o700)
+    sock = run_dir / name
+    sock.unlink(missing_ok=True)
+    config = {"enable_kv_cache_events": True, "publisher": "zmq", "endpoint": f"ipc://{sock}", "topic": "kv"}
     spec.argv += ["--kv-events-config", json.dumps(config)]
-    spec.kv_events = connect
+    spec.kv_events = f"ipc://{sock}"
 
 
 def cpu_binding(cfg: ModelConfig, replica: int, cpus: int, task: str) -> str:
