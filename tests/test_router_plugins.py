@@ -277,7 +277,7 @@ def test_precise_prefix_counts_running_requests_until_done() -> None:
     assert s.score(req(T), [a, b]) == {"a": 0.0, "b": 1.0}
     s.on_done(r, b)
     assert s.score(req(T), [a, b]) == {"a": 0.0, "b": 0.0}
-    assert s.running == {"b": {}}
+    assert s.running == {}
 
 
 def test_abstaining_scorer_leaves_the_weighted_mean() -> None:

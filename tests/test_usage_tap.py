@@ -100,7 +100,12 @@ CASES = {
     ),
     "usage null is no usage": Case(
         # No choices: no token counted.
-        [V[0], event({"choices": [], "usage": None}), DONE], True, [0, 1], None, 1, DONE
+        [V[0], event({"choices": [], "usage": None}), DONE],
+        True,
+        [0, 1],
+        None,
+        1,
+        DONE,
     ),
     "[DONE] without a space": Case([V[0], b"data:[DONE]\n\n"], True, [0], None, 1, b"data:[DONE]\n\n"),
 }

@@ -138,14 +138,30 @@ class KVBlockIndex:
         return matched
 
 
-def _leading(hashes: Sequence[int], held: dict[int, int] | None, index: KVBlockIndex, rid: str) -> int:
-    """Leading blocks of ``hashes`` in the index or in ``held`` (blocks of running requests)."""
-    n = 0
-    for h in hashes:
-        if (held is None or h not in held) and not index.holds(rid, h):
+def _match(
+    ids: Sequence[str],
+    hashes: Sequence[int],
+    by_block: dict[int, set[str]],
+    running: dict[int, dict[str, int]],
+) -> dict[str, int]:
+    """For each replica, how many leading blocks of ``hashes`` it holds or its running requests will
+    hold: one walk down the chain, keeping the replicas that still match (usually one or two)."""
+    matched = dict.fromkeys(ids, 0)
+    live = set(ids)
+    for i, h in enumerate(hashes):
+        holders = by_block.get(h)
+        pending = running.get(h)
+        if pending:
+            live.intersection_update(holders.union(pending) if holders else pending)
+        elif holders:
+            live.intersection_update(holders)
+        else:
             break
-        n += 1
-    return n
+        if not live:
+            break
+        for r in live:
+            matched[r] = i + 1
+    return matched
 
 
 @register_scorer("precise_prefix")
@@ -163,7 +179,7 @@ class PrecisePrefixScorer(Hooks):
         self.queued_only = queued_only
         self.default_block_size = block_size  # until a replica's events tell its own
         self.max_load_ratio, self.slack, self.hot_factor = max_load_ratio, slack, hot_factor
-        self.running: dict[str, dict[int, int]] = {}  # replica → blocks of its running requests
+        self.running: dict[int, dict[str, int]] = {}  # block → replicas whose running requests hold it
         self._picked: dict[tuple[int, str], list[int]] = {}  # (request, replica) → hashes added
 
     def attach(self, shared: Shared) -> None:
@@ -180,14 +196,17 @@ class PrecisePrefixScorer(Hooks):
         index = self.index
         if index is None or not req.prompt_tokens or not any(e.id in index.fed for e in eps):
             return None  # abstain: nothing known about these replicas
-        scores: dict[str, float] = {}
+        scores = {e.id: NEUTRAL for e in eps}  # replicas sending no events stay unknown
+        by_size: dict[int, list[str]] = {}
         for e in eps:
             bs = self._block_size(e.id)
-            hashes = req.hashes(bs) if bs else []
-            if e.id not in index.fed or not hashes:  # no events from it, or a prompt under one block
-                scores[e.id] = NEUTRAL
-                continue
-            scores[e.id] = _leading(hashes, self.running.get(e.id), index, e.id) / len(hashes)
+            if e.id in index.fed and bs:
+                by_size.setdefault(bs, []).append(e.id)
+        for bs, ids in by_size.items():
+            hashes = req.hashes(bs)
+            if hashes:  # else a prompt under one block: neutral
+                for rid, n in _match(ids, hashes, index.by_block, self.running).items():
+                    scores[rid] = n / len(hashes)
         cool(scores, eps, self.max_load_ratio, self.slack, self.hot_factor, self.queued_only)
         return scores
 
@@ -197,18 +216,27 @@ class PrecisePrefixScorer(Hooks):
             return
         hashes = req.hashes(bs)
         self._picked[id(req), ep.id] = hashes
-        running = self.running.setdefault(ep.id, {})
+        running, rid = self.running, ep.id
         for h in hashes:
-            running[h] = running.get(h, 0) + 1
+            on = running.get(h)
+            if on is None:
+                running[h] = {rid: 1}
+            else:
+                on[rid] = on.get(rid, 0) + 1
 
     def on_done(self, req: RouteRequest, ep: Endpoint) -> None:
         hashes = self._picked.pop((id(req), ep.id), None)
-        running = self.running.get(ep.id)
-        if not hashes or running is None:
+        if not hashes:
             return
+        running, rid = self.running, ep.id
         for h in hashes:
-            left = running.get(h, 0) - 1
+            on = running.get(h)
+            if on is None:
+                continue
+            left = on.get(rid, 0) - 1
             if left > 0:
-                running[h] = left
+                on[rid] = left
             else:
-                running.pop(h, None)
+                on.pop(rid, None)
+                if not on:
+                    del running[h]

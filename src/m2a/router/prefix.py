@@ -151,6 +151,8 @@ class PrefixScorer(Hooks):
         return scores
 
     def on_pick(self, req: RouteRequest, ep: Endpoint) -> None:
+        if self.defer_to_events and ep.id in self._fed:
+            return  # its engine reports its cache: nothing to guess (the LRU warms again if events stop)
         hashes = req.hashes(self.block_size)
         if hashes:
             if ep.kv_cache_tokens and ep.id not in self._capacities:  # the engine told its size
