@@ -465,11 +465,13 @@ async def test_batch_leaves_headroom_while_critical_is_active(
         await eventually(lambda: gw.app.state.gate.waiting(MODEL) == 1, "batch to stop at half the capacity")
         calls.append(asyncio.create_task(gw.chat(critical, "critical-1")))
         await eventually(lambda: len(engine.requests) == 3, "critical to use the headroom at once")
-        assert contents(engine) == ["critical-0", "batch-1", "critical-1"]
+        first, admitted, third = contents(engine)  # which batch request won the race is not fixed
+        assert (first, third) == ("critical-0", "critical-1") and admitted in ("batch-1", "batch-2")
         engine.release()
         for resp in await within(asyncio.gather(*calls), "every answer"):
             assert resp.status_code == 200
-        assert contents(engine)[3:] == ["batch-2"] and gw.gate_inflight() == 0
+        held = {"batch-1", "batch-2"} - {admitted}
+        assert contents(engine)[3:] == list(held) and gw.gate_inflight() == 0
 
 
 async def test_a_waiter_past_its_deadline_gets_503(

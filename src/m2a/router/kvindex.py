@@ -121,22 +121,6 @@ class KVBlockIndex:
     def holds(self, replica: str, h: int) -> bool:
         return h in self._held.get(replica, ())
 
-    def match(self, replicas: Sequence[str], hashes: Sequence[int]) -> dict[str, int]:
-        """For each replica, how many leading blocks of ``hashes`` it holds."""
-        matched = dict.fromkeys(replicas, 0)
-        live = set(replicas)
-        by_block = self.by_block
-        for i, h in enumerate(hashes):
-            holders = by_block.get(h)
-            if not holders:
-                return matched
-            live &= holders
-            if not live:
-                return matched
-            for r in live:
-                matched[r] = i + 1
-        return matched
-
 
 def _match(
     ids: Sequence[str],
