@@ -23,7 +23,8 @@ keeps its affinity, since a cache miss elsewhere costs a whole prefill while one
 sequence costs little (measured in bench/README.md: p90 TTFT 0.59 s → 0.13 s at the lightest load).
 
 With ``defer_to_events`` the scorer abstains when every candidate replica reports its KV cache in
-events (the ``precise_prefix`` scorer then knows better than this router's guesses).
+events (the ``precise_prefix`` scorer then knows better than this router's guesses), and records no
+decisions for replicas that report (its LRU for one warms up again if its events stop).
 """
 
 from __future__ import annotations
