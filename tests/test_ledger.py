@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from m2a.store import ledger as ledger_mod
 from m2a.store.ledger import Ledger, read_journal
-from m2a.store.schema import Usage
+from m2a.store.schema import Team, Usage
 from m2a.store.usage import UsageRow, usage_rows
 from tests import db_fixtures
 from tests.db_fixtures import Database
@@ -34,6 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 T0 = datetime(2026, 3, 10, 12, 0, 0, tzinfo=UTC).timestamp()
 BEGIN = {
     "team": "research",
+    "team_id": 3,
     "key_id": 7,
     "key_prefix": "m2a-abcdefgh",
     "model": "smollm2",
@@ -50,6 +51,7 @@ END = {
     "cached_tokens": 4,
     "ttft_ms": 15.5,
     "duration_ms": 250.25,
+    "cost": 0.0125,
 }
 COLUMNS = ("request_id", "status", "http_status", "input_tokens", "output_tokens", "cached_tokens", "team")
 
@@ -429,12 +431,16 @@ async def test_close_marks_open_requests_interrupted(database: Database, jdir: P
 # -- reading -------------------------------------------------------------------------------------
 
 
+TEAM_IDS = {"research": 1, "ops": 2}
+
+
 def usage(rid: str, started: datetime, **fields: Any) -> dict[str, Any]:
     return {
         "request_id": rid,
         "started_at": started,
         "finished_at": started + timedelta(seconds=1),
         "team": "research",
+        "team_id": TEAM_IDS[fields.get("team", "research")],
         "key_id": 7,
         "key_prefix": "m2a-aaaa",
         "model": "llama",
@@ -449,6 +455,7 @@ def usage(rid: str, started: datetime, **fields: Any) -> dict[str, Any]:
         "cached_tokens": 0,
         "ttft_ms": None,
         "duration_ms": 100.0,
+        "cost": 0.0,  # stored with every record (see test_usage_costs_are_stored_with_each_record)
         **fields,
     }
 
@@ -487,8 +494,21 @@ ROWS = [
 async def ledger_db(database: Database) -> AsyncEngine:
     engine = await database.open()
     async with engine.begin() as conn:
+        await conn.execute(insert(Team), [team_row(name, i) for name, i in TEAM_IDS.items()])
         await conn.execute(insert(Usage), ROWS)
     return engine
+
+
+def team_row(name: str, team_id: int, deleted: bool = False) -> dict[str, Any]:
+    created = D - timedelta(days=400)
+    return {
+        "id": team_id,
+        "name": f"{name}~deleted~{team_id}" if deleted else name,
+        "priority": "standard",
+        "priority_order": 100,
+        "created_at": created,
+        "deleted_at": created + timedelta(days=1) if deleted else None,
+    }
 
 
 def r(

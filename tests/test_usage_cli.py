@@ -193,6 +193,7 @@ def row(rid: str, ago: timedelta, team: str | None, model: str, **fields: Any) -
         "started_at": started,
         "finished_at": started + timedelta(seconds=1),
         "team": team,
+        "team_id": TEAM_IDS.get(team),  # type: ignore[arg-type]
         "key_id": 1,
         "key_prefix": "m2a-aaaa",
         "model": model,
@@ -211,6 +212,7 @@ def row(rid: str, ago: timedelta, team: str | None, model: str, **fields: Any) -
     }
 
 
+TEAM_IDS = {"research": 1, "ops": 2}
 H = timedelta(hours=1)
 ROWS = [
     row("1", H, "research", "llama", input_tokens=1000, output_tokens=2000),
@@ -236,11 +238,16 @@ RESEARCH = {"requests": 3, "errors": 1, "interrupted": 0, "input": 11_500, "outp
 OPS = {"requests": 2, "errors": 0, "interrupted": 2, "input": 307, "output": 7, "cached": 0}
 
 
-async def with_rows(database: Database) -> Cli:
+async def with_rows(database: Database, rows: list[dict[str, Any]] = ROWS) -> Cli:
+    """The CLI over a store holding ``rows`` (by default records from before costs were stored:
+    priced at the configured prices) and the teams they belong to."""
     cli = Cli(database)
     engine = await database.open()
+    store = IdentityStore(engine)
+    for name in TEAM_IDS:  # ids 1 and 2, in this order
+        await store.create_team(name)
     async with engine.begin() as conn:
-        await conn.execute(insert(Usage), ROWS)
+        await conn.execute(insert(Usage), rows)
     return cli
 
 
@@ -302,3 +309,27 @@ async def test_usage_buckets_and_refusals(database: Database) -> None:
     assert "no usage in the last 7d" in r.output
     for args in (["--by", "color"], ["--bucket", "week"], ["--format", "xml"], ["--since", "yesterday"]):
         await cli("usage", *args, code=2)
+
+
+async def test_stored_costs_need_no_prices_in_the_config(database: Database) -> None:
+    """A record carries the cost it was priced at: the report shows it without the gateway's config
+    (and even after the prices changed), and older records without one are priced as configured."""
+    rows = [
+        row("s1", H, "research", "other-model", input_tokens=10, output_tokens=10, cost=0.25),
+        row("s2", 2 * H, "research", "llama", input_tokens=1000, output_tokens=2000, cost=1.0),
+        row("s3", 3 * H, "research", "llama", input_tokens=1000, output_tokens=2000, cost=None),  # $0.014
+    ]
+    cli = await with_rows(database, rows)
+    r = await cli("usage", "--by", "model", "--cost", "--format", "json")
+    assert [(x["model"], x["cost"]) for x in json.loads(r.stdout)] == [("llama", 1.014), ("other-model", 0.25)]
+
+
+async def test_a_team_recreated_under_a_deleted_name_starts_with_no_usage(database: Database) -> None:
+    cli = await with_rows(database)
+    store = IdentityStore(await database.open())
+    await store.delete_team("ops")
+    await store.create_team("ops")
+    r = await cli("usage", "--by", "model", "--team", "ops", "--format", "json")
+    assert json.loads(r.stdout) == []
+    r = await cli("usage", "--by", "team", "--format", "json")
+    assert [x["team"] for x in json.loads(r.stdout)] == ["ops (deleted)", "research"]

@@ -21,7 +21,7 @@ from m2a.cli.identity_cmd import ConfigOpt, err, out, parse_duration, run_store
 from m2a.config import Price
 from m2a.store.limits import NO_WINDOW, WINDOWS
 from m2a.store.quotas import QuotaStore
-from m2a.store.usage import BUCKETS, GROUPS, usage_rows
+from m2a.store.usage import BUCKETS, GROUPS, priced, usage_rows
 
 quotas_app = typer.Typer(no_args_is_help=True, help="Token, request, cost and concurrency limits.")
 _LIMIT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmKM]?)\s*/\s*(minute|hour|day|month|min|h|d|mo)\s*$")
@@ -122,7 +122,8 @@ def usage(
     bucket: Annotated[str | None, typer.Option(help=f"Also per time bucket: {', '.join(BUCKETS)}.")] = None,
     team: Annotated[str | None, typer.Option(help="Only this team.")] = None,
     cost: Annotated[
-        bool, typer.Option("--cost", help="Add cost at the configured prices per 1M tokens.")
+        bool,
+        typer.Option("--cost", help="Add cost: as priced when each request ended (stored with it)."),
     ] = False,
     fmt: Annotated[str, typer.Option("--format", help="table, csv or json.")] = "table",
     config: ConfigOpt = None,
@@ -159,7 +160,7 @@ def usage(
             ("cached", r.cached_tokens),
         ):
             t[k] += v
-        t["cost"] += (prices.get(r.model) or Price()).cost(r.input_tokens, r.output_tokens, r.cached_tokens)
+        t["cost"] += priced(r, prices.get(r.model) or Price())  # older records: at the configured prices
     cols = ["requests", "errors", "interrupted", "input", "output", "cached"] + (["cost"] if cost else [])
     head = (["bucket"] if bucket else []) + [by] + cols
     records = [

@@ -18,7 +18,7 @@ from m2a.gateway.errors import GatewayError
 from m2a.store.identity import MAX_ID, Principal
 from m2a.store.limits import MAX_LIMIT, NO_WINDOW
 from m2a.store.quotas import QuotaInfo, QuotaStore
-from m2a.store.usage import usage_rows
+from m2a.store.usage import priced, usage_rows
 
 NO_NUL = r"^[^\x00]*$"
 Metric = Literal["tokens", "input_tokens", "output_tokens", "requests", "cost", "concurrency"]
@@ -63,7 +63,9 @@ class UsageOut(BaseModel):
     cached_tokens: int
     avg_ttft_ms: float | None
     avg_duration_ms: float | None
-    cost: float = Field(description="Dollars, at the prices configured now.")
+    cost: float = Field(
+        description="Dollars, as priced when each request ended (older records: at today's prices)."
+    )
 
 
 def _quota(q: QuotaInfo) -> QuotaOut:
@@ -115,20 +117,21 @@ def usage_router(
         bucket: Literal["hour", "day", "month"] | None = None,
         team: Team | None = None,
     ) -> list[UsageOut]:
-        """Usage totals; team keys see their own team's only."""
+        """Usage totals; team keys see their own team's only (by the team's id, not its name)."""
+        team_id = None
         if not p.is_admin:
             if team is not None and team != p.team:
                 raise GatewayError(403, "A team key sees its own team's usage only.", code="not_your_team")
-            team = p.team
+            team, team_id = None, p.team_id
+            if team_id is None:  # a member key always has a team; refuse rather than show all
+                raise GatewayError(403, "This key belongs to no team.", code="not_your_team")
         if usage is None:
             return []
         since = datetime.now(UTC) - timedelta(days=since_days)
-        rows = await usage_rows(usage, by, since=since, team=team, bucket=bucket)
+        rows = await usage_rows(usage, by, since=since, team=team, bucket=bucket, team_id=team_id)
+        fields = UsageOut.model_fields.keys() - {"cost"}
         return [
-            UsageOut(
-                **r.__dict__,
-                cost=(prices.get(r.model) or Price()).cost(r.input_tokens, r.output_tokens, r.cached_tokens),
-            )
+            UsageOut(**{f: getattr(r, f) for f in fields}, cost=priced(r, prices.get(r.model) or Price()))
             for r in rows
         ]
 

@@ -7,6 +7,10 @@ finished records into the ``usage`` table every ``flush_s``. The journal is lock
 process lives; at start, and every few seconds, each process reads the journals of dead processes:
 finished records are stored, and requests that began but never ended are stored as
 ``interrupted``. Upserts by request id make a replay harmless.
+
+A stream also writes *progress* lines (output tokens relayed so far) as it goes, so a request cut
+off by a dying gateway is still billed for what the client received: its prompt (the estimate in
+the begin line) and the relayed tokens, priced with the prices the begin line carries.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from m2a.store.schema import Usage
 
 log = logging.getLogger("m2a.store.ledger")
 
-BEGIN_FIELDS = ("team", "key_id", "key_prefix", "model", "route", "priority", "stream")
+BEGIN_FIELDS = ("team", "team_id", "key_id", "key_prefix", "model", "route", "priority", "stream")
 END_FIELDS = (
     "status",
     "http_status",
@@ -40,19 +44,34 @@ END_FIELDS = (
     "cached_tokens",
     "ttft_ms",
     "duration_ms",
+    "cost",
 )
 ROTATE_BYTES = 8 << 20
 
 
-def _row(begin: dict[str, Any], end: dict[str, Any] | None) -> dict[str, Any]:
+def price_of(begin: dict[str, Any], input_tokens: int, output_tokens: int) -> float | None:
+    """Dollars for the tokens at the prices a begin line carries (``[input, output]`` per 1M)."""
+    price = begin.get("price")
+    if not isinstance(price, list) or len(price) < 2:
+        return None
+    return (input_tokens * float(price[0]) + output_tokens * float(price[1])) / 1e6
+
+
+def _row(begin: dict[str, Any], end: dict[str, Any] | None, relayed: int = 0) -> dict[str, Any]:
+    """The ledger row of a begin line, its end line (None: cut off), and the tokens ``relayed``."""
     row = {f: begin.get(f) for f in BEGIN_FIELDS}
     row["request_id"] = begin["id"]
     row["started_at"] = datetime.fromtimestamp(begin["at"], UTC)
     row["finished_at"] = datetime.fromtimestamp(end["at"], UTC) if end else None
     for f in END_FIELDS:
         row[f] = end.get(f) if end else None
-    if end is None:
-        row["status"] = "interrupted"  # the gateway died while this request was in flight
+    if end is None or (row["status"] == "interrupted" and not row["output_tokens"]):
+        # Cut off (the gateway died, or is stopping): bill what reached the client.
+        row["status"] = "interrupted"
+        if relayed:
+            row["input_tokens"] = int(begin.get("input_estimate") or 0)
+            row["output_tokens"] = relayed
+            row["cost"] = price_of(begin, row["input_tokens"], relayed)
     for f in ("input_tokens", "output_tokens", "cached_tokens"):
         row[f] = row[f] or 0
     row["key_prefix"] = row["key_prefix"] or ""
@@ -64,14 +83,21 @@ def read_journal(path: Path) -> list[dict[str, Any]]:
     """Every request a journal holds, as ledger rows (interrupted where no end line exists)."""
     begins: dict[str, dict[str, Any]] = {}
     ends: dict[str, dict[str, Any]] = {}
+    relayed: dict[str, int] = {}
     with path.open("rb") as f:
         for line in f:
             try:
                 entry = json.loads(line)
-            except ValueError:  # a torn last line: the process died writing it
+                kind, rid = entry.get("t"), entry["id"]
+            except (ValueError, KeyError, AttributeError):  # a torn last line: the process died writing it
                 continue
-            (begins if entry.get("t") == "b" else ends)[entry["id"]] = entry
-    return [_row(b, ends.get(rid)) for rid, b in begins.items()]
+            if kind == "b":
+                begins[rid] = entry
+            elif kind == "p":
+                relayed[rid] = max(relayed.get(rid, 0), int(entry.get("out") or 0))
+            else:
+                ends[rid] = entry
+    return [_row(b, ends.get(rid), relayed.get(rid, 0)) for rid, b in begins.items()]
 
 
 class Ledger:
@@ -80,6 +106,7 @@ class Ledger:
         self.directory = directory
         self.flush_s = flush_s
         self._open: dict[str, dict[str, Any]] = {}  # begun, not ended
+        self._relayed: dict[str, int] = {}  # output tokens relayed so far, of open streams
         self._done: list[dict[str, Any]] = []  # ended, not yet in the database
         self._fd = -1
         self._path: Path | None = None
@@ -104,14 +131,21 @@ class Ledger:
         self._write(entry)
         self._open[request_id] = entry
 
+    def progress(self, request_id: str, output_tokens: int) -> None:
+        """Record the output tokens relayed so far (a stream calls this as it goes)."""
+        if request_id in self._open and output_tokens > self._relayed.get(request_id, 0):
+            self._relayed[request_id] = output_tokens
+            self._write({"t": "p", "id": request_id, "out": output_tokens})
+
     def end(self, request_id: str, **fields: Any) -> None:
         """Record how a begun request ended (call before the client gets the last byte)."""
         begin = self._open.pop(request_id, None)
+        relayed = self._relayed.pop(request_id, 0)
         if begin is None:
             return
         entry = {"t": "e", "id": request_id, "at": time.time(), **fields}
         self._write(entry)
-        self._done.append(_row(begin, entry))
+        self._done.append(_row(begin, entry, relayed))
 
     @property
     def in_flight(self) -> int:
@@ -134,7 +168,7 @@ class Ledger:
         rows, self._done = self._done, []
         try:
             await self._upsert(rows)
-        except Exception:
+        except BaseException:  # a database error, or a cancelled flush (shutdown): keep them
             self._done = rows + self._done  # the journal still has them; try again next time
             raise
         if self._path is not None and not self._done and self._path.stat().st_size > ROTATE_BYTES:
@@ -147,6 +181,8 @@ class Ledger:
         self._open_journal()
         for entry in self._open.values():
             self._write(entry)
+            if entry["id"] in self._relayed:
+                self._write({"t": "p", "id": entry["id"], "out": self._relayed[entry["id"]]})
         assert old_path is not None
         old_path.unlink()
         os.close(old_fd)

@@ -82,7 +82,8 @@ class Usage(Base):
     request_id: Mapped[str] = mapped_column(String(36), unique=True)
     started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
-    team: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    team: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)  # as recorded
+    team_id: Mapped[int | None] = mapped_column(Integer, nullable=True, index=True)  # the team's identity
     key_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
     key_prefix: Mapped[str] = mapped_column(String(16))
     model: Mapped[str] = mapped_column(String(256), index=True)
@@ -97,3 +98,4 @@ class Usage(Base):
     cached_tokens: Mapped[int] = mapped_column(Integer, default=0)
     ttft_ms: Mapped[float | None] = mapped_column(Float, nullable=True)
     duration_ms: Mapped[float | None] = mapped_column(Float, nullable=True)
+    cost: Mapped[float | None] = mapped_column(Float, nullable=True)  # dollars, at the request's prices
