@@ -48,7 +48,8 @@ class Stack:
         return self.base_url.removesuffix("/v1")
 
     def replicas(self) -> list[dict]:
-        return httpx.get(f"{self.root}/readyz", timeout=10).json()["replicas"]
+        headers = {"authorization": f"Bearer {self.key}"}  # replica detail is for admin keys
+        return httpx.get(f"{self.root}/readyz", headers=headers, timeout=10).json()["replicas"]
 
     def replica(self, model: str) -> dict:
         return next(r for r in self.replicas() if r["model"] == model)

@@ -316,7 +316,7 @@ async def test_non_streamed_chat_is_passed_through_unchanged(engine: FakeEngine)
 
 async def test_vllm_engines_get_the_callers_priority_and_clients_cannot_raise_it(engine: FakeEngine) -> None:
     vllm = endpoint(engine.url, CHAT)
-    vllm.engine = "vllm"
+    vllm.engine, vllm.takes_priority = "vllm", True  # as m2a starts vLLM: with priority scheduling
     pool = make_pool(vllm, endpoint(engine.url, "other-chat"))
     async with serve_gateway(pool) as gw, http_client(gw) as client:
         body = {"model": CHAT, "messages": HELLO, "priority": -1000}
@@ -329,6 +329,14 @@ async def test_vllm_engines_get_the_callers_priority_and_clients_cannot_raise_it
         )
         assert resp.status_code == 200
         assert engine.requests[1].body == sent  # engines other than vLLM get the client's bytes
+
+        # An engine that takes no priority (a remote one) never gets the client's own either.
+        body = {"model": "other-chat", "messages": HELLO, "priority": -1000000, "top_k": 3}
+        assert (await client.post("/v1/chat/completions", json=body)).status_code == 200
+        assert "priority" not in engine.requests[2].json and engine.requests[2].json["top_k"] == 3
+        body["priority"] = "not a number"  # nor an engine's own 400 for a field only m2a sets
+        assert (await client.post("/v1/chat/completions", json=body)).status_code == 200
+        assert "priority" not in engine.requests[3].json
 
 
 # ---------------------------------------------------------------------------- 8. streaming

@@ -92,6 +92,7 @@ def make_pool(
             MODEL,
             engine.url,
             engine=kind,
+            takes_priority=kind == "vllm",  # as m2a's vLLM engines, started with priority scheduling
             healthy=True,
             max_inflight=max_inflight,
             metrics_url=metrics_url,

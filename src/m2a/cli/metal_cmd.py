@@ -24,14 +24,25 @@ def _gib(n: int | None) -> str:
     return "-" if n is None else f"{n / (1 << 30):.1f}"
 
 
+def _read_key(path: Path) -> str | None:
+    try:
+        return path.read_text().strip() or None
+    except OSError:
+        return None
+
+
 def gateway_status(settings: Settings, timeout_s: float = 0.5) -> dict[str, Any] | None:
     """The running gateway's ``/readyz`` (ready, models, replicas with their states), or None."""
     host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(
         settings.gateway.host, settings.gateway.host
     )
     url = f"http://{f'[{host}]' if ':' in host else host}:{settings.gateway.port}/readyz"
+    request = urllib.request.Request(url)
+    key = settings.admin_key or _read_key(settings.home / "admin.key")
+    if key:  # replica detail is for admin keys only
+        request.add_header("Authorization", f"Bearer {key}")
     try:
-        with urllib.request.urlopen(url, timeout=timeout_s) as resp:
+        with urllib.request.urlopen(request, timeout=timeout_s) as resp:
             body = resp.read()
     except urllib.error.HTTPError as exc:  # 503 while warming up still carries the replicas
         body = exc.read()

@@ -131,6 +131,15 @@ class Access:
             raise GatewayError(401, _REFUSALS["expired"], code="invalid_api_key")
         return found
 
+    async def is_admin(self, request: Request) -> bool:
+        """Whether the request carries a valid admin key (never raises: for optional detail)."""
+        if bearer_token(request) is None:
+            return False
+        try:
+            return (await self.principal(request)).is_admin
+        except GatewayError:
+            return False
+
 
 def require_admin(principal: Principal) -> None:
     if not principal.is_admin:

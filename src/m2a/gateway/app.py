@@ -23,7 +23,7 @@ from starlette.routing import Mount, Route
 from m2a.config import GatewayConfig
 from m2a.gateway import schemas, tracing
 from m2a.gateway.access import Access
-from m2a.gateway.accounting import Accounting, ClientGone
+from m2a.gateway.accounting import Accounting, Admitted, ClientGone
 from m2a.gateway.auth import bearer_token
 from m2a.gateway.body import parse_json, read_body
 from m2a.gateway.counters import Memory
@@ -159,7 +159,7 @@ def create_app(
         payload: dict[str, Any],
         request_id: str,
         task: str,
-    ) -> Callable[[Outcome], tuple[int, int, int]] | None:
+    ) -> Admitted | None:
         """Quota, priority slot and ledger record (in an admission span); None if the client left."""
         adm = None
         if span is not None and tracer is not None and span.is_recording():
@@ -174,7 +174,7 @@ def create_app(
                 },
             )
         try:
-            on_end = await accounting.admit(
+            admitted: Admitted | None = await accounting.admit(
                 principal,
                 req.model,
                 path,
@@ -185,7 +185,7 @@ def create_app(
                 watch=lambda aw: unless_disconnected(request, aw),
             )
         except ClientGone:
-            on_end = None
+            admitted = None
         except GatewayError as exc:
             if adm is not None:
                 adm.set_attribute("m2a.admission.result", exc.code or str(exc.status))
@@ -193,9 +193,9 @@ def create_app(
                 adm.end()
             raise
         if adm is not None:
-            adm.set_attribute("m2a.admission.result", "admitted" if on_end else "client_disconnected")
+            adm.set_attribute("m2a.admission.result", "admitted" if admitted else "client_disconnected")
             adm.end()
-        return on_end
+        return admitted
 
     def openai_route(path: str) -> Callable[[Request], Awaitable[Response]]:
         engine_path, validate, task = ROUTES[path]
@@ -216,8 +216,8 @@ def create_app(
                     tracing.describe_request(span, req.model, payload, principal, record_content)  # type: ignore[arg-type]
                 # A UUID: some engines (llama-cpp-python) reject any other x-request-id with a bare 400.
                 request_id = str(uuid.uuid4())
-                on_end = await admit(request, span, principal, req, path, payload, request_id, task)  # type: ignore[arg-type]
-                if on_end is None:  # left while held at the priority gate: nothing reached an engine
+                admitted = await admit(request, span, principal, req, path, payload, request_id, task)  # type: ignore[arg-type]
+                if admitted is None:  # left while held at the priority gate: nothing reached an engine
                     if span is not None:
                         ended = True
                         tracing.fail(span, 499, "client_disconnected", "left while held")
@@ -226,7 +226,7 @@ def create_app(
 
                 def end(o: Outcome) -> None:
                     nonlocal ended
-                    used_in, used_out, cached = on_end(o)
+                    used_in, used_out, cached = admitted.end(o)
                     if span is not None:
                         ended = True
                         tracing.finish(
@@ -241,10 +241,12 @@ def create_app(
                     payload=payload,  # type: ignore[arg-type]
                     stream=req.stream,
                     request_id=request_id,
-                    # vLLM chat engines run with priority scheduling: the caller's team decides the order.
+                    # Engines that schedule by priority get the caller's team order (never the client's).
                     priority=principal.priority_order if task == "chat" and cfg.priorities else None,
+                    max_tokens=admitted.max_tokens,
                     count_usage=True,
                     on_end=end,
+                    on_progress=admitted.progress,
                     span=span,
                     route_req=routing.build(req.model, payload, request.headers),  # type: ignore[arg-type]
                 )
@@ -278,10 +280,11 @@ def create_app(
         return JSONResponse({"status": "ok"})
 
     async def readyz(request: Request) -> Response:
+        """Ready or not per model for anyone (probes); each replica's detail for admin keys only."""
         models = {m: any(e.healthy for e in pool.endpoints(m)) for m in pool.models()}
         ready = bool(models) and all(models.values())
         body: dict[str, object] = {"ready": ready, "models": models}
-        if replica_status is not None:
+        if replica_status is not None and await access.is_admin(request):
             body["replicas"] = replica_status()
         return JSONResponse(body, status_code=200 if ready else 503)
 

@@ -1,12 +1,19 @@
 """Forward a validated request to an engine over pooled HTTP; stream answers through unbuffered.
 
-A request that fails to connect is tried once more on another replica (nothing reached the
-client yet). When the client goes away, the engine request is closed, which makes vLLM abort it.
+A request whose connection fails before the engine answered (refused, reset, a stale keep-alive)
+is tried once more on another replica (nothing reached the client yet); a replica that refuses
+connections leaves the pool at once, until its health says otherwise. When the client goes away,
+the engine request is closed, which makes vLLM abort it.
+
+What the engine receives is the client's body with the gateway's own fields: the output cap that
+admission reserved (``max_tokens``), the caller's team priority where the engine schedules by
+priority, never the client's own ``priority``, and a request for stream usage.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -26,10 +33,17 @@ from m2a.router.pipeline import Decision, Router
 from m2a.router.plugins import RouteRequest
 from m2a.router.pool import Endpoint, Pool
 
+log = logging.getLogger("m2a.gateway.proxy")
+
 PASS_HEADERS = ("traceparent", "tracestate", "baggage")
-# Failures where the request cannot have reached the engine (a stale keep-alive connection that
-# the engine closed counts: it is dropped before the request is read).
-RETRYABLE = (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError, aiohttp.ServerDisconnectedError)
+# Failures before the engine sent a response: the connection was refused or reset (an engine that
+# died), timed out connecting, or was a stale keep-alive the engine had closed. Whatever the engine
+# did with the request, the client got nothing yet: another replica may take it.
+RETRYABLE = (aiohttp.ClientOSError, aiohttp.ConnectionTimeoutError, aiohttp.ServerDisconnectedError)
+EJECT_S = 2.0  # a replica refusing connections stays out of the pool this long (or until healthy)
+PROGRESS_EVERY = 16  # content chunks between two progress records of a stream
+# Fields only the gateway sets: a client's own would jump the engine's queue past other teams.
+GATEWAY_FIELDS = ("priority",)
 T = TypeVar("T")
 
 
@@ -44,6 +58,7 @@ class Outcome:
     ttft_s: float | None
     duration_s: float
     finish_reasons: list[str] = field(default_factory=list)
+    error: bool = False  # it failed after the status was sent (an engine that died mid-stream)
 
 
 @dataclass
@@ -57,9 +72,11 @@ class Outgoing:
     payload: dict[str, Any]  # the same, parsed
     stream: bool
     request_id: str
-    priority: int | None = None  # vLLM scheduling priority (lower first); None leaves the body alone
+    priority: int | None = None  # the caller's scheduling priority (lower first), for engines that take it
+    max_tokens: int | None = None  # the output cap per choice admission reserved; None: the client's
     count_usage: bool = False  # ask a stream for its usage even if the client did not
     on_end: Callable[[Outcome], None] | None = None  # called once, before the client's last byte
+    on_progress: Callable[[int], None] | None = None  # output tokens relayed so far (streams)
     span: Span | None = None  # the request's server span, when tracing
     route_req: RouteRequest | None = None  # for the routing pipeline (models with several replicas)
     _bodies: dict[bool, bytes] = field(default_factory=dict, repr=False)
@@ -71,19 +88,28 @@ class Outgoing:
         return self.count_usage and not (isinstance(opts, dict) and opts.get("include_usage"))
 
     def body_for(self, ep: Endpoint) -> bytes:
-        """What ``ep`` receives: the caller's priority (vLLM) and a request for stream usage added."""
-        vllm = ep.engine == "vllm"
-        if vllm not in self._bodies:
+        """What ``ep`` receives: the client's body, the gateway's own fields set (module docstring)."""
+        takes = ep.takes_priority
+        if takes not in self._bodies:
             extra: dict[str, Any] = {}
-            if self.priority is not None and vllm:
+            if self.priority is not None and takes:
                 extra["priority"] = self.priority
+            if self.max_tokens is not None:
+                extra["max_tokens"] = self.max_tokens
+                if self.payload.get("max_completion_tokens") is not None:
+                    extra["max_completion_tokens"] = self.max_tokens
             if self.stream and self.strip_usage:
                 extra["stream_options"] = {
                     **(self.payload.get("stream_options") or {}),
                     "include_usage": True,
                 }
-            self._bodies[vllm] = json.dumps({**self.payload, **extra}).encode() if extra else self.body
-        return self._bodies[vllm]
+            drop = [f for f in GATEWAY_FIELDS if f in self.payload and f not in extra]
+            if extra or drop:
+                body = {k: v for k, v in self.payload.items() if k not in drop}
+                self._bodies[takes] = json.dumps({**body, **extra}).encode()
+            else:
+                self._bodies[takes] = self.body
+        return self._bodies[takes]
 
 
 class Forwarder:
@@ -194,15 +220,18 @@ class Forwarder:
                             code="engine_timeout" if timed_out else "engine_error",
                         ) from exc
                     raise
-                # The engine never saw the request: another replica may take it.
+                # The engine sent nothing back: another replica may take it.
                 ep.inflight -= 1
                 tried.add(ep.id)
                 last_error = f"{type(exc).__name__}: {exc}"
                 self.metrics.upstream_errors.labels(model, ep.id).inc()
-        detail = f" (last error: {last_error})" if last_error else ""
+                if isinstance(exc, aiohttp.ClientConnectorError) and self.pool.eject(ep.id, EJECT_S):
+                    log.warning("replica %s refuses connections (%s): out of the pool", ep.id, last_error)
+        if last_error:  # the detail (the engine's address) is for the operator, not the client
+            log.warning("no replica of %s could take request %s: %s", model, out.request_id, last_error)
         raise GatewayError(
             503,
-            f"No healthy replica of model '{model}' is available right now{detail}. Try again shortly.",
+            f"No healthy replica of model '{model}' is available right now. Try again shortly.",
             code="no_healthy_replica",
             headers={"Retry-After": "5"},
         )
@@ -220,11 +249,13 @@ class Forwarder:
             usage: Usage | None = None,
             chunks: int = 0,
             ttft: float | None = None,
+            error: bool = False,
         ) -> None:
-            self.metrics.requests.labels(route, model, str(status)).inc()
+            # A stream that failed after its 200 counts as the engine failure it was (502).
+            self.metrics.requests.labels(route, model, "502" if error else str(status)).inc()
             if out.on_end is not None:
                 duration = time.perf_counter() - started
-                out.on_end(Outcome(status, replica, usage, chunks, ttft, duration, reasons))
+                out.on_end(Outcome(status, replica, usage, chunks, ttft, duration, reasons, error))
 
         try:
             connected = await unless_disconnected(request, self._connect(request, out))
@@ -245,16 +276,24 @@ class Forwarder:
         released = reported = False
 
         def account(
-            status: int, usage: Usage | None = None, chunks: int = 0, ttft: float | None = None
+            status: int,
+            usage: Usage | None = None,
+            chunks: int = 0,
+            ttft: float | None = None,
+            error: bool = False,
         ) -> None:
             nonlocal reported
             if not reported:
                 reported = True
                 self.metrics.duration.labels(route, model).observe(time.perf_counter() - started)
-                report(status, ep.id, usage, chunks, ttft)
+                report(status, ep.id, usage, chunks, ttft, error)
 
         def finish(
-            status: int, usage: Usage | None = None, chunks: int = 0, ttft: float | None = None
+            status: int,
+            usage: Usage | None = None,
+            chunks: int = 0,
+            ttft: float | None = None,
+            error: bool = False,
         ) -> None:
             nonlocal released
             if not released:
@@ -268,7 +307,7 @@ class Forwarder:
                 self._done(out, ep)
                 ep.inflight -= 1
                 inflight.dec()
-            account(status, usage, chunks, ttft)
+            account(status, usage, chunks, ttft, error)
 
         headers = {"x-request-id": request_id, "x-m2a-replica": ep.id}
         if not stream or resp.status != 200:
@@ -278,6 +317,7 @@ class Forwarder:
         async def chunks() -> AsyncIterator[bytes]:
             ttft: float | None = None
             status = 200
+            noted = 0  # content chunks last recorded as relayed
             try:
                 async for chunk in resp.content.iter_any():
                     if ttft is None:
@@ -286,6 +326,11 @@ class Forwarder:
                     data, end = tap.feed(chunk)
                     if data:
                         yield data
+                        if out.on_progress is not None and (
+                            (noted == 0 and tap.chunks) or tap.chunks - noted >= PROGRESS_EVERY
+                        ):
+                            noted = tap.chunks
+                            out.on_progress(noted)
                     if end is not None:  # account for the request before the client sees the end
                         reasons.extend(tap.finish_reasons)
                         account(200, tap.usage, tap.chunks, ttft)
@@ -294,10 +339,10 @@ class Forwarder:
                 if rest:
                     yield rest
             except (aiohttp.ClientError, TimeoutError) as exc:
-                status = 502  # the engine went away, not the client
+                status = 502  # the engine went away, not the client (who got 200 and an error event)
                 self.metrics.upstream_errors.labels(model, ep.id).inc()
                 err = GatewayError(502, f"the engine stopped mid-stream: {type(exc).__name__}")
-                finish(502, tap.usage, tap.chunks, ttft)
+                finish(200, tap.usage, tap.chunks, ttft, error=True)
                 yield f"data: {json.dumps(err.body())}\n\n".encode()
             finally:
                 if status == 200 and not resp.content.at_eof():
@@ -339,7 +384,7 @@ class Forwarder:
         if status >= 400:
             try:
                 payload: object = json.loads(data)
-            except ValueError:
+            except (ValueError, RecursionError):
                 payload = data.decode(errors="replace")
             return Response(
                 json.dumps(normalize_upstream_error(status, payload)),

@@ -24,6 +24,7 @@ from m2a.store.limits import WINDOWS, Limit
 BYTES_PER_TOKEN = 3  # generous: English runs about 4 bytes per token
 TOKENS_PER_MESSAGE = 4  # the chat template's own tokens around each message
 TOKENS_PER_IMAGE = 1000
+OUTPUT_BOUND = ("tokens", "output_tokens", "cost")  # limits whose reservation counts output tokens
 
 
 def _text_bytes(content: Any) -> tuple[int, int]:
@@ -64,11 +65,39 @@ def estimate_input(payload: dict[str, Any]) -> int:
     return total
 
 
+COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # OpenAI's (and vLLM's) default for /v1/completions
+
+
+def asked_output(payload: dict[str, Any]) -> int | None:
+    """The output cap per choice the request sets, in the field its engine obeys; None if unset.
+
+    Chat engines take ``max_completion_tokens`` over ``max_tokens``; completion engines know only
+    ``max_tokens`` (a ``max_completion_tokens`` there is ignored by the engine, so it is here too).
+    """
+    fields = ("max_tokens",) if "prompt" in payload else ("max_completion_tokens", "max_tokens")
+    for name in fields:
+        value = payload.get(name)
+        if value is not None:
+            return int(value)
+    return None
+
+
+def choices(payload: dict[str, Any]) -> int:
+    """How many sequences the engine generates: ``n``, or ``best_of`` where that is larger."""
+    return max(int(payload.get("n") or 1), int(payload.get("best_of") or 1))
+
+
+def default_output(payload: dict[str, Any], default: int) -> int:
+    """The per-choice cap when the request sets none (completions keep OpenAI's default of 16)."""
+    return min(default, COMPLETIONS_DEFAULT_MAX_TOKENS) if "prompt" in payload else default
+
+
 def estimate_output(payload: dict[str, Any], default: int, embed: bool) -> int:
+    """Output tokens the engine may generate for the request: the per-choice cap times choices."""
     if embed:
         return 0
-    most = payload.get("max_completion_tokens") or payload.get("max_tokens") or default
-    return int(most) * int(payload.get("n") or 1)
+    most = asked_output(payload)
+    return (default_output(payload, default) if most is None else most) * choices(payload)
 
 
 def window_bounds(window: str, now: float) -> tuple[int, float]:
@@ -105,6 +134,7 @@ class Ticket:
     price: Price
     limits: list[Limit]
     charges: list[Charge]
+    max_tokens: int | None = None  # the output cap per choice reserved: the engine must be told it
     settled: bool = field(default=False)
 
     def settle(
@@ -154,17 +184,25 @@ class Quotas:
             return None
         price = self.prices.get(model) or Price()
         est_in = estimate_input(payload)
-        est_out = estimate_output(payload, self.reserve_output, embed)
-        asked = bool(payload.get("max_completion_tokens") or payload.get("max_tokens"))
-        if not asked and not embed:
-            # No max_tokens: reserve the default, but never more than the tightest token limit
-            # leaves after the prompt, or a small team could send no such request at all.
-            room = [
-                lim.limit - (0 if lim.metric == "output_tokens" else est_in)
-                for lim in principal.limits
-                if lim.metric in ("tokens", "output_tokens") and lim.limit > 0
-            ]
-            est_out = max(1, min([est_out, *room]))
+        asked_cap = None if embed else asked_output(payload)
+        asked = asked_cap is not None
+        cap: int | None = None  # per choice: what the engine is told (None: the request is left alone)
+        est_out = 0
+        if not embed:
+            n = choices(payload)
+            cap = asked_cap
+            if cap is None:
+                # No max_tokens: reserve the default, but never more than the tightest token limit
+                # leaves after the prompt, or a small team could send no such request at all.
+                room = [
+                    lim.limit - (0 if lim.metric == "output_tokens" else est_in)
+                    for lim in principal.limits
+                    if lim.metric in ("tokens", "output_tokens") and lim.limit > 0
+                ]
+                cap = max(1, min([default_output(payload, self.reserve_output), *(r // n for r in room)]))
+            est_out = cap * n
+            if not any(lim.metric in OUTPUT_BOUND for lim in principal.limits):
+                cap = None  # nothing reserved depends on the output: the engine's own default stands
         now = time.time()
         charges: list[Charge] = []
         for lim in principal.limits:
@@ -199,7 +237,7 @@ class Quotas:
                 code="insufficient_quota" if zero else "rate_limit_exceeded",
                 headers={"Retry-After": str(retry)},
             )
-        return Ticket(self, token, price, list(principal.limits), charges)
+        return Ticket(self, token, price, list(principal.limits), charges, max_tokens=cap)
 
     async def close(self) -> None:
         await self.drain()

@@ -28,17 +28,18 @@ class Usage:
             return None
         details = usage.get("prompt_tokens_details")
         cached = details.get("cached_tokens") if isinstance(details, dict) else None
-        return cls(
-            int(usage.get("prompt_tokens") or 0),
-            int(usage.get("completion_tokens") or 0),
-            int(cached or 0),
-        )
+        try:
+            fields = (usage.get("prompt_tokens"), usage.get("completion_tokens"), cached)
+            counts = [int(v or 0) for v in fields]
+            return cls(*(max(0, c) for c in counts))  # never a credit
+        except (TypeError, ValueError, OverflowError):  # not numbers: no usage we can trust
+            return None
 
 
 def from_body(data: bytes) -> Usage | None:
     try:
         payload = json.loads(data)
-    except ValueError:
+    except (ValueError, RecursionError):  # an engine's odd answer must not fail the request
         return None
     return Usage.parse(payload.get("usage")) if isinstance(payload, dict) else None
 
@@ -92,7 +93,7 @@ class StreamTap:
         """Record the usage in a chunk; True if the chunk is the usage-only one and must be dropped."""
         try:
             chunk: Any = json.loads(payload)
-        except ValueError:
+        except (ValueError, RecursionError):
             return False
         usage = Usage.parse(chunk.get("usage")) if isinstance(chunk, dict) else None
         if usage is None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 from dataclasses import dataclass
 
@@ -18,6 +19,7 @@ class Endpoint:
     api_key: str | None = None
     metrics_url: str | None = None
     healthy: bool = False
+    takes_priority: bool = False  # the engine schedules by a request's `priority` field (vLLM)
     inflight: int = 0
     max_inflight: int | None = None  # None: no limit known
     tokenizer: str | None = None  # how the router reads prompts ("hf:<folder>", "simple"); None: it cannot
@@ -33,6 +35,8 @@ class Pool:
         self._by_model: dict[str, list[Endpoint]] = {}
         self._by_id: dict[str, Endpoint] = {}
         self._turn = itertools.count()
+        self._reported: dict[str, bool] = {}  # health as its supervisor (or owner) last reported it
+        self._ejected: dict[str, asyncio.TimerHandle] = {}
 
     def add(self, ep: Endpoint) -> None:
         self._by_model.setdefault(ep.model, []).append(ep)
@@ -41,7 +45,30 @@ class Pool:
     def set_healthy(self, endpoint_id: str, healthy: bool) -> None:
         ep = self._by_id.get(endpoint_id)
         if ep is not None:
-            ep.healthy = healthy
+            self._reported[endpoint_id] = healthy
+            if endpoint_id not in self._ejected:
+                ep.healthy = healthy
+
+    def eject(self, endpoint_id: str, seconds: float) -> bool:
+        """Take a replica the gateway could not reach out of the pool for ``seconds`` at once,
+        without waiting for its next health check; then it is back as its health says. True if
+        it was in the pool until now."""
+        ep = self._by_id.get(endpoint_id)
+        if ep is None:
+            return False
+        was = ep.healthy
+        self._reported.setdefault(endpoint_id, ep.healthy)
+        ep.healthy = False
+        old = self._ejected.pop(endpoint_id, None)
+        if old is not None:
+            old.cancel()
+
+        def back() -> None:
+            self._ejected.pop(endpoint_id, None)
+            ep.healthy = self._reported.get(endpoint_id, False)
+
+        self._ejected[endpoint_id] = asyncio.get_running_loop().call_later(seconds, back)
+        return was
 
     def models(self) -> list[str]:
         return list(self._by_model)
