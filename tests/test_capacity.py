@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import os
 import subprocess
 import sys
@@ -42,3 +44,18 @@ def test_cli_plan() -> None:
     assert "1 replica meets the target" in out.stdout
     bad = subprocess.run([*cmd[:6], "0"], capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "rate" in (bad.stdout + bad.stderr)
+
+
+async def test_the_same_seed_gives_the_same_answer() -> None:
+    # Trials run on a simulated clock: neither this machine's speed nor its load changes a number.
+    work = Workload(
+        rate=4.0, duration_s=6.0, groups=3, shared_tokens=200, unique_tokens=40, output_tokens=8, seed=7
+    )
+    params = SimParams(prefill_s_per_token=0.002, decode_s_per_token=0.01)
+    first = await plan_replicas(work, params, target_p90_s=0.6, max_replicas=4)
+    again = await plan_replicas(work, params, target_p90_s=0.6, max_replicas=4)
+    assert first == again  # the answer and every trial's numbers, to the last digit
+    best, trials = first
+    assert best is not None and len(trials) >= 2 and not trials[0].meets
+    assert all(not math.isnan(t.p90_s) and not math.isnan(t.hit_rate) for t in trials)
+    assert work.requests() == work.requests() != dataclasses.replace(work, seed=8).requests()

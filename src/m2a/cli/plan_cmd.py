@@ -2,7 +2,8 @@
 
 Runs trials on simulated replicas (``m2a.router.capacity``), printing each as it finishes, then the
 answer. The replicas' latency model comes from ``--params`` (for example the JSON ``m2a sim --fit``
-printed for a real engine) and the other ``m2a sim`` flags.
+printed for a real engine) and the other ``m2a sim`` flags. Trials run on a simulated clock, so the
+answer depends on the arguments and ``--seed`` alone.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ def run_plan(
     console.print(
         f"planning: {work.rate:g} req/s for {work.duration_s:g} s, {work.groups} groups sharing "
         f"{work.shared_tokens}-token prompts (+{work.unique_tokens} own), {work.output_tokens} output "
-        f"tokens; target p90 TTFT ≤ {target_p90_s:g} s; time scale {params.time_scale:g}"
+        f"tokens; target p90 TTFT ≤ {target_p90_s:g} s; seed {work.seed}"
     )
 
     def show(t: Trial) -> None:

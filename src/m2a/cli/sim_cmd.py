@@ -4,7 +4,9 @@ Each replica answers the OpenAI API at ``http://HOST:PORT+i/v1``, Prometheus met
 faults at ``POST /sim/faults``, and with ``--kv-events`` publishes KV-cache events in vLLM's format on
 a ZMQ PUB socket. ``--params FILE`` reads a JSON object of ``SimParams`` fields (flags win);
 ``--fit FILE`` fits the latency model to a CSV of measurements and prints those fields as JSON.
-``--plan`` answers how many such replicas a workload needs for a p90 TTFT target (plan_cmd.py).
+``--plan`` answers how many such replicas a workload needs for a p90 TTFT target (plan_cmd.py): on a
+simulated clock, so ``--time-scale`` does not matter to it, and the same ``--seed`` (default 0) gives
+the same answer.
 """
 
 from __future__ import annotations
@@ -89,11 +91,15 @@ def sim(
         float | None, typer.Option(help="Seconds per decode step, one sequence.")
     ] = None,
     time_scale: Annotated[
-        float | None, typer.Option(help="Wall seconds per simulated second (default 1).")
+        float | None,
+        typer.Option(help="Wall seconds per simulated second (default 1; --plan runs on its own clock)."),
     ] = None,
     kv_events: Annotated[bool, typer.Option("--kv-events", help="Publish KV events over ZMQ.")] = False,
     kv_events_port: Annotated[int, typer.Option(help="First ZMQ PUB port (0: free ports).")] = 5557,
-    seed: Annotated[int, typer.Option(help="Seed for injected errors.")] = 0,
+    seed: Annotated[
+        int,
+        typer.Option(help="Seed of injected errors; for --plan also of the workload and the router."),
+    ] = 0,
     params: Annotated[Path | None, typer.Option("--params", help="JSON file of SimParams fields.")] = None,
     fit_csv: Annotated[
         Path | None, typer.Option("--fit", help="Fit to a measurements CSV; print JSON.")
@@ -133,8 +139,6 @@ def sim(
         if plan:
             work = plan_options(rate, duration, groups, shared_tokens, unique_tokens, output_tokens, seed)
             router = load_settings(config).router if config else RouterConfig()
-            if time_scale is None:
-                base = base.with_(time_scale=0.25)
             best = run_plan(base, work, target_p90, max_replicas, router)
             raise typer.Exit(0 if best is not None else 1)
         simulator = Simulator(
