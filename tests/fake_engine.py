@@ -212,6 +212,7 @@ class FakeEngine:
     async def start(self) -> None:
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self._chat)
+        app.router.add_post("/v1/completions", self._chat)  # answers in chat's shape: it is not a model
         app.router.add_post("/v1/embeddings", self._embeddings)
         app.router.add_get("/metrics", self._metrics)
         # handler_cancellation: a handler is cancelled when its client disconnects, as in vLLM.

@@ -52,9 +52,9 @@ class Gateway:
 
 
 @contextlib.asynccontextmanager
-async def serve_gateway(pool: Pool, cfg: GatewayConfig | None = None) -> AsyncIterator[Gateway]:
+async def serve_gateway(pool: Pool, cfg: GatewayConfig | None = None, **kw: object) -> AsyncIterator[Gateway]:
     """The gateway app on a real uvicorn server, on a free loopback port."""
-    async with live(create_app(pool, KEY, cfg), TIMEOUT) as url:
+    async with live(create_app(pool, KEY, cfg, **kw), TIMEOUT) as url:  # type: ignore[arg-type]
         yield Gateway(url, pool)
 
 
@@ -462,6 +462,63 @@ async def test_all_replicas_dead_is_503(engine: FakeEngine) -> None:
         assert all(ep.inflight == 0 for ep in pool.all())
 
 
+async def test_a_503_names_no_engine_address(engine: FakeEngine) -> None:
+    port = free_port()
+    pool = make_pool(endpoint(f"http://127.0.0.1:{port}/v1", id="dead-1"))
+    async with serve_gateway(pool) as gw, http_client(gw) as client:
+        resp = await client.post("/v1/chat/completions", json={"model": CHAT, "messages": HELLO})
+        err = assert_openai_error(resp, 503, "no_healthy_replica")
+        assert str(port) not in resp.text and "127.0.0.1" not in resp.text and "Connector" not in resp.text
+        assert CHAT in err["message"]
+        # It refused connections: out of the pool at once, not at its next health check.
+        assert pool.endpoints(CHAT)[0].healthy is False
+        assert (await client.get("/readyz")).json()["models"] == {CHAT: False}
+
+
+class Resetter:
+    """A replica that dies under each request: it reads it, then resets the connection (RST)."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/v1"
+        self.hits = 0
+        self._server: asyncio.Server | None = None
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        import socket
+        import struct
+
+        await reader.readuntil(b"\r\n\r\n")
+        self.hits += 1
+        sock = writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        writer.transport.abort()
+
+    async def __aenter__(self) -> Resetter:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        await self._server.wait_closed()
+
+
+async def test_a_replica_that_resets_the_connection_fails_over(engine: FakeEngine) -> None:
+    """An engine that died under the request (connection reset, aiohttp's ClientOSError) sent
+    nothing back: the request goes to a healthy replica instead of failing with 502."""
+    async with Resetter() as dying:
+        pool = make_pool(endpoint(dying.url, id="dying"), endpoint(engine.url, id="live"))
+        async with serve_gateway(pool) as gw, http_client(gw) as client:
+            for _ in range(4):
+                resp = await client.post("/v1/chat/completions", json={"model": CHAT, "messages": HELLO})
+                assert resp.status_code == 200, resp.text
+                assert resp.headers["x-m2a-replica"] == "live"
+            assert dying.hits >= 1  # it was tried, so failover really happened
+            assert len(engine.requests) == 4
+            assert all(ep.inflight == 0 for ep in pool.all())
+
+
 # ---------------------------------------------------------------------------- 13. engine errors
 async def test_engine_error_in_old_vllm_shape_becomes_openai_shape(
     client: httpx.AsyncClient, oai: openai.AsyncOpenAI, engine: FakeEngine
@@ -478,6 +535,37 @@ async def test_engine_error_in_old_vllm_shape_becomes_openai_shape(
         await oai.chat.completions.create(model=CHAT, messages=HELLO)  # type: ignore[arg-type]
     assert OLD_VLLM_ERROR["message"] in str(exc_info.value)
     assert len(engine.requests) == 3
+
+
+# ---------------------------------------------------------------------------- bad bodies
+def nested(depth: int) -> str:
+    return "[" * depth + "]" * depth
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/completions", "/v1/embeddings"])
+async def test_a_deeply_nested_body_is_a_400_not_a_500(
+    client: httpx.AsyncClient, engine: FakeEngine, path: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    before = len(engine.requests)
+    for body in (
+        nested(10_000),  # past the parser's recursion: once a 500 and two tracebacks
+        f'{{"model": "{CHAT}", "messages": {nested(100)}}}',  # parses, but deeper than any request
+        f'{{"model": "{EMBED}", "input": "x", "user": {{"a": {nested(70)}}}}}',
+    ):
+        resp = await client.post(path, content=body, headers={"content-type": "application/json"})
+        err = assert_openai_error(resp, 400, "invalid_json")
+        assert "nested" in err["message"]
+    assert len(engine.requests) == before
+    assert not [r for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")]
+
+
+async def test_moderately_nested_json_still_passes(client: httpx.AsyncClient, engine: FakeEngine) -> None:
+    schema: dict = {"type": "string"}
+    for _ in range(20):  # a tool schema 40 levels deep is legal (if unusual)
+        schema = {"type": "object", "properties": {"x": schema}}
+    tools = [{"type": "function", "function": {"name": "f", "parameters": schema}}]
+    resp = await client.post("/v1/chat/completions", json={"model": CHAT, "messages": HELLO, "tools": tools})
+    assert resp.status_code == 200, resp.text
 
 
 # ---------------------------------------------------------------------------- 14. probes and metrics
@@ -511,6 +599,22 @@ async def test_unknown_path_and_wrong_method_are_openai_errors(client: httpx.Asy
     assert_openai_error(await client.get("/v1/no-such-thing"), 404, "unknown_url")
     assert_openai_error(await client.post("/v2/chat/completions", json={}), 404)
     assert_openai_error(await client.get("/v1/chat/completions"), 405)
+
+
+async def test_readiness_detail_is_for_admin_keys_only(engine: FakeEngine) -> None:
+    """A probe learns ready / not ready per model; engine URLs, pids and logs need the admin key."""
+    detail = [{"replica": "r", "url": "http://10.0.0.5:18100/v1", "pid": 4242, "log": "/var/log/r.log"}]
+    pool = make_pool(endpoint(engine.url, CHAT))
+    async with (
+        serve_gateway(pool, replica_status=lambda: detail) as gw,
+        http_client(gw, key=None) as anonymous,
+        http_client(gw) as admin,
+    ):
+        for headers in ({}, {"authorization": "Bearer not-a-key"}):
+            resp = await anonymous.get("/readyz", headers=headers)
+            assert resp.status_code == 200 and resp.json() == {"ready": True, "models": {CHAT: True}}
+            assert "10.0.0.5" not in resp.text and "4242" not in resp.text
+        assert (await admin.get("/readyz")).json()["replicas"] == detail
 
 
 # ---------------------------------------------------------------------------- 16. engine dies mid-stream

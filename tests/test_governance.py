@@ -29,9 +29,10 @@ from sqlalchemy import select
 
 import m2a.gateway.counters as counters_module
 import m2a.gateway.quota as quota_module
-from m2a.config import GatewayConfig
+from m2a.config import GatewayConfig, Price
 from m2a.gateway.app import create_app
-from m2a.gateway.quota import window_bounds
+from m2a.gateway.counters import Memory
+from m2a.gateway.quota import Quotas, estimate_input, window_bounds
 from m2a.router.pool import Endpoint, Pool
 from m2a.store.identity import IdentityStore, Principal
 from m2a.store.ledger import Ledger
@@ -287,6 +288,58 @@ async def test_a_request_that_can_never_fit_is_refused_before_the_engine(
     assert (await gw.chat(key, max_tokens=10)).status_code == 200  # a small one still fits
 
 
+async def test_completions_reserve_the_max_tokens_their_engine_obeys(
+    gw: Gateway, engine: FakeEngine, store: IdentityStore
+) -> None:
+    """Completion engines generate up to ``max_tokens`` whatever ``max_completion_tokens`` says:
+    a small ``max_completion_tokens`` must not let a large ``max_tokens`` past the quota."""
+    [key] = await make_team(store, "team-a")
+    await gw.set_quota("team-a", ("tokens", "hour", 100))
+
+    async def complete(**body: Any) -> httpx.Response:
+        body = {"model": MODEL, "prompt": "hi", **body}
+        return await gw.client.post("/v1/completions", headers=auth(key), json=body)
+
+    resp = await complete(max_tokens=300, max_completion_tokens=1)
+    err = assert_openai_error(resp, 429, "request_too_large")
+    assert err["param"] == "max_tokens"
+    calls = [complete(max_tokens=300, max_completion_tokens=1) for _ in range(10)]
+    assert {r.status_code for r in await within(asyncio.gather(*calls), "ten at once")} == {429}
+    assert engine.requests == []
+    assert (await complete(max_tokens=40, max_completion_tokens=1)).status_code == 200
+    [sent] = engine.requests
+    assert (sent.json["max_tokens"], sent.json["max_completion_tokens"]) == (40, 40)
+    assert (await complete()).status_code == 200  # no max_tokens: OpenAI's default of 16, told
+    assert engine.requests[1].json["max_tokens"] == 16
+
+
+async def test_the_engine_is_told_the_cap_that_was_reserved(
+    gw: Gateway, engine: FakeEngine, store: IdentityStore
+) -> None:
+    """No max_tokens: the reservation is capped at what the limit leaves, and that cap (per
+    choice) reaches the engine as its max_tokens; the client's own cap is sent in both fields."""
+    [key] = await make_team(store, "team-a")
+    await gw.set_quota("team-a", ("tokens", "minute", 100))
+    engine.usage = {"prompt_tokens": 8, "completion_tokens": 0, "total_tokens": 8}
+    assert (await gw.chat(key)).status_code == 200  # "Say hello." is estimated at 8 prompt tokens
+    assert engine.requests[-1].json["max_tokens"] == 92
+    await gw.app.state.quotas.drain()  # 8 used: 92 left
+    assert (await gw.chat(key, n=2)).status_code == 200
+    assert engine.requests[-1].json["max_tokens"] == (92 - 8) // 2  # n sequences share what is left
+    assert (await gw.chat(key, max_tokens=300, max_completion_tokens=20)).status_code == 200
+    sent = engine.requests[-1].json
+    assert (sent["max_tokens"], sent["max_completion_tokens"]) == (20, 20)
+
+
+async def test_without_token_limits_the_body_is_left_alone(
+    gw: Gateway, engine: FakeEngine, store: IdentityStore
+) -> None:
+    [key] = await make_team(store, "team-a")
+    await gw.set_quota("team-a", ("requests", "minute", 100))
+    assert (await gw.chat(key)).status_code == 200
+    assert "max_tokens" not in engine.requests[-1].json  # the engine's own default stands
+
+
 async def test_concurrency_limit(gw: Gateway, engine: FakeEngine, store: IdentityStore) -> None:
     [key] = await make_team(store, "team-a")
     await gw.set_quota("team-a", ("concurrency", "-", 1))
@@ -399,6 +452,32 @@ async def test_ledger_has_one_row_per_request_that_reached_an_engine(
     assert [(r["input_tokens"], r["output_tokens"]) for r in rows[:2]] == [(12, 3), (13, 6)]
     assert rows[0]["ttft_ms"] is None and rows[1]["ttft_ms"] is not None
     assert list((tmp_path / "ledger").glob("journal-*")) == []
+
+
+async def test_a_stream_the_engine_cut_off_bills_what_was_relayed(
+    engine: FakeEngine, store: IdentityStore, ledger: Ledger
+) -> None:
+    """The client got 200 and content, then an error event: the record says so (HTTP 200, status
+    error) and counts the relayed content as output, priced at the model's price."""
+    [key] = await make_team(store, "team-a")
+    price = Price(input_per_1m=1.0, output_per_1m=2.0)
+    quotas = Quotas(Memory(), {MODEL: price})
+    async with serve(make_pool(engine), store, ledger=ledger, app_kw={"quotas": quotas}) as gw:
+        engine.mode, engine.gate = "die_mid_stream", asyncio.Event()  # dies once the client has a chunk
+        body = {"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "stream": True}
+        events = []
+        async with gw.client.stream("POST", "/v1/chat/completions", headers=auth(key), json=body) as resp:
+            assert resp.status_code == 200
+            async for line in resp.aiter_lines():
+                if line.startswith("data:"):
+                    events.append(line[5:].strip())
+                    engine.release()
+        assert json.loads(events[0])["choices"][0]["delta"]["content"] == engine.chunks[0]
+        assert "error" in json.loads(events[-1])
+    [row] = await ledger_rows(store)
+    assert (row["status"], row["http_status"], row["output_tokens"]) == ("error", 200, 1)
+    assert row["input_tokens"] == estimate_input(body) > 0
+    assert row["cost"] == pytest.approx(price.cost(row["input_tokens"], 1))
 
 
 async def test_ledger_marks_a_client_that_left_mid_stream_as_cancelled(

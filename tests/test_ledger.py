@@ -428,6 +428,56 @@ async def test_close_marks_open_requests_interrupted(database: Database, jdir: P
     assert list(jdir.iterdir()) == []
 
 
+async def test_cut_off_streams_are_billed_for_what_was_relayed(database: Database, jdir: Path) -> None:
+    """A gateway that dies (a journal with no end line) or stops mid-stream still bills the prompt
+    estimate and the tokens the client received, at the prices the begin line carries."""
+    engine = await database.open()
+    priced = {**BEGIN, "input_estimate": 50, "price": [1.0, 4.0]}
+    progress = [{"t": "p", "id": "dead", "out": n} for n in (1, 17)]
+    write_journal(jdir, [b("dead", **priced), *progress])
+    ledger = await new_ledger(engine, jdir)  # recovers the dead process's journal
+    ledger.begin("stopping", **priced)
+    ledger.progress("stopping", 5)
+    ledger.progress("stopping", 3)  # never backwards
+    ledger.begin("silent", **priced)  # nothing relayed: nothing billed
+    await ledger.close()
+    rows = await stored(engine)
+    assert summary(rows) == {
+        "dead": ("dead", "interrupted", None, 50, 17, 0, "research"),
+        "stopping": ("stopping", "interrupted", None, 50, 5, 0, "research"),
+        "silent": ("silent", "interrupted", None, 0, 0, 0, "research"),
+    }
+    assert rows["dead"]["cost"] == pytest.approx((50 * 1.0 + 17 * 4.0) / 1e6)
+    assert rows["silent"]["cost"] is None
+
+
+async def test_a_flush_cancelled_at_shutdown_loses_nothing(
+    database: Database, jdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The background flush may be cancelled in the middle of its database write when the gateway
+    stops: the records it held must still reach the database (once a clean stop lost them all)."""
+    engine = await database.open()
+    ledger = Ledger(engine, jdir, flush_s=0.01)
+    await ledger.start()
+    writing = asyncio.Event()
+    real = ledger._upsert
+
+    async def slow_upsert(rows: list[dict[str, Any]]) -> None:
+        if rows:
+            writing.set()
+            await asyncio.sleep(3600)  # cancelled here by close()
+        await real(rows)
+
+    monkeypatch.setattr(ledger, "_upsert", slow_upsert)
+    ledger.begin("r1", **BEGIN)
+    ledger.end("r1", **END)
+    await asyncio.wait_for(writing.wait(), 10)
+    monkeypatch.setattr(ledger, "_upsert", real)
+    await ledger.close()
+    assert summary(await stored(engine)) == {"r1": ("r1", "ok", 200, 12, 30, 4, "research")}
+    assert list(jdir.iterdir()) == []
+
+
 # -- reading -------------------------------------------------------------------------------------
 
 

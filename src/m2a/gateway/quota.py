@@ -25,6 +25,7 @@ BYTES_PER_TOKEN = 3  # generous: English runs about 4 bytes per token
 TOKENS_PER_MESSAGE = 4  # the chat template's own tokens around each message
 TOKENS_PER_IMAGE = 1000
 OUTPUT_BOUND = ("tokens", "output_tokens", "cost")  # limits whose reservation counts output tokens
+ROOMY = ("tokens", "output_tokens")  # token limits that cap the output reserved when none is asked
 
 
 def _text_bytes(content: Any) -> tuple[int, int]:
@@ -176,6 +177,18 @@ class Quotas:
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
+    @staticmethod
+    def counter_key(lim: Limit, now: float) -> str:
+        start, _ = window_bounds(lim.window, now)
+        return f"{lim.scope}:{lim.subject}:{lim.metric}:{lim.window}:{start}"
+
+    async def _room(self, lim: Limit, est_in: int, now: float) -> int:
+        """Output tokens a token limit has left in its window once the prompt is counted."""
+        if lim.limit <= 0:
+            return 1 << 62  # a zero limit refuses the request anyway
+        used = await self.counters.value(self.counter_key(lim, now))
+        return lim.limit - used - (0 if lim.metric == "output_tokens" else est_in)
+
     async def admit(
         self, principal: Principal, model: str, payload: dict[str, Any], token: str, embed: bool = False
     ) -> Ticket | None:
@@ -188,22 +201,19 @@ class Quotas:
         asked = asked_cap is not None
         cap: int | None = None  # per choice: what the engine is told (None: the request is left alone)
         est_out = 0
+        now = time.time()
         if not embed:
             n = choices(payload)
             cap = asked_cap
             if cap is None:
                 # No max_tokens: reserve the default, but never more than the tightest token limit
-                # leaves after the prompt, or a small team could send no such request at all.
-                room = [
-                    lim.limit - (0 if lim.metric == "output_tokens" else est_in)
-                    for lim in principal.limits
-                    if lim.metric in ("tokens", "output_tokens") and lim.limit > 0
-                ]
+                # has left in its window after the prompt, or a small team could send no such
+                # request at all (the reservation below still decides, atomically).
+                room = [await self._room(lim, est_in, now) for lim in principal.limits if lim.metric in ROOMY]
                 cap = max(1, min([default_output(payload, self.reserve_output), *(r // n for r in room)]))
             est_out = cap * n
             if not any(lim.metric in OUTPUT_BOUND for lim in principal.limits):
                 cap = None  # nothing reserved depends on the output: the engine's own default stands
-        now = time.time()
         charges: list[Charge] = []
         for lim in principal.limits:
             amount = amounts(lim.metric, price, est_in, est_out)
@@ -221,10 +231,8 @@ class Quotas:
                     code="request_too_large",
                     param="max_tokens" if asked else "messages",
                 )
-            start, end = window_bounds(lim.window, now)
-            charges.append(
-                Charge(f"{lim.scope}:{lim.subject}:{lim.metric}:{lim.window}:{start}", lim.limit, amount, end)
-            )
+            end = window_bounds(lim.window, now)[1]
+            charges.append(Charge(self.counter_key(lim, now), lim.limit, amount, end))
         hit = await self.counters.reserve(charges, token)
         if hit is not None:
             lim, c = principal.limits[hit], charges[hit]
