@@ -13,7 +13,12 @@ Options that make it behave like a real engine with workers, or like a stubborn 
 * ``--ignore-sigterm``: ignore SIGTERM, so only SIGKILL stops it;
 * ``--info-file PATH``: write the /info JSON to PATH once serving;
 * ``--key K``: answer 401 unless the request carries ``Authorization: Bearer K``;
-* ``--sick-file PATH``: answer 500 on the health routes while PATH exists (alive but unhealthy).
+* ``--sick-file PATH``: answer 500 on the health routes while PATH exists (alive but unhealthy);
+* ``--log LINE`` (repeatable): print these lines first, one every ``--log-every S`` seconds;
+* ``--crash MESSAGE``: then die the way vLLM does when its engine core cannot start: the core's
+  ``ValueError: MESSAGE`` traceback (in vLLM's log format), then the API server's own uncaught
+  ``RuntimeError: Engine core initialization failed. See root cause above...`` (exit code 1);
+* ``--crash-if-exists PATH``: crash that way only when PATH exists at start.
 
 It prints a line or two to stdout (the supervisor's log file), like an engine loading weights.
 """
@@ -27,8 +32,23 @@ import signal
 import subprocess
 import sys
 import time
+import traceback
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+
+
+def crash_like_vllm(message: str) -> None:
+    prefix = f"(EngineCore_DP0 pid={os.getpid()}) ERROR 05-02 10:00:40 [core.py:708] "
+    try:
+        raise ValueError(message)
+    except ValueError:
+        print(prefix + "EngineCore failed to start.")
+        for line in traceback.format_exc().splitlines():
+            print(prefix + line)
+    print(f"(EngineCore_DP0 pid={os.getpid()}) INFO 05-02 10:00:41 [core.py:900] shutting down", flush=True)
+    raise RuntimeError(
+        "Engine core initialization failed. See root cause above. Failed core proc(s): {'EngineCore_DP0': 1}"
+    )
 
 
 def main() -> None:
@@ -41,9 +61,19 @@ def main() -> None:
     p.add_argument("--info-file")
     p.add_argument("--key")
     p.add_argument("--sick-file")
+    p.add_argument("--log", action="append", default=[])
+    p.add_argument("--log-every", type=float, default=0.0)
+    p.add_argument("--crash")
+    p.add_argument("--crash-if-exists")
     args = p.parse_args()
 
     started = time.monotonic()
+    for i, line in enumerate(args.log):
+        if i and args.log_every:
+            time.sleep(args.log_every)
+        print(line, flush=True)
+    if args.crash and (not args.crash_if_exists or os.path.exists(args.crash_if_exists)):
+        crash_like_vllm(args.crash)
     if args.ignore_sigterm:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
     grandchild = None

@@ -224,21 +224,27 @@ async def test_unhealthy_engine_is_dropped_then_restarted(
 
 
 async def test_engine_that_exits_at_once_is_restarted_with_growing_backoff(tmp_path: Path) -> None:
+    """An engine that fails differently each time is retried, with backoff (the same failure twice
+    in a row before readiness gives it up: see the next tests)."""
     port = free_port()
     spec = fake_spec(port)
-    spec.argv = [sys.executable, "-c", "import sys; print('boom: bad flag', flush=True); sys.exit(3)"]
+    spec.argv = [
+        sys.executable,
+        "-c",
+        "import sys, time; print(f'boom: bad flag {time.time_ns()}', flush=True); sys.exit(3)",
+    ]
     cfg = small_config(restart_backoff_s=1.0, restart_backoff_max_s=2.0)
     async with supervised([spec], tmp_path, cfg) as (sup, rec):
         await wait_until(lambda: sup.status()[0]["restarts"] >= 4, "four restarts", rec)
         (st,) = sup.status()
-        assert st["last_error"] == "engine exited with code 3"
-        assert st["ready_after_s"] is None
+        assert str(st["last_error"]).startswith("engine exited with code 3: boom: bad flag")
+        assert st["ready_after_s"] is None and st["state"] != "failed"
         restarts = [e for e in rec.events if re.search(r"fake#0: .* restart \d+ in", e)]
         # The wait doubles from restart_backoff_s up to restart_backoff_max_s.
         waits = [re.search(r"restart (\d+) in (\d+)s", e).groups() for e in restarts[:4]]  # type: ignore[union-attr]
         assert waits == [("1", "1"), ("2", "2"), ("3", "2"), ("4", "2")], restarts
         assert all("exited with code 3" in e for e in restarts)
-        assert "boom: bad flag" in restarts[0]  # the end of the log, to say why
+        assert "boom: bad flag" in restarts[0]  # no error line: the end of the log, to say why
         assert not await sup.wait_ready(0.5)
         assert rec.changes == []
     assert sup.status()[0]["state"] == "stopped"
@@ -266,6 +272,8 @@ async def test_stop_ends_the_engine_and_its_children(
         assert st["state"] == "stopped" and st["pid"] is None
         assert sup.child_pids() == []
         assert rec.changes == [("fake#0", True), ("fake#0", False)]
+        assert "stopping 1 engine (fake#0): SIGTERM, SIGKILL after 3s" in rec.events
+        assert not any("killed" in e for e in rec.events)
 
 
 async def test_stop_kills_an_engine_that_ignores_sigterm(
@@ -282,6 +290,9 @@ async def test_stop_kills_an_engine_that_ignores_sigterm(
         assert proc.returncode == -signal.SIGKILL  # SIGTERM was ignored; SIGKILL after stop_grace_s
         assert await wait_gone([engine, *grandchildren]) == []
         assert sup.status()[0]["state"] == "stopped"
+        # Both said, so that the wait does not look like a hang.
+        assert "stopping 1 engine (fake#0): SIGTERM, SIGKILL after 3s" in rec.events
+        assert "fake#0: still running 3s after SIGTERM: killed (SIGKILL)" in rec.events
 
 
 # ---------------------------------------------------------------------------- remote
@@ -322,6 +333,9 @@ async def test_remote_replica_is_health_checked_only(tmp_path: Path, reaper: lis
             server.wait()
             await wait_until(lambda: ("remote#0", False) in rec.changes, "the remote reported down", rec)
             await wait_until(lambda: sup.status()[0]["state"] == "unhealthy", "state unhealthy", rec)
+            assert [e for e in rec.events if "unhealthy" in e] == [
+                "remote#0: unhealthy (health check failed): out of the pool"
+            ]
 
             server = serve()
             await wait_until(
@@ -331,6 +345,8 @@ async def test_remote_replica_is_health_checked_only(tmp_path: Path, reaper: lis
             assert rec.changes == [("remote#0", True), ("remote#0", False), ("remote#0", True)]
             (st,) = sup.status()
             assert st["state"] == "ready" and st["restarts"] == 0
+            await wait_until(lambda: "healthy again" in rec.events[-1], "the recovery said", rec)
+            assert rec.events[-1] == "remote#0: healthy again: back in the pool"
     finally:
         server.kill()
         server.wait()
@@ -401,11 +417,121 @@ async def test_warming_up_progress_while_waiting_for_health(
     ):
         assert await sup.wait_ready(READY_TIMEOUT), rec.events
         engine_process(sup, reaper)
-        warming = [i for i, e in enumerate(rec.events) if "warming up" in e]
+        warming = [i for i, e in enumerate(rec.events) if "since start" in e]
         ready = [i for i, e in enumerate(rec.events) if "fake#0: ready" in e]
         assert warming, rec.events
         assert warming[0] < ready[0]
-        # The progress line shows the last line of the engine's log.
-        assert re.match(r"fake#0: warming up \d+s \| .*loading weights", rec.events[warming[0]])
+        # The stage, not the engine's last log line: an engine this test's patterns do not know
+        # stays "starting" whatever it prints ("... loading weights on port ...").
+        assert re.fullmatch(r"fake#0: starting( for \d+s)? \(\d+s since start\)", rec.events[warming[0]])
+        assert not any("loading weights" in e for e in rec.events)
         assert rec.changes == [("fake#0", True)]
+        assert sup.status()[0]["restarts"] == 0
+
+
+# ---------------------------------------------------------------------------- failures that repeat
+KV_ERROR = (
+    "To serve at least one request with the model's max seq len (8192), (0.18 GiB KV cache is needed, "
+    "which is larger than the available KV cache memory (0.13 GiB). Based on the available memory, "
+    "the estimated maximum model length is 6016."
+)
+
+
+async def test_engine_failing_the_same_way_before_ready_is_given_up(tmp_path: Path) -> None:
+    """vLLM refusing its configuration fails identically every time: retrying forever cannot help."""
+    spec = fake_spec(free_port(), "--crash", KV_ERROR)
+    async with supervised([spec], tmp_path) as (sup, rec):
+        await wait_until(lambda: sup.status()[0]["state"] == "failed", "the replica given up", rec)
+        assert not await sup.wait_ready(READY_TIMEOUT)  # answers at once: nothing left to wait for
+        assert [r.spec.replica_id for r in sup.failed()] == ["fake#0"]
+        (st,) = sup.status()
+        # The engine's own error line, not the log's last line (the API server's "see above").
+        assert st["last_error"] == f"engine exited with code 1: ValueError: {KV_ERROR}"
+        assert st["restarts"] == 1 and st["pid"] is None and st["ready_after_s"] is None
+        restarts = [e for e in rec.events if "restart 1 in" in e]
+        assert len(restarts) == 1 and f"ValueError: {KV_ERROR}" in restarts[0], rec.events
+        assert not any("See root cause above" in e for e in rec.events)
+        (failed,) = [e for e in rec.events if "failed:" in e]
+        assert failed.startswith(f"fake#0: failed: engine exited with code 1: ValueError: {KV_ERROR}")
+        assert "not restarted" in failed
+        assert sup._tasks[0].done()  # supervision of it ended
+        assert not any("restart 2" in e for e in rec.events)
+        assert rec.changes == []
+
+
+async def test_engine_that_was_ready_is_restarted_however_it_fails(
+    tmp_path: Path, reaper: list[psutil.Process]
+) -> None:
+    """Once ready, a crash may be transient (memory, a bad request): it keeps the restart with backoff."""
+    crash = tmp_path / "crash"
+    spec = fake_spec(free_port(), "--crash-if-exists", str(crash), "--crash", KV_ERROR)
+    cfg = small_config(restart_backoff_s=0.2, restart_backoff_max_s=0.4)
+    async with supervised([spec], tmp_path, cfg) as (sup, rec):
+        assert await sup.wait_ready(READY_TIMEOUT), rec.events
+        crash.touch()
+        engine_process(sup, reaper).send_signal(signal.SIGKILL)
+        await wait_until(lambda: sup.status()[0]["restarts"] >= 4, "restarts after identical crashes", rec)
+        (st,) = sup.status()
+        assert st["state"] != "failed" and not sup.failed()
+        assert st["last_error"] == f"engine exited with code 1: ValueError: {KV_ERROR}"
+        crash.unlink()
+        await wait_until(lambda: sup.status()[0]["state"] == "ready", "the replica back", rec)
+        engine_process(sup, reaper)
+
+
+# ---------------------------------------------------------------------------- stages and health
+VLLM_START = [
+    "(APIServer pid=11) INFO 05-02 10:00:01 [api_server.py:1] vLLM server version 0.32.0, serving model m",
+    "(EngineCore_DP0 pid=12) INFO 05-02 10:00:09 [cpu_model_runner.py:68] Starting to load model /m/hf...",
+    "(EngineCore_DP0 pid=12) WARNING 05-02 10:01:09 [shm_broadcast.py:1] No available shared memory "
+    "broadcast block found in 60 seconds",
+    "(EngineCore_DP0 pid=12) INFO 05-02 10:01:10 [default_loader.py:502] Loading weights took 1.20 seconds",
+    "(EngineCore_DP0 pid=12) INFO 05-02 10:01:11 [cpu_model_runner.py:87] Warming up model for the "
+    "compilation...",
+    "'function' object has no attribute 'finalize_loading'",
+    "(EngineCore_DP0 pid=12) INFO 05-02 10:01:20 [cpu_worker.py:260] Explicitly set (0.13/3.80) GiB for "
+    "KV cache on node 0.",
+    "(EngineCore_DP0 pid=12) INFO 05-02 10:01:21 [core.py:403] init engine (profile, create kv cache, warmup "
+    "model) took 30.20 s",
+]
+STAGE_LINE = re.compile(r"fake#0: ([a-z /A-Z]+?)( for \d+s)? \(\d+s since start\)")
+
+
+async def test_progress_says_the_engines_stage(tmp_path: Path, reaper: list[psutil.Process]) -> None:
+    options = [arg for line in VLLM_START for arg in ("--log", line)]
+    spec = fake_spec(free_port(), *options, "--log-every", "1.5")
+    spec.engine = "vllm"  # read its log with vLLM's patterns
+    async with supervised([spec], tmp_path) as (sup, rec):
+        assert await sup.wait_ready(READY_TIMEOUT), rec.events
+        engine_process(sup, reaper)
+        progress = [e for e in rec.events if "since start" in e]
+        stages = [m.group(1) for e in progress if (m := STAGE_LINE.fullmatch(e))]
+        assert len(stages) == len(progress), progress  # every progress line names a stage, nothing else
+        assert "loading weights" in stages, progress
+        known = ["starting", "loading weights", "compiling / warming up", "allocating the KV cache"]
+        known.append("starting the API server")
+        seen = list(dict.fromkeys(stages))
+        assert seen == [k for k in known if k in seen], progress  # in the order the engine went
+        # Lines that name no stage are never shown (they stay in the log file).
+        assert not any("shared memory" in e or "finalize_loading" in e for e in rec.events)
+        assert "finalize_loading" in Path(str(sup.status()[0]["log"])).read_text()
+        assert sup.status()[0]["stage"] is None  # ready
+
+
+async def test_health_changes_of_a_running_engine_are_said(
+    tmp_path: Path, reaper: list[psutil.Process], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from m2a.engines import supervisor
+
+    monkeypatch.setattr(supervisor, "HEALTH_FAILURES_BEFORE_RESTART", 10**6)  # drop it, never restart
+    sick = tmp_path / "sick"
+    async with supervised([fake_spec(free_port(), "--sick-file", str(sick))], tmp_path) as (sup, rec):
+        assert await sup.wait_ready(READY_TIMEOUT), rec.events
+        engine_process(sup, reaper)
+        sick.touch()
+        await wait_until(lambda: ("fake#0", False) in rec.changes, "the replica reported unhealthy", rec)
+        assert "fake#0: unhealthy (health check failed): out of the pool" in rec.events
+        sick.unlink()
+        await wait_until(lambda: len(rec.changes) == 3, "the replica back in the pool", rec)
+        assert rec.events[-1] == "fake#0: healthy again: back in the pool"
         assert sup.status()[0]["restarts"] == 0

@@ -2,8 +2,13 @@
 
 Each managed replica runs in its own process group (so an engine's own workers are stopped with
 it) with a parent-death signal (so a SIGKILLed m2a does not leave engines behind). Remote replicas
-are only health-checked. Every state change is reported through ``on_change`` so the router's pool
-can add or drop the replica; progress lines go to ``on_event``.
+are only health-checked. Every health change is reported through ``on_change`` so the router's pool
+can add or drop the replica, and as a line through ``on_event``, with start-up progress (the
+engine's stage, read from its log) and the error an engine exited with.
+
+A replica that fails the same way twice before it was ever ready (a bad flag, a context that does
+not fit) is marked ``failed`` and not started again: retrying cannot help. One that was ready before
+is restarted with exponential backoff however it fails.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import psutil
 
 from m2a.config import SupervisorConfig
 from m2a.engines.base import EngineSpec
+from m2a.engines.enginelog import START_MARK, StageReader, error_line, run_lines, tail
 
 log = logging.getLogger("m2a.supervisor")
 
@@ -34,6 +40,8 @@ HEALTH_FAILURES_BEFORE_DROP = 2
 HEALTH_FAILURES_BEFORE_RESTART = 3
 HEALTH_TIMEOUT_S = 10
 PROGRESS_EVERY_S = 5.0
+# Identical failures (same error line) before the first readiness after which a replica is given up.
+SAME_FAILURES_BEFORE_GIVING_UP = 2
 
 
 def _die_with_parent() -> None:  # runs in the child between fork and exec
@@ -41,28 +49,19 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
-def tail(path: Path, lines: int = 1, max_bytes: int = 8192) -> list[str]:
-    """The last non-empty lines of a log file (cheap: reads only its end)."""
-    try:
-        with path.open("rb") as f:
-            f.seek(0, os.SEEK_END)
-            f.seek(max(0, f.tell() - max_bytes))
-            text = f.read().decode(errors="replace")
-    except OSError:
-        return []
-    return [ln.strip() for ln in text.splitlines() if ln.strip()][-lines:]
-
-
 @dataclass
 class Replica:
     spec: EngineSpec
     log_path: Path
-    state: str = "pending"  # pending, starting, ready, unhealthy, restarting, stopped
+    state: str = "pending"  # pending, starting, ready, unhealthy, restarting, failed, stopped
     proc: asyncio.subprocess.Process | None = None
     restarts: int = 0
     started_at: float = field(default_factory=time.monotonic)
     ready_after_s: float | None = None
     last_error: str | None = None
+    stage: str | None = None  # while starting: what the engine's log says it is doing
+    failures: list[str] = field(default_factory=list)  # error lines of the starts that never got ready
+    stages: StageReader | None = None
     family: list[psutil.Process] = field(default_factory=list)  # descendants seen while it ran
 
     @property
@@ -80,6 +79,7 @@ class Replica:
             "restarts": self.restarts,
             "ready_after_s": self.ready_after_s,
             "last_error": self.last_error,
+            "stage": self.stage,
             "log": str(self.log_path) if self.spec.managed else None,
         }
 
@@ -111,13 +111,20 @@ class Supervisor:
         self._tasks = [asyncio.create_task(self._run(r), name=r.spec.replica_id) for r in self.replicas]
 
     async def wait_ready(self, timeout: float | None = None) -> bool:
-        """Wait until every replica is ready once (True), or the timeout passes (False)."""
+        """Wait until every replica is ready once (True), or the timeout passes or a replica that was
+        never ready is given up while the others have been ready (False: see ``failed``)."""
         deadline = time.monotonic() + (timeout if timeout is not None else self.cfg.ready_timeout_s)
         while time.monotonic() < deadline and not self._stopping.is_set():
             if all(r.ready_after_s is not None for r in self.replicas):
                 return True
+            if all(r.ready_after_s is not None or r.state == "failed" for r in self.replicas):
+                return False
             await asyncio.sleep(0.2)
         return all(r.ready_after_s is not None for r in self.replicas)
+
+    def failed(self) -> list[Replica]:
+        """Replicas given up after failing the same way before they were ever ready."""
+        return [r for r in self.replicas if r.state == "failed"]
 
     async def stop(self) -> None:
         """Stop every replica: SIGTERM to each process group, SIGKILL after the grace period."""
@@ -125,6 +132,13 @@ class Supervisor:
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        running = [r for r in self.replicas if r.pid]
+        if running:
+            self._on_event(
+                f"stopping {len(running)} engine{'s' if len(running) > 1 else ''} "
+                f"({', '.join(r.spec.replica_id for r in running)}): SIGTERM, "
+                f"SIGKILL after {self.cfg.stop_grace_s:.0f}s"
+            )
         await asyncio.gather(*(self._kill(r) for r in self.replicas), return_exceptions=True)
         for r in self.replicas:
             self._set(r, "stopped")
@@ -158,6 +172,8 @@ class Supervisor:
             r.last_error = error
         if (state == "ready") != was_ready:
             self._on_change(r.spec, state == "ready")
+            if state == "unhealthy":  # stopped and restarting say so themselves
+                self._on_event(f"{r.spec.replica_id}: unhealthy ({r.last_error}): out of the pool")
 
     async def _run(self, r: Replica) -> None:
         backoff = self.cfg.restart_backoff_s
@@ -165,10 +181,17 @@ class Supervisor:
             if r.spec.managed:
                 await self._launch(r)
             if await self._wait_healthy(r):
-                if r.ready_after_s is None:
+                first = r.ready_after_s is None
+                if first:
                     r.ready_after_s = round(time.monotonic() - r.started_at, 1)
+                r.stage = None
                 self._set(r, "ready")
-                self._on_event(f"{r.spec.replica_id}: ready ({r.spec.engine}, {r.spec.base_url})")
+                took = f" after {time.monotonic() - r.started_at:.0f}s" if r.spec.managed else ""
+                self._on_event(
+                    f"{r.spec.replica_id}: ready ({r.spec.engine}, {r.spec.base_url}){took}"
+                    if first
+                    else f"{r.spec.replica_id}: healthy again{took}: back in the pool"
+                )
                 backoff = self.cfg.restart_backoff_s
                 await self._watch(r)
             if self._stopping.is_set():
@@ -176,11 +199,12 @@ class Supervisor:
             if r.spec.managed:
                 self._set(r, "restarting")
                 await self._kill(r)
+                if self._give_up(r):
+                    return
                 r.restarts += 1
-                last = "; ".join(tail(r.log_path, 3))
                 self._on_event(
                     f"{r.spec.replica_id}: {r.last_error}; restart {r.restarts} in {backoff:.0f}s"
-                    + (f" (log: {last[-300:]})" if last else "")
+                    f" (log: {r.log_path})"
                 )
             else:
                 self._set(r, "unhealthy")
@@ -188,13 +212,38 @@ class Supervisor:
                 await asyncio.wait_for(self._stopping.wait(), backoff)
             backoff = min(backoff * 2, self.cfg.restart_backoff_max_s)
 
+    def _give_up(self, r: Replica) -> bool:
+        """After a failed start: give the replica up when it failed the same way again before ever
+        being ready (the error line of each failure is in ``last_error``)."""
+        if r.ready_after_s is not None:
+            return False
+        r.failures.append(r.last_error or "")
+        same = r.failures[-SAME_FAILURES_BEFORE_GIVING_UP:]
+        if len(same) < SAME_FAILURES_BEFORE_GIVING_UP or len(set(same)) != 1:
+            return False
+        self._set(r, "failed")
+        self._on_event(
+            f"{r.spec.replica_id}: failed: {r.last_error} — the same error {len(same)} times before it "
+            f"was ever ready, so it is not restarted; fix the cause and start again (log: {r.log_path})"
+        )
+        return True
+
+    def _exit_error(self, r: Replica, what: str) -> str:
+        """``what`` happened to the engine, with the error line its log ends the run with."""
+        found = error_line(run_lines(r.log_path))
+        if found is None:  # no error line: the last line or two, to say something
+            found = "; ".join(tail(r.log_path, 2))[-300:] or None
+        return f"{what}: {found[:500]}" if found else what
+
     async def _launch(self, r: Replica) -> None:
         assert r.spec.argv is not None
         self._set(r, "starting")
         r.started_at = time.monotonic()
         with r.log_path.open("ab") as log:
-            log.write(f"\n=== m2a: starting {' '.join(r.spec.argv)}\n".encode())
+            log.write(f"\n{START_MARK} {' '.join(r.spec.argv)}\n".encode())
             log.flush()
+            r.stage = "starting"
+            r.stages = StageReader(r.log_path, r.spec.engine)
             r.proc = await asyncio.create_subprocess_exec(
                 *r.spec.argv,
                 env={**os.environ, **r.spec.env},
@@ -218,13 +267,16 @@ class Supervisor:
 
     def _exited(self, r: Replica) -> bool:
         if r.proc is not None and r.proc.returncode is not None:
-            r.last_error = f"engine exited with code {r.proc.returncode}"
+            r.last_error = self._exit_error(r, f"engine exited with code {r.proc.returncode}")
             return True
         return False
 
     async def _wait_healthy(self, r: Replica) -> bool:
-        """Poll until healthy. Managed replicas give up when the process exits or start-up times out."""
-        started = time.monotonic()
+        """Poll until healthy. Managed replicas give up when the process exits or start-up times out.
+
+        While a managed engine starts, a progress line says its stage (from its log) and for how
+        long: at once when the stage changes, else every PROGRESS_EVERY_S."""
+        started = stage_since = time.monotonic()
         next_progress = started + PROGRESS_EVERY_S
         while not self._stopping.is_set():
             if r.spec.managed and self._exited(r):
@@ -233,16 +285,19 @@ class Supervisor:
                 return True
             now = time.monotonic()
             if r.spec.managed and now - started > self.cfg.ready_timeout_s:
-                r.last_error = f"not ready after {self.cfg.ready_timeout_s:.0f}s"
+                stage = f" (last stage: {r.stage})" if r.stage else ""
+                r.last_error = f"not ready after {self.cfg.ready_timeout_s:.0f}s{stage}"
                 return False
-            if r.spec.managed and now >= next_progress:
-                self._remember_family(r)
-                last = tail(r.log_path)
-                self._on_event(
-                    f"{r.spec.replica_id}: warming up {now - started:.0f}s"
-                    + (f" | {last[0][-120:]}" if last else "")
-                )
-                next_progress = now + PROGRESS_EVERY_S
+            if r.spec.managed and r.stages is not None:
+                stage = r.stages.poll()
+                if stage != r.stage:
+                    r.stage, stage_since, next_progress = stage, now, now
+                if now >= next_progress:
+                    self._remember_family(r)
+                    in_stage = f" for {now - stage_since:.0f}s" if now - stage_since >= 1 else ""
+                    since = f"{now - started:.0f}s since start"
+                    self._on_event(f"{r.spec.replica_id}: {r.stage}{in_stage} ({since})")
+                    next_progress = now + PROGRESS_EVERY_S
             await asyncio.sleep(0.5)
         return False
 
@@ -263,8 +318,9 @@ class Supervisor:
                     return
                 self._remember_family(r)
                 if await self._healthy(r, live=True):
-                    if failures:
+                    if r.state != "ready":
                         self._set(r, "ready")
+                        self._on_event(f"{r.spec.replica_id}: healthy again: back in the pool")
                     failures = 0
                     continue
                 failures += 1
@@ -305,6 +361,10 @@ class Supervisor:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(pgid, signal.SIGKILL)
                 await proc.wait()
+                self._on_event(
+                    f"{r.spec.replica_id}: still running {self.cfg.stop_grace_s:.0f}s after SIGTERM: "
+                    f"killed (SIGKILL)"
+                )
         # Workers left in the group, or ones that moved to a group of their own.
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pgid, signal.SIGKILL)
