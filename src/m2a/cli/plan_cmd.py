@@ -37,8 +37,9 @@ def run_plan(
     def show(t: Trial) -> None:
         mark = "[green]meets[/green]" if t.meets else "[red]misses[/red]"
         console.print(
-            f"  {t.replicas:>3} replicas: p50 {_s(t.p50_s)} s, p90 {_s(t.p90_s)} s, "
-            f"cache hits {100 * t.hit_rate:.0f}%, errors {t.errors}, still waiting {t.waiting}: {mark}"
+            f"  {t.replicas:>3} {'replica: ' if t.replicas == 1 else 'replicas:'} p50 {_s(t.p50_s)} s, "
+            f"p90 {_s(t.p90_s)} s, cache hits {100 * t.hit_rate:.0f}%, errors {t.errors}, "
+            f"still waiting {t.waiting}: {mark}"
         )
 
     best, trials = asyncio.run(plan_replicas(work, params, target_p90_s, cfg, max_replicas, show))
