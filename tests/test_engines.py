@@ -395,3 +395,125 @@ def test_gateway_socket_disables_nagle() -> None:
         assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
     finally:
         sock.close()
+
+
+# ---------------------------------------------------------------------------- the context against the KV cache
+# SmolLM2-135M's config.json (as the GGUF conversion writes it): 23040 KV bytes a token.
+SMOL_CONFIG = {
+    "architectures": ["LlamaForCausalLM"],
+    "model_type": "llama",
+    "hidden_size": 576,
+    "num_attention_heads": 9,
+    "num_key_value_heads": 3,
+    "num_hidden_layers": 30,
+    "max_position_embeddings": 8192,
+    "dtype": "bfloat16",
+}
+TESTER_KV = 141557760  # what an outside tester configured: vLLM said 6016 tokens fit
+
+
+def smol_manifest(tmp_path: Path, config: dict | None = None) -> Manifest:
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    (tmp_path / "config.json").write_text(json.dumps(config or SMOL_CONFIG))
+    m = manifest()
+    m.paths["hf"] = str(tmp_path)
+    return m
+
+
+def test_kv_bytes_per_token_from_config_json() -> None:
+    from m2a.engines.kvfit import kv_shape
+
+    shape = kv_shape(SMOL_CONFIG)
+    assert shape is not None and (shape.layers, shape.kv_heads, shape.head_dim) == (30, 3, 64)
+    assert shape.bytes_per_token == 23040
+    explicit = kv_shape({**SMOL_CONFIG, "head_dim": 128, "num_key_value_heads": None})
+    assert explicit is not None and explicit.bytes_per_token == 2 * 30 * 9 * 128 * 2  # MHA, head_dim given
+    nested = kv_shape({"text_config": SMOL_CONFIG, "model_type": "llava"})
+    assert nested is not None and nested.bytes_per_token == 23040
+    # Not sized here (vLLM sizes sliding windows and hybrid layers differently): no check at all.
+    assert kv_shape({**SMOL_CONFIG, "sliding_window": 4096}) is None
+    assert kv_shape({**SMOL_CONFIG, "layer_types": ["sliding_attention", "full_attention"]}) is None
+    assert kv_shape({**SMOL_CONFIG, "sliding_window": 4096, "use_sliding_window": False}) is not None
+    assert kv_shape({"model_type": "bert"}) is None
+
+
+def test_the_tester_config_picks_what_vllm_said_fits(tmp_path: Path) -> None:
+    """kv_cache_bytes 141557760, default context: vLLM refused 8192 and estimated 6016 tokens."""
+    spec = VllmEngine().spec(
+        ModelConfig(name="smol", kv_cache_bytes=TESTER_KV), smol_manifest(tmp_path), 1, 0, CPU2
+    )
+    assert flag(spec.argv or [], "--max-model-len") == "6016"
+    (note,) = spec.notes
+    assert note.startswith("smol: context 6016 tokens, the most that fits the KV cache")
+    assert "the model's own is 8192" in note and "23040 bytes a token" in note
+
+
+def test_a_configured_context_that_does_not_fit_is_refused_before_launch(tmp_path: Path) -> None:
+    from m2a.engines.base import EngineConfigError
+
+    cfg = ModelConfig(name="smol", kv_cache_bytes=TESTER_KV, max_model_len=8192)
+    with pytest.raises(EngineConfigError) as exc:
+        VllmEngine().spec(cfg, smol_manifest(tmp_path), 1, 0, CPU2)
+    msg = str(exc.value)
+    assert msg.startswith("smol: max_model_len 8192 does not fit the KV cache")
+    assert "needs 191692800 bytes (0.18 GiB)" in msg and "kv_cache_bytes is 141557760 (0.13 GiB" in msg
+    assert "At most 6016 tokens fit" in msg and "kv_cache_bytes to at least 191692800" in msg
+    # The sizes it names work: the most that fits, or the cache it asks for.
+    ok = VllmEngine().spec(
+        cfg.model_copy(update={"max_model_len": 6016}), smol_manifest(tmp_path / "a"), 1, 0, CPU2
+    )
+    assert flag(ok.argv or [], "--max-model-len") == "6016" and ok.notes == []
+    big = cfg.model_copy(update={"kv_cache_bytes": 191692800})
+    assert (
+        flag(VllmEngine().spec(big, smol_manifest(tmp_path / "b"), 1, 0, CPU2).argv or [], "--max-model-len")
+        == "8192"
+    )
+    with pytest.raises(EngineConfigError, match="At most 6016"):
+        VllmEngine().spec(
+            cfg.model_copy(update={"max_model_len": 6017}), smol_manifest(tmp_path / "c"), 1, 0, CPU2
+        )
+    # --max-model-len in extra_args is a configured length too.
+    extra = ModelConfig(name="smol", kv_cache_bytes=TESTER_KV, extra_args=["--max-model-len=7000"])
+    with pytest.raises(EngineConfigError, match="max_model_len 7000 does not fit"):
+        VllmEngine().spec(extra, smol_manifest(tmp_path / "d"), 1, 0, CPU2)
+
+
+def test_kv_dtype_and_block_size_flags_change_what_fits(tmp_path: Path) -> None:
+    base = dict(name="smol", kv_cache_bytes=TESTER_KV)
+    fp8 = VllmEngine().spec(
+        ModelConfig(**base, extra_args=["--kv-cache-dtype", "fp8"]), smol_manifest(tmp_path), 1, 0, CPU2
+    )
+    assert flag(fp8.argv or [], "--max-model-len") is None  # 11520 bytes a token: 8192 fits
+    f32 = VllmEngine().spec(
+        ModelConfig(**base, extra_args=["--dtype", "float32"]), smol_manifest(tmp_path / "a"), 1, 0, CPU2
+    )
+    assert flag(f32.argv or [], "--max-model-len") == "2944"  # 46080 bytes a token: 24 blocks less one
+    small = VllmEngine().spec(
+        ModelConfig(**base, extra_args=["--block-size", "16"]), smol_manifest(tmp_path / "b"), 1, 0, CPU2
+    )
+    assert flag(small.argv or [], "--max-model-len") == "6128"  # 384 blocks of 16, one kept back
+
+
+def test_a_kv_cache_too_small_for_one_block_is_refused(tmp_path: Path) -> None:
+    from m2a.engines.base import EngineConfigError
+
+    with pytest.raises(EngineConfigError, match="too small for even one block of 128 tokens"):
+        VllmEngine().spec(
+            ModelConfig(name="smol", kv_cache_bytes=4 << 20), smol_manifest(tmp_path), 1, 0, CPU2
+        )
+
+
+def test_no_context_check_where_the_budget_or_shape_is_unknown(tmp_path: Path) -> None:
+    m = smol_manifest(tmp_path)
+    # On a GPU vLLM sizes its KV cache from GPU memory: nothing known before it starts.
+    gpu = VllmEngine().spec(ModelConfig(name="smol", max_model_len=8192), m, 1, 0, GPU1)
+    assert flag(gpu.argv or [], "--max-model-len") == "8192" and gpu.notes == []
+    # An embedding model keeps no KV cache.
+    embed = VllmEngine().spec(ModelConfig(name="e", task="embed", kv_cache_bytes=4 << 20), m, 1, 0, CPU2)
+    assert flag(embed.argv or [], "--max-model-len") is None
+    # A model this check does not size is left to vLLM.
+    sliding = smol_manifest(tmp_path / "s", {**SMOL_CONFIG, "sliding_window": 4096})
+    spec = VllmEngine().spec(
+        ModelConfig(name="s", kv_cache_bytes=4 << 20, max_model_len=8192), sliding, 1, 0, CPU2
+    )
+    assert flag(spec.argv or [], "--max-model-len") == "8192"

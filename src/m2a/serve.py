@@ -75,7 +75,10 @@ def free_ports(start: int) -> Iterator[int]:
 
 
 def plan(settings: Settings, inventory: Inventory, say: Say) -> list[EngineSpec]:
-    """Import every configured model in the format its engine needs and lay out its replicas."""
+    """Import every configured model in the format its engine needs and lay out its replicas.
+
+    Raises SourceError, EngineChoiceError or EngineConfigError (a context that does not fit the KV
+    cache...) before anything is started."""
     ports = free_ports(settings.supervisor.base_port)
     specs: list[EngineSpec] = []
     for cfg in settings.models:
@@ -97,11 +100,15 @@ def plan(settings: Settings, inventory: Inventory, say: Say) -> list[EngineSpec]
                 license=cfg.license,
                 progress=say,
             )
+        notes: dict[str, None] = {}
         for n in range(cfg.replicas):
             spec = engine.spec(cfg, manifest, next(ports), n, inventory)
             if spec.engine == "vllm" and spec.task == "chat" and cfg.replicas > 1:
                 publish_kv_events(spec, settings.home / "run" / "kv")
             specs.append(spec)
+            notes.update(dict.fromkeys(spec.notes))
+        for note in notes:  # once per model, not per replica
+            say(note)
     return specs
 
 

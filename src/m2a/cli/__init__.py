@@ -20,6 +20,7 @@ from m2a.cli.sim_cmd import sim
 from m2a.cli.traces_cmd import traces_app
 from m2a.cli.usage_cmd import quotas_app, usage
 from m2a.config import ConfigError, EngineKind, Settings, load_settings
+from m2a.engines.base import EngineConfigError
 from m2a.engines.registry import EngineChoiceError
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="m2a: metal to agent.")
@@ -111,7 +112,7 @@ def up(
     say(f"machine: {inventory.describe()}; state in {settings.home}")
     try:
         specs = plan(settings, inventory, say)
-    except (SourceError, EngineChoiceError) as exc:
+    except (SourceError, EngineChoiceError, EngineConfigError) as exc:
         console.print(f"[red]error:[/] {escape(str(exc))}")
         raise typer.Exit(1) from exc
     except KeyboardInterrupt:  # Ctrl-C while importing: nothing was started yet

@@ -11,6 +11,10 @@ from m2a.config import ModelConfig
 from m2a.metal.inventory import Inventory
 
 
+class EngineConfigError(Exception):
+    """A model configuration an engine would refuse; the message says why and what would work."""
+
+
 @dataclass
 class EngineSpec:
     """How to run (or reach) one replica of one model."""
@@ -31,6 +35,7 @@ class EngineSpec:
     max_inflight: int | None = None  # requests it runs at once before the gateway holds the rest
     tokenizer: str | None = None  # for the router's prefix affinity: "hf:<folder>" or "simple"
     kv_events: str | None = None  # ZMQ endpoint where the engine publishes KV-cache events
+    notes: list[str] = field(default_factory=list)  # what the adapter chose for the user, to print
 
     @property
     def managed(self) -> bool:

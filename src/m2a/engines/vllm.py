@@ -16,6 +16,15 @@ from pathlib import Path
 from m2a.catalog.store import Manifest
 from m2a.config import ModelConfig
 from m2a.engines.base import EngineSpec
+from m2a.engines.kvfit import (
+    CPU_BLOCK,
+    GPU_BLOCK,
+    Fit,
+    fit_context,
+    flag_value,
+    native_context,
+    read_config,
+)
 from m2a.metal.inventory import Inventory
 
 # Tool-call parser per model family (config.json `model_type`), for templates that take `tools`.
@@ -43,18 +52,31 @@ CPU_INFLIGHT = 16  # 2-core measurement: throughput grows up to about 16 streams
 GPU_INFLIGHT = 256  # vLLM's own default batch size (max_num_seqs)
 
 
-def cpu_context(folder: Path) -> int | None:
-    """The context length to start a CPU replica with when none is configured."""
-    try:
-        config = json.loads((folder / "config.json").read_text())
-    except (OSError, ValueError):
-        return None
-    native = config.get("max_position_embeddings") or (config.get("text_config") or {}).get(
-        "max_position_embeddings"
-    )
-    if not isinstance(native, int) or native <= CPU_DEFAULT_MAX_CONTEXT:
-        return None  # the model's own length fits
+def cpu_context(config: dict[str, object] | None) -> int | None:
+    """The context length to start a CPU replica with when none is configured (None: the model's)."""
+    native = native_context(config) if config else None
+    if native is None or native <= CPU_DEFAULT_MAX_CONTEXT:
+        return None  # the model's own length
     return CPU_DEFAULT_MAX_CONTEXT
+
+
+def context_for(
+    cfg: ModelConfig, config: dict[str, object] | None, argv: list[str], task: str, gpu: bool
+) -> Fit:
+    """The context to start with (None: vLLM's default), checked against the KV budget in ``argv``.
+
+    A length set in the configuration (or in ``extra_args``) that does not fit raises ContextError;
+    the default one is lowered to the longest that fits.
+    """
+    from_extra = flag_value(cfg.extra_args, "--max-model-len")
+    wanted = int(from_extra) if from_extra and from_extra.isdigit() else cfg.max_model_len
+    configured = wanted is not None
+    if wanted is None and not gpu:
+        wanted = cpu_context(config)
+    if task == "embed":  # encoder-only pooling models keep no KV cache
+        return Fit(wanted)
+    block = GPU_BLOCK if gpu else CPU_BLOCK
+    return fit_context(cfg.name, config, argv + cfg.extra_args, wanted, configured, block)
 
 
 def tool_parser_for(cfg: ModelConfig, manifest: Manifest | None) -> str | None:
@@ -102,11 +124,6 @@ class VllmEngine:
             str(port),
             "--disable-uvicorn-access-log",
         ]
-        max_len = cfg.max_model_len
-        if max_len is None and not inventory.has_nvidia:
-            max_len = cpu_context(Path(str(manifest.path("hf"))))
-        if max_len:
-            argv += ["--max-model-len", str(max_len)]
         env: dict[str, str] = {}
         if task == "embed":
             argv += ["--runner", "pooling"]
@@ -132,6 +149,9 @@ class VllmEngine:
             argv += ["--kv-cache-memory-bytes", str(kv)]
             env["VLLM_CPU_OMP_THREADS_BIND"] = cpu_binding(cfg, replica, inventory.cpus, task)
             env["VLLM_TARGET_DEVICE"] = "cpu"
+        fit = context_for(cfg, read_config(Path(str(manifest.path("hf")))), argv, task, inventory.has_nvidia)
+        if fit.max_model_len and flag_value(cfg.extra_args, "--max-model-len") is None:
+            argv += ["--max-model-len", str(fit.max_model_len)]
         argv += cfg.extra_args
         base = f"http://127.0.0.1:{port}"
         return EngineSpec(
@@ -147,6 +167,7 @@ class VllmEngine:
             max_inflight=cfg.max_inflight_per_replica
             or (GPU_INFLIGHT if inventory.has_nvidia else CPU_INFLIGHT),
             tokenizer=cfg.tokenizer or f"hf:{manifest.path('hf')}",
+            notes=[fit.note] if fit.note else [],
         )
 
 
