@@ -397,7 +397,7 @@ def test_gateway_socket_disables_nagle() -> None:
         sock.close()
 
 
-# ---------------------------------------------------------------------------- the context against the KV cache
+# ---------------------------------------------------------------------------- context and KV cache
 # SmolLM2-135M's config.json (as the GGUF conversion writes it): 23040 KV bytes a token.
 SMOL_CONFIG = {
     "architectures": ["LlamaForCausalLM"],
