@@ -92,9 +92,11 @@ class Gateway:
 
 
 @contextlib.asynccontextmanager
-async def serve(engine_url: str, store: IdentityStore | None) -> AsyncIterator[Gateway]:
+async def serve(
+    engine_url: str, store: IdentityStore | None, cfg: GatewayConfig | None = None
+) -> AsyncIterator[Gateway]:
     """The gateway app, in-process, inside its lifespan (revision poller and upstream session run)."""
-    app = create_app(make_pool(engine_url), ADMIN, GatewayConfig(), identity=store)
+    app = create_app(make_pool(engine_url), ADMIN, cfg or GatewayConfig(), identity=store)
     transport = httpx.ASGITransport(app=app)
     async with (
         app.router.lifespan_context(app),
@@ -185,11 +187,11 @@ async def test_team_key_sees_and_uses_only_granted_models(
     assert len(engine.requests) == before + 1
     assert engine.requests[-1].json["model"] == "alpha"
 
-    # Served, but not granted: refused before anything reaches the engine.
-    err = assert_openai_error(await gw.chat(key, "beta"), 403, "model_not_allowed")
-    assert err["type"] == "permission_error" and err["param"] == "model"
+    # Served, but not granted: refused before anything reaches the engine, as unknown as any name.
+    err = assert_openai_error(await gw.chat(key, "beta"), 404, "model_not_found")
+    assert err["type"] == "not_found_error" and err["param"] == "model"
     resp = await gw.client.post("/v1/embeddings", headers=auth(key), json={"model": "emb", "input": "hi"})
-    assert_openai_error(resp, 403, "model_not_allowed")
+    assert_openai_error(resp, 404, "model_not_found")
     assert len(engine.requests) == before + 1
 
     # Unknown: the message lists what this team may use, never what other teams were granted.
@@ -202,13 +204,23 @@ async def test_team_key_sees_and_uses_only_granted_models(
     assert len(engine.requests) == before + 1
 
 
+async def test_an_operator_may_explain_missing_grants(
+    engine: FakeEngine, store: IdentityStore, teams: dict[str, str]
+) -> None:
+    """With ``gateway.explain_ungranted`` a served but ungranted model gets 403 naming the grant."""
+    async with serve(engine.url, store, GatewayConfig(explain_ungranted=True)) as gw:
+        err = assert_openai_error(await gw.chat(teams["a"], "beta"), 403, "model_not_allowed")
+        assert err["type"] == "permission_error" and "grant" in err["message"]
+        assert_openai_error(await gw.chat(teams["a"], "nope"), 404, "model_not_found")
+
+
 async def test_team_without_grants_sees_nothing(gw: Gateway, store: IdentityStore) -> None:
     await store.create_team("empty")
     key, _ = await store.create_key("empty", "k")
     assert await gw.model_ids(key) == []
     err = assert_openai_error(await gw.chat(key, "nope"), 404, "model_not_found")
     assert "alpha" not in err["message"] and "beta" not in err["message"]
-    assert_openai_error(await gw.chat(key, "alpha"), 403, "model_not_allowed")
+    assert_openai_error(await gw.chat(key, "alpha"), 404, "model_not_found")
 
 
 async def test_grant_by_another_process_shows_within_a_second(
@@ -230,7 +242,7 @@ async def test_grant_by_another_process_shows_within_a_second(
         return await gw.model_ids(key) == ["alpha"]
 
     await eventually(ungranted, "an ungrant made through the store shows in /v1/models")
-    assert_openai_error(await gw.chat(key, "beta"), 403, "model_not_allowed")
+    assert_openai_error(await gw.chat(key, "beta"), 404, "model_not_found")
 
 
 # ---------------------------------------------------------------------------- revocation, expiry, deletion
@@ -321,7 +333,7 @@ async def test_key_lookups_are_cached(gw: Gateway, store: IdentityStore, teams: 
     calls = count_lookups(store)
     for _ in range(20):
         assert (await gw.models(teams["a"])).status_code == 200
-        assert (await gw.chat(teams["a"], "beta")).status_code == 403
+        assert (await gw.chat(teams["a"], "beta")).status_code == 404
         assert (await gw.models("m2a-unknown")).status_code == 401
         assert (await gw.models(ADMIN)).status_code == 200
     assert 1 <= calls.count(teams["a"]) <= 2, calls

@@ -140,10 +140,17 @@ async def test_team_lifecycle(gw: Gateway, store: IdentityStore) -> None:
 
 async def test_grants(gw: Gateway, store: IdentityStore) -> None:
     await store.create_team("research")
-    resp = await gw.admin("PUT", "/teams/research/grants/org/model")  # a slash, as in Hugging Face ids
+    # A model this gateway does not serve: refused with the served names, unless forced.
+    resp = await gw.admin("PUT", "/teams/research/grants/org/model")
+    err = assert_openai_error(resp, 404, "model_not_found")
+    assert "alpha" in err["message"] and "force" in err["message"]
+    assert (await store.get_team("research")).models == ()
+    force = {"force": "true"}
+    resp = await gw.admin("PUT", "/teams/research/grants/org/model", params=force)  # a slash, as in HF ids
     assert resp.status_code == 200, resp.text
     assert resp.json()["models"] == ["org/model"]
-    assert (await gw.admin("PUT", "/teams/research/grants/org/model")).json()["models"] == ["org/model"]
+    resp = await gw.admin("PUT", "/teams/research/grants/org/model", params=force)
+    assert resp.json()["models"] == ["org/model"]
     resp = await gw.admin("PUT", "/teams/research/grants/alpha")
     assert resp.json()["models"] == ["alpha", "org/model"]
     assert (await store.get_team("research")).models == ("alpha", "org/model")
@@ -272,7 +279,7 @@ async def test_inputs_the_database_cannot_hold_are_refused(
         assert await snapshot(store) == before
 
         longest = "org/" + "m" * 252  # 256 characters: what the column holds
-        resp = await gw.admin("PUT", f"/teams/ok/grants/{longest}")
+        resp = await gw.admin("PUT", f"/teams/ok/grants/{longest}", params={"force": "true"})
         assert resp.status_code == 200, resp.text
         assert resp.json()["models"] == [longest]
 
@@ -368,7 +375,7 @@ async def test_member_keys_cannot_administer_or_see_other_teams(
         resp = await gw.client.post(
             "/v1/chat/completions", headers=auth(key_a), json={"model": "beta", "messages": HELLO}
         )
-        assert_openai_error(resp, 403, "model_not_allowed")
+        assert_openai_error(resp, 404, "model_not_found")
         assert all(s not in resp.text for s in secrets_of_b)
         assert len(engine.requests) == before_chat
         assert await snapshot(store) == before
@@ -405,6 +412,20 @@ async def test_openapi_document(gw: Gateway) -> None:
     assert {(op.path, op.method.lower()) for op in operations} == {
         (p, m) for p, methods in ADMIN_PATHS.items() for m in methods
     }
+
+
+async def test_the_api_description_can_be_closed(engine: FakeEngine, store: IdentityStore) -> None:
+    app = create_app(make_pool(engine.url), ADMIN, GatewayConfig(admin_docs=False), identity=store)
+    transport = httpx.ASGITransport(app=app)
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=transport, base_url="http://gw", timeout=TIMEOUT) as client,
+    ):
+        for path in ("/admin/openapi.json", "/admin/docs"):
+            assert_openai_error(await client.get(path), 401)
+            assert (await client.get(path, headers=auth(ADMIN))).status_code == 404
+        # Suffixes are no way around the key: only the exact open paths ever were open.
+        assert_openai_error(await client.get("/admin/v1/teams/x/docs"), 401)
 
 
 async def test_admin_api_never_answers_5xx(gw: Gateway, store: IdentityStore) -> None:

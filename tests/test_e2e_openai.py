@@ -281,7 +281,8 @@ def m2a(stack: Stack, *args: str) -> str:
 
 def test_team_keys_from_the_cli_are_enforced_by_the_gateway(stack: Stack) -> None:
     m2a(stack, "teams", "create", "research", "--priority", "batch")
-    m2a(stack, "models", "grant", "research", "smollm2-llamacpp")
+    config = str(stack.home / "test-config.yaml")  # the models this stack serves
+    m2a(stack, "models", "grant", "research", "smollm2-llamacpp", "--config", config)
     key = m2a(stack, "keys", "create", "research", "--name", "notebook", "--expires", "30d").strip()
     team = OpenAI(base_url=stack.base_url, api_key=key, max_retries=0, timeout=120)
 

@@ -617,6 +617,21 @@ async def test_readiness_detail_is_for_admin_keys_only(engine: FakeEngine) -> No
         assert (await admin.get("/readyz")).json()["replicas"] == detail
 
 
+async def test_metrics_may_need_the_admin_key(engine: FakeEngine) -> None:
+    pool = make_pool(endpoint(engine.url, CHAT))
+    cfg = GatewayConfig(metrics_need_key=True)
+    async with (
+        serve_gateway(pool, cfg) as gw,
+        http_client(gw, key=None) as anonymous,
+        http_client(gw) as admin,
+    ):
+        assert_openai_error(await anonymous.get("/metrics"), 401)
+        assert_openai_error(await anonymous.get("/metrics", headers={"authorization": "Bearer x"}), 401)
+        resp = await admin.get("/metrics")
+        assert resp.status_code == 200 and "m2a_replica_healthy" in resp.text
+        assert (await anonymous.get("/readyz")).status_code == 200  # probes stay open
+
+
 # ---------------------------------------------------------------------------- 16. engine dies mid-stream
 async def test_engine_dying_mid_stream_ends_the_stream_with_an_error_event(
     client: httpx.AsyncClient, oai: openai.AsyncOpenAI, gateway: Gateway, engine: FakeEngine

@@ -334,3 +334,15 @@ async def test_a_team_recreated_under_a_deleted_name_starts_with_no_usage(databa
     assert json.loads(r.stdout) == []
     r = await cli("usage", "--by", "team", "--format", "json")
     assert [x["team"] for x in json.loads(r.stdout)] == ["ops (deleted)", "research"]
+
+
+async def test_granting_a_model_nobody_knows_is_refused(database: Database) -> None:
+    cli = Cli(database)
+    await IdentityStore(await database.open()).create_team("research")
+    r = await cli("models", "grant", "research", "no-such-model", code=1)
+    assert "no model named 'no-such-model'" in r.output
+    assert "llama" in r.output and "smollm2-135m-instruct" in r.output  # the config's and the built-ins
+    await cli("models", "grant", "research", "llama")
+    await cli("models", "grant", "research", "served-elsewhere", "--force")
+    team = await IdentityStore(await database.open()).get_team("research")
+    assert team.models == ("llama", "served-elsewhere")

@@ -172,6 +172,19 @@ class GatewayConfig(_Strict):
     max_waiting: int = Field(
         default=1000, ge=0, description="Requests held per model before new ones get 503."
     )
+    metrics_need_key: bool = Field(
+        default=False,
+        description="/metrics (team and model names, replica ids) only with the admin key; off: open, "
+        "for Prometheus scrapers on the operator's network.",
+    )
+    explain_ungranted: bool = Field(
+        default=False,
+        description="A model served but not granted gets 403 naming the missing grant; off: 404, as "
+        "for an unknown name, so a team key cannot probe which models exist.",
+    )
+    admin_docs: bool = Field(
+        default=True, description="Serve /admin/docs and /admin/openapi.json (no data) without a key."
+    )
 
 
 class SupervisorConfig(_Strict):

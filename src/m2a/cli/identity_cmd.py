@@ -118,10 +118,38 @@ def teams_delete(name: str, config: ConfigOpt = None) -> None:
     out.print(f"deleted team [bold]{escape(name)}[/]")
 
 
+def known_models(settings: Settings) -> list[str]:
+    """Model names this installation knows: the configuration's, the built-ins, the catalog's."""
+    from m2a.catalog.builtin import BUILTINS
+    from m2a.catalog.store import Catalog
+
+    names = {m.name for m in settings.models} | set(BUILTINS)
+    names |= {m.name for m in Catalog(settings.home).all()}
+    return sorted(names)
+
+
 @models_app.command("grant")
-def models_grant(team: str, model: str, config: ConfigOpt = None) -> None:
+def models_grant(
+    team: str,
+    model: str,
+    force: Annotated[
+        bool, typer.Option("--force", help="Grant a model unknown here (one another gateway serves).")
+    ] = False,
+    config: ConfigOpt = None,
+) -> None:
     """Let a team use a model."""
-    run(config, lambda s: s.grant(team, model))
+
+    async def grant(settings: Settings, engine: AsyncEngine) -> None:
+        known = known_models(settings)
+        if not force and model not in known:
+            raise IdentityError(
+                "not_found",
+                f"no model named {model!r} here (known: {', '.join(known) or 'none'}); "
+                "--force grants it anyway, for a model another gateway serves",
+            )
+        await IdentityStore(engine).grant(team, model)
+
+    run_store(config, grant)
     out.print(f"team [bold]{escape(team)}[/] may use [bold]{escape(model)}[/]")
 
 

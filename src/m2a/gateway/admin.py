@@ -6,6 +6,7 @@ Errors use OpenAI's error shape like the rest of the gateway. (No `from __future
 annotations` here: FastAPI reads the dependency annotations at runtime.)
 """
 
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Literal
 
@@ -28,6 +29,10 @@ NO_NUL = r"^[^\x00]*$"
 TeamName = Annotated[str, Path(pattern=NO_NUL)]
 ModelName = Annotated[str, Path(max_length=256, pattern=NO_NUL)]
 _STATUS = {"not_found": 404, "conflict": 409, "invalid": 400}
+# Paths under /admin: the API's own description (no data) is open unless turned off; these take
+# any valid key (a team key sees only its own); everything else needs an admin key.
+OPEN_PATHS = frozenset({"/openapi.json", "/docs", "/docs/oauth2-redirect"})
+ANY_KEY_PATHS = frozenset({"/v1/whoami", "/v1/usage"})
 
 
 class TeamIn(BaseModel):
@@ -105,26 +110,30 @@ def create_admin_api(
     access: Access,
     usage: AsyncEngine | None = None,
     prices: dict[str, Price] | None = None,
+    served: Callable[[], list[str]] = list,
+    docs: bool = True,
 ) -> FastAPI:
+    """The admin API; ``served`` names the models this gateway serves (grants of others need
+    ``force``); ``docs`` serves the OpenAPI document and its page without a key (False: none)."""
     api = FastAPI(
         title="m2a admin API",
         version="1",
         description="Teams, model grants and API keys of an m2a gateway. "
         "Send an admin key as a Bearer token.",
-        docs_url="/docs",
-        openapi_url="/openapi.json",
+        docs_url="/docs" if docs else None,
+        openapi_url="/openapi.json" if docs else None,
         servers=[{"url": "/admin"}],  # mounted under /admin in the gateway
     )
 
     @api.middleware("http")
     async def authenticate_first(request: Request, call_next):  # type: ignore[no-untyped-def]
         """Key and role before anything else: FastAPI would parse (and reject) a body first."""
-        path = request.url.path
-        if path.endswith(("/openapi.json", "/docs", "/docs/oauth2-redirect")):
+        path = request.url.path.removeprefix(request.scope.get("root_path", ""))
+        if path in OPEN_PATHS and docs:
             return await call_next(request)
         try:
             principal = await access.principal(request)
-            if not path.endswith(("/v1/whoami", "/v1/usage")):
+            if path not in ANY_KEY_PATHS:
                 require_admin(principal)
         except GatewayError as exc:
             return exc.response()
@@ -200,7 +209,21 @@ def create_admin_api(
         return Response(status_code=204)
 
     @api.put("/v1/teams/{team}/grants/{model:path}", response_model=TeamOut)
-    async def grant(team: TeamName, model: ModelName, _: Admin) -> TeamOut:
+    async def grant(
+        team: TeamName,
+        model: ModelName,
+        _: Admin,
+        force: Annotated[bool, Query(description="Grant a model this gateway does not serve.")] = False,
+    ) -> TeamOut:
+        """Let the team use the model (one this gateway serves, unless ``force``: served elsewhere)."""
+        if not force and model not in (names := served()):
+            raise GatewayError(
+                404,
+                f"This gateway serves no model named '{model}' (it serves: {', '.join(names) or 'none'}); "
+                "add ?force=true to grant a model another gateway serves.",
+                param="model",
+                code="model_not_found",
+            )
         await store.grant(team, model)
         changed()
         return _team(await store.get_team(team))

@@ -126,7 +126,9 @@ def create_app(
 
     def served(principal: Principal, model: str, path: str, want_task: str) -> None:
         task = pool.task(model)
-        if task is None:
+        # A model the caller may not use is as unknown as any other name (no probing which exist),
+        # unless the operator prefers a 403 that names the missing grant.
+        if task is None or (not principal.may_use(model) and not cfg.explain_ungranted):
             names = ", ".join(visible(principal)) or "none"
             raise GatewayError(
                 404,
@@ -289,6 +291,8 @@ def create_app(
         return JSONResponse(body, status_code=200 if ready else 503)
 
     async def prometheus(request: Request) -> Response:
+        if cfg.metrics_need_key and not await access.is_admin(request):
+            raise GatewayError(401, "/metrics needs the admin key here (gateway.metrics_need_key).")
         for ep in pool.all():
             metrics.replica_healthy.labels(ep.model, ep.id).set(1 if ep.healthy else 0)
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
@@ -361,7 +365,10 @@ def create_app(
     if identity is not None:
         from m2a.gateway.admin import create_admin_api  # FastAPI loads only where teams exist
 
-        routes.append(Mount("/admin", app=create_admin_api(identity, access, usage_store, quotas.prices)))
+        admin_api = create_admin_api(
+            identity, access, usage_store, quotas.prices, served=pool.models, docs=cfg.admin_docs
+        )
+        routes.append(Mount("/admin", app=admin_api))
     app = Starlette(
         routes=routes,
         lifespan=lifespan,
