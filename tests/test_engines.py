@@ -77,7 +77,7 @@ def test_vllm_chat_on_cpu() -> None:
     assert flag(argv, "--host") == "127.0.0.1" and flag(argv, "--port") == "18100"
     assert flag(argv, "--max-model-len") == "2048"
     assert "--enable-prefix-caching" in argv
-    assert flag(argv, "--scheduling-policy") == "priority"
+    assert flag(argv, "--scheduling-policy") == "priority" and spec.takes_priority
     assert flag(argv, "--kv-cache-memory-bytes") == str(CPU_DEFAULT_KV_CACHE_BYTES)
     assert "--runner" not in argv and "--gpu-memory-utilization" not in argv
     assert argv[-2:] == ["--seed", "7"]  # extra args last, so they win
@@ -126,7 +126,7 @@ def test_vllm_embed_on_cpu() -> None:
     argv = spec.argv
     assert argv is not None and spec.task == "embed"
     assert flag(argv, "--runner") == "pooling"
-    assert "--scheduling-policy" not in argv and "priority" not in argv
+    assert "--scheduling-policy" not in argv and "priority" not in argv and not spec.takes_priority
     assert "--enable-prefix-caching" not in argv
     assert "--enable-auto-tool-choice" not in argv and "--tool-call-parser" not in argv
     assert flag(argv, "--kv-cache-memory-bytes") == str(256 << 20)
@@ -304,6 +304,9 @@ def test_remote_spec(url: str, base: str) -> None:
     assert spec.argv is None and not spec.managed
     assert spec.api_key == "sk-remote"
     assert (spec.engine, spec.task, spec.replica_id) == ("remote", "chat", "far#0")
+    assert not spec.takes_priority  # a remote server gets no priority unless it says it schedules by one
+    on = ModelConfig(name="far", engine="remote", url=url, priority_scheduling=True)
+    assert RemoteEngine().spec(on, None, 18300, 0, CPU2).takes_priority
 
 
 def test_remote_spec_task_from_config() -> None:

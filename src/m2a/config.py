@@ -100,6 +100,11 @@ class ModelConfig(_Strict):
         "`urls` order (for precise prefix-cache routing); m2a's own vLLM replicas publish anyway.",
     )
     api_key: str | None = Field(default=None, description="Key sent to a remote server.")
+    priority_scheduling: bool = Field(
+        default=False,
+        description="The remote server schedules by priority (vLLM with --scheduling-policy priority): "
+        "the gateway sends each request its team's priority. A client's own `priority` never passes.",
+    )
     replicas: int = Field(default=1, ge=1, le=64)
     max_model_len: int | None = Field(default=None, ge=16)
     kv_cache_bytes: int | None = Field(

@@ -35,6 +35,7 @@ class EngineSpec:
     max_inflight: int | None = None  # requests it runs at once before the gateway holds the rest
     tokenizer: str | None = None  # for the router's prefix affinity: "hf:<folder>" or "simple"
     kv_events: str | None = None  # ZMQ endpoint where the engine publishes KV-cache events
+    takes_priority: bool = False  # it schedules by a request's `priority` field (the gateway sets it)
     notes: list[str] = field(default_factory=list)  # what the adapter chose for the user, to print
 
     @property

@@ -39,4 +39,5 @@ class RemoteEngine:
             max_inflight=cfg.max_inflight_per_replica,
             tokenizer=cfg.tokenizer,
             kv_events=cfg.kv_events[replica % len(cfg.kv_events)] if cfg.kv_events else None,
+            takes_priority=cfg.priority_scheduling,
         )

@@ -168,6 +168,7 @@ class VllmEngine:
             or (GPU_INFLIGHT if inventory.has_nvidia else CPU_INFLIGHT),
             tokenizer=cfg.tokenizer or f"hf:{manifest.path('hf')}",
             notes=[fit.note] if fit.note else [],
+            takes_priority=task == "chat",  # started with --scheduling-policy priority
         )
 
 
