@@ -335,8 +335,10 @@ async def test_vllm_engines_get_the_callers_priority_and_clients_cannot_raise_it
         assert (await client.post("/v1/chat/completions", json=body)).status_code == 200
         assert "priority" not in engine.requests[2].json and engine.requests[2].json["top_k"] == 3
         body["priority"] = "not a number"  # nor an engine's own 400 for a field only m2a sets
+        body["request_id"] = "chatcmpl-someone-elses"
+        body["kv_transfer_params"] = {"remote_host": "10.0.0.9", "remote_port": 5600}
         assert (await client.post("/v1/chat/completions", json=body)).status_code == 200
-        assert "priority" not in engine.requests[3].json
+        assert not {"priority", "request_id", "kv_transfer_params"} & set(engine.requests[3].json)
 
 
 # ---------------------------------------------------------------------------- 8. streaming

@@ -42,8 +42,10 @@ PASS_HEADERS = ("traceparent", "tracestate", "baggage")
 RETRYABLE = (aiohttp.ClientOSError, aiohttp.ConnectionTimeoutError, aiohttp.ServerDisconnectedError)
 EJECT_S = 2.0  # a replica refusing connections stays out of the pool this long (or until healthy)
 PROGRESS_EVERY = 16  # content chunks between two progress records of a stream
-# Fields only the gateway sets: a client's own would jump the engine's queue past other teams.
-GATEWAY_FIELDS = ("priority",)
+# Fields only the gateway sets or no client needs: a client's own `priority` would jump the engine's
+# queue past other teams; vLLM's `request_id` could collide with another request's, and its
+# `kv_transfer_params` would have the engine pull or push KV blocks from hosts the client names.
+GATEWAY_FIELDS = ("priority", "request_id", "kv_transfer_params")
 T = TypeVar("T")
 
 
