@@ -8,6 +8,9 @@ import os
 import subprocess
 import sys
 
+import pytest
+
+from m2a.cli.sim_cmd import _fit_csv
 from m2a.engines.sim import SimParams
 from m2a.router.capacity import Workload, plan_replicas
 
@@ -59,3 +62,25 @@ async def test_the_same_seed_gives_the_same_answer() -> None:
     assert best is not None and len(trials) >= 2 and not trials[0].meets
     assert all(not math.isnan(t.p90_s) and not math.isnan(t.hit_rate) for t in trials)
     assert work.requests() == work.requests() != dataclasses.replace(work, seed=8).requests()
+
+
+# -- the latency model a plan runs on: `m2a sim --fit FILE` (its CSV, as the README shows it) ----------
+
+README_CSV = """prompt_tokens,cached_tokens,output_tokens,ttft,e2e
+200,0,32,0.10,0.94
+1000,0,32,0.42,1.26
+1500,1024,32,0.21,1.05
+2000,0,64,0.82,2.52
+"""
+
+
+def test_fit_reads_the_readme_csv(tmp_path) -> None:
+    path = tmp_path / "measurements.csv"
+    # a blank line and an empty optional `running` cell are fine too
+    path.write_text(README_CSV.replace("\n1000", "\n\n1000").replace("0.94\n", "0.94,\n"))
+    p = _fit_csv(path, SimParams(capacity_blocks=512))
+    assert round(p.base_ttft_s, 3) == 0.020 and round(p.prefill_s_per_token, 5) == 0.0004
+    assert round(p.decode_s_per_token, 3) == 0.027 and p.capacity_blocks == 512
+    path.write_text(README_CSV.replace("1500,1024,", "1500,,"))  # a gap would shift the columns
+    with pytest.raises(ValueError, match="line 4"):
+        _fit_csv(path, SimParams())

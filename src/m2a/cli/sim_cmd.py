@@ -42,15 +42,28 @@ def _load_params(path: Path | None, overrides: dict[str, Any]) -> SimParams:
     return SimParams(**values)
 
 
+FIT_COLUMNS = "prompt_tokens, cached_tokens, output_tokens, ttft, e2e[, running]"
+
+
 def _fit_csv(path: Path, base: SimParams) -> SimParams:
-    """Rows of prompt_tokens, cached_tokens, output_tokens, ttft, e2e[, running]; a header row is skipped."""
+    """Rows of prompt_tokens, cached_tokens, output_tokens, ttft, e2e[, running] (seconds); rows
+    without a number (a header) and blank lines are skipped, a row with a gap or a stray word is an
+    error."""
     rows = []
     with path.open(newline="") as f:
-        for row in csv.reader(f):
-            try:
-                rows.append([float(x) for x in row if x.strip()])
-            except ValueError:
+        for line, row in enumerate(csv.reader(f), 1):
+            cells = [x.strip() for x in row]
+            while cells and not cells[-1]:  # an empty optional `running` cell, or a blank line
+                cells.pop()
+            values = []
+            for x in cells:
+                with contextlib.suppress(ValueError):
+                    values.append(float(x))
+            if not values:
                 continue  # a header
+            if len(values) != len(cells) or len(values) not in (5, 6):
+                raise ValueError(f"{path}, line {line}: expected {FIT_COLUMNS} as numbers, got {row}")
+            rows.append(values)
     return fit(rows, base)
 
 
