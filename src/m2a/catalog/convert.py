@@ -2,24 +2,47 @@
 
 ``python -m m2a.catalog.convert SRC.gguf DEST_DIR`` dequantizes the weights with transformers
 (needs torch, transformers and gguf), keeps the tokenizer and its chat template, and writes the
-folder atomically: DEST_DIR appears only when complete.
+folder atomically: it writes ``DEST_DIR.partial-<pid>`` and renames it to DEST_DIR only when
+complete. Stopped by SIGTERM or SIGINT (or failing), it removes its partial folder before exiting.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import sys
 import time
 from pathlib import Path
+from types import FrameType
+
+
+def partial_dir(dest: Path, pid: int) -> Path:
+    """Where the converter with process id ``pid`` writes before renaming to ``dest``."""
+    return dest.with_name(f"{dest.name}.partial-{pid}")
+
+
+def _terminate(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(128 + signum)  # unwinds through convert's cleanup
 
 
 def convert(src: Path, dest: Path) -> None:
+    t0 = time.monotonic()
+    tmp = partial_dir(dest, os.getpid())
+    try:
+        _convert_into(src, tmp)
+        if dest.exists():
+            shutil.rmtree(dest)
+        tmp.rename(dest)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(f"done in {time.monotonic() - t0:.1f}s", flush=True)
+
+
+def _convert_into(src: Path, tmp: Path) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
-    t0 = time.monotonic()
-    tmp = dest.with_name(dest.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
     print(f"reading tokenizer from {src.name}", flush=True)
     tok = AutoTokenizer.from_pretrained(str(src.parent), gguf_file=src.name)
     print("dequantizing weights", flush=True)
@@ -34,13 +57,10 @@ def convert(src: Path, dest: Path) -> None:
     print(f"writing {tmp}", flush=True)
     model.save_pretrained(str(tmp), safe_serialization=True)
     tok.save_pretrained(str(tmp))
-    if dest.exists():
-        shutil.rmtree(dest)
-    tmp.rename(dest)
-    print(f"done in {time.monotonic() - t0:.1f}s", flush=True)
 
 
 if __name__ == "__main__":
     if len(sys.argv) != 3:
         sys.exit("usage: python -m m2a.catalog.convert SRC.gguf DEST_DIR")
+    signal.signal(signal.SIGTERM, _terminate)
     convert(Path(sys.argv[1]), Path(sys.argv[2]))

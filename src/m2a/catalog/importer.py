@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import shutil
+import signal
 import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
 from m2a.catalog.builtin import BUILTINS
+from m2a.catalog.convert import partial_dir
 from m2a.catalog.sources import Format, SourceError, hf_metadata, resolve
 from m2a.catalog.store import Catalog, Manifest, now_iso
 
@@ -31,22 +36,57 @@ def default_source(name: str) -> str:
     return builtin.source if builtin else name
 
 
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    with contextlib.suppress(Exception):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def _stop(proc: subprocess.Popen[str], grace_s: float = 10.0) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(grace_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _remove_stale_partials(dest: Path) -> None:
+    """Partial folders of converters no longer running (killed before they could clean up)."""
+    for d in dest.parent.glob(f"{dest.name}.partial*"):
+        pid = d.name.rpartition("-")[2]
+        if not (pid.isdigit() and Path(f"/proc/{pid}").exists()):
+            shutil.rmtree(d, ignore_errors=True)
+
+
 def _convert(src: Path, dest: Path, progress: Progress) -> None:
+    """Convert in a child process that stops with us: on Ctrl-C, SIGTERM (which `m2a` turns into
+    KeyboardInterrupt) or our death, it is stopped and leaves no partial folder behind."""
     progress(f"converting {src.name} to a Hugging Face folder (once; cached in {dest.parent})")
+    _remove_stale_partials(dest)
     proc = subprocess.Popen(
         [sys.executable, "-m", "m2a.catalog.convert", str(src), str(dest)],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
         text=True,
+        preexec_fn=_die_with_parent,
     )
     tail: list[str] = []
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        line = line.rstrip()
-        tail = (tail + [line])[-20:]
-        if line and not line.startswith(("Converting", "  ")):
-            progress(f"  {line}")
-    if proc.wait() != 0:
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            line = line.rstrip()
+            tail = (tail + [line])[-20:]
+            if line and not line.startswith(("Converting", "  ")):
+                progress(f"  {line}")
+        code = proc.wait()
+    except BaseException:
+        _stop(proc)
+        shutil.rmtree(partial_dir(dest, proc.pid), ignore_errors=True)
+        raise
+    if code != 0:
+        shutil.rmtree(partial_dir(dest, proc.pid), ignore_errors=True)
         raise SourceError(f"converting {src} failed:\n" + "\n".join(tail))
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 from pathlib import Path
 from typing import Annotated
 
@@ -15,7 +16,7 @@ from m2a.catalog.sources import SourceError
 from m2a.cli.config_cmd import config_app
 from m2a.cli.identity_cmd import keys_app, teams_app
 from m2a.cli.metal_cmd import metal
-from m2a.cli.models_cmd import models_app
+from m2a.cli.models_cmd import interrupt_on_sigterm, models_app
 from m2a.cli.sim_cmd import sim
 from m2a.cli.traces_cmd import traces_app
 from m2a.cli.usage_cmd import quotas_app, usage
@@ -110,14 +111,15 @@ def up(
         raise typer.Exit(1) from exc
     inventory = detect()
     say(f"machine: {inventory.describe()}; state in {settings.home}")
+    received = interrupt_on_sigterm()  # until run_up takes SIGINT and SIGTERM over
     try:
         specs = plan(settings, inventory, say)
     except (SourceError, EngineChoiceError, EngineConfigError) as exc:
         console.print(f"[red]error:[/] {escape(str(exc))}")
         raise typer.Exit(1) from exc
-    except KeyboardInterrupt:  # Ctrl-C while importing: nothing was started yet
-        console.print("interrupted before any engine started")
-        raise typer.Exit(130) from None
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM while importing: nothing was started yet
+        console.print("interrupted before any engine started (an import under way was stopped)")
+        raise typer.Exit(128 + (received[0] if received else signal.SIGINT)) from None
     for s in specs:
         say(f"{s.replica_id}: {s.engine} ({s.task}) at {s.base_url}")
     key, generated = admin_key(settings)
@@ -125,7 +127,12 @@ def up(
         say(f"generated an API key (kept in {settings.home / 'admin.key'}): ", bold=key)
     else:
         say("API key: ", bold=key)
-    raise typer.Exit(run_loop(run_up(settings, specs, key, say, sock)))
+    try:
+        code = run_loop(run_up(settings, specs, key, say, sock))
+    except KeyboardInterrupt:  # before run_up took the signals over: no engine was started yet
+        console.print("interrupted before any engine started")
+        code = 128 + (received[0] if received else signal.SIGINT)
+    raise typer.Exit(code)
 
 
 def run_loop(coro):  # type: ignore[no-untyped-def]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 from pathlib import Path
 from typing import Annotated
 
@@ -22,6 +23,19 @@ out = Console()
 err = Console(stderr=True)
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML config file.")]
+
+
+def interrupt_on_sigterm() -> list[int]:
+    """Make SIGTERM interrupt like Ctrl-C (KeyboardInterrupt), so that an import under way stops its
+    converter process and cleans up instead of dying on the spot; the list gets the signal's number."""
+    received: list[int] = []
+
+    def handler(signum: int, frame: object) -> None:
+        received.append(signum)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handler)
+    return received
 
 
 def _home(config: Path | None) -> Path:
@@ -82,6 +96,7 @@ def import_(
     if to not in (None, "hf", "gguf"):
         err.print("[red]error:[/] --format must be hf or gguf")
         raise typer.Exit(2)
+    received = interrupt_on_sigterm()
     try:
         m = import_model(
             home,
@@ -93,6 +108,9 @@ def import_(
     except SourceError as exc:
         err.print(f"[red]error:[/] {escape(str(exc))}")
         raise typer.Exit(1) from exc
+    except KeyboardInterrupt:
+        err.print("interrupted: nothing was imported")
+        raise typer.Exit(128 + (received[0] if received else signal.SIGINT)) from None
     out.print(f"imported [bold]{m.name}[/] ({m.task}; {', '.join(sorted(m.paths))})")
 
 
