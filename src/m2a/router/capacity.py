@@ -26,6 +26,7 @@ import asyncio
 import math
 import random
 import selectors
+import threading
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
@@ -55,6 +56,7 @@ class _SimulatedSelector(selectors.DefaultSelector):
         self._loop = loop
 
     def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
+        self._loop.check_interrupt()
         ready = super().select(0)
         if ready or timeout == 0:
             return ready
@@ -77,24 +79,34 @@ class SimulatedTimeLoop(asyncio.SelectorEventLoop):
     """An event loop on a simulated clock that starts at 0 and moves only when the loop would sleep.
 
     ``settled`` says whether every message sent through another thread (ZMQ) has arrived; until it
-    does, the clock waits for it up to ``settle_s`` wall seconds.
+    does, the clock waits for it up to ``settle_s`` wall seconds. Once ``interrupt`` is set (from
+    another thread), the main task is cancelled.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, interrupt: threading.Event | None = None) -> None:
         self.now = 0.0
         self.settle_s = SETTLE_S
         self.settled: Callable[[], bool] = lambda: True
+        self.interrupt = interrupt
+        self.main: asyncio.Task[Any] | None = None
         super().__init__(_SimulatedSelector(self))
 
     def time(self) -> float:
         return self.now
 
+    def check_interrupt(self) -> None:
+        if self.interrupt is not None and self.interrupt.is_set() and self.main is not None:
+            self.interrupt = None
+            self.main.cancel()
 
-def run_simulated(main: Callable[[], Coroutine[Any, Any, T]]) -> T:
-    """Run ``main()`` to completion on a fresh ``SimulatedTimeLoop`` in this thread."""
-    loop = SimulatedTimeLoop()
+
+def run_simulated(main: Callable[[], Coroutine[Any, Any, T]], interrupt: threading.Event | None = None) -> T:
+    """Run ``main()`` to completion on a fresh ``SimulatedTimeLoop`` in this thread; setting
+    ``interrupt`` cancels it (``CancelledError``)."""
+    loop = SimulatedTimeLoop(interrupt)
     try:
-        return loop.run_until_complete(main())
+        loop.main = loop.create_task(main())
+        return loop.run_until_complete(loop.main)
     finally:
         try:
             loop.run_until_complete(loop.shutdown_asyncgens())
@@ -172,10 +184,15 @@ async def trial(
 ) -> Trial:
     """Route ``work`` over ``n`` simulated replicas; TTFT in simulated seconds.
 
-    Runs on a ``SimulatedTimeLoop`` in a worker thread, so the caller's loop keeps running."""
-    return await asyncio.to_thread(
-        run_simulated, lambda: _trial(n, work, params, router, target_p90_s, drain_s)
-    )
+    Runs on a ``SimulatedTimeLoop`` in a worker thread, so the caller's loop keeps running; when
+    the caller is cancelled (Ctrl-C), so is the trial."""
+    interrupt = threading.Event()
+    try:
+        return await asyncio.to_thread(
+            run_simulated, lambda: _trial(n, work, params, router, target_p90_s, drain_s), interrupt
+        )
+    finally:
+        interrupt.set()
 
 
 async def _connect_events(sim: Simulator, events: KVEventSubscriber, ids: list[str]) -> None:
@@ -258,15 +275,17 @@ async def _trial(
             )
             async with session:
                 t0 = loop.time()
-                tasks = []
-                for at, body in planned:
-                    await asyncio.sleep(max(0.0, t0 + at - loop.time()))
-                    tasks.append(asyncio.create_task(one(body, session)))
-                _, pending = await asyncio.wait(tasks, timeout=drain_s)
-                end = loop.time()
-                for t in pending:
-                    t.cancel()
-                await asyncio.gather(*tasks, return_exceptions=True)
+                tasks: list[asyncio.Task[None]] = []
+                try:
+                    for at, body in planned:
+                        await asyncio.sleep(max(0.0, t0 + at - loop.time()))
+                        tasks.append(asyncio.create_task(one(body, session)))
+                    await asyncio.wait(tasks, timeout=drain_s)
+                    end = loop.time()
+                finally:  # requests still waiting at the end (or all of them, when interrupted)
+                    for t in tasks:
+                        t.cancel()
+                    await asyncio.gather(*tasks, return_exceptions=True)
         finally:
             loop.settled = lambda: True  # what is still on its way at the end no longer matters
             await load.close()
