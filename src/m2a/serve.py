@@ -244,8 +244,16 @@ async def run_up(
         ready = asyncio.create_task(sup.wait_ready())
         stopped = asyncio.create_task(stop.wait())
         await asyncio.wait({ready, stopped, serving}, return_when=asyncio.FIRST_COMPLETED)
-        if ready.done() and ready.result():
-            say(f"ready: {', '.join(pool.models())} at http://{gw.host}:{gw.port}/v1 (Ctrl-C stops all)")
+        failed = sup.failed()
+        if ready.done() and failed and len(failed) == len(specs):
+            say("no engine could start (see the errors above): stopping")
+            stopped.cancel()
+            return 1
+        if ready.done() and (ready.result() or failed):
+            served = dict.fromkeys(r.spec.model for r in sup.replicas if r.ready_after_s is not None)
+            lost = ", ".join(r.spec.replica_id for r in failed)
+            lost = f"; not serving {lost}: failed to start" if lost else ""
+            say(f"ready: {', '.join(served)} at http://{gw.host}:{gw.port}/v1{lost} (Ctrl-C stops all)")
             say(
                 f"teams and keys: `m2a teams --help`, or the admin API at http://{gw.host}:{gw.port}/admin/docs"
             )
