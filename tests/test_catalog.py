@@ -297,7 +297,7 @@ def test_manifest_round_trip(tmp_path: Path) -> None:
 
 
 # ---------------------------------------------------------------------------- the CLI
-def run_m2a(*args: str, home: Path) -> subprocess.CompletedProcess[str]:
+def run_m2a(*args: str, home: Path, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("M2A_")}
     return subprocess.run(
         [M2A, *args],
@@ -305,6 +305,7 @@ def run_m2a(*args: str, home: Path) -> subprocess.CompletedProcess[str]:
         capture_output=True,
         text=True,
         timeout=120,
+        cwd=cwd,
     )
 
 
@@ -349,3 +350,53 @@ def test_cli_models_import_errors(tmp_path: Path) -> None:
     assert r.returncode == 1 and "no such file or folder" in r.stderr, r
     r = run_m2a("models", "import", MINILM, "--format", "onnx", home=tmp_path)
     assert r.returncode == 2 and "--format must be hf or gguf" in r.stderr, r
+
+
+# ---------------------------------------------------------------------------- names from the catalog
+def test_an_imported_name_is_served_by_name_from_any_folder(tmp_path: Path) -> None:
+    """`m2a models import ./FILE --name smol-local`, then `up --model smol-local` or `name: smol-local`."""
+    from m2a.config import ModelConfig, Settings
+    from m2a.metal.inventory import Inventory
+    from m2a.serve import models_from_cli, plan
+
+    home, work = tmp_path / "home", tmp_path / "work"
+    work.mkdir()
+    (work / "model.gguf").write_bytes(b"GGUF" + b"\0" * 60)
+    r = run_m2a("models", "import", "./model.gguf", "--name", "smol-local", home=home, cwd=work)
+    assert r.returncode == 0, r
+    m = Catalog(home).get("smol-local")
+    assert m is not None
+    # Recorded absolute: the catalog does not depend on the folder the import ran in.
+    assert m.source == str(work / "model.gguf") and m.paths == {"gguf": str(work / "model.gguf")}
+
+    assert import_model(home, "smol-local", progress=quiet) == m  # no source: the catalog's
+    for model in (
+        models_from_cli(["smol-local"], "llamacpp")[0],
+        ModelConfig(name="smol-local", engine="llamacpp"),
+    ):
+        (spec,) = plan(Settings(home=home, models=[model]), Inventory(cpus=2), quiet)
+        assert spec.argv is not None and spec.argv[spec.argv.index("--model") + 1] == str(work / "model.gguf")
+        assert spec.model == "smol-local"
+
+
+def test_an_unknown_model_name_lists_the_known_ones_before_importing_anything(tmp_path: Path) -> None:
+    from m2a.config import ModelConfig, Settings
+    from m2a.metal.inventory import Inventory
+    from m2a.serve import plan
+
+    (tmp_path / "model.gguf").write_bytes(b"GGUF")
+    import_model(tmp_path, "smol-local", str(tmp_path / "model.gguf"), progress=quiet)
+    models = [ModelConfig(name=MINILM), ModelConfig(name="smol-locl")]
+    with pytest.raises(SourceError) as exc:
+        plan(Settings(home=tmp_path, models=models), Inventory(cpus=2), quiet)
+    msg = str(exc.value)
+    assert msg.startswith("'smol-locl' is not a model name m2a knows (built in: smollm2-135m-instruct, ")
+    assert "all-minilm-l6-v2; imported: smol-local; see `m2a models list`)" in msg
+    assert "nor a model reference" in msg
+    assert Catalog(tmp_path).get(MINILM) is None  # refused before the first model was imported
+    # The same from the command line, at once (the gateway socket is all it opened).
+    r = run_m2a("up", "--model", "smol-locl", "--port", "0", home=tmp_path)
+    assert r.returncode == 1, r
+    assert (
+        "error: 'smol-locl' is not a model name m2a knows" in r.stderr and "imported: smol-local" in r.stderr
+    )

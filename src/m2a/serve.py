@@ -18,7 +18,7 @@ from pathlib import Path
 
 import uvicorn
 
-from m2a.catalog.importer import import_model
+from m2a.catalog.importer import check_reference, import_model
 from m2a.config import ModelConfig, Settings
 from m2a.engines.base import EngineSpec
 from m2a.engines.registry import choose
@@ -81,6 +81,9 @@ def plan(settings: Settings, inventory: Inventory, say: Say) -> list[EngineSpec]
     cache...) before anything is started."""
     ports = free_ports(settings.supervisor.base_port)
     specs: list[EngineSpec] = []
+    for cfg in settings.models:  # every name checked before anything is imported or converted
+        if not (cfg.engine == "remote" or cfg.url or cfg.urls):
+            check_reference(settings.home, cfg.name, cfg.source)
     for cfg in settings.models:
         manifest = None
         if cfg.engine == "remote" or cfg.url or cfg.urls:
@@ -136,7 +139,8 @@ class _Server(uvicorn.Server):
 
 
 def models_from_cli(refs: list[str], engine: str | None) -> list[ModelConfig]:
-    """`--model` values: built-in names and hub ids serve under their own name, files under their stem."""
+    """`--model` values: names (built-in or imported) and hub ids serve under their own name, files and
+    folders under their stem."""
     models = []
     for ref in refs:
         local = ref.startswith("pkg:") or Path(ref).expanduser().exists()

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from m2a.catalog.builtin import BUILTINS
 from m2a.catalog.convert import partial_dir
-from m2a.catalog.sources import Format, SourceError, hf_metadata, resolve
+from m2a.catalog.sources import Format, SourceError, absolute, hf_metadata, is_reference, resolve
 from m2a.catalog.store import Catalog, Manifest, now_iso
 
 Progress = Callable[[str], None]
@@ -31,9 +31,31 @@ def _guess_task(folder: Path | None) -> str:
     return "chat"
 
 
-def default_source(name: str) -> str:
+def default_source(name: str, catalog: Catalog | None = None) -> str:
+    """Where a model named without a source comes from: its catalog entry, a built-in, or the name."""
+    existing = catalog.get(name) if catalog is not None else None
+    if existing is not None:
+        return existing.source
     builtin = BUILTINS.get(name)
     return builtin.source if builtin else name
+
+
+def known_names(home: Path) -> str:
+    imported = [m.name for m in Catalog(home).all() if m.name not in BUILTINS]
+    return f"built in: {', '.join(BUILTINS)}; imported: {', '.join(imported) or 'none'}"
+
+
+def check_reference(home: Path, name: str, source: str | None = None) -> str:
+    """The source ``name`` is served from, absolute for local files; a name m2a does not know (not
+    built in, not imported) that is no model reference either raises SourceError listing those it knows."""
+    ref = source or default_source(name, Catalog(home))
+    if not is_reference(ref):
+        what = f"{name!r}" if source is None else f"{name!r} (source {source!r})"
+        raise SourceError(
+            f"{what} is not a model name m2a knows ({known_names(home)}; see `m2a models list`) nor a "
+            f"model reference (a Hugging Face id org/name, a folder, a .gguf file, or pkg:<package>/<path>)"
+        )
+    return absolute(ref)
 
 
 def _die_with_parent() -> None:  # runs in the child between fork and exec
@@ -100,11 +122,16 @@ def import_model(
     license: str | None = None,
     progress: Progress = print,
 ) -> Manifest:
-    """Make ``name`` available locally in format ``want`` (any format when None) and record it."""
+    """Make ``name`` available locally in format ``want`` (any format when None) and record it.
+
+    Without a source, a name already in the catalog is served from what was imported under it."""
     catalog = Catalog(home)
-    source = source or default_source(name)
+    source = check_reference(home, name, source)
     builtin = BUILTINS.get(name)
     existing = catalog.get(name)
+    if existing is not None and existing.source == source:  # what was recorded at import still holds
+        task = task or existing.task
+        license = license or existing.license
     if (
         existing
         and existing.source == source

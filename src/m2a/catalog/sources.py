@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import re
 import urllib.error
 import urllib.request
@@ -74,6 +75,22 @@ def package_path(ref: str) -> Path:
 
 def is_hub_id(ref: str) -> bool:
     return bool(_HF_ID.match(ref)) and not Path(ref).exists()
+
+
+def _path_like(ref: str) -> bool:
+    return ref.startswith(("/", ".", "~")) or ref.endswith(".gguf") or Path(ref).expanduser().exists()
+
+
+def is_reference(ref: str) -> bool:
+    """Whether ``ref`` has the form of a model reference (it may still not resolve)."""
+    return ref.startswith("pkg:") or _path_like(ref) or is_hub_id(ref)
+
+
+def absolute(ref: str) -> str:
+    """A reference to local files made absolute (as recorded in the catalog); others unchanged."""
+    if ref.startswith("pkg:") or not _path_like(ref):
+        return ref
+    return os.path.abspath(os.path.expanduser(ref))
 
 
 _CONFIG_PATTERNS = ["*.json", "*.model", "*.txt", "*.jinja", "*.py", "*.tiktoken"]
@@ -161,7 +178,7 @@ def resolve(ref: str, cache_dir: Path | None = None) -> LocalModel:
         raise SourceError("empty model reference")
     if ref.startswith("pkg:"):
         return _classify(package_path(ref), "package", ref)
-    path = Path(ref).expanduser()
+    path = Path(os.path.abspath(Path(ref).expanduser()))
     if path.exists():
         return _classify(path, "gguf" if path.is_file() else "folder", ref)
     if ref.startswith(("/", ".", "~")) or ref.endswith(".gguf"):
