@@ -140,3 +140,35 @@ def test_stale_partial_folders_are_removed(tmp_path: Path) -> None:
     _remove_stale_partials(dest)
     # Only a running converter's folder stays (another m2a converting the same model right now).
     assert [p.name for p in tmp_path.iterdir()] == [partial_dir(dest, os.getpid()).name]
+
+
+FAKE_CONVERTER = r"""
+import sys, time
+from pathlib import Path
+src, dest = sys.argv[1], Path(sys.argv[2])
+print("m2a-convert: reading tokenizer from x.gguf", flush=True)
+sys.stderr.write("Loading weights:   0%|          | 0/272\rLoading weights: 100%|##########| 272/272\n")
+print("Some weights of the model checkpoint were not used", flush=True)
+if src.endswith("bad.gguf"):
+    sys.exit("Traceback (most recent call last):\nValueError: GGUF architecture 'mamba' is not supported")
+dest.mkdir()
+(dest / "config.json").write_text("{}")
+print("m2a-convert: done in 0.1s", flush=True)
+"""
+
+
+def test_conversion_progress_shows_the_converters_steps_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from m2a.catalog import importer
+    from m2a.catalog.sources import SourceError
+
+    script = tmp_path / "fake_convert.py"
+    script.write_text(FAKE_CONVERTER)
+    monkeypatch.setattr(importer, "CONVERTER", [sys.executable, str(script)])
+    said: list[str] = []
+    importer._convert(tmp_path / "m.gguf", tmp_path / "hf", said.append)
+    assert said[1:] == ["  reading tokenizer from x.gguf", "  done in 0.1s"]  # no progress bars, no noise
+    with pytest.raises(SourceError) as exc:
+        importer._convert(tmp_path / "bad.gguf", tmp_path / "hf2", said.append)
+    assert "ValueError: GGUF architecture 'mamba' is not supported" in str(exc.value)  # the tail says why

@@ -3,7 +3,8 @@
 ``python -m m2a.catalog.convert SRC.gguf DEST_DIR`` dequantizes the weights with transformers
 (needs torch, transformers and gguf), keeps the tokenizer and its chat template, and writes the
 folder atomically: it writes ``DEST_DIR.partial-<pid>`` and renames it to DEST_DIR only when
-complete. Stopped by SIGTERM or SIGINT (or failing), it removes its partial folder before exiting.
+complete. Its own progress lines start with ``STEP``; the rest (progress bars, warnings) is the
+libraries'. Stopped by SIGTERM or SIGINT (or failing), it removes its partial folder before exiting.
 """
 
 from __future__ import annotations
@@ -15,6 +16,12 @@ import sys
 import time
 from pathlib import Path
 from types import FrameType
+
+STEP = "m2a-convert: "  # marks the converter's own progress lines among the libraries' output
+
+
+def step(message: str) -> None:
+    print(STEP + message, flush=True)
 
 
 def partial_dir(dest: Path, pid: int) -> Path:
@@ -36,16 +43,16 @@ def convert(src: Path, dest: Path) -> None:
         tmp.rename(dest)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    print(f"done in {time.monotonic() - t0:.1f}s", flush=True)
+    step(f"done in {time.monotonic() - t0:.1f}s")
 
 
 def _convert_into(src: Path, tmp: Path) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
-    print(f"reading tokenizer from {src.name}", flush=True)
+    step(f"reading tokenizer from {src.name}")
     tok = AutoTokenizer.from_pretrained(str(src.parent), gguf_file=src.name)
-    print("dequantizing weights", flush=True)
+    step("dequantizing weights")
     model = AutoModelForCausalLM.from_pretrained(
         str(src.parent),
         gguf_file=src.name,
@@ -54,7 +61,7 @@ def _convert_into(src: Path, tmp: Path) -> None:
     )
     if getattr(model.config, "quantization_config", None) is not None:
         del model.config.quantization_config  # the saved folder holds plain dense weights
-    print(f"writing {tmp}", flush=True)
+    step(f"writing {tmp}")
     model.save_pretrained(str(tmp), safe_serialization=True)
     tok.save_pretrained(str(tmp))
 

@@ -12,11 +12,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 from m2a.catalog.builtin import BUILTINS
-from m2a.catalog.convert import partial_dir
+from m2a.catalog.convert import STEP, partial_dir
 from m2a.catalog.sources import Format, SourceError, absolute, hf_metadata, is_reference, resolve
 from m2a.catalog.store import Catalog, Manifest, now_iso
 
 Progress = Callable[[str], None]
+CONVERTER = [sys.executable, "-m", "m2a.catalog.convert"]  # + SRC.gguf DEST_DIR
 
 
 def _guess_task(folder: Path | None) -> str:
@@ -87,7 +88,7 @@ def _convert(src: Path, dest: Path, progress: Progress) -> None:
     progress(f"converting {src.name} to a Hugging Face folder (once; cached in {dest.parent})")
     _remove_stale_partials(dest)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "m2a.catalog.convert", str(src), str(dest)],
+        [*CONVERTER, str(src), str(dest)],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,
@@ -98,10 +99,10 @@ def _convert(src: Path, dest: Path, progress: Progress) -> None:
     try:
         assert proc.stdout is not None
         for line in proc.stdout:
-            line = line.rstrip()
+            line = line.rstrip().rpartition("\r")[2]  # a progress bar's last state
             tail = (tail + [line])[-20:]
-            if line and not line.startswith(("Converting", "  ")):
-                progress(f"  {line}")
+            if line.startswith(STEP):  # the converter's own steps; progress bars stay quiet
+                progress(f"  {line.removeprefix(STEP)}")
         code = proc.wait()
     except BaseException:
         _stop(proc)
