@@ -535,3 +535,18 @@ async def test_health_changes_of_a_running_engine_are_said(
         await wait_until(lambda: len(rec.changes) == 3, "the replica back in the pool", rec)
         assert rec.events[-1] == "fake#0: healthy again: back in the pool"
         assert sup.status()[0]["restarts"] == 0
+
+
+async def test_the_same_failure_without_a_traceback_is_recognised_across_pids(tmp_path: Path) -> None:
+    """Each start prints its own pid: the comparison is on the message, without vLLM's line prefix."""
+    spec = fake_spec(free_port())
+    spec.argv = [
+        sys.executable,
+        "-c",
+        "import os; print(f'(EngineCore_DP0 pid={os.getpid()}) INFO 05-02 10:00:0{os.getpid() % 10} "
+        "[cpu_worker.py:1] not enough memory for the workers', flush=True); raise SystemExit(1)",
+    ]
+    async with supervised([spec], tmp_path) as (sup, rec):
+        await wait_until(lambda: sup.status()[0]["state"] == "failed", "the replica given up", rec)
+        assert sup.status()[0]["last_error"] == "engine exited with code 1: not enough memory for the workers"
+        assert sup.status()[0]["restarts"] == 1

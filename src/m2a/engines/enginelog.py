@@ -132,13 +132,14 @@ _EXCEPTION = re.compile(r"^(?:[A-Za-z_]\w*\.)*[A-Z]\w*(?:Error|Exception|Exit|In
 _POINTS_BACK = re.compile(r"root cause above|see (?:the )?(?:error|log|stack trace)s? above", re.I)
 
 
-def _message(line: str) -> str:
+def message(line: str) -> str:
+    """A log line without vLLM's process, level, time and place prefix."""
     return _PREFIX.sub("", line, count=1)
 
 
 def error_line(lines: list[str]) -> str | None:
     """The error an engine died of, from its output (see the module docstring); None if none shows."""
-    messages = [_message(ln) for ln in lines]
+    messages = [message(ln) for ln in lines]
     ends: list[str] = []  # the exception line closing each traceback, in order
     in_tb = False
     for msg in messages:

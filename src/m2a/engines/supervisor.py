@@ -30,7 +30,7 @@ import psutil
 
 from m2a.config import SupervisorConfig
 from m2a.engines.base import EngineSpec
-from m2a.engines.enginelog import START_MARK, StageReader, error_line, run_lines, tail
+from m2a.engines.enginelog import START_MARK, StageReader, error_line, message, run_lines, tail
 
 log = logging.getLogger("m2a.supervisor")
 
@@ -231,8 +231,8 @@ class Supervisor:
     def _exit_error(self, r: Replica, what: str) -> str:
         """``what`` happened to the engine, with the error line its log ends the run with."""
         found = error_line(run_lines(r.log_path))
-        if found is None:  # no error line: the last line or two, to say something
-            found = "; ".join(tail(r.log_path, 2))[-300:] or None
+        if found is None:  # no error line: the last line or two (without pids and times), to say something
+            found = "; ".join(message(ln) for ln in tail(r.log_path, 2))[-300:] or None
         return f"{what}: {found[:500]}" if found else what
 
     async def _launch(self, r: Replica) -> None:
