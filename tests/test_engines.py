@@ -375,6 +375,15 @@ def test_vllm_on_cpu_caps_long_contexts_to_fit_the_kv_cache(
     m.paths["hf"] = str(tmp_path)
     cpu = VllmEngine().spec(ModelConfig(name="m"), m, 8001, 0, CPU2)
     assert flag(cpu.argv or [], "--max-model-len") == expected
+    # A context m2a chose is said (the config.json here has no KV shape: only the cap applies).
+    assert cpu.notes == (
+        [
+            f"m: context 8192 tokens on CPU (the model's own is {native}); set max_model_len "
+            "(and kv_cache_bytes) to change it"
+        ]
+        if expected
+        else []
+    )
     gpu = VllmEngine().spec(ModelConfig(name="m"), m, 8001, 0, GPU1)
     assert flag(gpu.argv or [], "--max-model-len") is None  # vLLM sizes it from GPU memory
     configured = VllmEngine().spec(ModelConfig(name="m", max_model_len=4096), m, 8001, 0, CPU2)

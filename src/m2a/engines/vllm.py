@@ -71,12 +71,18 @@ def context_for(
     from_extra = flag_value(cfg.extra_args, "--max-model-len")
     wanted = int(from_extra) if from_extra and from_extra.isdigit() else cfg.max_model_len
     configured = wanted is not None
+    capped = None
     if wanted is None and not gpu:
-        wanted = cpu_context(config)
+        wanted = capped = cpu_context(config)
     if task == "embed":  # encoder-only pooling models keep no KV cache
         return Fit(wanted)
     block = GPU_BLOCK if gpu else CPU_BLOCK
-    return fit_context(cfg.name, config, argv + cfg.extra_args, wanted, configured, block)
+    fit = fit_context(cfg.name, config, argv + cfg.extra_args, wanted, configured, block)
+    if capped is not None and fit.note is None and config is not None:
+        native = native_context(config)
+        note = f"{cfg.name}: context {capped} tokens on CPU (the model's own is {native}); set max_model_len"
+        return Fit(fit.max_model_len, note + " (and kv_cache_bytes) to change it")
+    return fit
 
 
 def tool_parser_for(cfg: ModelConfig, manifest: Manifest | None) -> str | None:
