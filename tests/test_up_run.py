@@ -16,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+import httpx
 import psutil
 
 from tests.fake_engine import free_port
@@ -94,6 +95,9 @@ def test_up_serves_the_engines_that_started_and_names_the_ones_that_failed(tmp_p
         wait_for(out, "(Ctrl-C stops all)", proc)
         ready = next(ln for ln in out.read_text().splitlines() if ln.startswith("ready: "))
         assert ready.startswith("ready: good at http://") and "; not serving bad#0: failed to start" in ready
+        # The address printed is the one bound (the system chose the port): it answers.
+        url = ready.split(" at ", 1)[1].split(";", 1)[0]
+        assert httpx.get(url.removesuffix("/v1") + "/healthz", timeout=10).status_code == 200
         assert proc.poll() is None  # still serving the model that started
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(60) == 0, out.read_text()

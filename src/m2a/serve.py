@@ -236,14 +236,15 @@ async def run_up(
     pidfile = settings.home / "run" / "m2a-up.pid"
     pidfile.write_text(str(os.getpid()))
     sock = sock or listen_socket(gw.host, gw.port)
+    port = sock.getsockname()[1]  # the one bound: with port 0, the system chose it
     serving = asyncio.create_task(server.serve(sockets=[sock]))
     try:
         while not server.started and not serving.done():
             await asyncio.sleep(0.05)
         if serving.done():
-            say(f"the gateway could not listen on {gw.host}:{gw.port}")
+            say(f"the gateway could not listen on {gw.host}:{port}")
             return 1
-        say(f"gateway listening on http://{gw.host}:{gw.port}/v1 (engines warming up: /readyz says when)")
+        say(f"gateway listening on http://{gw.host}:{port}/v1 (engines warming up: /readyz says when)")
         await sup.start()
         ready = asyncio.create_task(sup.wait_ready())
         stopped = asyncio.create_task(stop.wait())
@@ -257,9 +258,9 @@ async def run_up(
             served = dict.fromkeys(r.spec.model for r in sup.replicas if r.ready_after_s is not None)
             lost = ", ".join(r.spec.replica_id for r in failed)
             lost = f"; not serving {lost}: failed to start" if lost else ""
-            say(f"ready: {', '.join(served)} at http://{gw.host}:{gw.port}/v1{lost} (Ctrl-C stops all)")
+            say(f"ready: {', '.join(served)} at http://{gw.host}:{port}/v1{lost} (Ctrl-C stops all)")
             say(
-                f"teams and keys: `m2a teams --help`, or the admin API at http://{gw.host}:{gw.port}/admin/docs"
+                f"teams and keys: `m2a teams --help`, or the admin API at http://{gw.host}:{port}/admin/docs"
             )
         await asyncio.wait({stopped, serving}, return_when=asyncio.FIRST_COMPLETED)
         ready.cancel()
