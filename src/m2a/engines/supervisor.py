@@ -294,7 +294,8 @@ class Supervisor:
                     r.stage, stage_since, next_progress = stage, now, now
                 if now >= next_progress:
                     self._remember_family(r)
-                    in_stage = f" for {now - stage_since:.0f}s" if now - stage_since >= 1 else ""
+                    changed = stage_since > started and now - stage_since >= 1  # else: since start
+                    in_stage = f" for {now - stage_since:.0f}s" if changed else ""
                     since = f"{now - started:.0f}s since start"
                     self._on_event(f"{r.spec.replica_id}: {r.stage}{in_stage} ({since})")
                     next_progress = now + PROGRESS_EVERY_S
