@@ -44,10 +44,12 @@ class Pool:
 
     def set_healthy(self, endpoint_id: str, healthy: bool) -> None:
         ep = self._by_id.get(endpoint_id)
-        if ep is not None:
+        if ep is not None:  # a health report is newer news than an ejection: it ends one
             self._reported[endpoint_id] = healthy
-            if endpoint_id not in self._ejected:
-                ep.healthy = healthy
+            timer = self._ejected.pop(endpoint_id, None)
+            if timer is not None:
+                timer.cancel()
+            ep.healthy = healthy
 
     def eject(self, endpoint_id: str, seconds: float) -> bool:
         """Take a replica the gateway could not reach out of the pool for ``seconds`` at once,
