@@ -167,6 +167,7 @@ async def run_up(
                 max_inflight=s.max_inflight,
                 tokenizer=s.tokenizer,
                 kv_events=s.kv_events,
+                takes_priority=s.takes_priority,
             )
         )
     sup = Supervisor(
