@@ -6,12 +6,10 @@ import asyncio
 import hmac
 import logging
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any
 
-from opentelemetry.trace import Span, Tracer
+from opentelemetry.trace import Tracer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.applications import Starlette
@@ -21,19 +19,17 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
 
 from m2a.config import GatewayConfig
-from m2a.gateway import schemas, tracing
 from m2a.gateway.access import Access
-from m2a.gateway.accounting import Accounting, Admitted, ClientGone
 from m2a.gateway.auth import bearer_token
-from m2a.gateway.body import parse_json, read_body
 from m2a.gateway.counters import Memory
 from m2a.gateway.errors import GatewayError, error_response
 from m2a.gateway.metrics import GatewayMetrics
+from m2a.gateway.pipeline import Pipeline, Services
 from m2a.gateway.priority import PriorityGate
-from m2a.gateway.proxy import Forwarder, Outcome, Outgoing
+from m2a.gateway.proxy import Forwarder
 from m2a.gateway.quota import Quotas
 from m2a.gateway.routing import RouteRequests, RoutingMetrics
-from m2a.gateway.upstream import Upstream, unless_disconnected
+from m2a.gateway.upstream import Upstream
 from m2a.router.engine_metrics import EngineMetrics
 from m2a.router.load import LoadWatcher
 from m2a.router.pipeline import Router
@@ -46,12 +42,11 @@ from m2a.telemetry.store import TraceStore
 
 log = logging.getLogger("m2a.gateway")
 
-Validator = Callable[[object], Any]
-ROUTES: dict[str, tuple[str, Validator, str]] = {
-    # route path: (engine path, validator, task the model must have)
-    "/v1/chat/completions": ("/chat/completions", schemas.validate_chat, "chat"),
-    "/v1/completions": ("/completions", schemas.validate_completion, "chat"),
-    "/v1/embeddings": ("/embeddings", schemas.validate_embedding, "embed"),
+ROUTES: dict[str, tuple[str, str]] = {
+    # route path: (engine path, task the model must have); each passes the stages of gateway/stages
+    "/v1/chat/completions": ("/chat/completions", "chat"),
+    "/v1/completions": ("/completions", "chat"),
+    "/v1/embeddings": ("/embeddings", "embed"),
 }
 
 
@@ -100,7 +95,6 @@ def create_app(
 
     quotas = quotas or Quotas(Memory(), {}, cfg.reserve_output_tokens)
     gate = PriorityGate(pool, cfg) if cfg.priorities else None
-    accounting = Accounting(quotas, gate, ledger, metrics)
     load = LoadWatcher(pool)
     # The engines' own series, per replica (model_name added where an engine leaves it out).
     metrics.registry.register(EngineMetrics(load.pages, {e.id: e.model for e in pool.all()}))
@@ -124,144 +118,15 @@ def create_app(
     def visible(principal: Principal) -> list[str]:
         return [m for m in pool.models() if principal.may_use(m)]
 
-    def served(principal: Principal, model: str, path: str, want_task: str) -> None:
-        task = pool.task(model)
-        # A model the caller may not use is as unknown as any other name (no probing which exist),
-        # unless the operator prefers a 403 that names the missing grant.
-        if task is None or (not principal.may_use(model) and not cfg.explain_ungranted):
-            names = ", ".join(visible(principal)) or "none"
-            raise GatewayError(
-                404,
-                f"The model '{model}' does not exist or you have no access to it. Served models: {names}.",
-                param="model",
-                code="model_not_found",
-            )
-        if not principal.may_use(model):
-            raise GatewayError(
-                403,
-                f"Team '{principal.team}' may not use the model '{model}'. Ask an admin for a grant.",
-                param="model",
-                code="model_not_allowed",
-            )
-        if task != want_task:
-            other = "/v1/embeddings" if task == "embed" else "/v1/chat/completions or /v1/completions"
-            raise GatewayError(
-                400,
-                f"The model '{model}' is not served for {path}; use {other}.",
-                param="model",
-                code="wrong_endpoint",
-            )
-
-    async def admit(
-        request: Request,
-        span: Span | None,
-        principal: Principal,
-        req: Any,
-        path: str,
-        payload: dict[str, Any],
-        request_id: str,
-        task: str,
-    ) -> Admitted | None:
-        """Quota, priority slot and ledger record (in an admission span); None if the client left."""
-        adm = None
-        if span is not None and tracer is not None and span.is_recording():
-            adm = tracing.child(
-                tracer,
-                span,
-                "m2a.admission",
-                **{
-                    "m2a.priority": principal.priority,
-                    "m2a.priority.order": principal.priority_order,
-                    "m2a.quota.limits": len(principal.limits),
-                },
-            )
-        try:
-            admitted: Admitted | None = await accounting.admit(
-                principal,
-                req.model,
-                path,
-                payload,
-                request_id,
-                req.stream,
-                task == "embed",
-                watch=lambda aw: unless_disconnected(request, aw),
-            )
-        except ClientGone:
-            admitted = None
-        except GatewayError as exc:
-            if adm is not None:
-                adm.set_attribute("m2a.admission.result", exc.code or str(exc.status))
-                tracing.fail(adm, exc.status, exc.code, exc.message)
-                adm.end()
-            raise
-        if adm is not None:
-            adm.set_attribute("m2a.admission.result", "admitted" if admitted else "client_disconnected")
-            adm.end()
-        return admitted
+    pipeline = Pipeline(
+        Services(cfg, pool, access, quotas, gate, ledger, metrics, tracer, record_content, routing, forwarder)
+    )
 
     def openai_route(path: str) -> Callable[[Request], Awaitable[Response]]:
-        engine_path, validate, task = ROUTES[path]
+        engine_path, task = ROUTES[path]
 
         async def handler(request: Request) -> Response:
-            span = tracing.start_request(tracer, request, path) if tracer is not None else None
-            ended = False
-            try:
-                principal = await access.principal(request)
-                body = await read_body(request, cfg.max_body_bytes)
-                payload = parse_json(body)
-                try:
-                    req = validate(payload)
-                except schemas.RequestError as exc:
-                    raise GatewayError(400, exc.message, param=exc.param, code="invalid_request") from exc
-                served(principal, req.model, path, task)
-                if span is not None and span.is_recording():
-                    tracing.describe_request(span, req.model, payload, principal, record_content)  # type: ignore[arg-type]
-                # A UUID: some engines (llama-cpp-python) reject any other x-request-id with a bare 400.
-                request_id = str(uuid.uuid4())
-                admitted = await admit(request, span, principal, req, path, payload, request_id, task)  # type: ignore[arg-type]
-                if admitted is None:  # left while held at the priority gate: nothing reached an engine
-                    if span is not None:
-                        ended = True
-                        tracing.fail(span, 499, "client_disconnected", "left while held")
-                        span.end()
-                    return Response(status_code=499)
-
-                def end(o: Outcome) -> None:
-                    nonlocal ended
-                    used_in, used_out, cached = admitted.end(o)
-                    if span is not None:
-                        ended = True
-                        tracing.finish(
-                            span, o.status, used_in, used_out, cached, o.finish_reasons, o.ttft_s, o.replica
-                        )
-
-                out = Outgoing(
-                    route=path,
-                    model=req.model,
-                    engine_path=engine_path,
-                    body=body,
-                    payload=payload,  # type: ignore[arg-type]
-                    stream=req.stream,
-                    request_id=request_id,
-                    # Engines that schedule by priority get the caller's team order (never the client's).
-                    priority=principal.priority_order if task == "chat" and cfg.priorities else None,
-                    max_tokens=admitted.max_tokens,
-                    count_usage=True,
-                    on_end=end,
-                    on_progress=admitted.progress,
-                    span=span,
-                    route_req=routing.build(req.model, payload, request.headers),  # type: ignore[arg-type]
-                )
-                return await forwarder.forward(request, out)
-            except BaseException as exc:
-                if span is not None and not ended:
-                    ended = True
-                    if isinstance(exc, GatewayError):
-                        tracing.fail(span, exc.status, exc.code, exc.message)
-                    else:
-                        tracing.fail(span, 500, type(exc).__name__, str(exc))
-                    span.end()
-                raise
+            return await pipeline.handle(request, path, engine_path, task)
 
         return handler
 

@@ -25,6 +25,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from m2a.gateway import tracing
+from m2a.gateway.context import Outcome
 from m2a.gateway.errors import GatewayError, normalize_upstream_error
 from m2a.gateway.metrics import GatewayMetrics
 from m2a.gateway.upstream import Stream, Upstream, unless_disconnected
@@ -41,26 +42,11 @@ PASS_HEADERS = ("traceparent", "tracestate", "baggage")
 # did with the request, the client got nothing yet: another replica may take it.
 RETRYABLE = (aiohttp.ClientOSError, aiohttp.ConnectionTimeoutError, aiohttp.ServerDisconnectedError)
 EJECT_S = 2.0  # a replica refusing connections stays out of the pool this long (or until healthy)
-PROGRESS_EVERY = 16  # content chunks between two progress records of a stream
 # Fields only the gateway sets or no client needs: a client's own `priority` would jump the engine's
 # queue past other teams; vLLM's `request_id` could collide with another request's, and its
 # `kv_transfer_params` would have the engine pull or push KV blocks from hosts the client names.
 GATEWAY_FIELDS = ("priority", "request_id", "kv_transfer_params")
 T = TypeVar("T")
-
-
-@dataclass
-class Outcome:
-    """How a forwarded request ended, for the ledger and the quota settlement."""
-
-    status: int  # HTTP status the client got (499: the client left)
-    replica: str | None
-    usage: Usage | None  # the engine's own numbers, when it sent them
-    chunks: int  # streamed content events, the fallback count of output tokens
-    ttft_s: float | None
-    duration_s: float
-    finish_reasons: list[str] = field(default_factory=list)
-    error: bool = False  # it failed after the status was sent (an engine that died mid-stream)
 
 
 @dataclass
@@ -78,7 +64,8 @@ class Outgoing:
     max_tokens: int | None = None  # the output cap per choice admission reserved; None: the client's
     count_usage: bool = False  # ask a stream for its usage even if the client did not
     on_end: Callable[[Outcome], None] | None = None  # called once, before the client's last byte
-    on_progress: Callable[[int], None] | None = None  # output tokens relayed so far (streams)
+    # Each piece of a streamed answer before it is sent, with the content chunks relayed so far.
+    on_chunk: Callable[[bytes, int], bytes] | None = None
     span: Span | None = None  # the request's server span, when tracing
     route_req: RouteRequest | None = None  # for the routing pipeline (models with several replicas)
     _bodies: dict[bool, bytes] = field(default_factory=dict, repr=False)
@@ -319,20 +306,16 @@ class Forwarder:
         async def chunks() -> AsyncIterator[bytes]:
             ttft: float | None = None
             status = 200
-            noted = 0  # content chunks last recorded as relayed
             try:
                 async for chunk in resp.content.iter_any():
                     if ttft is None:
                         ttft = time.perf_counter() - started
                         self.metrics.ttft.labels(model).observe(ttft)
                     data, end = tap.feed(chunk)
+                    if data and out.on_chunk is not None:
+                        data = out.on_chunk(data, tap.chunks)
                     if data:
                         yield data
-                        if out.on_progress is not None and (
-                            (noted == 0 and tap.chunks) or tap.chunks - noted >= PROGRESS_EVERY
-                        ):
-                            noted = tap.chunks
-                            out.on_progress(noted)
                     if end is not None:  # account for the request before the client sees the end
                         reasons.extend(tap.finish_reasons)
                         account(200, tap.usage, tap.chunks, ttft)

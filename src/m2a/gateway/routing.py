@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -33,6 +34,7 @@ class RouteRequests:
         multi = [e for m in pool.models() if len(pool.endpoints(m)) > 1 for e in pool.endpoints(m)]
         self.kv_events = KVEventSubscriber(router.kv_index, {e.id: e.kv_events for e in multi if e.kv_events})
         self._loading: asyncio.Task[None] | None = None
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="m2a-tokenize")
 
     def start(self) -> None:
         self._loading = asyncio.create_task(self.load())
@@ -42,6 +44,7 @@ class RouteRequests:
         if self._loading is not None:
             self._loading.cancel()
         await self.kv_events.close()
+        self._worker.shutdown(wait=False, cancel_futures=True)
 
     async def load(self) -> None:
         """Load each multi-replica model's tokenizer, off the event loop."""
@@ -57,18 +60,35 @@ class RouteRequests:
             except Exception:  # prefix affinity is lost for this model; routing still works
                 log.warning("cannot load tokenizer %s for %s", ref, model, exc_info=True)
 
+    async def build_async(
+        self, model: str, payload: dict[str, Any], headers: Mapping[str, str]
+    ) -> RouteRequest | None:
+        """``build``, with the chat template and tokenizer run in a worker thread (milliseconds for
+        a long prompt: never on the event loop)."""
+        if len(self.pool.endpoints(model)) < 2:
+            return None
+        tokens = None
+        if model in self.tokenizers:  # one worker thread: a tokenizer is not used by two at once
+            loop = asyncio.get_running_loop()
+            tokens = await loop.run_in_executor(self._worker, self._tokens, model, payload)
+        return self.router.request(model, payload, tokens, headers)
+
     def build(self, model: str, payload: dict[str, Any], headers: Mapping[str, str]) -> RouteRequest | None:
         """The pipeline's view of a request; None for single-replica models."""
         if len(self.pool.endpoints(model)) < 2:
             return None
-        tokens = None
+        return self.router.request(model, payload, self._tokens(model, payload), headers)
+
+    def _tokens(self, model: str, payload: dict[str, Any]) -> list[int] | None:
+        """The prompt as the model's tokens, after its chat template (None: no tokenizer, or it
+        cannot render this prompt, so the router routes on load alone)."""
         tok = self.tokenizers.get(model)
-        if tok is not None:
-            try:
-                tokens = prompt_tokens(tok, payload)
-            except Exception:  # a template the tokenizer cannot render: route on load alone
-                tokens = None
-        return self.router.request(model, payload, tokens, headers)
+        if tok is None:
+            return None
+        try:
+            return prompt_tokens(tok, payload)
+        except Exception:  # a template the tokenizer cannot render
+            return None
 
 
 class RoutingMetrics(Collector):

@@ -131,6 +131,10 @@ class Ledger:
         self._write(entry)
         self._open[request_id] = entry
 
+    def noted(self, request_id: str) -> int:
+        """The output tokens last recorded as relayed for an open request (0: none yet)."""
+        return self._relayed.get(request_id, 0)
+
     def progress(self, request_id: str, output_tokens: int) -> None:
         """Record the output tokens relayed so far (a stream calls this as it goes)."""
         if request_id in self._open and output_tokens > self._relayed.get(request_id, 0):
