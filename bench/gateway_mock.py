@@ -3,14 +3,38 @@
 Starts `bench/mock_engine.py`, then `m2a up` serving it as a remote model, creates a team and a team
 key with quotas through the admin API (so each request goes through key lookup, the grant check,
 schema validation, quota reservation and settlement, the priority gate and a usage-ledger record),
-and sends the same requests straight to the mock and through the gateway, rounds
-alternating, at concurrency 1 and 16, non-streamed and streamed (16 chunks).
+and sends the same requests straight to the mock and through each gateway, rounds alternating
+(round 1: every target once, then round 2, ...), at concurrency 1 and 16, non-streamed and
+streamed (16 chunks). Progress (which answer, concurrency, round and target) goes to stderr; the
+table comes at the end, on stdout.
 
-With LiteLLM installed in its own environment (`bench/litellm_env.sh`), its proxy is a third target
-in the same rounds ("through LiteLLM"; `litellm_proxy.py` says how it is started); `--no-litellm`
-leaves it out.
+Targets besides "mock direct" and "through m2a" (this tree's gateway):
 
-    .venv/bin/python bench/gateway_mock.py [--seconds 5] [--rounds 3] [--no-litellm]
+- `--baseline-src DIR`: a second m2a gateway from another source tree, "through m2a (baseline
+  <short commit>)", with the same team, key and quotas. It runs on this same .venv's Python with
+  `PYTHONPATH=DIR/src` first, its own `M2A_HOME` (`--home`/baseline-<commit>) and port; this tree's
+  gateway gets `PYTHONPATH=<this repo>/src` and `--home`/current. Each gateway process writes the
+  file it imported `m2a` from, printed at start-up; the run stops when it is not `DIR/src/m2a` (or
+  this repo's `src/m2a`). Old and new code in one run, e.g. to show a refactor costs nothing:
+
+      git worktree add --detach /tmp/m2a-old <commit>        # once: the old tree (no new .venv)
+      .venv/bin/python bench/gateway_mock.py --baseline-src /tmp/m2a-old --no-litellm --no-portkey
+      git worktree remove /tmp/m2a-old                        # afterwards
+
+  Only the gateway runs the old code: this script, the mock and the load generator are this
+  tree's. A baseline tree with uncommitted changes under src/ shows as "<commit>+dirty".
+- LiteLLM's proxy, "through LiteLLM", when installed in its own environment (`bench/litellm_env.sh`;
+  `litellm_proxy.py` says how it is started); `--no-litellm` leaves it out.
+- Portkey's gateway, "through Portkey", when installed (`bench/portkey_env.sh`: npm
+  `@portkey-ai/gateway` 1.15.2 under bench/.portkey; `portkey_proxy.py` says how it is started): a
+  plain proxy, no keys, quotas or ledger; `--no-portkey` leaves it out.
+
+Every target is warmed up, and checked, with JSON and streamed answers before the rounds; a
+streamed answer counts only when it ends with `data: [DONE]`.
+
+    bench/litellm_env.sh && bench/portkey_env.sh     # once, each optional
+    .venv/bin/python bench/gateway_mock.py [--seconds 5] [--rounds 3] [--baseline-src DIR]
+        [--no-litellm] [--no-portkey]
 """
 
 from __future__ import annotations
@@ -31,116 +55,232 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from litellm_proxy import LITELLM, LiteLLM  # noqa: E402
+from portkey_proxy import PORTKEY, Portkey  # noqa: E402
 from stack import KEY, Up, free_port  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+
+
+Target = tuple[str, str, str | None] | tuple[str, str, str | None, dict[str, str]]
+
+
+def target_headers(target: Target) -> dict[str, str] | None:
+    return target[3] if len(target) > 3 else None  # type: ignore[misc]
 
 
 async def load(
-    url: str, key: str | None, concurrency: int, seconds: float, stream: bool
+    url: str,
+    key: str | None,
+    concurrency: int,
+    seconds: float,
+    stream: bool,
+    headers: dict[str, str] | None = None,
 ) -> tuple[int, list[float]]:
-    """Requests done in ``seconds`` and their latencies (to the first byte of the answer body)."""
+    """Requests done in ``seconds`` and their latencies (to the first byte of the answer body).
+    ``headers``: more request headers (Portkey's upstream headers)."""
     body = {
         "model": "mock",
         "messages": [{"role": "user", "content": "hi"}],
         "max_tokens": 16,
         "stream": stream,
     }
-    headers = {"authorization": f"Bearer {key}"} if key else {}
+    headers = {**({"authorization": f"Bearer {key}"} if key else {}), **(headers or {})}
     latencies: list[float] = []
     errors = 0
+    first_error = ""
     deadline = time.perf_counter() + seconds
 
     async def worker(session: aiohttp.ClientSession) -> None:
-        nonlocal errors
+        nonlocal errors, first_error
         while time.perf_counter() < deadline:
             t0 = time.perf_counter()
             async with session.post(url, json=body, headers=headers) as resp:
                 first = await resp.content.readany()
                 latency = time.perf_counter() - t0
-                await resp.read()
-                if resp.status != 200 or not first:
+                rest = await resp.read()
+                # A streamed answer must be whole: OpenAI's stream ends with `data: [DONE]`.
+                whole = not stream or (first + rest).rstrip().endswith(b"data: [DONE]")
+                if resp.status != 200 or not first or not whole:
                     errors += 1
+                    if not first_error:
+                        ok = resp.status == 200 and first
+                        kind = "an incomplete stream" if ok else f"HTTP {resp.status}"
+                        first_error = f"{kind}: {(first + rest)[-300:].decode(errors='replace')!r}"
                     continue
             latencies.append(latency)
 
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
         await asyncio.gather(*(worker(session) for _ in range(concurrency)))
     if errors:
-        raise SystemExit(f"{errors} requests failed against {url}")
+        what = "streamed" if stream else "JSON"
+        raise SystemExit(f"{errors} {what} requests failed against {url}; the first: {first_error}")
     return len(latencies), latencies
 
 
 def rounds(
-    targets: list[tuple[str, str, str | None]], n_rounds: int, seconds: float
+    targets: list[Target], n_rounds: int, seconds: float
 ) -> dict[tuple[bool, int], dict[str, float]]:
-    """Alternate the targets round by round at concurrency 1 and 16, JSON then streamed; print one
-    table row per target and return req/s by (stream, concurrency) and target."""
+    """Alternate the targets round by round at concurrency 1 and 16, JSON then streamed; print
+    progress to stderr, then the table (one row per target and case), and return req/s by
+    (stream, concurrency) and target."""
     rates: dict[tuple[bool, int], dict[str, float]] = {}
+    rows: list[str] = []
+    cases = [(stream, c) for stream in (False, True) for c in (1, 16)]
+    total = len(cases) * n_rounds * len(targets)
+    step = 0
+    started = time.monotonic()
+    for stream, c in cases:
+        kind = "stream (16 chunks)" if stream else "JSON"
+        results: dict[str, tuple[int, list[float], float]] = {}
+        for r in range(n_rounds):
+            for target in targets:
+                label, url, key = target[:3]
+                step += 1
+                n, lat = asyncio.run(load(url, key, c, seconds, stream, target_headers(target)))
+                done, lats, secs = results.get(label, (0, [], 0.0))
+                results[label] = (done + n, lats + lat, secs + seconds)
+                print(
+                    f"[{step}/{total} {time.monotonic() - started:.0f}s] {kind}, concurrency {c},"
+                    f" round {r + 1}/{n_rounds}: {label}: {n / seconds:.0f} req/s",
+                    file=sys.stderr,
+                    flush=True,
+                )
+        for label, (done, lats, secs) in results.items():
+            lats.sort()
+            p50, p99 = 1000 * statistics.median(lats), 1000 * lats[int(0.99 * (len(lats) - 1))]
+            rates.setdefault((stream, c), {})[label] = done / secs
+            rows.append(f"| {kind} | {c} | {label} | {done / secs:.0f} | {p50:.2f} | {p99:.2f} |")
     print("| answer | concurrency | target | req/s | p50 ms | p99 ms |\n|---|---|---|---|---|---|")
-    for stream in (False, True):
-        for c in (1, 16):
-            results: dict[str, tuple[int, list[float], float]] = {}
-            for _ in range(n_rounds):
-                for label, url, key in targets:
-                    n, lat = asyncio.run(load(url, key, c, seconds, stream))
-                    done, lats, secs = results.get(label, (0, [], 0.0))
-                    results[label] = (done + n, lats + lat, secs + seconds)
-            kind = "stream (16 chunks)" if stream else "JSON"
-            for label, (done, lats, secs) in results.items():
-                lats.sort()
-                p50, p99 = 1000 * statistics.median(lats), 1000 * lats[int(0.99 * (len(lats) - 1))]
-                rates.setdefault((stream, c), {})[label] = done / secs
-                print(f"| {kind} | {c} | {label} | {done / secs:.0f} | {p50:.2f} | {p99:.2f} |", flush=True)
+    print("\n".join(rows), flush=True)
     return rates
+
+
+def tree_commit(root: Path) -> str:
+    """The short commit of the git tree at ``root``, "+dirty" when src/ has uncommitted changes."""
+    git = ["git", "-C", str(root)]
+    r = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    if r.returncode != 0:
+        return f"{root.name} (not a git tree)"
+    dirty = subprocess.run([*git, "status", "--porcelain", "--", "src"], capture_output=True, text=True)
+    return r.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+
+
+def team_key(root: str, label: str) -> str:
+    """A team "bench" granted "mock", a key of its own, and four quotas; the key."""
+    admin = {"authorization": f"Bearer {KEY}"}
+
+    def check(r: httpx.Response, what: str) -> httpx.Response:
+        if r.is_error:
+            raise SystemExit(f"[{label}] {what}: HTTP {r.status_code} {r.text[:300]}")
+        return r
+
+    r = httpx.post(f"{root}/admin/v1/teams", json={"name": "bench"}, headers=admin)
+    if r.status_code != 409:  # 409: there from an earlier run in the same M2A_HOME
+        check(r, "creating team bench")
+    check(httpx.put(f"{root}/admin/v1/teams/bench/grants/mock", headers=admin), "granting mock")
+    r = httpx.post(f"{root}/admin/v1/keys", json={"team": "bench", "name": "bench"}, headers=admin)
+    check(r, "creating a key")
+    key = r.json()["key"]
+    # Every governance feature on: limits the run never reaches, so each request is
+    # reserved and settled against four counters (and recorded in the usage ledger).
+    limits = [
+        {"metric": "tokens", "window": "minute", "limit": 10**12},
+        {"metric": "tokens", "window": "day", "limit": 10**12},
+        {"metric": "requests", "window": "minute", "limit": 10**12},
+        {"metric": "concurrency", "window": "-", "limit": 1000},
+    ]
+    q = httpx.put(f"{root}/admin/v1/teams/bench/quotas", json={"limits": limits}, headers=admin)
+    check(q, "setting quotas")
+    return key
+
+
+def wanted(flag: bool | None, installed: bool, name: str, how: str) -> bool:
+    """Whether to run an optional target: ``flag`` is --X (True), --no-X (False) or neither (None)."""
+    if flag is False:
+        return False
+    if not installed:
+        if flag:
+            raise SystemExit(f"--{name.lower()}: {name} is not installed; run {how} first")
+        print(f"[{name.lower()}] not installed, left out (run {how} to add it)", flush=True)
+        return False
+    return True
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seconds", type=float, default=5.0, help="per round and target")
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--home", type=Path, default=Path("/tmp/m2a-bench-mock"))
+    ap.add_argument("--home", type=Path, default=Path("/tmp/m2a-bench-mock"), help="M2A_HOMEs under it")
+    ap.add_argument(
+        "--baseline-src",
+        type=Path,
+        metavar="DIR",
+        help="also measure the m2a gateway of this source tree (e.g. a git worktree of an older commit)",
+    )
     ap.add_argument(
         "--litellm",
         action=argparse.BooleanOptionalAction,
-        default=LITELLM.exists(),
         help="also measure LiteLLM's proxy (default: when bench/.venv-litellm has it)",
     )
+    ap.add_argument(
+        "--portkey",
+        action=argparse.BooleanOptionalAction,
+        help="also measure Portkey's gateway (default: when bench/.portkey has it)",
+    )
     args = ap.parse_args()
+    baseline: tuple[Path, str] | None = None
+    if args.baseline_src is not None:
+        tree = args.baseline_src.resolve()
+        if not (tree / "src" / "m2a" / "__init__.py").is_file():
+            raise SystemExit(f"--baseline-src {args.baseline_src}: no src/m2a/__init__.py there")
+        if tree == REPO.resolve():
+            print("[baseline] note: --baseline-src is this tree itself (an A/A run)", flush=True)
+        baseline = (tree, tree_commit(tree))
+    use_litellm = wanted(args.litellm, LITELLM.exists(), "LiteLLM", "bench/litellm_env.sh")
+    use_portkey = wanted(args.portkey, PORTKEY.exists(), "Portkey", "bench/portkey_env.sh")
     # Ctrl-C and kill both stop the run the way asyncio.run handles Ctrl-C, so the children are ended.
     signal.signal(signal.SIGINT, signal.default_int_handler)  # even when started in the background
     signal.signal(signal.SIGTERM, lambda *_: signal.raise_signal(signal.SIGINT))
     port = free_port()
     mock = subprocess.Popen([sys.executable, str(HERE / "mock_engine.py"), str(port)])
     try:
-        direct = f"http://127.0.0.1:{port}/v1/chat/completions"
-        with (
-            Up([{"name": "mock", "engine": "remote", "url": f"http://127.0.0.1:{port}/v1"}], args.home) as up,
-            LiteLLM(f"http://127.0.0.1:{port}/v1") if args.litellm else contextlib.nullcontext() as ll,
-        ):
-            admin = {"authorization": f"Bearer {KEY}"}
-            httpx.post(f"{up.root}/admin/v1/teams", json={"name": "bench"}, headers=admin)
-            httpx.put(f"{up.root}/admin/v1/teams/bench/grants/mock", headers=admin).raise_for_status()
-            r = httpx.post(f"{up.root}/admin/v1/keys", json={"team": "bench", "name": "bench"}, headers=admin)
-            team_key = r.json()["key"]
-            # Every governance feature on: limits the run never reaches, so each request is
-            # reserved and settled against four counters (and recorded in the usage ledger).
-            limits = [
-                {"metric": "tokens", "window": "minute", "limit": 10**12},
-                {"metric": "tokens", "window": "day", "limit": 10**12},
-                {"metric": "requests", "window": "minute", "limit": 10**12},
-                {"metric": "concurrency", "window": "-", "limit": 1000},
+        api_base = f"http://127.0.0.1:{port}/v1"
+        models = [{"name": "mock", "engine": "remote", "url": api_base}]
+        with contextlib.ExitStack() as stack:
+            current = REPO / "src"
+            label = "through m2a"
+            print(f"[{label}] this tree: {REPO} at {tree_commit(REPO)}", flush=True)
+            up = stack.enter_context(Up(models, args.home / "current", label=label, src=current))
+            targets: list[Target] = [
+                ("mock direct", f"{api_base}/chat/completions", None),
+                (label, f"{up.base_url}/chat/completions", team_key(up.root, label)),
             ]
-            q = httpx.put(f"{up.root}/admin/v1/teams/bench/quotas", json={"limits": limits}, headers=admin)
-            q.raise_for_status()
-            targets = [
-                ("mock direct", direct, None),
-                ("through m2a", f"{up.base_url}/chat/completions", team_key),
-            ]
-            if ll is not None:
+            logs: dict[str, str] = {label: str(up.home)}
+            if baseline is not None:
+                tree, commit = baseline
+                label = f"through m2a (baseline {commit})"
+                print(f"[{label}] baseline tree: {tree}", flush=True)
+                home = args.home / f"baseline-{commit.replace('+', '-').replace(' ', '_')}"
+                old = stack.enter_context(Up(models, home, label=label, src=tree / "src"))
+                if old.m2a_file == up.m2a_file:
+                    raise SystemExit(f"[{label}] runs the same m2a as the current gateway: {old.m2a_file}")
+                targets.append((label, f"{old.base_url}/chat/completions", team_key(old.root, label)))
+                logs[label] = str(old.home)
+            if use_litellm:
+                ll = stack.enter_context(LiteLLM(api_base))
                 targets.append(("through LiteLLM", f"{ll.base_url}/chat/completions", ll.key))
-            for _, url, key in targets:  # warm every path
-                asyncio.run(load(url, key, 4, 1, False))
+            if use_portkey:
+                pk = stack.enter_context(Portkey(api_base))
+                targets.append(("through Portkey", f"{pk.base_url}/chat/completions", None, pk.headers))
+            print("targets: " + ", ".join(t[0] for t in targets), flush=True)
+            for target in targets:  # warm every path, and check it answers both ways
+                for stream in (False, True):
+                    try:
+                        asyncio.run(load(target[1], target[2], 4, 1, stream, target_headers(target)))
+                    except SystemExit as e:
+                        more = f"\n{pk.tail()}" if target[0] == "through Portkey" else ""
+                        raise SystemExit(f"[{target[0]}] warm-up failed: {e}{more}") from None
             rounds(targets, args.rounds, args.seconds)
     finally:
         mock.terminate()

@@ -25,7 +25,7 @@ import statistics
 import time
 
 from m2a.config import RouterConfig
-from m2a.engines.kv_events import Stored
+from m2a.protocol.kv_events import Stored
 from m2a.router.pipeline import Router
 from m2a.router.pool import Endpoint, Pool
 from m2a.router.prefix import PrefixScorer

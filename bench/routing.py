@@ -10,7 +10,7 @@ request; output lengths uniform in 32..96 tokens. Poisson arrivals, the rate ris
 (``--rates``, simulated requests/s, ``--step-s`` simulated seconds each). The request sequence is
 drawn once from ``--seed``: every policy gets the very same requests at the very same times.
 
-Replicas: ``--replicas`` simulated vLLM replicas (``m2a.engines.sim``) in one child process, restarted
+Replicas: ``--replicas`` simulated vLLM replicas (``m2a.sim``) in one child process, restarted
 for every policy with the same seed (cold caches, same state). The latency model makes the prefill of
 an uncached system prompt dominate time to first token (0.6 s for 3,000 tokens, serialised per
 replica, against ~0.05 s when the prefix is cached) and gives each replica a small KV cache (room for
@@ -125,7 +125,7 @@ def policy_config(name: str):  # -> RouterConfig
 
 
 async def child_sim(n: int, params: dict, seed: int) -> None:
-    from m2a.engines.sim import SimParams, Simulator
+    from m2a.sim import SimParams, Simulator
 
     async with Simulator(n, params=SimParams(**params), seed=seed, kv_events=True) as sim:
         print(json.dumps({"urls": sim.urls, "metrics": sim.metrics_urls, "kv": sim.kv_endpoints}), flush=True)

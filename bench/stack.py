@@ -15,6 +15,14 @@ import yaml
 
 KEY = "sk-bench-" + "b" * 24
 
+# Run as `python -c LAUNCH REPORT up ...`: the gateway process itself writes the file its `m2a`
+# package was imported from to REPORT, then runs `m2a` as `python -m m2a` would.
+LAUNCH = (
+    "import runpy, sys, m2a; "
+    "open(sys.argv.pop(1), 'w').write(m2a.__file__); "
+    "runpy.run_module('m2a', run_name='__main__', alter_sys=True)"
+)
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -33,8 +41,13 @@ class Up:
         cpus: set[int] | None = None,
         extra: dict | None = None,
         env: dict[str, str] | None = None,
+        src: Path | None = None,
     ) -> None:
         self.env = env or {}  # more environment, e.g. M2A_DATABASE_URL
+        # A source tree's `src` folder: m2a runs from it (first on PYTHONPATH), and `m2a up` stops
+        # at once when the process imported m2a from anywhere else.
+        self.src = src.resolve() if src is not None else None
+        self.m2a_file: Path | None = None
         self.models = models
         self.extra = extra or {}  # more config sections, e.g. {"gateway": {"priorities": False}}
         self.cpus = cpus  # pin `m2a up` (the gateway) to these cores
@@ -53,15 +66,23 @@ class Up:
         )
         log = (self.home / f"bench-{self.port}.log").open("wb")
         env = {**os.environ, "M2A_HOME": str(self.home), "M2A_ADMIN_KEY": KEY, **self.env}
+        cmd = [sys.executable, "-m", "m2a"]
+        report = self.home / f"bench-{self.port}.m2a-file"
+        if self.src is not None:
+            env["PYTHONPATH"] = os.pathsep.join([str(self.src), *filter(None, [env.get("PYTHONPATH")])])
+            report.unlink(missing_ok=True)
+            cmd = [sys.executable, "-c", LAUNCH, str(report)]
         self.started = time.monotonic()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "m2a", "up", "--config", str(cfg), "--port", str(self.port)],
+            [*cmd, "up", "--config", str(cfg), "--port", str(self.port)],
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
         )
         print(f"[{self.label}] starting (log {log.name})", flush=True)
         while True:
+            if self.src is not None and self.m2a_file is None and report.exists():
+                self._check_source(Path(report.read_text()), log.name)
             if self.proc.poll() is not None:
                 raise SystemExit(f"m2a up exited with {self.proc.returncode}; see {log.name}")
             try:
@@ -73,8 +94,24 @@ class Up:
             except httpx.HTTPError:
                 pass
             time.sleep(5)
+        if self.src is not None and self.m2a_file is None:
+            self._check_source(Path(report.read_text()), log.name)
         print(f"[{self.label}] ready after {time.monotonic() - self.started:.0f}s", flush=True)
         return self
+
+    def _check_source(self, m2a_file: Path, log: str) -> None:
+        assert self.src is not None and self.proc is not None
+        self.m2a_file = m2a_file.resolve()
+        expected = self.src / "m2a" / "__init__.py"
+        if self.m2a_file != expected:
+            self.proc.kill()
+            self.proc.wait()
+            raise SystemExit(
+                f"[{self.label}] WRONG SOURCE TREE: the gateway process imported m2a from {self.m2a_file},"
+                f" not {expected} (PYTHONPATH={self.src}); see {log}"
+            )
+        pid = self.proc.pid
+        print(f"[{self.label}] gateway process (pid {pid}) runs m2a from {self.m2a_file}", flush=True)
 
     def replicas(self) -> list[dict]:
         return httpx.get(f"{self.root}/readyz", timeout=5).json()["replicas"]

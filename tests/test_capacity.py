@@ -11,8 +11,8 @@ import sys
 import pytest
 
 from m2a.cli.sim_cmd import _fit_csv
-from m2a.engines.sim import SimParams
 from m2a.router.capacity import Trial, Workload, plan_replicas
+from m2a.sim import SimParams
 
 # Each uncached prompt costs 0.3 s of prefill and there is no shared prefix: one replica can take
 # about 3 requests/s, so 5 requests/s overload it and its queue grows.

@@ -14,7 +14,7 @@ import msgspec
 import pytest
 
 from m2a.config import RouterConfig, ScorerConfig
-from m2a.engines.kv_events import (
+from m2a.protocol.kv_events import (
     BadEvents,
     Cleared,
     KVEventBatch,
@@ -24,12 +24,12 @@ from m2a.engines.kv_events import (
     removed,
     stored,
 )
-from m2a.engines.sim import SimParams, Simulator
-from m2a.engines.tokens import SimpleTokenizer, block_hashes
+from m2a.protocol.tokens import SimpleTokenizer, block_hashes
 from m2a.router.kvevents import KVEventSubscriber
 from m2a.router.kvindex import KVBlockIndex
 from m2a.router.pipeline import Router
 from m2a.router.pool import Endpoint, Pool
+from m2a.sim import SimParams, Simulator
 
 enc = msgspec.msgpack.encode
 

@@ -7,7 +7,7 @@ import asyncio
 import pytest
 from aiohttp import web
 
-from m2a.engines.tokens import block_hashes
+from m2a.protocol.tokens import block_hashes
 from m2a.router.load import LoadWatcher, parse_cache_tokens
 from m2a.router.plugins import RouteRequest
 from m2a.router.pool import Endpoint, Pool

@@ -15,8 +15,8 @@ from m2a.gateway import quota as quota_mod
 from m2a.gateway.counters import Memory
 from m2a.gateway.errors import GatewayError
 from m2a.gateway.quota import Quotas, amounts, estimate_input, estimate_output, window_bounds
+from m2a.principal import Limit
 from m2a.store.identity import Principal
-from m2a.store.limits import Limit
 from tests.openai_shape import assert_openai_error
 
 TEAM_ID = 3

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from m2a.config import RouterConfig, ScorerConfig
-from m2a.engines.kv_events import Cleared, Removed, Stored
-from m2a.engines.tokens import block_hashes
+from m2a.protocol.kv_events import Cleared, Removed, Stored
+from m2a.protocol.tokens import block_hashes
 from m2a.router.kvindex import KVBlockIndex, PrecisePrefixScorer
 from m2a.router.pipeline import Router
 from m2a.router.plugins import NEUTRAL, RouteRequest, UnknownPlugin, build, known, register_scorer

@@ -1,4 +1,4 @@
-"""Routing through the real gateway over HTTP, in front of real simulated replicas (``m2a.engines.sim``).
+"""Routing through the real gateway over HTTP, in front of real simulated replicas (``m2a.sim``).
 
 The gateway runs in-process on uvicorn with a seeded ``Router``; the replicas are ``Simulator``
 replicas on loopback ports, behind one model name with the ``simple`` tokenizer, so the router's
@@ -26,10 +26,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from starlette.applications import Starlette
 
 from m2a.config import GatewayConfig
-from m2a.engines.sim import SimParams, Simulator
 from m2a.gateway.app import create_app
 from m2a.router.pipeline import Router
 from m2a.router.pool import Endpoint, Pool
+from m2a.sim import SimParams, Simulator
 from tests.live_app import live
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -277,7 +277,7 @@ async def test_a_replica_dying_mid_stream_ends_the_stream_with_an_error_event() 
 async def test_sim_tokenize_gives_the_routers_tokens() -> None:
     """vLLM's /tokenize on a simulated replica (what vllm-router's cache_aware asks for) answers the
     tokens the gateway's ``simple`` tokenizer computes for the same body."""
-    from m2a.engines.tokens import load_tokenizer, prompt_tokens
+    from m2a.protocol.tokens import load_tokenizer, prompt_tokens
 
     body = chat(system_prompt("tok", 40), "which tokens?")
     async with Simulator(1, params=FAST) as sim, httpx.AsyncClient(trust_env=False) as client:

@@ -23,9 +23,9 @@ import zmq.asyncio
 from openai import AsyncOpenAI
 from prometheus_client.parser import text_string_to_metric_families
 
-from m2a.engines.sim import SimParams, Simulator, fit
-from m2a.engines.sim.kvcache import PagedKVCache
-from m2a.engines.tokens import SimpleTokenizer, block_hashes
+from m2a.protocol.tokens import SimpleTokenizer, block_hashes
+from m2a.sim import SimParams, Simulator, fit
+from m2a.sim.kvcache import PagedKVCache
 
 FAST = SimParams(time_scale=0.05)
 SYSTEM = "You are a careful assistant who answers in one short sentence. " * 6

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from m2a.engines.tokens import SimpleTokenizer, block_hashes, load_tokenizer, prompt_tokens
+from m2a.protocol.tokens import SimpleTokenizer, block_hashes, load_tokenizer, prompt_tokens
 
 TOKENS = [(7919 * i) % 50_021 for i in range(200)]
 
@@ -43,7 +43,7 @@ def test_block_size_must_be_positive() -> None:
 
 SCRIPT = """
 import json, sys
-from m2a.engines.tokens import SimpleTokenizer, block_hashes
+from m2a.protocol.tokens import SimpleTokenizer, block_hashes
 tokens = json.loads(sys.argv[1])
 chat = SimpleTokenizer().chat([{"role": "user", "content": "Hello, world! How are you?"}])
 print(json.dumps({"hashes": block_hashes(tokens, 16), "chat": chat}))

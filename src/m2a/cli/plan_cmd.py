@@ -16,8 +16,8 @@ from rich.console import Console
 from rich.table import Table
 
 from m2a.config import RouterConfig
-from m2a.engines.sim import SimParams
 from m2a.router.capacity import Trial, Workload, plan_replicas
+from m2a.sim import SimParams
 
 
 def _s(x: float) -> str:

@@ -25,7 +25,7 @@ import zmq
 
 from m2a.cli.plan_cmd import plan_options, run_plan
 from m2a.config import RouterConfig, load_settings
-from m2a.engines.sim import SimParams, Simulator, fit
+from m2a.sim import SimParams, Simulator, fit
 
 
 def _load_params(path: Path | None, overrides: dict[str, Any]) -> SimParams:

@@ -20,7 +20,8 @@ from starlette.requests import Request
 
 from m2a.gateway.auth import bearer_token
 from m2a.gateway.errors import GatewayError
-from m2a.store.identity import PRIORITIES, IdentityStore, Principal
+from m2a.principal import PRIORITIES, Principal
+from m2a.store.identity import IdentityStore
 
 log = logging.getLogger("m2a.gateway.access")
 

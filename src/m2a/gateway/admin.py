@@ -20,7 +20,8 @@ from m2a.config import Price
 from m2a.gateway.access import Access, require_admin
 from m2a.gateway.admin_usage import usage_router
 from m2a.gateway.errors import GatewayError, error_response
-from m2a.store.identity import MAX_ID, IdentityError, IdentityStore, KeyInfo, Principal, TeamInfo
+from m2a.principal import Principal
+from m2a.store.identity import MAX_ID, IdentityError, IdentityStore, KeyInfo, TeamInfo
 from m2a.store.quotas import QuotaStore
 
 Priority = Literal["critical", "standard", "batch"]

@@ -15,7 +15,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from m2a.config import Price
 from m2a.gateway.access import Access, require_admin
 from m2a.gateway.errors import GatewayError
-from m2a.store.identity import MAX_ID, Principal
+from m2a.principal import Principal
+from m2a.store.identity import MAX_ID
 from m2a.store.limits import MAX_LIMIT, NO_WINDOW
 from m2a.store.quotas import QuotaInfo, QuotaStore
 from m2a.store.usage import priced, usage_rows

@@ -30,11 +30,12 @@ from m2a.gateway.proxy import Forwarder
 from m2a.gateway.quota import Quotas
 from m2a.gateway.routing import RouteRequests, RoutingMetrics
 from m2a.gateway.upstream import Upstream
+from m2a.principal import Principal
 from m2a.router.engine_metrics import EngineMetrics
 from m2a.router.load import LoadWatcher
 from m2a.router.pipeline import Router
 from m2a.router.pool import Pool
-from m2a.store.identity import IdentityStore, Principal
+from m2a.store.identity import IdentityStore
 from m2a.store.ledger import Ledger
 from m2a.telemetry.metrics_bridge import otlp_bridge, refresh_every
 from m2a.telemetry.relay import Relay

@@ -19,8 +19,8 @@ from starlette.responses import Response
 
 from m2a.gateway.quota import Ticket, estimate_input
 from m2a.gateway.usage import Usage
+from m2a.principal import Principal
 from m2a.router.plugins import RouteRequest
-from m2a.store.identity import Principal
 
 if TYPE_CHECKING:
     from m2a.gateway.stages import Stage

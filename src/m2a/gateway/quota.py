@@ -18,8 +18,8 @@ from typing import Any
 from m2a.config import Price
 from m2a.gateway.counters import Charge, Counters
 from m2a.gateway.errors import GatewayError
-from m2a.store.identity import Principal
-from m2a.store.limits import WINDOWS, Limit
+from m2a.principal import Limit, Principal
+from m2a.store.limits import WINDOWS
 
 BYTES_PER_TOKEN = 3  # generous: English runs about 4 bytes per token
 TOKENS_PER_MESSAGE = 4  # the chat template's own tokens around each message

@@ -17,7 +17,7 @@ from typing import Any
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from m2a.engines.tokens import Tokenizer, load_tokenizer, prompt_tokens
+from m2a.protocol.tokens import Tokenizer, load_tokenizer, prompt_tokens
 from m2a.router.kvevents import KVEventSubscriber
 from m2a.router.pipeline import Router
 from m2a.router.plugins import RouteRequest

@@ -18,7 +18,7 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from starlette.requests import Request
 
-from m2a.store.identity import Principal
+from m2a.principal import Principal
 
 OPERATIONS = {
     "/v1/chat/completions": "chat",

@@ -1,6 +1,6 @@
 """Capacity planning: how many replicas a workload needs to meet a time-to-first-token target.
 
-Each trial starts ``n`` simulated replicas (``m2a.engines.sim``, with the latency model of a real
+Each trial starts ``n`` simulated replicas (``m2a.sim``, with the latency model of a real
 engine when its parameters were fitted: ``m2a sim --fit``), routes a synthetic workload over them with
 m2a's router in this process (the configured pipeline, the replicas' KV events and metrics), and
 measures TTFT at the client. The search doubles ``n`` until a trial meets the target, then bisects
@@ -35,13 +35,13 @@ from typing import Any, TypeVar
 import aiohttp
 
 from m2a.config import RouterConfig
-from m2a.engines.sim import SimParams, Simulator
-from m2a.engines.sim.tokenize import WORDS
-from m2a.engines.tokens import load_tokenizer, prompt_tokens
+from m2a.protocol.tokens import load_tokenizer, prompt_tokens
 from m2a.router.kvevents import KVEventSubscriber
 from m2a.router.load import LoadWatcher
 from m2a.router.pipeline import Router
 from m2a.router.pool import Endpoint, Pool
+from m2a.sim import SimParams, Simulator
+from m2a.sim.tokenize import WORDS
 
 T = TypeVar("T")
 SETTLE_S = 2.0  # wall seconds to wait for a message on its way before the clock moves on without it

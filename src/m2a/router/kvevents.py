@@ -2,7 +2,7 @@
 
 Each replica's ``Endpoint.kv_events`` names its engine's publisher (``tcp://host:port``). Every
 gateway process subscribes to every replica on its own, so several processes build the same index.
-Frames are ``[topic, sequence, payload]`` (``m2a.engines.kv_events``). A gap in the sequence numbers
+Frames are ``[topic, sequence, payload]`` (``m2a.protocol.kv_events``). A gap in the sequence numbers
 (events dropped at a high-water mark) or a sequence going back (the engine restarted) clears that
 replica in the index: it only knows what it saw. ZMQ reconnects on its own when an engine restarts.
 A payload that does not decode is counted and skipped, never fatal.
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import zmq
 import zmq.asyncio
 
-from m2a.engines.kv_events import BadEvents, decode_batch
+from m2a.protocol.kv_events import BadEvents, decode_batch
 from m2a.router.kvindex import KVBlockIndex
 
 log = logging.getLogger("m2a.router.kvevents")

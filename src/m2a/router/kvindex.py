@@ -1,6 +1,6 @@
 """Precise prefix-cache affinity: which blocks each replica holds, as its engine reports them.
 
-vLLM publishes KV-cache events (``m2a.engines.kv_events``); ``kvevents.KVEventSubscriber`` feeds them
+vLLM publishes KV-cache events (``m2a.protocol.kv_events``); ``kvevents.KVEventSubscriber`` feeds them
 here. The index is keyed by the router's *own* block hashes (``tokens.block_hashes``), not the
 engine's: a ``BlockStored`` event carries the blocks' token ids and the engine's hash of their parent,
 so the index re-hashes the tokens onto the router's hash of that parent and remembers, per replica,
@@ -26,8 +26,8 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 
-from m2a.engines.kv_events import BlockHash, Cleared, Event, Removed, Stored
-from m2a.engines.tokens import ROOT_HASH, block_hashes
+from m2a.protocol.kv_events import BlockHash, Cleared, Event, Removed, Stored
+from m2a.protocol.tokens import ROOT_HASH, block_hashes
 from m2a.router.plugins import NEUTRAL, Hooks, RouteRequest, Shared, register_scorer
 from m2a.router.pool import Endpoint
 from m2a.router.prefix import cool

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from m2a.config import RouterConfig
-from m2a.engines.tokens import block_hashes
+from m2a.protocol.tokens import block_hashes
 from m2a.router.kvindex import KVBlockIndex
 from m2a.router.plugins import NEUTRAL, Filter, Hooks, Picker, RouteRequest, Scorer, Shared, build
 from m2a.router.pool import Endpoint, Pool

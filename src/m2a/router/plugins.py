@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 
-from m2a.engines.tokens import block_hashes
+from m2a.protocol.tokens import block_hashes
 from m2a.router.pool import Endpoint
 
 if TYPE_CHECKING:

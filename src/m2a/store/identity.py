@@ -17,10 +17,10 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from m2a.store.limits import Limit, limits_for
+from m2a.principal import PRIORITIES, Principal  # noqa: F401  (importable from here too)
+from m2a.store.limits import limits_for
 from m2a.store.schema import ApiKey, Grant, Revision, Team
 
-PRIORITIES = {"critical": 0, "standard": 100, "batch": 200}  # lower runs first, as in vLLM
 ROLES = ("member", "admin")
 KEY_PREFIX = "m2a-"
 MAX_ID = 2**31 - 1  # ids are 32-bit integer columns
@@ -56,29 +56,6 @@ class KeyInfo:
     created_at: datetime
     expires_at: datetime | None
     revoked_at: datetime | None
-
-
-@dataclass(frozen=True)
-class Principal:
-    """Who a valid key belongs to, as the gateway needs it on every request."""
-
-    key_id: int
-    key_prefix: str
-    team: str | None  # None for admin keys
-    role: str
-    priority: str
-    priority_order: int
-    models: frozenset[str] | None  # None: every model (admins)
-    expires_at: datetime | None
-    team_id: int | None = None
-    limits: tuple[Limit, ...] = ()  # the team's quotas and the key's own
-
-    @property
-    def is_admin(self) -> bool:
-        return self.role == "admin"
-
-    def may_use(self, model: str) -> bool:
-        return self.models is None or model in self.models
 
 
 def hash_key(key: str) -> str:

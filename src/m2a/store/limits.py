@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from m2a.principal import Limit
 from m2a.store.schema import Quota
 
 # Token metrics count the engine's usage numbers; cost is in micro-dollars (prices from the config).
@@ -14,28 +13,6 @@ METRICS = ("tokens", "input_tokens", "output_tokens", "requests", "cost", "concu
 WINDOWS = {"minute": 60, "hour": 3600, "day": 86400, "month": 30 * 86400}  # month: calendar, UTC
 NO_WINDOW = "-"  # concurrency has none
 MAX_LIMIT = 2**62
-
-
-@dataclass(frozen=True)
-class Limit:
-    """One limit as the gateway enforces it; ``subject`` names the counter (team id or key id)."""
-
-    scope: str  # team or key
-    subject: int
-    metric: str
-    window: str
-    limit: int
-
-    def describe(self, team: str | None) -> str:
-        who = f"team '{team}'" if self.scope == "team" else f"key {self.subject}"
-        if self.metric == "concurrency":
-            return f"{self.limit} concurrent requests for {who}"
-        amount = (
-            f"${self.limit / 1e6:.2f}"
-            if self.metric == "cost"
-            else f"{self.limit} {self.metric.replace('_', ' ')}"
-        )
-        return f"{amount} per {self.window} for {who}"
 
 
 async def limits_for(s: AsyncSession, team_id: int, key_id: int) -> tuple[Limit, ...]:

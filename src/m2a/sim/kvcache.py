@@ -1,7 +1,7 @@
 """A paged KV cache with prefix reuse and LRU eviction, modelled on vLLM's block manager.
 
 The cache holds ``capacity`` blocks of ``block_size`` tokens. A full block is identified by a chained
-hash (its parent block's hash and its own token ids: ``m2a.engines.tokens.block_hashes``). A request
+hash (its parent block's hash and its own token ids: ``m2a.protocol.tokens.block_hashes``). A request
 reuses the longest run of cached full blocks from the start of its prompt (those tokens are prefix
 cache hits; as in vLLM the last prompt token is always computed, so a prompt never hits whole), and
 takes fresh blocks for the rest. Fresh blocks come from the head of the free queue; a block that
@@ -16,8 +16,8 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from m2a.engines.kv_events import AllBlocksCleared, KVCacheEvent, removed, stored
-from m2a.engines.sim.tokenize import ROOT_HASH, block_hashes, chained_hash
+from m2a.protocol.kv_events import AllBlocksCleared, KVCacheEvent, removed, stored
+from m2a.sim.tokenize import ROOT_HASH, block_hashes, chained_hash
 
 
 @dataclass(eq=False, slots=True)

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import NamedTuple
 
-from m2a.engines.sim.params import SimParams
+from m2a.sim.params import SimParams
 
 
 class Measurement(NamedTuple):

@@ -18,10 +18,10 @@ from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, nullcontext
 from dataclasses import dataclass, field
 
-from m2a.engines.sim.kvcache import PagedKVCache, SeqBlocks
-from m2a.engines.sim.metrics import EngineMetrics
-from m2a.engines.sim.params import Faults, SimParams
-from m2a.engines.sim.tokenize import output_words, word_ids
+from m2a.sim.kvcache import PagedKVCache, SeqBlocks
+from m2a.sim.metrics import EngineMetrics
+from m2a.sim.params import Faults, SimParams
+from m2a.sim.tokenize import output_words, word_ids
 
 
 @dataclass(eq=False)

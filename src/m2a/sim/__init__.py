@@ -11,9 +11,9 @@ agree on prefixes and block hashes.
 
 from __future__ import annotations
 
-from m2a.engines.sim.fit import Measurement, fit
-from m2a.engines.sim.params import Faults, SimParams
-from m2a.engines.sim.replica import Replica
-from m2a.engines.sim.simulator import Simulator
+from m2a.sim.fit import Measurement, fit
+from m2a.sim.params import Faults, SimParams
+from m2a.sim.replica import Replica
+from m2a.sim.simulator import Simulator
 
 __all__ = ["Faults", "Measurement", "Replica", "SimParams", "Simulator", "fit"]

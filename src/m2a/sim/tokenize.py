@@ -1,7 +1,7 @@
 """Prompt tokens and output text for the simulator, through the router's ``simple`` tokenizer.
 
 The simulator must cut prompts into exactly the tokens and block hashes the router computes, so it
-uses ``m2a.engines.tokens`` itself (``SimpleTokenizer``, ``prompt_tokens``, ``block_hashes``): one
+uses ``m2a.protocol.tokens`` itself (``SimpleTokenizer``, ``prompt_tokens``, ``block_hashes``): one
 definition, no drift.
 
 Output text is made of plain words, one token each, joined by single spaces: a follow-up turn that
@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from m2a.engines.tokens import ROOT_HASH, block_hashes, load_tokenizer, prompt_tokens
+from m2a.protocol.tokens import ROOT_HASH, block_hashes, load_tokenizer, prompt_tokens
 
 __all__ = ["ROOT_HASH", "block_hashes", "chained_hash", "output_words", "prompt_ids", "word_ids"]
 

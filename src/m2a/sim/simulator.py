@@ -19,8 +19,8 @@ from typing import Any
 
 import zmq
 
-from m2a.engines.sim.params import SimParams
-from m2a.engines.sim.replica import Replica
+from m2a.sim.params import SimParams
+from m2a.sim.replica import Replica
 
 
 class Simulator:

@@ -15,12 +15,12 @@ from typing import Any
 import zmq
 from aiohttp import web
 
-from m2a.engines.sim.engine import Engine
-from m2a.engines.sim.events import EventPublisher
-from m2a.engines.sim.kvcache import PagedKVCache
-from m2a.engines.sim.metrics import EngineMetrics, EngineState
-from m2a.engines.sim.params import Faults, SimParams
-from m2a.engines.sim.server import make_app
+from m2a.sim.engine import Engine
+from m2a.sim.events import EventPublisher
+from m2a.sim.kvcache import PagedKVCache
+from m2a.sim.metrics import EngineMetrics, EngineState
+from m2a.sim.params import Faults, SimParams
+from m2a.sim.server import make_app
 
 
 def _listen(host: str, port: int) -> socket.socket:

@@ -9,9 +9,9 @@ from typing import Any
 
 import msgspec
 
-from m2a.engines.sim.engine import Run
-from m2a.engines.sim.params import SimParams
-from m2a.engines.sim.tokenize import prompt_ids
+from m2a.sim.engine import Run
+from m2a.sim.params import SimParams
+from m2a.sim.tokenize import prompt_ids
 
 _json = msgspec.json.Encoder()
 

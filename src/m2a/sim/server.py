@@ -16,12 +16,12 @@ from typing import TYPE_CHECKING
 import msgspec
 from aiohttp import web
 
-from m2a.engines.sim import openai_io as io
-from m2a.engines.sim.openai_io import ApiError
-from m2a.engines.sim.tokenize import prompt_ids
+from m2a.sim import openai_io as io
+from m2a.sim.openai_io import ApiError
+from m2a.sim.tokenize import prompt_ids
 
 if TYPE_CHECKING:
-    from m2a.engines.sim.replica import Replica
+    from m2a.sim.replica import Replica
 
 _json = msgspec.json.Encoder()
 REPLICA: web.AppKey[Replica] = web.AppKey("replica")

@@ -1,7 +1,7 @@
 """A simulated replica's KV-cache events, published over ZMQ PUB as vLLM's ``ZmqEventPublisher`` does.
 
 Frames are ``[topic, sequence as 8 bytes big-endian, msgpack payload]``; the payload is encoded with
-the structs of ``m2a.engines.kv_events``, which mirror vLLM's, so vLLM's own classes decode it.
+the structs of ``m2a.protocol.kv_events``, which mirror vLLM's, so vLLM's own classes decode it.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 import msgspec
 import zmq
 
-from m2a.engines.kv_events import KVCacheEvent, KVEventBatch
+from m2a.protocol.kv_events import KVCacheEvent, KVEventBatch
 
 
 class EventPublisher:

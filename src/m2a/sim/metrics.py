@@ -16,7 +16,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
-    from m2a.engines.sim.engine import Run
+    from m2a.sim.engine import Run
 
 TTFT_BUCKETS = (
     0.001,

@@ -1,0 +1,58 @@
+"""Who is calling, as every layer above the store sees it: a principal and the limits it carries.
+
+Defined once here, outside ``store/`` (which reads principals from keys, teams and quotas) so the
+gateway, and later agents acting for someone, share one definition without importing the store.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+PRIORITIES = {"critical": 0, "standard": 100, "batch": 200}  # lower runs first, as in vLLM
+
+
+@dataclass(frozen=True)
+class Limit:
+    """One limit as the gateway enforces it; ``subject`` names the counter (team id or key id)."""
+
+    scope: str  # team or key
+    subject: int
+    metric: str
+    window: str
+    limit: int
+
+    def describe(self, team: str | None) -> str:
+        who = f"team '{team}'" if self.scope == "team" else f"key {self.subject}"
+        if self.metric == "concurrency":
+            return f"{self.limit} concurrent requests for {who}"
+        amount = (
+            f"${self.limit / 1e6:.2f}"
+            if self.metric == "cost"
+            else f"{self.limit} {self.metric.replace('_', ' ')}"
+        )
+        return f"{amount} per {self.window} for {who}"
+
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who a valid key belongs to, as the gateway needs it on every request."""
+
+    key_id: int
+    key_prefix: str
+    team: str | None  # None for admin keys
+    role: str
+    priority: str
+    priority_order: int
+    models: frozenset[str] | None  # None: every model (admins)
+    expires_at: datetime | None
+    team_id: int | None = None
+    limits: tuple[Limit, ...] = ()  # the team's quotas and the key's own
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == "admin"
+
+    def may_use(self, model: str) -> bool:
+        return self.models is None or model in self.models
