@@ -17,7 +17,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.exceptions import HTTPException
 
 from m2a.config import Price
-from m2a.gateway.access import Access, require_admin
+from m2a.gateway.access import Access
+from m2a.gateway.admin_access import authorize, caller
 from m2a.gateway.admin_usage import usage_router
 from m2a.gateway.errors import GatewayError, error_response
 from m2a.principal import Principal
@@ -30,10 +31,6 @@ NO_NUL = r"^[^\x00]*$"
 TeamName = Annotated[str, Path(pattern=NO_NUL)]
 ModelName = Annotated[str, Path(max_length=256, pattern=NO_NUL)]
 _STATUS = {"not_found": 404, "conflict": 409, "invalid": 400}
-# Paths under /admin: the API's own description (no data) is open unless turned off; these take
-# any valid key (a team key sees only its own); everything else needs an admin key.
-OPEN_PATHS = frozenset({"/openapi.json", "/docs", "/docs/oauth2-redirect"})
-ANY_KEY_PATHS = frozenset({"/v1/whoami", "/v1/usage"})
 
 
 class TeamIn(BaseModel):
@@ -128,26 +125,15 @@ def create_admin_api(
 
     @api.middleware("http")
     async def authenticate_first(request: Request, call_next):  # type: ignore[no-untyped-def]
-        """Key and role before anything else: FastAPI would parse (and reject) a body first."""
-        path = request.url.path.removeprefix(request.scope.get("root_path", ""))
-        if path in OPEN_PATHS and docs:
-            return await call_next(request)
+        """Key and role (admin_access.TABLE) before anything else: FastAPI would parse a body first."""
         try:
-            principal = await access.principal(request)
-            if path not in ANY_KEY_PATHS:
-                require_admin(principal)
+            request.state.principal = await authorize(request, access, docs)
         except GatewayError as exc:
             return exc.response()
         return await call_next(request)
 
-    async def caller(request: Request) -> Principal:
-        return await access.principal(request)
-
-    async def admin(principal: Annotated[Principal, Depends(caller)]) -> Principal:
-        require_admin(principal)
-        return principal
-
-    Admin = Annotated[Principal, Depends(admin)]
+    Caller = Annotated[Principal, Depends(caller)]
+    Admin = Caller  # the table made sure: every path here but whoami and usage needs an admin key
 
     @api.exception_handler(GatewayError)
     async def _gateway_error(request: Request, exc: GatewayError) -> Response:
@@ -171,7 +157,7 @@ def create_admin_api(
         access.invalidate()
 
     @api.get("/v1/whoami", response_model=WhoAmI)
-    async def whoami(p: Annotated[Principal, Depends(caller)]) -> WhoAmI:
+    async def whoami(p: Caller) -> WhoAmI:
         """The calling key's team, role, priority and usable models (any valid key)."""
         return WhoAmI(
             team=p.team,

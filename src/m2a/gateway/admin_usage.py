@@ -8,12 +8,13 @@ a team key asking for another team's usage gets 403, and its rows never include 
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import APIRouter, Depends, Query, Response
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from m2a.config import Price
-from m2a.gateway.access import Access, require_admin
+from m2a.gateway.access import Access
+from m2a.gateway.admin_access import caller
 from m2a.gateway.errors import GatewayError
 from m2a.principal import Principal
 from m2a.store.identity import MAX_ID
@@ -78,14 +79,8 @@ def usage_router(
 ) -> APIRouter:
     router = APIRouter()
 
-    async def caller(request: Request) -> Principal:
-        return await access.principal(request)
-
-    async def admin(principal: Annotated[Principal, Depends(caller)]) -> Principal:
-        require_admin(principal)
-        return principal
-
-    Admin = Annotated[Principal, Depends(admin)]
+    Caller = Annotated[Principal, Depends(caller)]
+    Admin = Caller  # admin_access.TABLE: only usage takes a team key here
     Team = Annotated[str, Query(pattern=NO_NUL)]
 
     @router.get("/v1/quotas", response_model=list[QuotaOut])
@@ -112,7 +107,7 @@ def usage_router(
 
     @router.get("/v1/usage", response_model=list[UsageOut])
     async def get_usage(
-        p: Annotated[Principal, Depends(caller)],
+        p: Caller,
         by: Literal["team", "key", "model", "replica", "priority", "status"] = "team",
         since_days: Annotated[float, Query(gt=0, le=3660)] = 7,
         bucket: Literal["hour", "day", "month"] | None = None,
