@@ -159,8 +159,12 @@ def create_app(
     async def prometheus(request: Request) -> Response:
         if cfg.metrics_need_key and not await access.is_admin(request):
             raise GatewayError(401, "/metrics needs the admin key here (gateway.metrics_need_key).")
-        for ep in pool.all():
+        inflight: dict[str, int] = dict.fromkeys(pool.models(), 0)
+        for ep in pool.all():  # one in-flight count, per replica (Endpoint.inflight): summed here
             metrics.replica_healthy.labels(ep.model, ep.id).set(1 if ep.healthy else 0)
+            inflight[ep.model] += ep.inflight
+        for model, n in inflight.items():
+            metrics.inflight.labels(model).set(n)
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     async def on_gateway_error(request: Request, exc: Exception) -> Response:

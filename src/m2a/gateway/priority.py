@@ -8,6 +8,11 @@ capacity (``priority_headroom``), so a flood of batch requests leaves room for c
 engine that reports a waiting queue counts as full, whatever its in-flight count. A request that
 waits longer than its class's deadline, or finds the queue full, gets 503 with ``Retry-After``;
 when the queue is full a newcomer of higher priority takes the place of the lowest waiter.
+
+The gate counts the requests it *admitted* per model, from admission to the end; that is not a
+second in-flight count of replicas (``Endpoint.inflight``, kept by the forwarder from connection
+to the end, is the only one): an admitted request may still be on its way to a replica, and must
+hold its place meanwhile, or a burst would be admitted past the capacity.
 """
 
 from __future__ import annotations

@@ -228,8 +228,6 @@ class Forwarder:
     async def forward(self, request: Request, out: Outgoing) -> Response:
         route, model, stream, request_id = out.route, out.model, out.stream, out.request_id
         started = time.perf_counter()
-        inflight = self.metrics.inflight.labels(model)
-        inflight.inc()  # from now until `finish`, including the wait for the engine's first byte
         reasons: list[str] = []  # finish reasons seen in the answer (traced requests only)
 
         def report(
@@ -249,15 +247,12 @@ class Forwarder:
         try:
             connected = await unless_disconnected(request, self._connect(request, out))
         except GatewayError as exc:
-            inflight.dec()
             report(exc.status, None)
             raise
         except BaseException:
-            inflight.dec()
             report(499, None)
             raise
         if connected is None:  # the client left before the engine answered: the engine call is cancelled
-            inflight.dec()
             self.metrics.cancelled.labels(model).inc()
             report(499, None)
             return Response(status_code=499)
@@ -295,7 +290,6 @@ class Forwarder:
                     engine_span.end()
                 self._done(out, ep)
                 ep.inflight -= 1
-                inflight.dec()
             account(status, usage, chunks, ttft, error)
 
         headers = {"x-request-id": request_id, "x-m2a-replica": ep.id}
