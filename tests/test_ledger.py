@@ -451,6 +451,26 @@ async def test_cut_off_streams_are_billed_for_what_was_relayed(database: Databas
     assert rows["silent"]["cost"] is None
 
 
+async def test_progress_is_written_at_most_every_so_often(
+    database: Database, jdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fast stream costs no extra journal write; what it relayed is still billed at a clean stop."""
+    engine = await database.open()
+    ledger = await new_ledger(engine, jdir)
+    monkeypatch.setattr(ledger_mod, "PROGRESS_EVERY_S", 3600.0)
+    ledger.begin("fast", **BEGIN)
+    for n in range(1, 17):
+        ledger.progress("fast", n)
+    [path] = list(jdir.glob("journal-*.jsonl"))
+    assert [json.loads(ln)["t"] for ln in path.read_bytes().splitlines()] == ["b"]
+    monkeypatch.setattr(ledger_mod, "PROGRESS_EVERY_S", 0.0)
+    ledger.progress("fast", 17)
+    ledger.progress("unknown", 5)  # never begun: ignored
+    assert [json.loads(ln).get("out") for ln in path.read_bytes().splitlines()] == [None, 17]
+    await ledger.close()
+    assert summary(await stored(engine))["fast"][4] == 17
+
+
 async def test_a_flush_cancelled_at_shutdown_loses_nothing(
     database: Database, jdir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

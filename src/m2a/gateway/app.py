@@ -29,6 +29,7 @@ from m2a.gateway.priority import PriorityGate
 from m2a.gateway.proxy import Forwarder
 from m2a.gateway.quota import Quotas
 from m2a.gateway.routing import RouteRequests, RoutingMetrics
+from m2a.gateway.stages import STAGES
 from m2a.gateway.upstream import Upstream
 from m2a.principal import Principal
 from m2a.router.engine_metrics import EngineMetrics
@@ -69,6 +70,7 @@ def create_app(
     router: Router | None = None,
     device_metrics: bool = False,
     metrics_collector: str | None = None,
+    stages: tuple[str, ...] = STAGES,
 ) -> Starlette:
     """The gateway for the models in ``pool``, for callers with the admin ``key`` or a team key.
 
@@ -81,6 +83,7 @@ def create_app(
     admin key or ``ingest_token`` (the engines m2a starts), and ``relay`` passes those on to an
     external collector. ``router`` picks among a model's replicas (default: the standard pipeline).
     ``metrics_collector`` (an OTLP traces URL) also gets the /metrics numbers as OTLP metrics.
+    ``stages`` names the request path's stages in order (default: ``gateway.stages.STAGES``).
     """
     cfg = cfg or GatewayConfig()
     access = Access(key, identity)
@@ -119,9 +122,10 @@ def create_app(
     def visible(principal: Principal) -> list[str]:
         return [m for m in pool.models() if principal.may_use(m)]
 
-    pipeline = Pipeline(
-        Services(cfg, pool, access, quotas, gate, ledger, metrics, tracer, record_content, routing, forwarder)
+    services = Services(
+        cfg, pool, access, quotas, gate, ledger, metrics, tracer, record_content, routing, forwarder
     )
+    pipeline = Pipeline(services, stages)
 
     def openai_route(path: str) -> Callable[[Request], Awaitable[Response]]:
         engine_path, task = ROUTES[path]

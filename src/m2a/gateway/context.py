@@ -9,6 +9,7 @@ then runs the end hooks of the stages it passed, once, in reverse order.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -24,6 +25,8 @@ from m2a.router.plugins import RouteRequest
 
 if TYPE_CHECKING:
     from m2a.gateway.stages import Stage
+
+log = logging.getLogger("m2a.gateway")
 
 
 @dataclass
@@ -102,7 +105,10 @@ class RequestContext:
         self.outcome = outcome
         self.tokens = counted(outcome, self.payload)
         for stage in reversed(self.stages):
-            stage.end(self)
+            try:
+                stage.end(self)
+            except Exception:  # one stage's failure must not keep the others from settling
+                log.exception("stage %s failed to end request %s", stage.name, self.request_id)
 
 
 def counted(o: Outcome, payload: dict[str, Any]) -> tuple[int, int, int]:

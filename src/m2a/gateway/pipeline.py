@@ -63,7 +63,10 @@ class Pipeline:
                 if st.on_chunk is not None:
                     ctx.chunk_hooks.append(st.on_chunk)
                 if ctx.response is not None:
-                    return ctx.response
+                    # Hand the response over and drop it from the context: a streamed answer refers
+                    # back to the context, and the cycle would wait for the garbage collector.
+                    response, ctx.response = ctx.response, None
+                    return response
         except ClientGone:  # left while held: nothing reached an engine
             ctx.finish(refused(499, "client_disconnected", "left while held"))
             return Response(status_code=499)

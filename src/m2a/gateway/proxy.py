@@ -83,9 +83,10 @@ class Outgoing:
             extra: dict[str, Any] = {}
             if self.priority is not None and takes:
                 extra["priority"] = self.priority
-            if self.max_tokens is not None:
-                extra["max_tokens"] = self.max_tokens
-                if self.payload.get("max_completion_tokens") is not None:
+            if self.max_tokens is not None:  # only where the client's own differ (no needless rewrite)
+                if self.payload.get("max_tokens") != self.max_tokens:
+                    extra["max_tokens"] = self.max_tokens
+                if self.payload.get("max_completion_tokens") not in (None, self.max_tokens):
                     extra["max_completion_tokens"] = self.max_tokens
             if self.stream and self.strip_usage:
                 extra["stream_options"] = {

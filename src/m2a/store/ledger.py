@@ -47,6 +47,7 @@ END_FIELDS = (
     "cost",
 )
 ROTATE_BYTES = 8 << 20
+PROGRESS_EVERY_S = 0.5  # a stream's relayed tokens are written to the journal at most this often
 
 
 def price_of(begin: dict[str, Any], input_tokens: int, output_tokens: int) -> float | None:
@@ -107,6 +108,7 @@ class Ledger:
         self.flush_s = flush_s
         self._open: dict[str, dict[str, Any]] = {}  # begun, not ended
         self._relayed: dict[str, int] = {}  # output tokens relayed so far, of open streams
+        self._noted_at: dict[str, float] = {}  # when each open request's progress was last written
         self._done: list[dict[str, Any]] = []  # ended, not yet in the database
         self._fd = -1
         self._path: Path | None = None
@@ -130,21 +132,27 @@ class Ledger:
         entry = {"t": "b", "id": request_id, "at": time.time(), **fields}
         self._write(entry)
         self._open[request_id] = entry
-
-    def noted(self, request_id: str) -> int:
-        """The output tokens last recorded as relayed for an open request (0: none yet)."""
-        return self._relayed.get(request_id, 0)
+        self._noted_at[request_id] = time.monotonic()
 
     def progress(self, request_id: str, output_tokens: int) -> None:
-        """Record the output tokens relayed so far (a stream calls this as it goes)."""
-        if request_id in self._open and output_tokens > self._relayed.get(request_id, 0):
-            self._relayed[request_id] = output_tokens
+        """Note the output tokens relayed so far (a stream calls this with each piece it relays).
+
+        Kept in memory at once (a clean stop bills it); written to the journal at most every
+        ``PROGRESS_EVERY_S`` per request, so a fast stream costs no extra write and a killed gateway
+        bills all but the last fraction of a second of a long one."""
+        if output_tokens <= self._relayed.get(request_id, 0) or request_id not in self._open:
+            return
+        self._relayed[request_id] = output_tokens
+        now = time.monotonic()
+        if now - self._noted_at.get(request_id, 0.0) >= PROGRESS_EVERY_S:
+            self._noted_at[request_id] = now
             self._write({"t": "p", "id": request_id, "out": output_tokens})
 
     def end(self, request_id: str, **fields: Any) -> None:
         """Record how a begun request ended (call before the client gets the last byte)."""
         begin = self._open.pop(request_id, None)
         relayed = self._relayed.pop(request_id, 0)
+        self._noted_at.pop(request_id, None)
         if begin is None:
             return
         entry = {"t": "e", "id": request_id, "at": time.time(), **fields}

@@ -14,7 +14,6 @@ from m2a.gateway.stages import Stage, stage
 if TYPE_CHECKING:
     from m2a.gateway.pipeline import Services
 
-PROGRESS_EVERY = 16  # content chunks between two progress records of a stream
 
 
 @stage("ledger")
@@ -48,11 +47,8 @@ class LedgerStage(Stage):
         )
 
     def on_chunk(self, ctx: RequestContext, data: bytes) -> bytes:  # type: ignore[override]
-        ledger = self.services.ledger
-        assert ledger is not None
-        noted = ledger.noted(ctx.request_id)
-        if ctx.relayed and (noted == 0 or ctx.relayed - noted >= PROGRESS_EVERY):
-            ledger.progress(ctx.request_id, ctx.relayed)
+        assert self.services.ledger is not None
+        self.services.ledger.progress(ctx.request_id, ctx.relayed)  # it decides when to write
         return data
 
     def end(self, ctx: RequestContext) -> None:
