@@ -1,0 +1,124 @@
+"""The detector interface, the finding it reports, and the registry detectors are built from.
+
+A detector is a small class registered by name with ``@register_detector("name")`` and built from
+configuration with ``build(name, params)`` (``params`` are its constructor's keyword arguments), as
+the router's scorers are. The runner (``run.py``) normalises the text once (``normalize.py``) and
+calls ``check(ctx, text)`` on each detector with the same ``Prepared`` text:
+
+- it returns a list of ``Finding`` (possibly empty: it looked and found nothing), or ``None`` to
+  abstain (it has nothing to say about this text: the leakage detector without a system prompt);
+- spans are character offsets into ``text.original``, the text as the caller gave it: a detector
+  that matched in a normalised or decoded view maps its match back with ``view.span(start, end)``;
+- a finding's ``description`` says what was found ("e-mail address", "AWS access key id"), never
+  the value itself: findings are logged and traced;
+- it must be cheap (regular expressions without nested unbounded repetition, linear in the text)
+  and offline; the runner bounds its input (``Budget``) and turns an exception into an error
+  result, so a detector may raise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
+
+if TYPE_CHECKING:
+    from m2a.guardrails.normalize import Prepared
+
+# Categories of the built-in detectors (a plugin may use its own).
+PII = "pii"
+SECRET = "secret"
+DENYLIST = "denylist"
+LEAKAGE = "leakage"
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """One thing found: what (category, kind), by whom, how sure, and where in the original text."""
+
+    category: str  # pii, secret, denylist, leakage, ...
+    kind: str  # email, phone, card, aws_access_key_id, ...: finer than the category
+    detector: str  # the registered name of the detector that found it
+    score: float  # in [0, 1]: how sure the detector is
+    start: int  # character span [start, end) into the original text
+    end: int
+    description: str  # short and non-sensitive: never the value found
+    label: str = ""  # what redaction writes in its place (EMAIL gives "[EMAIL]"); default the category
+    encoding: str | None = None  # "base64" or "hex" when found in a decoded run of the text
+    message: int | None = None  # with a list of messages: the message's index
+    part: int | None = None  # and the content part's index, when the content is a list of parts
+
+    @property
+    def mask(self) -> str:
+        return f"[{self.label or self.category.upper()}]"
+
+
+@dataclass(slots=True)
+class Context:
+    """What a detector may know beyond the text: the request's system prompt, the direction."""
+
+    system_prompt: str | None = None  # for the leakage detector
+    direction: str = "input"  # input (the prompt), output (the answer), tool (a tool call's arguments)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@runtime_checkable
+class Detector(Protocol):
+    name: str  # set by the registry on the class: the name it was registered under
+
+    def check(self, ctx: Context, text: Prepared) -> list[Finding] | None: ...
+
+
+class UnknownDetector(ValueError):
+    pass
+
+
+_REGISTRY: dict[str, Callable[..., Any]] = {}
+T = TypeVar("T")
+
+
+def register_detector(name: str) -> Callable[[T], T]:
+    """Register a detector class (or factory) under ``name``; its instances get ``.name`` = name."""
+
+    def deco(factory: T) -> T:
+        _REGISTRY[name] = factory  # type: ignore[assignment]
+        if isinstance(factory, type):
+            factory.name = name  # type: ignore[attr-defined]
+        return factory
+
+    return deco
+
+
+def _load_builtins() -> None:
+    from m2a.guardrails import credentials, denylist, leakage, pii  # noqa: F401  (they register)
+
+
+def known() -> list[str]:
+    _load_builtins()
+    return sorted(_REGISTRY)
+
+
+def build(name: str, params: dict[str, Any] | None = None) -> Detector:
+    """A new detector registered as ``name``, built with ``params`` (its keyword arguments)."""
+    _load_builtins()
+    factory = _REGISTRY.get(name)
+    if factory is None:
+        raise UnknownDetector(f"unknown detector {name!r}; known detectors: {', '.join(sorted(_REGISTRY))}")
+    try:
+        det = factory(**(params or {}))
+    except TypeError as exc:
+        raise ValueError(f"bad params for detector {name!r}: {exc}") from exc
+    if not getattr(det, "name", None):
+        det.name = name
+    return det
+
+
+def build_all(specs: list[dict[str, Any]] | None) -> list[Detector]:
+    """Detectors from config entries ``{"name": ..., "params": {...}}`` (a bare string: no params)."""
+    out = []
+    for spec in specs or []:
+        if isinstance(spec, str):
+            out.append(build(spec))
+        else:
+            out.append(build(spec["name"], spec.get("params")))
+    return out
