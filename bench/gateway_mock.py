@@ -51,6 +51,7 @@ from pathlib import Path
 
 import aiohttp
 import httpx
+import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -118,12 +119,26 @@ async def load(
     return len(latencies), latencies
 
 
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time a process (and its children) used so far."""
+    proc = psutil.Process(pid)
+    t = proc.cpu_times()
+    total = t.user + t.system
+    for child in proc.children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            c = child.cpu_times()
+            total += c.user + c.system
+    return total
+
+
 def rounds(
-    targets: list[Target], n_rounds: int, seconds: float
+    targets: list[Target], n_rounds: int, seconds: float, pids: dict[str, int] | None = None
 ) -> dict[tuple[bool, int], dict[str, float]]:
     """Alternate the targets round by round at concurrency 1 and 16, JSON then streamed; print
     progress to stderr, then the table (one row per target and case), and return req/s by
-    (stream, concurrency) and target."""
+    (stream, concurrency) and target. ``pids`` (target → process) adds each proxy's own CPU time
+    per request, which other load on the machine disturbs far less than throughput."""
+    pids = pids or {}
     rates: dict[tuple[bool, int], dict[str, float]] = {}
     rows: list[str] = []
     cases = [(stream, c) for stream in (False, True) for c in (1, 16)]
@@ -133,11 +148,16 @@ def rounds(
     for stream, c in cases:
         kind = "stream (16 chunks)" if stream else "JSON"
         results: dict[str, tuple[int, list[float], float]] = {}
+        cpu: dict[str, float] = {}
         for r in range(n_rounds):
             for target in targets:
                 label, url, key = target[:3]
                 step += 1
+                pid = pids.get(label)
+                before = cpu_seconds(pid) if pid else 0.0
                 n, lat = asyncio.run(load(url, key, c, seconds, stream, target_headers(target)))
+                if pid:
+                    cpu[label] = cpu.get(label, 0.0) + cpu_seconds(pid) - before
                 done, lats, secs = results.get(label, (0, [], 0.0))
                 results[label] = (done + n, lats + lat, secs + seconds)
                 print(
@@ -150,8 +170,12 @@ def rounds(
             lats.sort()
             p50, p99 = 1000 * statistics.median(lats), 1000 * lats[int(0.99 * (len(lats) - 1))]
             rates.setdefault((stream, c), {})[label] = done / secs
-            rows.append(f"| {kind} | {c} | {label} | {done / secs:.0f} | {p50:.2f} | {p99:.2f} |")
-    print("| answer | concurrency | target | req/s | p50 ms | p99 ms |\n|---|---|---|---|---|---|")
+            per = f"{1e6 * cpu[label] / done:.0f}" if label in cpu and done else "-"
+            rows.append(f"| {kind} | {c} | {label} | {done / secs:.0f} | {p50:.2f} | {p99:.2f} | {per} |")
+    print(
+        "| answer | concurrency | target | req/s | p50 ms | p99 ms | proxy CPU µs/req |\n"
+        "|---|---|---|---|---|---|---|"
+    )
     print("\n".join(rows), flush=True)
     return rates
 
@@ -257,6 +281,7 @@ def main() -> None:
                 (label, f"{up.base_url}/chat/completions", team_key(up.root, label)),
             ]
             logs: dict[str, str] = {label: str(up.home)}
+            pids: dict[str, int] = {label: up.pid}
             if baseline is not None:
                 tree, commit = baseline
                 label = f"through m2a (baseline {commit})"
@@ -267,12 +292,15 @@ def main() -> None:
                     raise SystemExit(f"[{label}] runs the same m2a as the current gateway: {old.m2a_file}")
                 targets.append((label, f"{old.base_url}/chat/completions", team_key(old.root, label)))
                 logs[label] = str(old.home)
+                pids[label] = old.pid
             if use_litellm:
                 ll = stack.enter_context(LiteLLM(api_base))
                 targets.append(("through LiteLLM", f"{ll.base_url}/chat/completions", ll.key))
             if use_portkey:
                 pk = stack.enter_context(Portkey(api_base))
                 targets.append(("through Portkey", f"{pk.base_url}/chat/completions", None, pk.headers))
+                if pk.proc is not None:
+                    pids["through Portkey"] = pk.proc.pid
             print("targets: " + ", ".join(t[0] for t in targets), flush=True)
             for target in targets:  # warm every path, and check it answers both ways
                 for stream in (False, True):
@@ -281,7 +309,7 @@ def main() -> None:
                     except SystemExit as e:
                         more = f"\n{pk.tail()}" if target[0] == "through Portkey" else ""
                         raise SystemExit(f"[{target[0]}] warm-up failed: {e}{more}") from None
-            rounds(targets, args.rounds, args.seconds)
+            rounds(targets, args.rounds, args.seconds, pids)
     finally:
         mock.terminate()
         mock.wait()

@@ -113,6 +113,12 @@ class Up:
         pid = self.proc.pid
         print(f"[{self.label}] gateway process (pid {pid}) runs m2a from {self.m2a_file}", flush=True)
 
+    @property
+    def pid(self) -> int:
+        """The `m2a up` process (the gateway runs in it)."""
+        assert self.proc is not None
+        return self.proc.pid
+
     def replicas(self) -> list[dict]:
         return httpx.get(f"{self.root}/readyz", timeout=5).json()["replicas"]
 
