@@ -140,8 +140,9 @@ def pem_blocks(text: str) -> list[tuple[int, int, bool]]:
             continue
         body = _PEM_BODY.match(text, m.end())
         if body and _pem_ok(body.group()):
-            out.append((m.start(), body.end(), False))
-            pos = body.end()
+            end = m.end() + len(body.group().rstrip())
+            out.append((m.start(), end, False))
+            pos = end
     return out
 
 _PLACEHOLDER = re.compile(

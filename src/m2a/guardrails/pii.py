@@ -37,13 +37,15 @@ KINDS = ("email", "phone", "card", "iban", "national_id", "ip")
 LABELS = {"email": "EMAIL", "phone": "PHONE", "card": "CARD", "iban": "IBAN", "national_id": "NATIONAL_ID",
           "ip": "IP"}  # fmt: skip
 
+_FILLER = r"(?:\W{1,4}(?:is|was|number|no|num|nr|me|at|on|:))*\W{0,4}$"  # "phone number is: "
 _NOT_PHONE = re.compile(
     r"(?i)\b(?:order|invoice|ticket|case|ref|reference|tracking|sku|part|serial|model|item|isbn|build|"
-    r"version|ver|release|po|batch|lot|ean|upc|account|acct|confirmation|booking|receipt)\b[\s#:.no-]{0,6}$"
+    r"version|ver|release|po|batch|lot|ean|upc|account|acct|confirmation|booking|receipt)\b"
+    r"(?:\s{0,2}(?:number|num|nr|no|id|code)\b)?[\s#:.-]{0,4}$"
 )
 _PHONE_WORD = re.compile(
     r"(?i)\b(?:phone|tel|telephone|mobile|cell|call|fax|whatsapp|sms|text|reach|ring|contact|"
-    r"téléphone|telefon|handy|portable)\b\W{0,12}$"
+    r"téléphone|telefon|handy|portable)\b" + _FILLER
 )
 
 
@@ -72,9 +74,9 @@ def _emails(t: str) -> Iterator[Hit]:
 
 _PHONE_INTL = re.compile(r"(?<![\w+])\+[1-9](?:[ .\-()]{0,2}\d){6,16}(?!\w|[.-]\d)")
 _PHONE_NANP = re.compile(
-    r"(?<![\w.+-])(?:1[ .-]?)?(?:\((\d{3})\)[ ]?|(\d{3})([ .-]))(\d{3})([ .-])(\d{4})(?![\w-]|[.]\d)"
+    r"(?<![\w.+-])(?<!\d[ ])(?:1[ .-]?)?(?:\((\d{3})\)[ ]?|(\d{3})([ .-]))(\d{3})([ .-])(\d{4})(?![\w-]|[.]\d|[ ]\d)"
 )
-_PHONE_NATIONAL = re.compile(r"(?<![\w.+-])0[1-9]\d{0,3}(?:([ .\-/])\d{2,8}){1,4}(?![\w-]|[.:/]\d)")
+_PHONE_NATIONAL = re.compile(r"(?<![\w.+-])(?<!\d[ ])0[1-9]\d{0,3}(?:([ .\-/])\d{2,8}){1,4}(?![\w-]|[.:/ ]\d)")
 _PHONE_BARE = re.compile(r"(?<![\w.+-])\d{10,11}(?![\w-]|[.]\d)")
 _DATE = re.compile(r"\d{1,4}([./-])\d{1,2}\1\d{1,4}")
 
@@ -179,12 +181,11 @@ def _ibans(t: str) -> Iterator[Hit]:
 
 _SSN = re.compile(r"(?<![\d-])(\d{3})-(\d{2})-(\d{4})(?![\d-])")
 _SSN_BARE = re.compile(r"(?<![\w-])(\d{3})[ ]?(\d{2})[ ]?(\d{4})(?![\w-])")
-_SSN_WORD = re.compile(r"(?i)\b(?:ssn|social\s+security(?:\s+(?:number|no))?|ss#)\W{0,12}$")
+_SSN_WORD = re.compile(r"(?i)\b(?:ssn|social\s+security|ss#)" + _FILLER)
 _DNI = re.compile(r"(?<!\w)(\d{8}|[XYZ]\d{7})[- ]?([A-Z])(?!\w)")
 _CN_ID = re.compile(r"(?<!\w)\d{17}[\dXx](?!\w)")
 _SIN = re.compile(r"(?<![\d-])([1-79]\d{2})([ -]?)(\d{3})\2(\d{3})(?![\d-])")
-_SIN_WORD = re.compile(r"(?i)\b(?:sin|social\s+insurance(?:\s+number)?|nas|num[ée]ro\s+d'assurance\s+sociale)"
-                       r"\W{0,12}$")  # fmt: skip
+_SIN_WORD = re.compile(r"(?i)\b(?:sin|social\s+insurance|nas|num[ée]ro\s+d'assurance\s+sociale)" + _FILLER)
 
 
 def _national(t: str) -> Iterator[Hit]:
