@@ -24,32 +24,29 @@ from __future__ import annotations
 
 import os
 import secrets
-import signal
-import subprocess
 import tempfile
-import time
 from pathlib import Path
 
-import httpx
 import yaml
+from proxy_process import ProxyProcess
 from stack import free_port
 
 LITELLM = Path(__file__).resolve().parent / ".venv-litellm" / "bin" / "litellm"
 
 
-class LiteLLM:
+class LiteLLM(ProxyProcess):
     """LiteLLM's proxy routing "mock" to ``api_base``; `with LiteLLM(url) as ll:` gives ``ll.base_url``."""
 
+    name = "LiteLLM"
+    stop_grace_s = 30.0
+
     def __init__(self, api_base: str, timeout: float = 120.0, label: str = "litellm") -> None:
+        super().__init__(timeout, label)
         self.api_base = api_base
-        self.timeout = timeout
-        self.label = label
         self.port = free_port()
         self.root = f"http://127.0.0.1:{self.port}"
         self.base_url = f"{self.root}/v1"
         self.key = "sk-" + secrets.token_urlsafe(24)
-        self.ready_after: float | None = None
-        self.proc: subprocess.Popen[bytes] | None = None
 
     def __enter__(self) -> LiteLLM:
         if not LITELLM.exists():
@@ -58,62 +55,20 @@ class LiteLLM:
         cfg = Path(self.tmp.name) / "config.yaml"
         model = {"model": "openai/mock", "api_base": self.api_base, "api_key": "sk-mock-unused"}
         cfg.write_text(yaml.safe_dump({"model_list": [{"model_name": "mock", "litellm_params": model}]}))
-        self.log = Path(self.tmp.name) / "litellm.log"
         env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "PYTHONPATH", "PYTHONHOME")}
         env["LITELLM_MASTER_KEY"] = self.key
         env["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
         cmd = [LITELLM, "--config", cfg, "--host", "127.0.0.1", "--port", str(self.port)]
         cmd += ["--num_workers", "1"]
-        started = time.monotonic()
-        with self.log.open("wb") as log:
-            # A session of its own: Ctrl-C does not reach it half-way, and __exit__ ends its whole group.
-            self.proc = subprocess.Popen(
-                cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-            )
+        started = self.spawn(cmd, Path(self.tmp.name) / "litellm.log", env)
         print(f"[{self.label}] starting LiteLLM proxy on port {self.port}", flush=True)
         try:
-            self._wait_ready(started)
+            self.wait_ready(f"{self.root}/health/liveliness", started)
         except BaseException:
             self.__exit__()
             raise
         return self
 
-    def _wait_ready(self, started: float) -> None:
-        assert self.proc is not None
-        last_note = started
-        while True:
-            elapsed = time.monotonic() - started
-            if self.proc.poll() is not None:
-                code = self.proc.returncode
-                raise SystemExit(f"LiteLLM exited with {code} before it was ready:\n{self._tail()}")
-            if elapsed > self.timeout:
-                raise SystemExit(f"LiteLLM did not come up within {self.timeout:.0f} s:\n{self._tail()}")
-            try:
-                if httpx.get(f"{self.root}/health/liveliness", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() - last_note >= 5:
-                print(f"[{self.label}] {elapsed:.0f}s: not answering yet", flush=True)
-                last_note = time.monotonic()
-            time.sleep(0.25)
-        self.ready_after = time.monotonic() - started
-        print(f"[{self.label}] ready after {self.ready_after:.1f}s", flush=True)
-
-    def _tail(self, lines: int = 30) -> str:
-        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
-
     def __exit__(self, *exc: object) -> None:
-        proc, self.proc = self.proc, None
-        if proc is not None and proc.poll() is None:
-            for sig, grace in ((signal.SIGTERM, 30), (signal.SIGKILL, 10)):
-                try:
-                    os.killpg(proc.pid, sig)
-                except ProcessLookupError:
-                    break
-                try:
-                    proc.wait(grace)
-                    break
-                except subprocess.TimeoutExpired:
-                    print(f"[{self.label}] still running {grace} s after {sig.name}", flush=True)
+        self.stop()
         self.tmp.cleanup()

@@ -18,27 +18,26 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 
-import httpx
+from proxy_process import ProxyProcess
 from stack import free_port
 
 PORTKEY_DIR = Path(__file__).resolve().parent / ".portkey"
 PORTKEY = PORTKEY_DIR / "node_modules" / "@portkey-ai" / "gateway" / "build" / "start-server.js"
 
 
-class Portkey:
+class Portkey(ProxyProcess):
     """Portkey's gateway in front of ``api_base``; `with Portkey(url) as pk:` gives ``pk.base_url``
     and ``pk.headers``, the headers each request carries."""
 
+    name = "Portkey"
+
     def __init__(self, api_base: str, timeout: float = 60.0, label: str = "portkey") -> None:
+        super().__init__(timeout, label)
         self.api_base = api_base
-        self.timeout = timeout
-        self.label = label
         self.port = free_port()
         self.root = f"http://127.0.0.1:{self.port}"
         self.base_url = f"{self.root}/v1"
@@ -47,8 +46,6 @@ class Portkey:
             "x-portkey-custom-host": api_base,
             "authorization": "Bearer sk-mock-unused",
         }
-        self.ready_after: float | None = None
-        self.proc: subprocess.Popen[bytes] | None = None
 
     def __enter__(self) -> Portkey:
         if not PORTKEY.exists():
@@ -57,63 +54,21 @@ class Portkey:
         if node is None:
             raise SystemExit("node not found on PATH: Portkey's gateway needs Node.js")
         self.tmp = tempfile.TemporaryDirectory(prefix="m2a-bench-portkey-")
-        self.log = Path(self.tmp.name) / "portkey.log"
         env = {k: v for k, v in os.environ.items() if k != "REDIS_CONNECTION_STRING"}
         cmd = [node, str(PORTKEY), f"--port={self.port}", "--headless"]
-        started = time.monotonic()
-        with self.log.open("wb") as log:
-            # A session of its own: Ctrl-C does not reach it half-way, and __exit__ ends its whole group.
-            self.proc = subprocess.Popen(
-                cmd, env=env, cwd=PORTKEY_DIR, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-            )
+        started = self.spawn(cmd, Path(self.tmp.name) / "portkey.log", env, cwd=PORTKEY_DIR)
         version = subprocess.run(
             [node, "-p", "require('./node_modules/@portkey-ai/gateway/package.json').version"],
             cwd=PORTKEY_DIR, capture_output=True, text=True,
         ).stdout.strip()
         print(f"[{self.label}] starting Portkey gateway {version} on port {self.port}", flush=True)
         try:
-            self._wait_ready(started)
+            self.wait_ready(f"{self.root}/", started)  # "AI Gateway says hey!"
         except BaseException:
             self.__exit__()
             raise
         return self
 
-    def _wait_ready(self, started: float) -> None:
-        assert self.proc is not None
-        last_note = started
-        while True:
-            elapsed = time.monotonic() - started
-            if self.proc.poll() is not None:
-                code = self.proc.returncode
-                raise SystemExit(f"Portkey exited with {code} before it was ready:\n{self.tail()}")
-            if elapsed > self.timeout:
-                raise SystemExit(f"Portkey did not come up within {self.timeout:.0f} s:\n{self.tail()}")
-            try:
-                if httpx.get(f"{self.root}/", timeout=2).status_code == 200:  # "AI Gateway says hey!"
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() - last_note >= 5:
-                print(f"[{self.label}] {elapsed:.0f}s: not answering yet", flush=True)
-                last_note = time.monotonic()
-            time.sleep(0.25)
-        self.ready_after = time.monotonic() - started
-        print(f"[{self.label}] ready after {self.ready_after:.1f}s", flush=True)
-
-    def tail(self, lines: int = 30) -> str:
-        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
-
     def __exit__(self, *exc: object) -> None:
-        proc, self.proc = self.proc, None
-        if proc is not None and proc.poll() is None:
-            for sig, grace in ((signal.SIGTERM, 10), (signal.SIGKILL, 10)):
-                try:
-                    os.killpg(proc.pid, sig)
-                except ProcessLookupError:
-                    break
-                try:
-                    proc.wait(grace)
-                    break
-                except subprocess.TimeoutExpired:
-                    print(f"[{self.label}] still running {grace} s after {sig.name}", flush=True)
+        self.stop()
         self.tmp.cleanup()

@@ -14,6 +14,7 @@ from m2a.gateway.app import create_app
 from m2a.gateway.context import RequestContext
 from m2a.gateway.stages import STAGES, Stage, stage
 from m2a.router.pool import Endpoint, Pool
+from tests import gateway_fixtures
 from tests.fake_engine import FakeEngine
 from tests.live_app import live
 
@@ -57,12 +58,7 @@ async def gateway(
         yield client, app
 
 
-@pytest.fixture
-async def engine() -> AsyncIterator[FakeEngine]:
-    fake = FakeEngine()
-    await fake.start()
-    yield fake
-    await fake.stop()
+engine = gateway_fixtures.engine  # the shared fake engine
 
 
 def with_stage(name: str, after: str) -> tuple[str, ...]:
