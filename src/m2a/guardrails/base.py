@@ -18,12 +18,15 @@ calls ``check(ctx, text)`` on each detector with the same ``Prepared`` text:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from bisect import bisect_left
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 
 if TYPE_CHECKING:
     from m2a.guardrails.normalize import Prepared
+
+T = TypeVar("T")
 
 # Categories of the built-in detectors (a plugin may use its own).
 PII = "pii"
@@ -69,12 +72,25 @@ class Detector(Protocol):
     def check(self, ctx: Context, text: Prepared) -> list[Finding] | None: ...
 
 
+def disjoint(spans: Iterable[tuple[int, int, float, T]]) -> list[tuple[int, int, float, T]]:
+    """Of overlapping ``(start, end, score, item)`` spans keep the highest score (then the longest),
+    in text order; O(n log n)."""
+    starts: list[int] = []
+    kept: list[tuple[int, int, float, T]] = []
+    for h in sorted(spans, key=lambda h: (-h[2], h[0] - h[1], h[0])):
+        i = bisect_left(starts, h[0])
+        if (i < len(kept) and kept[i][0] < h[1]) or (i > 0 and kept[i - 1][1] > h[0]):
+            continue
+        starts.insert(i, h[0])
+        kept.insert(i, h)
+    return kept
+
+
 class UnknownDetector(ValueError):
     pass
 
 
 _REGISTRY: dict[str, Callable[..., Any]] = {}
-T = TypeVar("T")
 
 
 def register_detector(name: str) -> Callable[[T], T]:

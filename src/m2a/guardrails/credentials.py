@@ -26,7 +26,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from m2a.guardrails.base import SECRET, Context, Finding, register_detector
+from m2a.guardrails.base import SECRET, Context, Finding, disjoint, register_detector
 from m2a.guardrails.checksums import entropy, looks_sequential
 from m2a.guardrails.normalize import Prepared
 
@@ -108,7 +108,8 @@ RULES: tuple[Rule, ...] = (
     _r("url_password", r"(?<![A-Za-z0-9+.-])[A-Za-z][A-Za-z0-9+.-]{1,20}://[^\s:/@'\"<>]{1,128}:(?P<v>[^\s:/@'\"<>]{1,256})@"
        r"[A-Za-z0-9.\[-]", 1.5, "password in a URL", 0.9),
     _r("password_assignment", rf"(?i){_ASSIGN_NAME}[\"']?\s{{0,4}}(?::=|=>|[:=])"
-       r"\s{0,4}(?P<q>[\"'`]?)(?P<v>[^\s\"'`,;()\[\]{}<>]{6,256})(?P=q)", 3.0, "credential in an assignment", 0.8,
+       r"\s{0,4}(?P<q>[\"'`]?)(?P<v>[^\s\"'`,;()\[\]{}<>]{6,256})(?P=q)", 3.0, "credential in an assignment",
+       0.8,
        _assigned_ok),
 )  # fmt: skip
 KINDS = (*dict.fromkeys(r.kind for r in RULES), "private_key")
@@ -188,11 +189,7 @@ class SecretsDetector:
         if "PRIVATE KEY" in text and (not self.kinds or "private_key" in self.kinds):
             for s, e, whole in pem_blocks(text):
                 hits.append((s, e, _PEM_WHOLE if whole else _PEM_CUT))
-        kept: list[tuple[int, int, Rule]] = []
-        for h in sorted(hits, key=lambda h: (-h[2].score, h[0] - h[1])):
-            if all(h[1] <= k[0] or k[1] <= h[0] for k in kept):
-                kept.append(h)
-        return sorted(kept, key=lambda h: h[0])
+        return [(s, e, r) for s, e, _, r in disjoint((s, e, r.score, r) for s, e, r in hits)]
 
     def check(self, ctx: Context, text: Prepared) -> list[Finding]:
         out = []

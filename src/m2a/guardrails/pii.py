@@ -28,7 +28,7 @@ import re
 from collections.abc import Iterator
 
 from m2a.guardrails import checksums as ck
-from m2a.guardrails.base import PII, Context, Finding, register_detector
+from m2a.guardrails.base import PII, Context, Finding, disjoint, register_detector
 from m2a.guardrails.normalize import Prepared
 
 Hit = tuple[int, int, str, float, str]  # start, end, kind, score, description
@@ -74,9 +74,12 @@ def _emails(t: str) -> Iterator[Hit]:
 
 _PHONE_INTL = re.compile(r"(?<![\w+])\+[1-9](?:[ .\-()]{0,2}\d){6,16}(?!\w|[.-]\d)")
 _PHONE_NANP = re.compile(
-    r"(?<![\w.+-])(?<!\d[ ])(?:1[ .-]?)?(?:\((\d{3})\)[ ]?|(\d{3})([ .-]))(\d{3})([ .-])(\d{4})(?![\w-]|[.]\d|[ ]\d)"
+    r"(?<![\w.+-])(?<!\d[ ])(?:1[ .-]?)?(?:\((\d{3})\)[ ]?|(\d{3})([ .-]))(\d{3})([ .-])(\d{4})"
+    r"(?![\w-]|[.]\d|[ ]\d)"
 )
-_PHONE_NATIONAL = re.compile(r"(?<![\w.+-])(?<!\d[ ])0[1-9]\d{0,3}(?:([ .\-/])\d{2,8}){1,4}(?![\w-]|[.:/ ]\d)")
+_PHONE_NATIONAL = re.compile(
+    r"(?<![\w.+-])(?<!\d[ ])0[1-9]\d{0,3}(?:([ .\-/])\d{2,8}){1,4}(?![\w-]|[.:/ ]\d)"
+)
 _PHONE_BARE = re.compile(r"(?<![\w.+-])\d{10,11}(?![\w-]|[.]\d)")
 _DATE = re.compile(r"\d{1,4}([./-])\d{1,2}\1\d{1,4}")
 
@@ -240,11 +243,7 @@ _SCANNERS = {"email": _emails, "phone": _phones, "card": _cards, "iban": _ibans,
 
 def best(hits: list[Hit]) -> list[Hit]:
     """Overlapping hits resolved: the highest score wins, then the longest."""
-    kept: list[Hit] = []
-    for h in sorted(hits, key=lambda h: (-h[3], h[0] - h[1])):
-        if all(h[1] <= k[0] or k[1] <= h[0] for k in kept):
-            kept.append(h)
-    return sorted(kept)
+    return [h for _, _, _, h in disjoint((h[0], h[1], h[3], h) for h in hits)]
 
 
 @register_detector("pii")
