@@ -72,6 +72,8 @@ NEGATIVE = [
     "std::vector<int> and a::b",
     "ticket 123-45-6789",
     "part number 0800 123 4567",
+    "https://user@example.com/path and postgres://app:Pw-2x9Lq@db.example.com/x",  # URL user, not e-mail
+    "upgrade 1.2.3.4 to 1.2.4.0, see section 4.2.1.3",  # one-digit quads: versions
 ]
 
 

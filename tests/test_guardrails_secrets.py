@@ -71,6 +71,7 @@ def test_aws_secret_key_needs_its_name() -> None:
 def test_password_in_url_masks_the_password_only() -> None:
     text = "DATABASE_URL=postgresql://app:Zq8-vN2pLx4@db.internal:5432/prod"
     assert found(text) == [("url_password", "Zq8-vN2pLx4")]
+    assert found("redis://:r3d1sP4ssW0rd9@cache:6379/0") == [("url_password", "r3d1sP4ssW0rd9")]
 
 
 def test_assignments_with_high_entropy_values() -> None:
@@ -79,6 +80,11 @@ def test_assignments_with_high_entropy_values() -> None:
                  f"API_TOKEN => {v}"):  # fmt: skip
         assert ("password_assignment", v) in found(text), text
     assert ("password_assignment", "Summer2024!x") in found("password = 'Summer2024!x'")
+    assert ("password_assignment", "Gx7!pQ2m") in found("my password is: Gx7!pQ2m")
+    django = ")BtJGq&7k-lppexhVo-7TxDRLvN(71S9k3)O8t6mz1qkeS!qMS"
+    assert ("password_assignment", django) in found(f"SECRET_KEY = '{django}'")  # quoted: parentheses kept
+    assert ("password_assignment", v) in found(f'<add key="ApiKey" value="{v}" />')
+    assert found("the password is incorrect, and my password was secure") == []
 
 
 NEGATIVE = [

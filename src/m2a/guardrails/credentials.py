@@ -74,6 +74,8 @@ _B = r"(?![A-Za-z0-9_-])"  # the end of a token
 _ASSIGN_NAME = (r"(?:password|passwd|passphrase|pwd|pass|secret|client[_-]?secret|secret[_-]?key|api[_-]?key|"
                 r"apikey|api[_-]?token|access[_-]?token|auth[_-]?token|refresh[_-]?token|private[_-]?key|"
                 r"token|bearer|credentials?)")  # fmt: skip
+# ``=``, ``:``, ``=>``, ``:=`` after an optional closing quote, or "is" / "was" in prose ("my password is X")
+_ASSIGN_OP = r"(?:[\"']?\s{0,4}(?::=|=>|[:=])|\s{1,3}(?:is|was)\s{0,3}:?)\s{0,4}"
 
 RULES: tuple[Rule, ...] = (
     _r("aws_access_key_id", r"(?<![A-Z0-9])(?P<v>(?:AKIA|ASIA|ABIA|ACCA|AROA|AIDA)[A-Z2-7]{16})(?![A-Z0-9])",
@@ -105,12 +107,15 @@ RULES: tuple[Rule, ...] = (
     _r("azure_storage_key", r"AccountKey=(?P<v>[A-Za-z0-9+/]{86}==)", 4.5, "Azure storage account key"),
     _r("jwt", rf"(?<![A-Za-z0-9_-])(?P<v>eyJ[A-Za-z0-9_-]{{10,2000}}\.eyJ[A-Za-z0-9_-]{{10,8000}}\."
        rf"[A-Za-z0-9_-]{{0,2000}}){_B}", 4.0, "JSON web token", 0.9, _jwt_ok),
-    _r("url_password", r"(?<![A-Za-z0-9+.-])[A-Za-z][A-Za-z0-9+.-]{1,20}://[^\s:/@'\"<>]{1,128}:(?P<v>[^\s:/@'\"<>]{1,256})@"
+    _r("url_password", r"(?<![A-Za-z0-9+.-])[A-Za-z][A-Za-z0-9+.-]{1,20}://[^\s:/@'\"<>]{0,128}:(?P<v>[^\s:/@'\"<>]{1,256})@"
        r"[A-Za-z0-9.\[-]", 1.5, "password in a URL", 0.9),
-    _r("password_assignment", rf"(?i){_ASSIGN_NAME}[\"']?\s{{0,4}}(?::=|=>|[:=])"
-       r"\s{0,4}(?P<q>[\"'`]?)(?P<v>[^\s\"'`,;()\[\]{}<>]{6,256})(?P=q)", 3.0, "credential in an assignment",
-       0.8,
-       _assigned_ok),
+    _r("password_assignment", rf"(?i){_ASSIGN_NAME}{_ASSIGN_OP}(?P<q>[\"'`])(?P<v>[^\s\"'`]{{6,256}})(?P=q)",
+       3.0, "credential in an assignment", 0.8, _assigned_ok),
+    _r("password_assignment", rf"(?i){_ASSIGN_NAME}{_ASSIGN_OP}(?P<v>[^\s\"'`,;()\[\]{{}}<>]{{6,256}})", 3.0,
+       "credential in an assignment", 0.8, _assigned_ok),
+    _r("password_assignment", rf"(?i)\bkey\s{{0,2}}=\s{{0,2}}[\"']\w{{0,24}}{_ASSIGN_NAME}\w{{0,24}}[\"']"
+       r"\s{1,4}value\s{0,2}=\s{0,2}[\"'](?P<v>[^\s\"']{6,256})[\"']", 3.0,
+       "credential in a configuration entry", 0.8, _assigned_ok),
 )  # fmt: skip
 KINDS = (*dict.fromkeys(r.kind for r in RULES), "private_key")
 

@@ -4,8 +4,8 @@ numbers and IP addresses, by pattern *and* validation, in every view of the text
 Each kind is a candidate pattern (anchored at a boundary, bounded repetition: linear time) and a
 check that throws out look-alikes:
 
-- ``email``: local part, ``@``, a dotted domain with an alphabetic TLD; not ``git@host:path`` nor
-  ``icon@2x.png``-style file names;
+- ``email``: local part, ``@``, a dotted domain with an alphabetic TLD; not ``git@host:path``,
+  ``icon@2x.png``-style file names, nor the user part of a URL (``https://user:pass@host``);
 - ``phone``: ``+CC`` international numbers (8 to 15 digits), North American ``(NXX) NXX-XXXX`` forms
   (area code and exchange rules), national numbers starting with 0 in groups (9 to 12 digits), and
   bare 10–11 digit runs only after a word like "phone" or "call"; never after "order", "invoice",
@@ -15,8 +15,9 @@ check that throws out look-alikes:
 - ``national_id``: US SSN (``123-45-6789`` outside the never-issued ranges, or 9 digits after
   "SSN"), Spanish DNI / NIE (check letter), Chinese resident ID (date and mod 11-2), Canadian SIN
   (Luhn, after "SIN" or "social insurance");
-- ``ip``: IPv4 with valid octets (not loopback, unspecified, broadcast, netmask, nor after
-  "version"/"v"), IPv6 as the ``ipaddress`` module parses it (not ``::1``).
+- ``ip``: IPv4 with valid octets (not loopback, unspecified, broadcast, netmask, all four octets of
+  one digit — versions, section numbers, public resolvers — nor after "version"/"v"), IPv6 as the
+  ``ipaddress`` module parses it (not ``::1``).
 
 Parameters: ``kinds`` (a subset of the above; default all).
 """
@@ -63,9 +64,14 @@ _FILE_TLDS = {"png", "jpg", "jpeg", "gif", "svg", "webp", "ico", "bmp", "css", "
               "html", "txt", "pdf", "woff", "ttf"}  # fmt: skip
 
 
+_URL_AUTHORITY = re.compile(r"://[^\s/@]{0,256}$")  # ``https://user:pass@host``: not an address
+
+
 def _emails(t: str) -> Iterator[Hit]:
     for m in _EMAIL.finditer(t):
         if m.group(2).lower() in _FILE_TLDS or t.startswith(":", m.end()):
+            continue
+        if _URL_AUTHORITY.search(t, max(0, m.start() - 260), m.start()):
             continue
         yield m.start(), m.end(), "email", 0.95, "e-mail address"
 
@@ -222,6 +228,8 @@ def _ips(t: str) -> Iterator[Hit]:
         ip = ipaddress.IPv4Address(m.group())
         if ip.is_loopback or ip.is_unspecified or m.group().startswith("255."):
             continue
+        if len(m.group()) == 7:
+            continue  # 1.2.4.0, 4.2.1.3: versions and section numbers (and 8.8.4.4: no one's address)
         if _before(t, m.start(), _NOT_IP, 12):
             continue
         yield m.start(), m.end(), "ip", 0.6 if ip.is_private else 0.8, "IPv4 address"
