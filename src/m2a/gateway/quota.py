@@ -1,9 +1,12 @@
 """Admission against quotas: reserve an estimate before the engine sees a request, settle after.
 
-The estimate is the prompt's tokens (from its text, on the generous side) plus ``max_tokens`` (or
-the configured reserve when the request sets none). Every limit of the caller's team and key is
-reserved at once or not at all; a request over any of them gets 429 with the limit it hit and
-``Retry-After``. When the answer ends, the engine's own usage numbers replace the estimate.
+The estimate is the prompt's tokens (from its text, on the generous side) plus the output cap:
+the one the request sets in the field its engine obeys, or the configured reserve (16 for
+completions) capped by what the tightest token limit has left, times ``n`` (or ``best_of``). That
+cap is what the engine is then told (``Ticket.max_tokens``), so it cannot generate more than was
+reserved. Every limit of the caller's team and key is reserved at once or not at all; a request
+over any of them gets 429 with the limit it hit and ``Retry-After``. When the answer ends, the
+engine's own usage numbers replace the estimate.
 """
 
 from __future__ import annotations
