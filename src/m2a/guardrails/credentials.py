@@ -23,6 +23,7 @@ import base64
 import binascii
 import json
 import re
+import string
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -61,63 +62,78 @@ class Rule:
     pattern: re.Pattern[str]
     min_entropy: float
     description: str
+    needles: tuple[str, ...]  # the rule runs only on a text holding one of them (a cheap ``in`` test)
+    before: frozenset[str] = frozenset()  # characters that may not stand just before the match
+    lower: bool = False  # needles and pattern are for the text lower-cased (ASCII letters only)
     score: float = 0.95
     valid: Callable[[str], bool] | None = None
 
 
-def _r(kind: str, rx: str, ent: float, desc: str, score: float = 0.95,
+def _r(kind: str, rx: str, ent: float, desc: str, needles: tuple[str, ...], before: str = "", *,
+       lower: bool = False, score: float = 0.95,
        valid: Callable[[str], bool] | None = None) -> Rule:  # fmt: skip
-    return Rule(kind, re.compile(rx), ent, desc, score, valid)
+    return Rule(kind, re.compile(rx), ent, desc, needles, frozenset(before), lower, score, valid)
 
 
+_AN = string.ascii_letters + string.digits
 _B = r"(?![A-Za-z0-9_-])"  # the end of a token
 _ASSIGN_NAME = (r"(?:password|passwd|passphrase|pwd|pass|secret|client[_-]?secret|secret[_-]?key|api[_-]?key|"
                 r"apikey|api[_-]?token|access[_-]?token|auth[_-]?token|refresh[_-]?token|private[_-]?key|"
                 r"token|bearer|credentials?)")  # fmt: skip
 # ``=``, ``:``, ``=>``, ``:=`` after an optional closing quote, or "is" / "was" in prose ("my password is X")
 _ASSIGN_OP = r"(?:[\"']?\s{0,4}(?::=|=>|[:=])|\s{1,3}(?:is|was)\s{0,3}:?)\s{0,4}"
+_ASSIGN = re.compile(_ASSIGN_NAME + _ASSIGN_OP)  # on the lower-cased text
+_QUOTED = re.compile(r"([\"'`])([^\s\"'`]{6,256})\1")
+_BARE = re.compile(r"[^\s\"'`,;()\[\]{}<>]{6,256}")
+_ASSIGN_NEEDLES = ("pass", "pwd", "secret", "key", "token", "bearer", "credential")
 
 RULES: tuple[Rule, ...] = (
-    _r("aws_access_key_id", r"(?<![A-Z0-9])(?P<v>(?:AKIA|ASIA|ABIA|ACCA|AROA|AIDA)[A-Z2-7]{16})(?![A-Z0-9])",
-       2.5, "AWS access key id"),
+    _r("aws_access_key_id", r"(?P<v>(?:AKIA|ASIA|ABIA|ACCA|AROA|AIDA)[A-Z2-7]{16})(?![A-Z0-9])", 2.5,
+       "AWS access key id", ("AKIA", "ASIA", "ABIA", "ACCA", "AROA", "AIDA"),
+       string.ascii_uppercase + string.digits),
     _r("aws_secret_access_key",
-       r"(?i:aws)[\w .-]{0,24}?(?i:secret)[\w .-]{0,24}?['\"]?\s{0,4}[:=]\s{0,4}['\"]?"
-       r"(?P<v>[A-Za-z0-9/+]{40})(?![A-Za-z0-9/+=])", 4.0, "AWS secret access key"),
-    _r("github_token", rf"(?<![A-Za-z0-9_])(?P<v>gh[pousr]_[A-Za-z0-9]{{36,76}}){_B}", 4.0, "GitHub token"),
-    _r("github_token", rf"(?<![A-Za-z0-9_])(?P<v>github_pat_[A-Za-z0-9]{{22}}_[A-Za-z0-9]{{59}}){_B}", 4.0,
-       "GitHub fine-grained token"),
-    _r("gitlab_token", rf"(?<![A-Za-z0-9_])(?P<v>(?:glpat|gldt|glrt|glcbt|glptt|glft|glimt|glagent)-"
-       rf"[A-Za-z0-9_-]{{20,64}}){_B}", 3.5, "GitLab token"),
-    _r("slack_token", rf"(?<![A-Za-z0-9])(?P<v>xox[abposr]-(?:\d{{6,16}}-){{1,3}}[A-Za-z0-9-]{{10,64}}){_B}",
-       3.5, "Slack token"),
+       r"aws[\w .-]{0,24}?secret[\w .-]{0,24}?['\"]?\s{0,4}[:=]\s{0,4}['\"]?"
+       r"(?P<v>[A-Za-z0-9/+]{40})(?![A-Za-z0-9/+=])",
+       4.0, "AWS secret access key", ("aws",), lower=True),
+    _r("github_token", rf"(?P<v>gh[pousr]_[A-Za-z0-9]{{36,76}}){_B}", 4.0, "GitHub token",
+       ("ghp_", "gho_", "ghu_", "ghs_", "ghr_"), _AN + "_"),
+    _r("github_token", rf"(?P<v>github_pat_[A-Za-z0-9]{{22}}_[A-Za-z0-9]{{59}}){_B}", 4.0,
+       "GitHub fine-grained token", ("github_pat_",), _AN + "_"),
+    _r("gitlab_token", rf"(?P<v>gl(?:pat|dt|rt|cbt|ptt|ft|imt|agent)-[A-Za-z0-9_-]{{20,64}}){_B}", 3.5,
+       "GitLab token", ("glpat-", "gldt-", "glrt-", "glcbt-", "glptt-", "glft-", "glimt-", "glagent-"),
+       _AN + "_"),
+    _r("slack_token", rf"(?P<v>xox[abposr]-(?:\d{{6,16}}-){{1,3}}[A-Za-z0-9-]{{10,64}}){_B}", 3.5,
+       "Slack token", ("xox",), _AN),
     _r("slack_webhook", r"(?P<v>https://hooks\.slack\.com/services/T[A-Z0-9]{8,12}/B[A-Z0-9]{8,12}/"
-       r"[A-Za-z0-9]{24})", 3.5, "Slack webhook URL"),
-    _r("stripe_key", rf"(?<![A-Za-z0-9])(?P<v>(?:sk|rk)_(?:live|test)_[A-Za-z0-9]{{24,99}}){_B}", 4.0,
-       "Stripe secret key"),
-    _r("google_api_key", rf"(?<![A-Za-z0-9_-])(?P<v>AIza[A-Za-z0-9_-]{{35}}){_B}", 4.0, "Google API key"),
-    _r("openai_key", rf"(?<![A-Za-z0-9_-])(?P<v>sk-(?:proj-|svcacct-|admin-|ant-api\d\d-|ant-)?"
-       rf"[A-Za-z0-9_-]{{32,200}}){_B}", 4.0, "API secret key (sk-)"),
-    _r("huggingface_token", rf"(?<![A-Za-z0-9_])(?P<v>hf_[A-Za-z]{{34}}){_B}", 4.0, "Hugging Face token"),
-    _r("npm_token", rf"(?<![A-Za-z0-9_])(?P<v>npm_[A-Za-z0-9]{{36}}){_B}", 4.0, "npm token"),
-    _r("pypi_token", rf"(?<![A-Za-z0-9_-])(?P<v>pypi-AgEIcHlwaS5vcmc[A-Za-z0-9_-]{{40,240}}){_B}", 4.0,
-       "PyPI token"),
-    _r("sendgrid_key", rf"(?<![A-Za-z0-9])(?P<v>SG\.[A-Za-z0-9_-]{{22}}\.[A-Za-z0-9_-]{{43}}){_B}", 4.0,
-       "SendGrid API key"),
-    _r("twilio_key", r"(?<![A-Za-z0-9])(?P<v>SK[0-9a-f]{32})(?![A-Za-z0-9])", 3.3, "Twilio API key", 0.85),
-    _r("azure_storage_key", r"AccountKey=(?P<v>[A-Za-z0-9+/]{86}==)", 4.5, "Azure storage account key"),
-    _r("jwt", rf"(?<![A-Za-z0-9_-])(?P<v>eyJ[A-Za-z0-9_-]{{10,2000}}\.eyJ[A-Za-z0-9_-]{{10,8000}}\."
-       rf"[A-Za-z0-9_-]{{0,2000}}){_B}", 4.0, "JSON web token", 0.9, _jwt_ok),
-    _r("url_password", r"(?<![A-Za-z0-9+.-])[A-Za-z][A-Za-z0-9+.-]{1,20}://[^\s:/@'\"<>]{0,128}:(?P<v>[^\s:/@'\"<>]{1,256})@"
-       r"[A-Za-z0-9.\[-]", 1.5, "password in a URL", 0.9),
-    _r("password_assignment", rf"(?i){_ASSIGN_NAME}{_ASSIGN_OP}(?P<q>[\"'`])(?P<v>[^\s\"'`]{{6,256}})(?P=q)",
-       3.0, "credential in an assignment", 0.8, _assigned_ok),
-    _r("password_assignment", rf"(?i){_ASSIGN_NAME}{_ASSIGN_OP}(?P<v>[^\s\"'`,;()\[\]{{}}<>]{{6,256}})", 3.0,
-       "credential in an assignment", 0.8, _assigned_ok),
-    _r("password_assignment", rf"(?i)\bkey\s{{0,2}}=\s{{0,2}}[\"']\w{{0,24}}{_ASSIGN_NAME}\w{{0,24}}[\"']"
+       r"[A-Za-z0-9]{24})", 3.5, "Slack webhook URL", ("hooks.slack.com",)),
+    _r("stripe_key", rf"(?P<v>[sr]k_(?:live|test)_[A-Za-z0-9]{{24,99}}){_B}", 4.0, "Stripe secret key",
+       ("k_live_", "k_test_"), _AN),
+    _r("google_api_key", rf"(?P<v>AIza[A-Za-z0-9_-]{{35}}){_B}", 4.0, "Google API key", ("AIza",),
+       _AN + "_-"),
+    _r("openai_key", rf"(?P<v>sk-(?:proj-|svcacct-|admin-|ant-api\d\d-|ant-)?[A-Za-z0-9_-]{{32,200}}){_B}",
+       4.0, "API secret key (sk-)", ("sk-",), _AN + "_-"),
+    _r("huggingface_token", rf"(?P<v>hf_[A-Za-z]{{34}}){_B}", 4.0, "Hugging Face token", ("hf_",), _AN + "_"),
+    _r("npm_token", rf"(?P<v>npm_[A-Za-z0-9]{{36}}){_B}", 4.0, "npm token", ("npm_",), _AN + "_"),
+    _r("pypi_token", rf"(?P<v>pypi-AgEIcHlwaS5vcmc[A-Za-z0-9_-]{{40,240}}){_B}", 4.0, "PyPI token",
+       ("pypi-AgEIcHlwaS5vcmc",), _AN + "_-"),
+    _r("sendgrid_key", rf"(?P<v>SG\.[A-Za-z0-9_-]{{22}}\.[A-Za-z0-9_-]{{43}}){_B}", 4.0, "SendGrid API key",
+       ("SG.",), _AN),
+    _r("twilio_key", r"(?P<v>SK[0-9a-f]{32})(?![A-Za-z0-9])", 3.3, "Twilio API key", ("SK",), _AN,
+       score=0.85),
+    _r("azure_storage_key", r"AccountKey=(?P<v>[A-Za-z0-9+/]{86}==)", 4.5, "Azure storage account key",
+       ("AccountKey=",)),
+    _r("jwt", rf"(?P<v>eyJ[A-Za-z0-9_-]{{10,2000}}\.eyJ[A-Za-z0-9_-]{{10,8000}}\.[A-Za-z0-9_-]{{0,2000}})"
+       rf"{_B}", 4.0, "JSON web token", ("eyJ",), _AN + "_-", score=0.9, valid=_jwt_ok),
+    _r("url_password", r"://[^\s:/@'\"<>]{0,128}:(?P<v>[^\s:/@'\"<>]{1,256})@[A-Za-z0-9.\[-]", 1.5,
+       "password in a URL", ("://",), score=0.9),
+    _r("password_assignment", rf"\bkey\s{{0,2}}=\s{{0,2}}[\"']\w{{0,24}}{_ASSIGN_NAME}\w{{0,24}}[\"']"
        r"\s{1,4}value\s{0,2}=\s{0,2}[\"'](?P<v>[^\s\"']{6,256})[\"']", 3.0,
-       "credential in a configuration entry", 0.8, _assigned_ok),
+       "credential in a configuration entry", ("value",), lower=True, score=0.8, valid=_assigned_ok),
 )  # fmt: skip
+_ASSIGNMENT = Rule("password_assignment", _ASSIGN, 3.0, "credential in an assignment", _ASSIGN_NEEDLES,
+                   lower=True, score=0.8, valid=_assigned_ok)  # fmt: skip
 KINDS = (*dict.fromkeys(r.kind for r in RULES), "private_key")
+_LOWER = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)  # keeps every offset
 
 _PEM_BEGIN = re.compile(r"-----BEGIN ((?:[A-Z0-9]+ ){0,3})PRIVATE KEY(?: BLOCK)?-----")
 _PEM_BODY = re.compile(r"[A-Za-z0-9+/=\s]{64,16384}")
@@ -158,8 +174,9 @@ _PLACEHOLDER = re.compile(
 )
 
 
-_PEM_WHOLE = Rule("private_key", _PEM_BEGIN, 0.0, "private key (PEM)", 0.99)
-_PEM_CUT = Rule("private_key", _PEM_BEGIN, 0.0, "private key (PEM, cut short)", 0.9)
+_PEM_WHOLE = Rule("private_key", _PEM_BEGIN, 0.0, "private key (PEM)", ("PRIVATE KEY",), score=0.99)
+_PEM_CUT = Rule("private_key", _PEM_BEGIN, 0.0, "private key (PEM, cut short)", ("PRIVATE KEY",),
+                score=0.9)
 
 
 def placeholder(value: str) -> bool:
@@ -176,21 +193,35 @@ class SecretsDetector:
             raise ValueError(f"unknown secret kinds {sorted(unknown)}; known: {', '.join(KINDS)}")
         self.kinds = set(kinds or ())
         self.rules = [r for r in RULES if not kinds or r.kind in kinds]
+        self.assignments = not kinds or "password_assignment" in kinds
         self.min_generic = min_entropy_generic
+
+    def _keep(self, rule: Rule, v: str) -> bool:
+        need = self.min_generic if rule.kind == "password_assignment" else rule.min_entropy
+        if placeholder(v) or entropy(v) < need:
+            return False
+        return rule.valid is None or rule.valid(v)
 
     def _scan(self, text: str) -> list[tuple[int, int, Rule]]:
         hits: list[tuple[int, int, Rule]] = []
+        low = text.translate(_LOWER)
         for rule in self.rules:
-            if rule.kind == "url_password" and "://" not in text:
+            hay = low if rule.lower else text
+            if not any(n in hay for n in rule.needles):
                 continue
-            for m in rule.pattern.finditer(text):
-                v = m.group("v")
-                need = self.min_generic if rule.kind == "password_assignment" else rule.min_entropy
-                if placeholder(v) or entropy(v) < need:
+            for m in rule.pattern.finditer(hay):
+                s, e = m.span("v")
+                if m.start() and hay[m.start() - 1] in rule.before:
                     continue
-                if rule.valid is not None and not rule.valid(v):
-                    continue
-                hits.append((m.start("v"), m.end("v"), rule))
+                if self._keep(rule, text[s:e]):
+                    hits.append((s, e, rule))
+        if self.assignments and any(n in low for n in _ASSIGN_NEEDLES):
+            for m in _ASSIGN.finditer(low):
+                quoted = _QUOTED.match(text, m.end())
+                bare = None if quoted else _BARE.match(text, m.end())
+                value = quoted.span(2) if quoted else bare.span() if bare else None
+                if value and self._keep(_ASSIGNMENT, text[value[0] : value[1]]):
+                    hits.append((*value, _ASSIGNMENT))
         if "PRIVATE KEY" in text and (not self.kinds or "private_key" in self.kinds):
             for s, e, whole in pem_blocks(text):
                 hits.append((s, e, _PEM_WHOLE if whole else _PEM_CUT))

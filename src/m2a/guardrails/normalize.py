@@ -28,6 +28,7 @@ import unicodedata
 from bisect import bisect_right
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 # Invisible characters that are not in category Cf, removed too.
 _EXTRA_INVISIBLE = {0x034F, 0x115F, 0x1160, 0x17B4, 0x17B5, 0x180B, 0x180C, 0x180D, 0x180F, 0x3164, 0xFFA0}
@@ -64,8 +65,9 @@ _CONFUSABLES = {
 _ASCII_RUN = re.compile(r"[\x00-\x7f]+(?![\u0300-\u036f])|.[\u0300-\u036f]*", re.S)
 
 
+@lru_cache(maxsize=8192)
 def _fold(cluster: str) -> str:
-    """One cluster (a character and its combining marks) normalised."""
+    """One cluster (a character and its combining marks) normalised (cached: texts repeat them)."""
     if len(cluster) == 1 and invisible(cluster):
         return ""
     s = unicodedata.normalize("NFKC", cluster)
@@ -130,9 +132,37 @@ class SegmentMap:
 
 
 def normalize(text: str) -> tuple[str, SegmentMap | None]:
-    """The normalised text and its map to ``text`` (None: the identity, for ASCII text)."""
+    """The normalised text and its map to ``text`` (None: position for position, as for ASCII)."""
     if text.isascii():
         return text, None
+    uniq = {c for c in set(text) if not c.isascii()}
+    if any(unicodedata.combining(c) or 0x1100 <= ord(c) <= 0x11FF for c in uniq):
+        return _normalize_clusters(text)  # marks (and jamo) compose with their neighbours
+    table = {ord(c): _fold(c) for c in uniq}
+    out = text.translate(table)
+    resized = "".join(sorted(c for c in uniq if len(table[ord(c)]) != 1))
+    if not resized:
+        return out, None  # one character for one: offsets unchanged
+    smap = SegmentMap()
+    n = o = 0
+    for m in _resized_rx(resized).finditer(text):
+        i = m.start()
+        smap.add(n, n + i - o, o, i, True)
+        n += i - o
+        rep = table[ord(text[i])]
+        smap.add(n, n + len(rep), i, i + 1, False)
+        n += len(rep)
+        o = i + 1
+    smap.add(n, n + len(text) - o, o, len(text), True)
+    return out, smap
+
+
+@lru_cache(maxsize=256)
+def _resized_rx(chars: str) -> re.Pattern[str]:
+    return re.compile("[" + "".join(re.escape(c) for c in chars) + "]")
+
+
+def _normalize_clusters(text: str) -> tuple[str, SegmentMap]:
     out: list[str] = []
     smap = SegmentMap()
     n = 0
@@ -167,10 +197,11 @@ class Prepared:
         return self.views[0]
 
 
-_B64_RUN = re.compile(r"(?<![A-Za-z0-9+/=_-])[A-Za-z0-9+/_-]{16,}={0,2}(?![A-Za-z0-9+/=_-])")
-_HEX_RUN = re.compile(
-    r"(?<![0-9A-Fa-f])(?:0x)?((?:[0-9A-Fa-f]{2}){8,})(?![0-9A-Fa-f])|((?:\\x[0-9A-Fa-f]{2}){8,})"
-)
+# One scan finds both: a run of the base64 alphabet (hex digits are a part of it) of 16 or more.
+_RUN = re.compile(r"[A-Za-z0-9+/_-]{16,}={0,2}")
+_B64_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=_-")
+_HEX_DIGITS = frozenset("0123456789abcdefABCDEF")
+_HEX_ESCAPES = re.compile(r"(?:\\x[0-9A-Fa-f]{2}){8,}")
 _BINARY_DATA_URL = re.compile(
     r"data:(?:image|audio|video|font|application/(?:octet-stream|pdf|zip))[\w./+-]{0,64}"
     r"(?:;[\w=.-]{1,64}){0,4};base64,$"
@@ -233,19 +264,23 @@ def _decode_runs(view: View, budget: list[int], depth: int, out: list[View]) -> 
     truncated = False
     text = view.text
     found: list[tuple[int, float, str, str]] = []  # start, characters per byte, the encoded run, how
-    for m in _HEX_RUN.finditer(text):
-        if m.group(1):
-            found.append((m.start(1), 2.0, m.group(1), "hex"))
-        else:
-            found.append((m.start(2), 4.0, m.group(2).replace("\\x", ""), "hex"))
-    for m in _B64_RUN.finditer(text):
-        run = m.group()
-        if all(c in "0123456789abcdefABCDEF" for c in run):
-            continue  # a hex run (or a hash): not base64 text
-        if _BINARY_DATA_URL.search(text, max(0, m.start() - 96), m.start()):
+    for m in _RUN.finditer(text):
+        start, run = m.start(), m.group()
+        if start and text[start - 1] in _B64_CHARS:
+            continue  # the tail of a longer run (after a character the scan does not take)
+        if run.startswith(("0x", "0X")) and _HEX_DIGITS.issuperset(run[2:]):
+            start, run = start + 2, run[2:]
+        if _HEX_DIGITS.issuperset(run):
+            if len(run) % 2 == 0:
+                found.append((start, 2.0, run, "hex"))
+            continue  # hex, or a hash: not base64 text
+        if text.startswith("base64,", start - 7) and _BINARY_DATA_URL.search(text, max(0, start - 96), start):
             continue
-        found.append((m.start(), 4 / 3, run, "base64"))
-    found.sort()
+        found.append((start, 4 / 3, run, "base64"))
+    if "\\x" in text:
+        for m in _HEX_ESCAPES.finditer(text):
+            found.append((m.start(), 4.0, m.group().replace("\\x", ""), "hex"))
+        found.sort()
     for start, width, run, enc in found:
         head = _unhex(run[:_PEEK]) if enc == "hex" else _b64(run[: min(len(run), _PEEK) // 4 * 4])
         if head is None or _printable(head[: max(1, len(head) - 3)]) is None:

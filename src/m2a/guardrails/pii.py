@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import string
 from collections.abc import Iterator
 
 from m2a.guardrails import checksums as ck
@@ -56,8 +57,8 @@ def _before(text: str, pos: int, rx: re.Pattern[str], width: int = 28) -> bool:
 
 # --- e-mail ----------------------------------------------------------------------------------------
 
-_EMAIL = re.compile(
-    r"(?<![\w.+%-])[A-Za-z0-9][A-Za-z0-9._%+-]{0,63}@"
+_LOCAL = frozenset(string.ascii_letters + string.digits + "._%+-")
+_DOMAIN = re.compile(
     r"((?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.){1,8}([A-Za-z]{2,24}))(?![\w-]|\.[A-Za-z0-9])"
 )
 _FILE_TLDS = {"png", "jpg", "jpeg", "gif", "svg", "webp", "ico", "bmp", "css", "js", "ts", "map", "json",
@@ -68,12 +69,19 @@ _URL_AUTHORITY = re.compile(r"://[^\s/@]{0,256}$")  # ``https://user:pass@host``
 
 
 def _emails(t: str) -> Iterator[Hit]:
-    for m in _EMAIL.finditer(t):
-        if m.group(2).lower() in _FILE_TLDS or t.startswith(":", m.end()):
-            continue
-        if _URL_AUTHORITY.search(t, max(0, m.start() - 260), m.start()):
-            continue
-        yield m.start(), m.end(), "email", 0.95, "e-mail address"
+    """From each ``@``: the local part to its left (at most 64 characters), the domain to its right."""
+    at = t.find("@")
+    while at != -1:
+        i = at
+        while i > 0 and at - i <= 64 and t[i - 1] in _LOCAL:
+            i -= 1
+        while i < at and not t[i].isalnum():
+            i += 1
+        m = _DOMAIN.match(t, at + 1) if i < at and at - i <= 64 and not (i and t[i - 1].isalnum()) else None
+        if (m and m.group(2).lower() not in _FILE_TLDS and not t.startswith(":", m.end())
+                and not _URL_AUTHORITY.search(t, max(0, i - 260), i)):  # fmt: skip
+            yield i, m.end(), "email", 0.95, "e-mail address"
+        at = t.find("@", at + 1)
 
 
 # --- phone -----------------------------------------------------------------------------------------
@@ -94,18 +102,18 @@ def _digits(s: str) -> str:
     return "".join(c for c in s if c.isdigit())
 
 
-def _phones(t: str) -> Iterator[Hit]:
-    for m in _PHONE_INTL.finditer(t):
+def _phones(t: str, lo: int, hi: int) -> Iterator[Hit]:
+    for m in _PHONE_INTL.finditer(t, lo, hi):
         if 8 <= len(_digits(m.group())) <= 15 and not _before(t, m.start(), _NOT_PHONE):
             yield m.start(), m.end(), "phone", 0.9, "phone number (international)"
-    for m in _PHONE_NANP.finditer(t):
+    for m in _PHONE_NANP.finditer(t, lo, hi):
         area = m.group(1) or m.group(2)
         if m.group(3) and m.group(3) != m.group(5):
             continue  # 555-123.4567: mixed separators, not a written phone number
         if area[0] in "01" or area[1:] == "11" or m.group(4)[0] in "01" or _before(t, m.start(), _NOT_PHONE):
             continue
         yield m.start(), m.end(), "phone", 0.85, "phone number (North American)"
-    for m in _PHONE_NATIONAL.finditer(t):
+    for m in _PHONE_NATIONAL.finditer(t, lo, hi):
         s = m.group()
         seps = {c for c in s if not c.isdigit()}
         if not 9 <= len(_digits(s)) <= 12 or len(seps - {"/"}) > 1 or _DATE.fullmatch(s):
@@ -113,7 +121,7 @@ def _phones(t: str) -> Iterator[Hit]:
         if _before(t, m.start(), _NOT_PHONE):
             continue
         yield m.start(), m.end(), "phone", 0.75, "phone number (national)"
-    for m in _PHONE_BARE.finditer(t):
+    for m in _PHONE_BARE.finditer(t, lo, hi):
         if _before(t, m.start(), _PHONE_WORD) and not _before(t, m.start(), _NOT_PHONE, 40):
             yield m.start(), m.end(), "phone", 0.7, "phone number"
 
@@ -146,8 +154,8 @@ def _issuer(d: str) -> str | None:
     return None
 
 
-def _cards(t: str) -> Iterator[Hit]:
-    for m in _CARD.finditer(t):
+def _cards(t: str, lo: int, hi: int) -> Iterator[Hit]:
+    for m in _CARD.finditer(t, lo, hi):
         s = m.group()
         d = _digits(s)
         seps = {c for c in s if not c.isdigit()}
@@ -163,27 +171,27 @@ def _cards(t: str) -> Iterator[Hit]:
 
 # --- IBAN ------------------------------------------------------------------------------------------
 
-_IBAN_HEAD = re.compile(r"(?<![A-Za-z0-9])[A-Za-z]{2}\d{2}(?=[ ]?[A-Za-z0-9])")
-
-
-def _ibans(t: str) -> Iterator[Hit]:
-    for m in _IBAN_HEAD.finditer(t):
-        want = ck.IBAN_LENGTHS.get(m.group()[:2].upper())
-        if want is None:
-            continue
-        chars, i = [m.group().upper()], m.end()
-        got = 4
-        while got < want and i < len(t):
-            c = t[i]
-            if c.isascii() and c.isalnum():
-                chars.append(c.upper())
-                got += 1
-            elif not (c == " " and i + 1 < len(t) and t[i + 1].isalnum()):
-                break
-            i += 1
-        glued = i < len(t) and t[i].isascii() and t[i].isalnum()  # more letters or digits: not this IBAN
-        if got == want and not glued and ck.iban_ok("".join(chars)):
-            yield m.start(), i, "iban", 0.95, f"IBAN ({m.group()[:2].upper()})"
+def _iban_at(t: str, start: int) -> Iterator[Hit]:
+    """An IBAN starting at ``start`` (two letters, two digits, then its country's length of letters
+    and digits, spaces allowed between them)."""
+    if start and t[start - 1].isascii() and t[start - 1].isalnum():
+        return
+    head = t[start : start + 4].upper()
+    want = ck.IBAN_LENGTHS.get(head[:2])
+    if want is None or not head[2:].isdigit():
+        return
+    chars, i, got = [head], start + 4, 4
+    while got < want and i < len(t):
+        c = t[i]
+        if c.isascii() and c.isalnum():
+            chars.append(c.upper())
+            got += 1
+        elif not (c == " " and i + 1 < len(t) and t[i + 1].isalnum()):
+            break
+        i += 1
+    glued = i < len(t) and t[i].isascii() and t[i].isalnum()  # more letters or digits: not this IBAN
+    if got == want and not glued and ck.iban_ok("".join(chars)):
+        yield start, i, "iban", 0.95, f"IBAN ({head[:2]})"
 
 
 # --- national identity numbers ---------------------------------------------------------------------
@@ -197,20 +205,20 @@ _SIN = re.compile(r"(?<![\d-])([1-79]\d{2})([ -]?)(\d{3})\2(\d{3})(?![\d-])")
 _SIN_WORD = re.compile(r"(?i)\b(?:sin|social\s+insurance|nas|num[ée]ro\s+d'assurance\s+sociale)" + _FILLER)
 
 
-def _national(t: str) -> Iterator[Hit]:
-    for m in _SSN.finditer(t):
+def _national(t: str, lo: int, hi: int) -> Iterator[Hit]:
+    for m in _SSN.finditer(t, lo, hi):
         if ck.ssn_ok(*m.groups()) and not _before(t, m.start(), _NOT_PHONE):
             yield m.start(), m.end(), "national_id", 0.85, "US social security number"
-    for m in _SSN_BARE.finditer(t):
+    for m in _SSN_BARE.finditer(t, lo, hi):
         if "-" not in m.group() and ck.ssn_ok(*m.groups()) and _before(t, m.start(), _SSN_WORD):
             yield m.start(), m.end(), "national_id", 0.8, "US social security number"
-    for m in _DNI.finditer(t):
+    for m in _DNI.finditer(t, lo, hi):
         if ck.dni_ok(m.group(1) + m.group(2)):
             yield m.start(), m.end(), "national_id", 0.85, "Spanish DNI/NIE"
-    for m in _CN_ID.finditer(t):
+    for m in _CN_ID.finditer(t, lo, hi):
         if ck.cn_id_ok(m.group()):
             yield m.start(), m.end(), "national_id", 0.9, "Chinese resident identity number"
-    for m in _SIN.finditer(t):
+    for m in _SIN.finditer(t, lo, hi):
         if ck.luhn(m.group(1) + m.group(3) + m.group(4)) and _before(t, m.start(), _SIN_WORD):
             yield m.start(), m.end(), "national_id", 0.8, "Canadian social insurance number"
 
@@ -223,8 +231,8 @@ _IPV6 = re.compile(r"(?<![\w:.])[0-9A-Fa-f:]{2,39}(?:(?<=:)\d{1,3}(?:\.\d{1,3}){
 _NOT_IP = re.compile(r"(?i)(?:\b(?:version|ver|release|build|firmware|v)\s*:?\s*|\bv)$")
 
 
-def _ips(t: str) -> Iterator[Hit]:
-    for m in _IPV4.finditer(t):
+def _ipv4(t: str, lo: int, hi: int) -> Iterator[Hit]:
+    for m in _IPV4.finditer(t, lo, hi):
         ip = ipaddress.IPv4Address(m.group())
         if ip.is_loopback or ip.is_unspecified or m.group().startswith("255."):
             continue
@@ -233,20 +241,53 @@ def _ips(t: str) -> Iterator[Hit]:
         if _before(t, m.start(), _NOT_IP, 12):
             continue
         yield m.start(), m.end(), "ip", 0.6 if ip.is_private else 0.8, "IPv4 address"
-    for m in _IPV6.finditer(t):
-        s = m.group()
-        if s.count(":") < 2 or not any(c.isdigit() for c in s):
-            continue
-        try:
-            ip6 = ipaddress.IPv6Address(s)
-        except ValueError:
-            continue
-        if not (ip6.is_loopback or ip6.is_unspecified):
-            yield m.start(), m.end(), "ip", 0.8, "IPv6 address"
 
 
-_SCANNERS = {"email": _emails, "phone": _phones, "card": _cards, "iban": _ibans, "national_id": _national,
-             "ip": _ips}  # fmt: skip
+_HEXC = frozenset("0123456789abcdefABCDEF:.")
+_HEX_RUN = re.compile(r"[0-9A-Fa-f:.]*")
+
+
+def _ipv6(t: str) -> Iterator[Hit]:
+    """From each colon: the run of hex digits, colons and dots around it, parsed once."""
+    i = t.find(":")
+    while i != -1:
+        s = i
+        while s > 0 and i - s < 39 and t[s - 1] in _HEXC:
+            s -= 1
+        m = _IPV6.match(t, s)
+        run_end = _HEX_RUN.match(t, i).end()
+        if m and m.group().count(":") >= 2 and any(c.isdigit() for c in m.group()):
+            try:
+                ip6 = ipaddress.IPv6Address(m.group())
+            except ValueError:
+                ip6 = None
+            if ip6 is not None and not (ip6.is_loopback or ip6.is_unspecified):
+                yield m.start(), m.end(), "ip", 0.8, "IPv6 address"
+        i = t.find(":", max(i + 1, run_end))
+
+
+_NUMBER = re.compile(r"\d[\d .()/-]*")
+
+
+def _numbers(t: str, kinds: frozenset[str]) -> Iterator[Hit]:
+    """The kinds made of digits, each pattern run only around runs of digits and separators that
+    could hold one (five digits or more; an IBAN's two check digits after two letters)."""
+    n = len(t)
+    for m in _NUMBER.finditer(t):
+        ws, we = m.span()
+        if "iban" in kinds and ws >= 2 and t[ws - 2 : ws].isascii() and t[ws - 2 : ws].isalpha():
+            yield from _iban_at(t, ws - 2)
+        if we - ws < 5 or sum(c.isdigit() for c in m.group()) < 5:
+            continue
+        lo, hi = max(0, ws - 2), min(n, we + 3)
+        if "phone" in kinds:
+            yield from _phones(t, lo, hi)
+        if "card" in kinds:
+            yield from _cards(t, lo, hi)
+        if "national_id" in kinds:
+            yield from _national(t, lo, hi)
+        if "ip" in kinds:
+            yield from _ipv4(t, lo, hi)
 
 
 def best(hits: list[Hit]) -> list[Hit]:
@@ -262,13 +303,23 @@ class PIIDetector:
         unknown = set(kinds or ()) - set(KINDS)
         if unknown:
             raise ValueError(f"unknown pii kinds {sorted(unknown)}; known: {', '.join(KINDS)}")
-        self.scanners = [_SCANNERS[k] for k in (kinds or KINDS)]
+        self.kinds = frozenset(kinds or KINDS)
+
+    def scan(self, t: str) -> list[Hit]:
+        hits: list[Hit] = []
+        if "email" in self.kinds and "@" in t:
+            hits.extend(_emails(t))
+        if "ip" in self.kinds and ":" in t:
+            hits.extend(_ipv6(t))
+        if self.kinds - {"email"}:
+            hits.extend(_numbers(t, self.kinds))
+        return best(hits)
 
     def check(self, ctx: Context, text: Prepared) -> list[Finding]:
         out: list[Finding] = []
         for view in text.views:
-            hits = [h for scan in self.scanners for h in scan(view.text)]
-            for s, e, kind, score, desc in best(hits):
+            hits = self.scan(view.text)
+            for s, e, kind, score, desc in hits:
                 o0, o1 = view.span(s, e)
                 out.append(Finding(PII, kind, self.name, score, o0, o1, desc, LABELS[kind], view.encoding))
         return out
