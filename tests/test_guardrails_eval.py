@@ -21,6 +21,11 @@ def test_the_set_is_well_formed_and_large_enough() -> None:
     assert len({r["id"] for r in rows}) == len(rows)
 
 
+def test_the_holdout_set_is_well_formed() -> None:
+    rows = ev.load(ev.DATA.with_name("holdout.jsonl"))
+    assert rows and all(r["text"] for r in rows)
+
+
 def test_f1_per_category_stays_above_target() -> None:
     res = ev.evaluate(ev.load(ev.DATA))
     for cat in ("pii", "secret"):

@@ -23,7 +23,8 @@ units = big + [
     "a", "1", "1-", "1.", "a.", "@a.", "+1 ", "a:", "1:", "::a", "AKIA", "ghp_", "eyJ", "eyJa.", "sk-",
     "xoxb-1", "aws secret ", "password=", "-----BEGIN RSA PRIVATE KEY-----\nAAAA", "a://", "a://b:",
     "a://b:c", "ab", "\\x41", "QUJD", "0x", "=", "a=", "\u200b", "ｆ", "e\u0301", "раураl ", "k1ll ",
-    "4111 ", "9", "12-", "123-45-", "X1", "2001:db8:", "255.", "1.1.", "the ", "You are a helpful "]
+    "4111 ", "9", "12-", "123-45-", "X1", "2001:db8:", "255.", "1.1.", "the ", "You are a helpful ",
+    " -u a -p ", " -u a:", "login -u", "\n -p x", "key=\"api_key\" value=\"", "my password is "]
 for unit in units:
     size = 1024 * KB if unit in big else 256 * KB
     text = (unit * (size // len(unit) + 1))[:size]

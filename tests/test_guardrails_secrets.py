@@ -74,6 +74,15 @@ def test_password_in_url_masks_the_password_only() -> None:
     assert found("redis://:r3d1sP4ssW0rd9@cache:6379/0") == [("url_password", "r3d1sP4ssW0rd9")]
 
 
+def test_passwords_on_command_lines() -> None:
+    assert found("curl -u admin:Pa55w0rd-2024 https://api.example.com") == [("cli_password", "Pa55w0rd-2024")]
+    for pw in ("Zq8vN2pLx4kR2m", "TbdvQiwOMSaCELRI"):
+        assert found(f"docker login registry.example.com -u ci -p {pw}") == [("cli_password", pw)]
+    for text in ("docker run -p 5432:5432 postgres", "pytest -p no:cacheprovider", "curl -u $USER:$PASS https://x",
+                 "docker login -u bob --password-stdin"):  # fmt: skip
+        assert found(text) == [], text
+
+
 def test_assignments_with_high_entropy_values() -> None:
     v = rand(24)
     for text in (f"api_key = '{v}'", f'"password": "{v}"', f"export DB_PASSWORD={v}", f"client_secret: {v}",

@@ -7,8 +7,8 @@ placeholders — ``EXAMPLE``, ``xxxx``, ``your_api_key``, ``<token>``, ``${VAR}`
 runs like ``abcdef`` or ``123456`` — are dropped whatever the pattern says. Rows with a fixed prefix
 (``AKIA``, ``ghp_``, ``xoxb-``, ``sk_live_``, ``AIza``…) are specific on their own; the contextual rows
 (an AWS secret key next to its name, ``password=`` / ``api_key:`` assignments, ``user:pass@`` in
-URLs) need more entropy, and an assignment's value must not be code (a call, an attribute, a
-variable reference).
+URLs, ``curl -u user:pass``, ``login -u user -p pass``) need more entropy, and an assignment's value
+must not be code (a call, an attribute, a variable reference).
 
 Why not ``detect-secrets``: its value is the same kind of table plus entropy over whole files; a
 table written for prompts is as good, has no dependency, and keeps spans exact.
@@ -48,6 +48,11 @@ def _assigned_ok(v: str) -> bool:
     """An assigned value that is a literal, not code: not ``get_pw()``, ``settings.KEY``, ``$VAR``,
     ``user_password`` (an identifier without digits) nor a URL (``url_password`` reads those)."""
     return not _CODE_VALUE.search(v) and not (v.isidentifier() and not any(c.isdigit() for c in v))
+
+
+def _literal(v: str) -> bool:
+    """A command-line value that is not a variable or an expression (``$PASS``, ``$(cat f)``)."""
+    return not _CODE_VALUE.search(v)
 
 
 def _pem_ok(body: str) -> bool:
@@ -126,6 +131,11 @@ RULES: tuple[Rule, ...] = (
        rf"{_B}", 4.0, "JSON web token", ("eyJ",), _AN + "_-", score=0.9, valid=_jwt_ok),
     _r("url_password", r"://[^\s:/@'\"<>]{0,128}:(?P<v>[^\s:/@'\"<>]{1,256})@[A-Za-z0-9.\[-]", 1.5,
        "password in a URL", ("://",), score=0.9),
+    _r("cli_password", r"(?:^|\s)(?:-u|--user)[ =]?[^\s:'\"]{1,64}:(?P<v>[^\s'\"]{4,256})", 2.0,
+       "password in a command line (user:password)", ("-u", "--user"), score=0.85, valid=_literal),
+    _r("cli_password", r"(?m)^[^\n]{0,200}?(?:\blogin\b|\s-u\s?\S|--user(?:name)?[ =])[^\n]{0,200}?"
+       r"(?:\s-p|\s--password[ =])\s?(?P<v>[^\s'\"]{6,256})", 3.0, "password in a command line",
+       (" -p", "--password"), score=0.85, valid=_literal),
     _r("password_assignment", rf"\bkey\s{{0,2}}=\s{{0,2}}[\"']\w{{0,24}}{_ASSIGN_NAME}\w{{0,24}}[\"']"
        r"\s{1,4}value\s{0,2}=\s{0,2}[\"'](?P<v>[^\s\"']{6,256})[\"']", 3.0,
        "credential in a configuration entry", ("value",), lower=True, score=0.8, valid=_assigned_ok),
