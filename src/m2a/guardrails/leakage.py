@@ -15,7 +15,7 @@ long prompt that is indexed).
 from __future__ import annotations
 
 import re
-from collections import OrderedDict
+from functools import lru_cache
 
 from m2a.guardrails.base import LEAKAGE, Context, Finding, register_detector
 from m2a.guardrails.normalize import Prepared, normalize
@@ -27,6 +27,14 @@ def words(text: str) -> list[str]:
     return [w.lower() for w in _WORD.findall(normalize(text)[0])]
 
 
+@lru_cache(maxsize=64)  # system prompts repeat from request to request; thread-safe
+def _shingles(prompt: str, shingle: int, max_words: int) -> tuple[int, int, frozenset[tuple[str, ...]]]:
+    """The prompt's shingle length (``shingle``, or fewer for a short prompt), word count and shingles."""
+    ws = words(prompt)[:max_words]
+    n = min(shingle, len(ws))
+    return n, len(ws), frozenset(tuple(ws[i : i + n]) for i in range(len(ws) - n + 1))
+
+
 @register_detector("system_prompt_leak")
 class LeakageDetector:
     name = "system_prompt_leak"
@@ -35,20 +43,9 @@ class LeakageDetector:
         if shingle < 2 or min_words < shingle:
             raise ValueError("shingle must be at least 2 and min_words at least shingle")
         self.shingle, self.min_words, self.max_words = shingle, min_words, max_prompt_words
-        self._cache: OrderedDict[str, tuple[int, int, set[tuple[str, ...]]]] = OrderedDict()
 
-    def _index(self, prompt: str) -> tuple[int, int, set[tuple[str, ...]]]:
-        got = self._cache.get(prompt)
-        if got is None:
-            ws = words(prompt)[: self.max_words]
-            n = min(self.shingle, len(ws))
-            got = (n, len(ws), {tuple(ws[i : i + n]) for i in range(len(ws) - n + 1)})
-            self._cache[prompt] = got
-            if len(self._cache) > 64:
-                self._cache.popitem(last=False)
-        else:
-            self._cache.move_to_end(prompt)
-        return got
+    def _index(self, prompt: str) -> tuple[int, int, frozenset[tuple[str, ...]]]:
+        return _shingles(prompt, self.shingle, self.max_words)
 
     def check(self, ctx: Context, text: Prepared) -> list[Finding] | None:
         if not ctx.system_prompt:

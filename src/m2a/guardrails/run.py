@@ -7,7 +7,8 @@ calls every detector on it, and gathers one ``Result``:
   set for messages), overlapping duplicates of one kind merged;
 - ``errors``: detectors that raised or returned something malformed, with the exception's class
   name only (a message could quote the text); the runner never lets an exception through — the
-  policy decides whether an error fails open or closed;
+  policy decides whether an error fails open or closed; what such a detector found in the pieces
+  before the one it failed on is kept;
 - ``over_budget``: detectors that could not examine all of the text: ``Budget.max_chars`` characters
   are examined per call (the newest messages first, so history is what is left out), plus at most
   ``Budget.max_decoded`` bytes of decoded base64 / hex; the rest is not silently skipped but
