@@ -27,6 +27,7 @@ import pytest
 from m2a.catalog import convert as convert_mod
 from m2a.catalog.convert import convert, partial_dir
 from m2a.catalog.importer import _remove_stale_partials
+from tests.up_proc import child_env, spawn
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = "smollm2-135m-instruct"
@@ -39,18 +40,8 @@ needs_converter = pytest.mark.skipif(
 
 
 def start(home: Path, *args: str) -> tuple[subprocess.Popen[bytes], Path]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("M2A_")}
-    env.update(M2A_HOME=str(home), PYTHONPATH=str(ROOT))
     out = home.parent / f"{home.name}.out"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "m2a", *args],
-        env=env,
-        cwd=ROOT,
-        stdin=subprocess.DEVNULL,
-        stdout=out.open("wb"),
-        stderr=subprocess.STDOUT,
-    )
-    return proc, out
+    return spawn(["-m", "m2a", *args], out, child_env(M2A_HOME=str(home))), out
 
 
 def converter_of(proc: subprocess.Popen[bytes], out: Path, timeout: float = 180) -> psutil.Process:

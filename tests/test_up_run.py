@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -20,6 +18,7 @@ import httpx
 import psutil
 
 from tests.fake_engine import free_port
+from tests.up_proc import child_env, spawn
 
 ROOT = Path(__file__).resolve().parent.parent
 ENGINE = str(Path(__file__).resolve().parent / "fake_proc_engine.py")
@@ -50,17 +49,8 @@ sys.exit(asyncio.run(run_up(settings, specs, "k" * 32, lambda m: print(m, flush=
 
 def start(tmp_path: Path, plan: list[tuple[str, int, list[str]]]) -> tuple[subprocess.Popen[bytes], Path]:
     out = tmp_path / "up.out"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("M2A_")}
-    env["PYTHONPATH"] = str(ROOT)
-    proc = subprocess.Popen(
-        [sys.executable, "-c", UP, str(tmp_path / "home"), ENGINE, json.dumps(plan)],
-        env=env,
-        cwd=ROOT,
-        stdin=subprocess.DEVNULL,
-        stdout=out.open("wb"),
-        stderr=subprocess.STDOUT,
-    )
-    return proc, out
+    argv = ["-c", UP, str(tmp_path / "home"), ENGINE, json.dumps(plan)]
+    return spawn(argv, out, child_env()), out
 
 
 def wait_for(out: Path, text: str, proc: subprocess.Popen[bytes], timeout: float = 120) -> None:

@@ -22,6 +22,20 @@ from tests.conftest import ROOT, free_port
 ADMIN_KEY = "sk-admin-" + "e" * 24
 
 
+def child_env(**env: str) -> dict[str, str]:
+    """This environment without any ``M2A_*`` variable, with ``env`` and the project importable."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("M2A_")}
+    return {**clean, "PYTHONPATH": str(ROOT), **env}
+
+
+def spawn(argv: list[str], out: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """``python argv...`` from the project root, stdin closed, stdout and stderr to ``out``."""
+    return subprocess.Popen(
+        [sys.executable, *argv], env=env, cwd=ROOT, stdin=subprocess.DEVNULL,
+        stdout=out.open("wb"), stderr=subprocess.STDOUT,
+    )  # fmt: skip
+
+
 class UpProc:
     """One `m2a up` serving the given models; ``start``/``kill``/``close``, or ``with UpProc(...)``."""
 
@@ -39,8 +53,7 @@ class UpProc:
         self.home.mkdir(parents=True, exist_ok=True)
         cfg = self.home / "test-config.yaml"
         cfg.write_text(yaml.safe_dump({"models": self.models}))
-        env = {k: v for k, v in os.environ.items() if not k.startswith("M2A_")}
-        env.update(M2A_HOME=str(self.home), M2A_ADMIN_KEY=ADMIN_KEY, PYTHONPATH=str(ROOT), **self.extra_env)
+        env = child_env(M2A_HOME=str(self.home), M2A_ADMIN_KEY=ADMIN_KEY, **self.extra_env)
         self.starts += 1
         with self.log.open("ab") as log:
             log.write(f"\n=== start {self.starts} on port {self.port}\n".encode())
