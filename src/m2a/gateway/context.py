@@ -9,6 +9,7 @@ then runs the end hooks of the stages it passed, once, in reverse order.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -87,6 +88,11 @@ class RequestContext:
     def stream(self) -> bool:
         return bool(self.req is not None and self.req.stream)
 
+    @functools.cached_property
+    def input_estimate(self) -> int:
+        """The prompt's tokens as estimated from its text: once per request, for every stage."""
+        return estimate_input(self.payload)
+
     @property
     def max_tokens(self) -> int | None:
         """The output cap per choice that admission reserved, for the engine."""
@@ -103,7 +109,7 @@ class RequestContext:
         if self.outcome is not None:
             return
         self.outcome = outcome
-        self.tokens = counted(outcome, self.payload)
+        self.tokens = counted(outcome, self)
         for stage in reversed(self.stages):
             try:
                 stage.end(self)
@@ -111,11 +117,11 @@ class RequestContext:
                 log.exception("stage %s failed to end request %s", stage.name, self.request_id)
 
 
-def counted(o: Outcome, payload: dict[str, Any]) -> tuple[int, int, int]:
+def counted(o: Outcome, ctx: RequestContext) -> tuple[int, int, int]:
     """Tokens to bill: the engine's usage; else, where an engine worked on it, the prompt estimate
     and every content chunk relayed to the client; else none."""
     if o.usage is not None:
         return o.usage.input_tokens, o.usage.output_tokens, o.usage.cached_tokens
     if o.replica is not None and (o.status == 200 or o.status == 499 or o.chunks):
-        return estimate_input(payload), o.chunks, 0
+        return ctx.input_estimate, o.chunks, 0
     return 0, 0, 0

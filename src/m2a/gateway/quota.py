@@ -193,13 +193,21 @@ class Quotas:
         return lim.limit - used - (0 if lim.metric == "output_tokens" else est_in)
 
     async def admit(
-        self, principal: Principal, model: str, payload: dict[str, Any], token: str, embed: bool = False
+        self,
+        principal: Principal,
+        model: str,
+        payload: dict[str, Any],
+        token: str,
+        embed: bool = False,
+        est_in: int | None = None,
     ) -> Ticket | None:
-        """Reserve the request's estimate against every limit of the caller; None when it has none."""
+        """Reserve the request's estimate against every limit of the caller; None when it has none.
+        ``est_in``: the prompt's estimate where the caller has it already (else made here)."""
         if not principal.limits:
             return None
         price = self.prices.get(model) or Price()
-        est_in = estimate_input(payload)
+        if est_in is None:
+            est_in = estimate_input(payload)
         asked_cap = None if embed else asked_output(payload)
         asked = asked_cap is not None
         cap: int | None = None  # per choice: what the engine is told (None: the request is left alone)

@@ -60,7 +60,9 @@ class Admit(Stage):
         s, p, model = self.services, ctx.principal, ctx.model
         assert p is not None
         try:
-            ctx.ticket = await s.quotas.admit(p, model, ctx.payload, ctx.request_id, ctx.task == "embed")
+            ctx.ticket = await s.quotas.admit(
+                p, model, ctx.payload, ctx.request_id, ctx.task == "embed", ctx.input_estimate
+            )
         except GatewayError as exc:
             s.metrics.quota_refusals.labels(s.metrics.team(p.team), exc.code or "").inc()
             raise

@@ -8,7 +8,6 @@ from typing import TYPE_CHECKING
 
 from m2a.config import Price
 from m2a.gateway.context import RequestContext
-from m2a.gateway.quota import estimate_input
 from m2a.gateway.stages import Stage, stage
 
 if TYPE_CHECKING:
@@ -36,7 +35,7 @@ class LedgerStage(Stage):
             ctx.request_id,
             team=p.team,
             team_id=p.team_id,
-            input_estimate=estimate_input(ctx.payload),
+            input_estimate=ctx.input_estimate,
             price=[price.input_per_1m, price.output_per_1m],
             key_id=p.key_id or None,
             key_prefix=p.key_prefix,
