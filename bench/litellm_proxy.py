@@ -62,13 +62,5 @@ class LiteLLM(ProxyProcess):
         cmd += ["--num_workers", "1"]
         started = self.spawn(cmd, Path(self.tmp.name) / "litellm.log", env)
         print(f"[{self.label}] starting LiteLLM proxy on port {self.port}", flush=True)
-        try:
-            self.wait_ready(f"{self.root}/health/liveliness", started)
-        except BaseException:
-            self.__exit__()
-            raise
+        self.ready_or_stop(f"{self.root}/health/liveliness", started)
         return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-        self.tmp.cleanup()

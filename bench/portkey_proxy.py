@@ -62,13 +62,5 @@ class Portkey(ProxyProcess):
             cwd=PORTKEY_DIR, capture_output=True, text=True,
         ).stdout.strip()
         print(f"[{self.label}] starting Portkey gateway {version} on port {self.port}", flush=True)
-        try:
-            self.wait_ready(f"{self.root}/", started)  # "AI Gateway says hey!"
-        except BaseException:
-            self.__exit__()
-            raise
+        self.ready_or_stop(f"{self.root}/", started)  # "AI Gateway says hey!"
         return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-        self.tmp.cleanup()

@@ -37,6 +37,20 @@ class ProxyProcess:
             )
         return started
 
+    def ready_or_stop(self, url: str, started: float) -> None:
+        """``wait_ready``; if it fails (or is interrupted), stop the process and clean up first."""
+        try:
+            self.wait_ready(url, started)
+        except BaseException:
+            self.__exit__()
+            raise
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+        tmp = getattr(self, "tmp", None)  # a subclass's temporary folder (config, log)
+        if tmp is not None:
+            tmp.cleanup()
+
     def wait_ready(self, url: str, started: float) -> None:
         """Until ``url`` answers 200 (progress every 5 s); SystemExit if the process dies or times out."""
         assert self.proc is not None
