@@ -17,6 +17,7 @@ from m2a.cli.config_cmd import config_app
 from m2a.cli.identity_cmd import keys_app, teams_app
 from m2a.cli.metal_cmd import metal
 from m2a.cli.models_cmd import interrupt_on_sigterm, models_app
+from m2a.cli.redteam_cmd import redteam_app
 from m2a.cli.sim_cmd import sim
 from m2a.cli.traces_cmd import traces_app
 from m2a.cli.usage_cmd import quotas_app, usage
@@ -31,6 +32,7 @@ app.add_typer(teams_app, name="teams")
 app.add_typer(keys_app, name="keys")
 app.add_typer(quotas_app, name="quotas")
 app.add_typer(traces_app, name="traces")
+app.add_typer(redteam_app, name="redteam")
 app.command("usage")(usage)
 app.command("sim")(sim)
 app.command("metal")(metal)

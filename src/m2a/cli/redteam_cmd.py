@@ -1,0 +1,610 @@
+"""`m2a redteam run | list | report | gate | diff | garak | import-garak`: attack a served model
+through the gateway and keep what happened.
+
+`run` is a client of the gateway (HTTP, the caller's key; nothing of the gateway is imported): the
+probe packs of ``m2a.redteam``, judged by its detectors, stored in ``$M2A_HOME/redteam.db`` (``--db``
+elsewhere). The guardrails profile in force is the gateway's; ``--profile`` only labels the run so
+that `diff` can put, say, ``none`` next to ``default``. `gate` exits 1 when a category's attack
+success rate is over its threshold (0 otherwise, 2 on bad input).
+
+The key is ``--key``, else ``$M2A_API_KEY``, else the admin key `m2a up` uses (``$M2A_ADMIN_KEY`` or
+``$M2A_HOME/admin.key``); the URL is ``--url``, else the configured gateway address.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import subprocess
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Column, Table
+
+from m2a.cli.identity_cmd import ConfigOpt, err, out
+from m2a.config import ConfigError, Settings, load_settings
+
+redteam_app = typer.Typer(
+    no_args_is_help=True,
+    help="Red teaming: attack a served model through the gateway, report, gate, compare runs.",
+)
+DbOpt = Annotated[Path | None, typer.Option("--db", help="Results file (default $M2A_HOME/redteam.db).")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
+UrlOpt = Annotated[
+    str | None, typer.Option("--url", help="The gateway's OpenAI base URL (default: the configured one).")
+]
+KeyOpt = Annotated[
+    str | None,
+    typer.Option("--key", help="API key (default $M2A_API_KEY, else the admin key).", show_default=False),
+]
+ProfileOpt = Annotated[
+    str, typer.Option("--profile", help="A label for the guardrails profile in force (e.g. none, default).")
+]
+
+
+def category_column() -> Column:
+    """A fresh "category" column that does not wrap: the other columns wrap first in a narrow terminal."""
+    return Column("category", no_wrap=True)
+
+
+def _settings(config: Path | None) -> Settings:
+    try:
+        return load_settings(config)
+    except ConfigError as exc:
+        err.print(f"[red]error:[/] {escape(str(exc))}")
+        raise typer.Exit(2) from exc
+
+
+def _store(settings: Settings, db: Path | None):  # type: ignore[no-untyped-def]
+    from m2a.redteam.results import Store, default_path
+
+    return Store(db or default_path(settings.home))
+
+
+def gateway_url(settings: Settings, url: str | None) -> str:
+    if url:
+        return url.rstrip("/")
+    host = settings.gateway.host
+    if host in ("0.0.0.0", "::", ""):
+        host = "127.0.0.1"
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{settings.gateway.port}/v1"
+
+
+def gateway_key(settings: Settings, key: str | None) -> str | None:
+    """``--key``, ``$M2A_API_KEY``, the configured admin key, or the one `m2a up` keeps in $M2A_HOME."""
+    if key:
+        return key
+    if os.environ.get("M2A_API_KEY"):
+        return os.environ["M2A_API_KEY"]
+    if settings.admin_key:
+        return settings.admin_key
+    path = settings.home / "admin.key"
+    if path.is_file():
+        return path.read_text().strip() or None
+    return None
+
+
+def _ref(store: Any, ref: str) -> Any:
+    from m2a.redteam.results import NoSuchRun
+
+    try:
+        return store.run(ref)
+    except NoSuchRun as exc:
+        err.print(f"[red]error:[/] {escape(str(exc))}")
+        raise typer.Exit(2) from exc
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{100 * x:.1f}%"
+
+
+def _stats_table(stats: list[Any], title: str | None = None) -> Table:
+    from m2a.redteam.score import overall
+
+    table = Table(
+        category_column(),
+        "OWASP",
+        "judged",
+        "success",
+        "blocked",
+        "resisted",
+        "error",
+        "ASR",
+        "95% CI",
+        title=title,
+    )
+    for s in [*stats, overall(stats)]:
+        lo, hi = s.ci
+        ci = f"{100 * lo:.1f}–{100 * hi:.1f}%" if s.judged else "n/a"
+        name = s.category if s.category != "all" else "[bold]all[/]"
+        table.add_row(
+            name,
+            s.owasp,
+            str(s.judged),
+            str(s.success),
+            str(s.blocked),
+            str(s.resisted),
+            str(s.error),
+            _pct(s.rate),
+            ci,
+        )
+    return table
+
+
+def _print_report_json(store: Any, run: Any) -> None:
+    from m2a.redteam.report import build, to_json
+
+    print(to_json(build(store, run)))
+
+
+@redteam_app.command("run")
+def run_cmd(
+    model: Annotated[str, typer.Option("--model", "-m", help="The served model to attack.")],
+    url: UrlOpt = None,
+    key: KeyOpt = None,
+    category: Annotated[
+        list[str] | None, typer.Option("--category", help="Only this category (repeatable; default all).")
+    ] = None,
+    profile: ProfileOpt = "",
+    concurrency: Annotated[int, typer.Option(min=1, help="Attempts in flight at once.")] = 4,
+    limit: Annotated[int | None, typer.Option(min=1, help="At most this many probes per category.")] = None,
+    timeout: Annotated[float, typer.Option(min=1, help="Seconds per attempt (no retries).")] = 120.0,
+    seed: Annotated[int | None, typer.Option(help="Seed of the planted values (default: random).")] = None,
+    pack: Annotated[
+        list[Path] | None, typer.Option("--pack", help="Probe pack YAML file instead of the built-in ones.")
+    ] = None,
+    db: DbOpt = None,
+    as_json: JsonOpt = False,
+    config: ConfigOpt = None,
+) -> None:
+    """Attack MODEL through the gateway with the probe packs; store and summarise the results."""
+    from m2a.redteam.probes import PackError, load, select
+    from m2a.redteam.runner import TargetError, check_target, run_probes
+    from m2a.redteam.score import Detectors, tally
+
+    settings = _settings(config)
+    try:
+        probes, cats = load(pack)
+        chosen = select(probes, category, limit)
+    except PackError as exc:
+        err.print(f"[red]error:[/] {escape(str(exc))}")
+        raise typer.Exit(2) from exc
+    if not chosen:
+        err.print("[red]error:[/] no probes to run")
+        raise typer.Exit(2)
+    base_url, api_key = gateway_url(settings, url), gateway_key(settings, key)
+    try:
+        asyncio.run(check_target(base_url, api_key, model))
+    except TargetError as exc:
+        err.print(f"[red]error:[/] {escape(str(exc))}")
+        raise typer.Exit(1) from exc
+    seed = secrets.randbelow(2**31) if seed is None else seed
+    names = list(dict.fromkeys(p.category for p in chosen))
+    detectors = Detectors()
+    meta = {
+        "seed": seed,
+        "concurrency": concurrency,
+        "timeout_s": timeout,
+        "probes": len(chosen),
+        "packs": [str(p) for p in pack] if pack else "built-in",
+    }
+    store = _store(settings, db)
+    run_id = store.start_run(model, base_url, profile, "m2a", names, meta)
+    err.print(
+        f"red team run {run_id}: {len(chosen)} probes in {len(names)} categories against "
+        f"{escape(model)} at {escape(base_url)}",
+        highlight=False,
+    )
+    hits = {"success": 0, "blocked": 0, "error": 0}
+    progress = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[tally]}"),
+        TimeElapsedColumn(),
+        console=err,
+        transient=True,
+    )
+    task = progress.add_task("attacking", total=len(chosen), tally="")
+
+    def done(att: Any) -> None:
+        store.add_attempts(run_id, [att.row()])
+        o = att.judgement.outcome
+        if o in hits:
+            hits[o] += 1
+        progress.update(
+            task,
+            advance=1,
+            description=att.probe.category,
+            tally=f"success {hits['success']}  blocked {hits['blocked']}  error {hits['error']}",
+        )
+
+    interrupted = False
+    try:
+        with progress:
+            asyncio.run(
+                run_probes(
+                    chosen,
+                    base_url=base_url,
+                    key=api_key,
+                    model=model,
+                    seed=seed,
+                    concurrency=concurrency,
+                    timeout=timeout,
+                    detectors=detectors,
+                    on_done=done,
+                )
+            )
+    except KeyboardInterrupt:
+        interrupted = True
+    finish: dict[str, Any] = {"missing_detectors": sorted(detectors.missing)}
+    if interrupted:
+        finish["interrupted"] = True
+    run = store.finish_run(run_id, finish)
+    if detectors.missing:
+        err.print(
+            f"[yellow]note:[/] detectors not available, their rules were skipped: "
+            f"{', '.join(sorted(detectors.missing))}"
+        )
+    if as_json:
+        _print_report_json(store, run)
+    else:
+        stats = tally(store.attempts(run_id), names)
+        for s in stats:
+            s.owasp = s.owasp or (cats[s.category].owasp if s.category in cats else "")
+        out.print(_stats_table(stats, title=f"red team run {run_id}: {model}"))
+        out.print(
+            f"stored in {escape(str(store.path))}; `m2a redteam report {run_id}` for examples, "
+            f"`m2a redteam gate {run_id}` to check thresholds",
+            highlight=False,
+        )
+    store.close()
+    if interrupted:
+        raise typer.Exit(130)
+
+
+@redteam_app.command("list")
+def list_cmd(
+    limit: Annotated[int, typer.Option(min=1, help="How many runs.")] = 20,
+    db: DbOpt = None,
+    as_json: JsonOpt = False,
+    config: ConfigOpt = None,
+) -> None:
+    """Stored runs, newest first."""
+    import json
+
+    store = _store(_settings(config), db)
+    runs = store.runs(limit)
+    store.close()
+    if as_json:
+        print(json.dumps([r.as_dict() for r in runs], indent=2, default=str))
+        return
+    table = Table(
+        "id", "started", "model", "profile", "source", "attempts", "success", "blocked", "error", "ASR"
+    )
+    for r in runs:
+        t = r.totals
+        judged = sum(t.get(o, 0) for o in ("success", "resisted", "blocked"))
+        rate = t.get("success", 0) / judged if judged else None
+        table.add_row(
+            str(r.id),
+            r.started_at.strftime("%Y-%m-%d %H:%M"),
+            r.model,
+            r.profile,
+            r.source,
+            str(sum(t.values())),
+            str(t.get("success", 0)),
+            str(t.get("blocked", 0)),
+            str(t.get("error", 0)),
+            _pct(rate),
+        )
+    out.print(table)
+
+
+@redteam_app.command("report")
+def report_cmd(
+    run: Annotated[str, typer.Argument(help="A run id, or 'last'.")],
+    fmt: Annotated[str, typer.Option("--format", help="md, json or html.")] = "md",
+    output: Annotated[Path | None, typer.Option("--out", "-o", help="Write here (default: stdout).")] = None,
+    examples: Annotated[int, typer.Option(min=0, help="Successful examples per category.")] = 3,
+    db: DbOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """A run's attack success rates per category (with 95% intervals) and example attempts."""
+    from m2a.redteam.report import build, render
+
+    if fmt not in ("md", "json", "html"):
+        raise typer.BadParameter("--format must be md, json or html")
+    store = _store(_settings(config), db)
+    text = render(build(store, _ref(store, run), examples), fmt)
+    store.close()
+    if output is None:
+        print(text, end="")
+    else:
+        output.write_text(text)
+        err.print(f"wrote {escape(str(output))}")
+
+
+@redteam_app.command("gate")
+def gate_cmd(
+    run: Annotated[str, typer.Argument(help="A run id, or 'last'.")],
+    thresholds: Annotated[
+        Path | None, typer.Option("--thresholds", help="YAML file of thresholds per category.")
+    ] = None,
+    max_rate: Annotated[
+        list[str] | None,
+        typer.Option("--max", help="CATEGORY=RATE, e.g. jailbreak=0.1 or *=20% (repeatable)."),
+    ] = None,
+    require: Annotated[
+        list[str] | None, typer.Option("--require", help="A category that must be in the run (repeatable).")
+    ] = None,
+    use_upper: Annotated[
+        bool, typer.Option("--use-upper", help="Compare the upper end of the 95% interval, not the rate.")
+    ] = False,
+    db: DbOpt = None,
+    as_json: JsonOpt = False,
+    config: ConfigOpt = None,
+) -> None:
+    """Exit 1 when a category's attack success rate is over its threshold, 0 when all are within."""
+    import json
+
+    from m2a.redteam.gate import GateConfigError, Policy, evaluate
+    from m2a.redteam.score import tally
+
+    policy = Policy()
+    try:
+        if thresholds is not None:
+            policy.update_from_file(thresholds)
+        policy.update_from_options(max_rate or [])
+    except GateConfigError as exc:
+        err.print(f"[red]error:[/] {escape(str(exc))}")
+        raise typer.Exit(2) from exc
+    policy.require += list(require or [])
+    policy.use_upper = policy.use_upper or use_upper
+    store = _store(_settings(config), db)
+    r = _ref(store, run)
+    stats = tally(store.attempts(r.id), r.categories)
+    store.close()
+    passed, verdicts = evaluate(stats, policy)
+    if as_json:
+        print(
+            json.dumps({"run": r.id, "passed": passed, "verdicts": [v.as_dict() for v in verdicts]}, indent=2)
+        )
+    else:
+        table = Table(
+            category_column(),
+            "verdict",
+            "ASR",
+            "threshold",
+            "judged",
+            "error",
+            "why",
+            title=f"gate of red team run {r.id} ({r.model}, profile {r.profile or '-'})",
+        )
+        colour = {"pass": "green", "fail": "red", "not run": "dim"}
+        for v in verdicts:
+            table.add_row(
+                v.category,
+                f"[{colour[v.verdict]}]{v.verdict}[/]",
+                _pct(v.rate),
+                _pct(v.limit),
+                str(v.judged),
+                str(v.errors),
+                v.reason,
+            )
+        out.print(table)
+        out.print("[green]gate passed[/]" if passed else "[red]gate failed[/]")
+    raise typer.Exit(0 if passed else 1)
+
+
+@redteam_app.command("diff")
+def diff_cmd(
+    a: Annotated[str, typer.Argument(help="The first run (id or 'last'), e.g. guardrails off.")],
+    b: Annotated[str, typer.Argument(help="The second run, e.g. guardrails on.")],
+    db: DbOpt = None,
+    as_json: JsonOpt = False,
+    config: ConfigOpt = None,
+) -> None:
+    """Two runs' attack success rates per category side by side, and the change from A to B."""
+    import json
+
+    from m2a.redteam.gate import diff
+    from m2a.redteam.score import tally
+
+    store = _store(_settings(config), db)
+    ra, rb = _ref(store, a), _ref(store, b)
+    changes = diff(tally(store.attempts(ra.id), ra.categories), tally(store.attempts(rb.id), rb.categories))
+    store.close()
+    if as_json:
+        print(
+            json.dumps(
+                {"a": ra.as_dict(), "b": rb.as_dict(), "changes": [c.as_dict() for c in changes]},
+                indent=2,
+                default=str,
+            )
+        )
+        return
+    la, lb = f"A: run {ra.id} ({ra.profile or '-'})", f"B: run {rb.id} ({rb.profile or '-'})"
+    table = Table(
+        category_column(),
+        la,
+        "blocked A",
+        lb,
+        "blocked B",
+        "change",
+        "reading",
+        title=f"{ra.model} vs {rb.model}" if ra.model != rb.model else ra.model,
+    )
+    for c in changes:
+        ch = "n/a" if c.change is None else f"{100 * c.change:+.1f} pts"
+        table.add_row(
+            c.category,
+            f"{_pct(c.a.rate)} ({c.a.success}/{c.a.judged})",
+            str(c.a.blocked),
+            f"{_pct(c.b.rate)} ({c.b.success}/{c.b.judged})",
+            str(c.b.blocked),
+            ch,
+            c.reading,
+        )
+    out.print(table)
+    out.print("[dim]reading: lower/higher when the two 95% intervals do not overlap[/]")
+
+
+def _import(
+    store: Any, imported: Any, *, model: str, base_url: str, profile: str, meta: dict[str, Any]
+) -> Any:
+    run_id = store.start_run(
+        model, base_url, profile, "garak", imported.categories, {**imported.meta, **meta}
+    )
+    store.add_attempts(run_id, imported.attempts)
+    store.add_detector_evals(run_id, imported.evals)
+    return store.finish_run(run_id)
+
+
+def _summarise_import(store: Any, run: Any, imported: Any, as_json: bool) -> None:
+    from m2a.redteam.score import tally
+
+    if as_json:
+        _print_report_json(store, run)
+        return
+    out.print(
+        _stats_table(tally(store.attempts(run.id), run.categories), title=f"red team run {run.id} (garak)")
+    )
+    if imported.meta.get("disagreements"):
+        err.print(
+            "[yellow]note:[/] garak's per-detector counts differ from the attempts for: "
+            + "; ".join(imported.meta["disagreements"][:5])
+        )
+    out.print(f"stored in {escape(str(store.path))}; `m2a redteam report {run.id}`", highlight=False)
+
+
+@redteam_app.command("import-garak")
+def import_garak_cmd(
+    report: Annotated[Path, typer.Argument(help="A garak report (garak.<run>.report.jsonl).")],
+    model: Annotated[
+        str | None, typer.Option("--model", help="Model label (default: garak's target).")
+    ] = None,
+    profile: ProfileOpt = "",
+    url: Annotated[str, typer.Option("--url", help="Gateway label recorded on the run.")] = "",
+    db: DbOpt = None,
+    as_json: JsonOpt = False,
+    config: ConfigOpt = None,
+) -> None:
+    """Import a garak report JSONL as a run (garak need not be installed)."""
+    from m2a.redteam.garak import GarakReportError, parse_report
+
+    try:
+        imported = parse_report(report)
+    except GarakReportError as exc:
+        err.print(f"[red]error:[/] {escape(str(exc))}")
+        raise typer.Exit(2) from exc
+    label = model or imported.meta.get("target_name") or imported.meta.get("model_name") or "unknown"
+    store = _store(_settings(config), db)
+    run = _import(
+        store,
+        imported,
+        model=str(label),
+        base_url=url,
+        profile=profile,
+        meta={"report": str(report.resolve())},
+    )
+    _summarise_import(store, run, imported, as_json)
+    store.close()
+
+
+@redteam_app.command("garak")
+def garak_cmd(
+    model: Annotated[str, typer.Option("--model", "-m", help="The served model to attack.")],
+    probes: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--probes",
+            help="garak probes, comma-separated or repeated (default: offline probes with string detectors).",
+        ),
+    ] = None,
+    url: UrlOpt = None,
+    key: KeyOpt = None,
+    profile: ProfileOpt = "",
+    garak_python: Annotated[
+        Path | None,
+        typer.Option(
+            "--garak-python", help="Python of garak's environment (default $M2A_HOME/garak-venv/bin/python)."
+        ),
+    ] = None,
+    generations: Annotated[int, typer.Option(min=1, help="Answers per prompt.")] = 1,
+    max_prompts: Annotated[int, typer.Option(min=1, help="At most this many prompts per probe.")] = 25,
+    parallel: Annotated[int, typer.Option(min=1, help="garak's parallel attempts.")] = 1,
+    seed: Annotated[int | None, typer.Option(help="garak's seed.")] = None,
+    db: DbOpt = None,
+    as_json: JsonOpt = False,
+    config: ConfigOpt = None,
+) -> None:
+    """Run garak (in its own environment) against MODEL through the gateway and import its report."""
+    from m2a.redteam import garak
+    from m2a.redteam.runner import TargetError, check_target
+
+    settings = _settings(config)
+    python = garak_python or garak.default_python(settings.home)
+    if not python.exists():
+        err.print(
+            f"[red]error:[/] no garak environment at {escape(str(python))}. Create one with:\n"
+            f"  {escape(garak.install_hint(settings.home))}\nor pass --garak-python."
+        )
+        raise typer.Exit(2)
+    chosen = [
+        p.strip() for item in (probes or list(garak.DEFAULT_PROBES)) for p in item.split(",") if p.strip()
+    ]
+    base_url, api_key = gateway_url(settings, url), gateway_key(settings, key)
+    try:
+        asyncio.run(check_target(base_url, api_key, model))
+    except TargetError as exc:
+        err.print(f"[red]error:[/] {escape(str(exc))}")
+        raise typer.Exit(1) from exc
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    folder = settings.home / "garak-runs" / stamp
+    prefix = f"m2a-{stamp}"
+    cfg = garak.write_config(
+        folder,
+        base_url=base_url,
+        model=model,
+        prefix=prefix,
+        generations=generations,
+        max_prompts=max_prompts,
+        seed=seed,
+    )
+    argv = garak.command(python, cfg, chosen, parallel)
+    err.print(f"running garak: {escape(' '.join(argv))}", highlight=False)
+    rc = subprocess.run(argv, env=garak.child_env(api_key), cwd=folder, check=False).returncode
+    path = garak.report_path(folder, prefix)
+    if not path.is_file():
+        err.print(
+            f"[red]error:[/] garak exited with {rc} and wrote no report ({escape(str(path))} is missing)"
+        )
+        raise typer.Exit(1)
+    if rc != 0:
+        err.print(f"[yellow]note:[/] garak exited with {rc}; importing what its report holds")
+    try:
+        imported = garak.parse_report(path)
+    except garak.GarakReportError as exc:
+        err.print(f"[red]error:[/] {escape(str(exc))}")
+        raise typer.Exit(1) from exc
+    store = _store(settings, db)
+    run = _import(
+        store,
+        imported,
+        model=model,
+        base_url=base_url,
+        profile=profile,
+        meta={"report": str(path), "garak_exit": rc, "probes": chosen},
+    )
+    _summarise_import(store, run, imported, as_json)
+    store.close()
+    if rc != 0:
+        raise typer.Exit(1)
