@@ -10,6 +10,7 @@ request it receives (path, headers, raw body), and can be steered by the test:
   usage-only chunk, sent only when the request asks with ``stream_options.include_usage``, as vLLM).
 * ``gate``: when set to an ``asyncio.Event``, a streamed answer pauses after its first chunk (and a
   dying one dies only then) and a non-streamed answer waits before answering, until the test sets it.
+* ``answer`` / ``tool_calls``: a whole answer's content and tool calls; ``chunks``: a stream's pieces.
 * ``chunk_delay``: seconds between streamed chunks; ``delay``: seconds before answering at all.
 * ``waiting``: what ``GET /metrics`` reports as ``vllm:num_requests_waiting`` (vLLM's queue).
 * ``cancelled``: set when a handler notices that its client (the gateway) went away.
@@ -58,8 +59,13 @@ class Received:
 DEFAULT_USAGE = {"prompt_tokens": 7, "completion_tokens": 2, "total_tokens": 9}
 
 
-def chat_answer(model: str, usage: dict[str, int] | None = None) -> bytes:
+def chat_answer(
+    model: str, usage: dict[str, int] | None = None, content: str = "Paris.", tool_calls: list | None = None
+) -> bytes:
     """A non-streamed answer, serialized with unusual spacing and vLLM's extra fields on purpose."""
+    message: dict[str, Any] = {"role": "assistant", "content": content, "reasoning_content": None}
+    if tool_calls:
+        message["tool_calls"] = tool_calls
     answer = {
         "id": "chatcmpl-fake",
         "object": "chat.completion",
@@ -68,7 +74,7 @@ def chat_answer(model: str, usage: dict[str, int] | None = None) -> bytes:
         "choices": [
             {
                 "index": 0,
-                "message": {"role": "assistant", "content": "Paris.", "reasoning_content": None},
+                "message": message,
                 "logprobs": None,
                 "finish_reason": "stop",
                 "stop_reason": None,
@@ -111,6 +117,8 @@ class FakeEngine:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/v1"  # an OpenAI base URL, as the pool wants it
         self.chunks = chunks
+        self.answer = "Paris."  # a whole answer's content
+        self.tool_calls: list[dict[str, Any]] | None = None  # and its tool calls
         self.mode: Mode = "ok"
         self.gate: asyncio.Event | None = None
         self.chunk_delay = 0.0
@@ -154,7 +162,8 @@ class FakeEngine:
                 return await self._stream(request, model, usage)
             if self.gate is not None:
                 await self.gate.wait()
-            return web.Response(body=chat_answer(model, self.usage), content_type="application/json")
+            answer = chat_answer(model, self.usage, self.answer, self.tool_calls)
+            return web.Response(body=answer, content_type="application/json")
         except (asyncio.CancelledError, ConnectionResetError):
             self.cancelled.set()
             raise

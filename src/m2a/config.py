@@ -134,6 +134,11 @@ class ModelConfig(_Strict):
         description="Requests one replica runs at once before lower priorities wait at the gateway; "
         "default from the engine (vLLM on CPU 16, on GPU 256, llama.cpp 1, remote: no limit).",
     )
+    guardrails: str | None = Field(
+        default=None,
+        description="A guardrail profile every request to this model passes, on top of the caller's "
+        "(`m2a guardrails attach --model` overrides it).",
+    )
 
     @model_validator(mode="after")
     def _remote_needs_url(self) -> ModelConfig:
@@ -190,6 +195,116 @@ class GatewayConfig(_Strict):
     admin_docs: bool = Field(
         default=True, description="Serve /admin/docs and /admin/openapi.json (no data) without a key."
     )
+
+
+Direction = Literal["input", "output", "tool"]
+
+
+class GuardrailRule(_Strict):
+    """One detector of a guardrail profile: where it looks, what a finding does, and if it fails."""
+
+    detector: str = Field(description="A registered detector: pii, secrets, prompt_injection, denylist …")
+    params: dict[str, Any] = Field(default_factory=dict, description="The detector's own settings.")
+    on: list[Direction] = Field(
+        default_factory=lambda: ["input", "output", "tool"],
+        min_length=1,
+        description="input: prompts (every message, completion prompts, embedding inputs); output: "
+        "answers, whole or streamed; tool: tool calls the model makes and tool results sent back.",
+    )
+    action: Literal["block", "redact", "flag"] = Field(
+        default="block",
+        description="block: refuse (400 content_filter); redact: mask the span; flag: log only.",
+    )
+    threshold: float = Field(default=0.5, ge=0, le=1, description="Findings scoring below are ignored.")
+    fail: Literal["closed", "open"] = Field(
+        default="closed", description="When the detector errors or times out: closed blocks, open lets pass."
+    )
+    timeout_s: float = Field(default=2.0, gt=0, le=120, description="Longest wait for a slow detector.")
+
+
+class GuardrailProfile(_Strict):
+    """A named set of detectors with actions (a guardrail policy), attached to teams, keys, models."""
+
+    description: str = ""
+    rules: list[GuardrailRule] = Field(default_factory=list)
+    stream_hold_chars: int = Field(
+        default=128,
+        ge=0,
+        le=8192,
+        description="Streamed answers: characters held back and checked before the client sees them "
+        "(a finding longer than this may be partly sent before it is recognised).",
+    )
+    max_chars: int = Field(
+        default=100_000, ge=1, description="Characters examined per check; past it `over_budget` decides."
+    )
+    over_budget: Literal["block", "allow"] = Field(
+        default="block", description="A prompt or answer longer than `max_chars`: refuse it, or let it pass."
+    )
+
+    @model_validator(mode="after")
+    def _one_rule_per_detector(self) -> GuardrailProfile:
+        for where in ("input", "output", "tool"):
+            names = [r.detector for r in self.rules if where in r.on]
+            if dup := {n for n in names if names.count(n) > 1}:
+                raise ValueError(f"detector {sorted(dup)[0]!r} appears twice for {where}")
+        return self
+
+
+def builtin_profiles() -> dict[str, GuardrailProfile]:
+    """Profiles m2a ships: ``default`` (on unless configured otherwise), ``strict``, ``off``."""
+    R = GuardrailRule
+    return {
+        "default": GuardrailProfile(
+            description="Credentials masked both ways, prompt injection and system-prompt leaks "
+            "refused, personal data flagged.",
+            rules=[
+                R(detector="secrets", action="redact", fail="open"),
+                R(
+                    detector="prompt_injection",
+                    on=["input", "tool"],
+                    action="block",
+                    threshold=0.9,
+                    fail="open",
+                ),
+                R(detector="system_prompt_leak", on=["output"], action="block", fail="open"),
+                R(detector="pii", action="flag", fail="open"),
+            ],
+            over_budget="allow",
+        ),
+        "strict": GuardrailProfile(
+            description="Credentials and prompt injection refused, personal data masked, every "
+            "detector failing closed.",
+            rules=[
+                R(detector="secrets", action="block"),
+                R(detector="prompt_injection", on=["input", "tool"], action="block", threshold=0.5),
+                R(detector="system_prompt_leak", on=["output"], action="block"),
+                R(detector="pii", action="redact"),
+            ],
+            over_budget="block",
+        ),
+        "off": GuardrailProfile(description="No checks."),
+    }
+
+
+class GuardrailsConfig(_Strict):
+    """Guardrail profiles and which one applies where nothing else is attached."""
+
+    default_profile: str | None = Field(
+        default="default",
+        description="The profile of callers (teams, keys) with none attached; null or 'off': none.",
+    )
+    profiles: dict[str, GuardrailProfile] = Field(
+        default_factory=dict, description="Profiles by name, beside the built-in ones (same name: yours)."
+    )
+
+    def all_profiles(self) -> dict[str, GuardrailProfile]:
+        return {**builtin_profiles(), **self.profiles}
+
+    @model_validator(mode="after")
+    def _default_exists(self) -> GuardrailsConfig:
+        if self.default_profile is not None and self.default_profile not in self.all_profiles():
+            raise ValueError(f"default_profile {self.default_profile!r} is not a profile")
+        return self
 
 
 class SupervisorConfig(_Strict):
@@ -262,6 +377,7 @@ class Settings(_Strict):
     supervisor: SupervisorConfig = Field(default_factory=SupervisorConfig)
     telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
     router: RouterConfig = Field(default_factory=RouterConfig)
+    guardrails: GuardrailsConfig = Field(default_factory=GuardrailsConfig)
 
     @field_validator("models")
     @classmethod
@@ -293,7 +409,7 @@ def _env_overrides(environ: dict[str, str]) -> dict[str, Any]:
             out[_TOP_LEVEL_ENV[key]] = value
         elif key.startswith("M2A_") and "__" in key:
             section, _, field = key[4:].lower().partition("__")
-            if section in ("gateway", "supervisor", "telemetry", "router"):
+            if section in ("gateway", "supervisor", "telemetry", "router", "guardrails"):
                 out.setdefault(section, {})[field] = value
     return out
 

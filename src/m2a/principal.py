@@ -34,7 +34,6 @@ class Limit:
         return f"{amount} per {self.window} for {who}"
 
 
-
 @dataclass(frozen=True)
 class Principal:
     """Who a valid key belongs to, as the gateway needs it on every request."""
@@ -49,6 +48,7 @@ class Principal:
     expires_at: datetime | None
     team_id: int | None = None
     limits: tuple[Limit, ...] = ()  # the team's quotas and the key's own
+    guardrails: str | None = None  # the guardrail profile attached to the key, else to its team
 
     @property
     def is_admin(self) -> bool:

@@ -26,11 +26,13 @@ from m2a.engines.supervisor import Supervisor
 from m2a.engines.vllm import publish_kv_events, trace_to
 from m2a.gateway.app import create_app
 from m2a.gateway.counters import Counters, Memory, RedisCounters
+from m2a.gateway.guards import Guards
 from m2a.gateway.quota import Quotas
 from m2a.metal.inventory import Inventory
 from m2a.router.pipeline import Router
 from m2a.router.pool import Endpoint, Pool
 from m2a.store.db import open_store
+from m2a.store.guardrails import GuardrailStore
 from m2a.store.identity import IdentityStore
 from m2a.store.ledger import Ledger
 from m2a.telemetry.exporter import StoreExporter
@@ -226,6 +228,7 @@ async def run_up(
         device_metrics=tel.device_metrics,
         metrics_collector=collector_endpoint(tel),
         router=Router(pool, {m.name: m.router for m in settings.models if m.router}, settings.router),
+        guards=Guards(settings.guardrails, settings.models, GuardrailStore(db)),
     )
     gw = settings.gateway
     server = _Server(uvicorn.Config(app, host=gw.host, port=gw.port, log_level="warning", access_log=False))
@@ -260,9 +263,7 @@ async def run_up(
             lost = ", ".join(r.spec.replica_id for r in failed)
             lost = f"; not serving {lost}: failed to start" if lost else ""
             say(f"ready: {', '.join(served)} at http://{gw.host}:{port}/v1{lost} (Ctrl-C stops all)")
-            say(
-                f"teams and keys: `m2a teams --help`, or the admin API at http://{gw.host}:{port}/admin/docs"
-            )
+            say(f"teams and keys: `m2a teams --help`, or the admin API at http://{gw.host}:{port}/admin/docs")
         await asyncio.wait({stopped, serving}, return_when=asyncio.FIRST_COMPLETED)
         ready.cancel()
         stopped.cancel()

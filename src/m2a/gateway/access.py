@@ -14,6 +14,7 @@ import contextlib
 import hmac
 import logging
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
 from starlette.requests import Request
@@ -63,6 +64,10 @@ class Access:
         self._revision = -1
         self._generation = 0  # bumped whenever the cache is dropped
         self._poller: asyncio.Task[None] | None = None
+        # Called after any identity change is seen (here or in another process): what else
+        # caches the store (the guardrail profiles) reloads.
+        self.on_change: list[Callable[[], Awaitable[None]]] = []
+        self._reloads: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         if self.store is not None:
@@ -93,6 +98,17 @@ class Access:
         self._generation += 1
         self._cache.clear()
         self._refused.clear()
+        for reload in self.on_change:
+            task = asyncio.get_running_loop().create_task(self._reload(reload))
+            self._reloads.add(task)
+            task.add_done_callback(self._reloads.discard)
+
+    @staticmethod
+    async def _reload(reload: Callable[[], Awaitable[None]]) -> None:
+        try:
+            await reload()
+        except Exception:  # the database may blip: the next change reloads again
+            log.warning("could not reload after an identity change", exc_info=True)
 
     async def _lookup(self, token: str) -> Principal | str:
         if hmac.compare_digest(token.encode(), self._admin):

@@ -18,11 +18,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
 
-from m2a.config import GatewayConfig
+from m2a.config import GatewayConfig, GuardrailsConfig
 from m2a.gateway.access import Access
 from m2a.gateway.auth import bearer_token
 from m2a.gateway.counters import Memory
 from m2a.gateway.errors import GatewayError, error_response
+from m2a.gateway.guards import Guards
 from m2a.gateway.metrics import GatewayMetrics
 from m2a.gateway.pipeline import Pipeline, Services
 from m2a.gateway.priority import PriorityGate
@@ -36,6 +37,7 @@ from m2a.router.engine_metrics import EngineMetrics
 from m2a.router.load import LoadWatcher
 from m2a.router.pipeline import Router
 from m2a.router.pool import Pool
+from m2a.store.guardrails import GuardrailStore
 from m2a.store.identity import IdentityStore
 from m2a.store.ledger import Ledger
 from m2a.telemetry.metrics_bridge import otlp_bridge, refresh_every
@@ -71,6 +73,7 @@ def create_app(
     device_metrics: bool = False,
     metrics_collector: str | None = None,
     stages: tuple[str, ...] = STAGES,
+    guards: Guards | None = None,
 ) -> Starlette:
     """The gateway for the models in ``pool``, for callers with the admin ``key`` or a team key.
 
@@ -84,6 +87,8 @@ def create_app(
     external collector. ``router`` picks among a model's replicas (default: the standard pipeline).
     ``metrics_collector`` (an OTLP traces URL) also gets the /metrics numbers as OTLP metrics.
     ``stages`` names the request path's stages in order (default: ``gateway.stages.STAGES``).
+    ``guards`` holds the guardrail profiles (default: the built-in ones and those made through the
+    admin API where ``identity`` is given, none applied unless attached to a team, key or model).
     """
     cfg = cfg or GatewayConfig()
     access = Access(key, identity)
@@ -122,8 +127,12 @@ def create_app(
     def visible(principal: Principal) -> list[str]:
         return [m for m in pool.models() if principal.may_use(m)]
 
+    if guards is None:  # no profile for callers without one (`m2a up` passes the configured default)
+        store = GuardrailStore(identity.engine) if identity is not None else None
+        guards = Guards(GuardrailsConfig(default_profile=None), store=store)
+    access.on_change.append(guards.reload)
     services = Services(
-        cfg, pool, access, quotas, gate, ledger, metrics, tracer, record_content, routing, forwarder
+        cfg, pool, access, quotas, gate, ledger, metrics, tracer, record_content, routing, forwarder, guards
     )
     pipeline = Pipeline(services, stages)
 
@@ -193,6 +202,7 @@ def create_app(
     async def lifespan(app: Starlette):  # type: ignore[no-untyped-def]
         await upstream.open()
         await access.start()
+        await guards.reload()
         if ledger is not None:
             await ledger.start()
         load.start()
@@ -240,7 +250,13 @@ def create_app(
         from m2a.gateway.admin import create_admin_api  # FastAPI loads only where teams exist
 
         admin_api = create_admin_api(
-            identity, access, usage_store, quotas.prices, served=pool.models, docs=cfg.admin_docs
+            identity,
+            access,
+            usage_store,
+            quotas.prices,
+            served=pool.models,
+            docs=cfg.admin_docs,
+            guards=guards,
         )
         routes.append(Mount("/admin", app=admin_api))
     app = Starlette(
@@ -257,4 +273,5 @@ def create_app(
     app.state.access = access
     app.state.quotas = quotas
     app.state.gate = gate
+    app.state.guards = guards
     return app

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +26,8 @@ from m2a.router.plugins import RouteRequest
 
 if TYPE_CHECKING:
     from m2a.gateway.stages import Stage
+    from m2a.gateway.stream_rail import StreamRail
+    from m2a.guardrails.policy import Policy, Verdict
 
 log = logging.getLogger("m2a.gateway")
 
@@ -45,12 +47,24 @@ class Outcome:
     code: str | None = None  # why it was refused before an engine (an error code), for the trace
     message: str = ""
 
+    blocked: bool = False  # a guardrail stopped the answer
+
     @property
     def state(self) -> str:
-        """ok, error, or cancelled (the client left), as the ledger and metrics name it."""
+        """ok, error, cancelled (the client left) or blocked, as the ledger and metrics name it."""
+        if self.blocked:
+            return "blocked"
         if self.error:
             return "error"
         return "ok" if self.status < 400 else "cancelled" if self.status == 499 else "error"
+
+
+class StreamBlocked(Exception):
+    """Raised by a chunk hook: the stream ends here, with ``tail`` (the last events) sent instead."""
+
+    def __init__(self, tail: bytes) -> None:
+        super().__init__("stream blocked")
+        self.tail = tail
 
 
 def refused(status: int, code: str | None, message: str) -> Outcome:
@@ -78,7 +92,14 @@ class RequestContext:
     tokens: tuple[int, int, int] = (0, 0, 0)  # input, output, cached: what the request is billed
     stages: list[Stage] = field(default_factory=list)  # the stages passed, in order
     chunk_hooks: list[Callable[[RequestContext, bytes], bytes]] = field(default_factory=list)
+    stream_end_hooks: list[Callable[[RequestContext], bytes]] = field(default_factory=list)
+    answer_hooks: list[Callable[[RequestContext, bytes], Awaitable[bytes]]] = field(default_factory=list)
     relayed: int = 0  # content chunks relayed to the client so far (streams)
+    policies: list[Policy] = field(default_factory=list)  # the guardrail policies it passes
+    verdicts: list[Verdict] = field(default_factory=list)  # every guardrail check's, in order
+    blocked: Verdict | None = None  # the check that stopped it (the ledger says "blocked")
+    guard_answer: bool = False  # a whole answer passes the output guardrails
+    rail: StreamRail | None = None  # a streamed one passes them through this
 
     @property
     def model(self) -> str:
@@ -104,10 +125,25 @@ class RequestContext:
             data = hook(self, data)
         return data
 
+    def on_stream_end(self) -> bytes:
+        """The engine's stream ended: what the stages still hold, through the later stages' hooks."""
+        out = b""
+        for flush in self.stream_end_hooks:
+            out += flush(self)
+        return out
+
+    async def on_answer(self, data: bytes) -> bytes:
+        """A whole answer on its way to the client, through the stages' answer hooks."""
+        for hook in self.answer_hooks:
+            data = await hook(self, data)
+        return data
+
     def finish(self, outcome: Outcome) -> None:
         """Record how the request ended, once, and run the end hooks of the stages it passed."""
         if self.outcome is not None:
             return
+        if self.blocked is not None:
+            outcome.blocked = True
         self.outcome = outcome
         self.tokens = counted(outcome, self)
         for stage in reversed(self.stages):

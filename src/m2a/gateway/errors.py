@@ -30,6 +30,7 @@ class GatewayError(Exception):
         code: str | None = None,
         type: str | None = None,
         headers: dict[str, str] | None = None,
+        extra: dict[str, object] | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
@@ -38,9 +39,18 @@ class GatewayError(Exception):
         self.code = code
         self.type = type or _TYPES.get(status, "api_error" if status >= 500 else "invalid_request_error")
         self.headers = headers or {}
+        self.extra = extra  # more members of the error object (a guardrail's category), after OpenAI's
 
     def body(self) -> dict[str, object]:
-        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+        err: dict[str, object] = {
+            "message": self.message,
+            "type": self.type,
+            "param": self.param,
+            "code": self.code,
+        }
+        if self.extra:
+            err.update(self.extra)
+        return {"error": err}
 
     def response(self) -> JSONResponse:
         return JSONResponse(self.body(), status_code=self.status, headers=self.headers)

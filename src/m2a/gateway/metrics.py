@@ -112,6 +112,28 @@ class GatewayMetrics:
             ["model", "priority"],
             registry=r,
         )
+        self.guardrail_checks = Counter(
+            "m2a_guardrail_checks",
+            "Guardrail checks by direction (input, output, tool), profile, decision and team",
+            ["direction", "profile", "decision", "team"],
+            registry=r,
+        )
+        self.guardrail_findings = Counter(
+            "m2a_guardrail_findings",
+            "Guardrail findings acted on, by detector, category, action and team",
+            ["detector", "category", "action", "team"],
+            registry=r,
+        )
+        self.guardrail_errors = Counter(
+            "m2a_guardrail_errors", "Detectors that failed or timed out", ["detector", "error"], registry=r
+        )
+        self.guardrail_seconds = Histogram(
+            "m2a_guardrail_seconds",
+            "Time spent in one guardrail check",
+            ["direction"],
+            buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 0.5, 2.5),
+            registry=r,
+        )
         self.priority_waiting = Gauge(
             "m2a_priority_waiting", "Requests held at the gateway now", ["model"], registry=r
         )

@@ -20,6 +20,7 @@ from m2a.config import GatewayConfig
 from m2a.gateway.access import Access
 from m2a.gateway.context import RequestContext, refused
 from m2a.gateway.errors import GatewayError
+from m2a.gateway.guards import Guards
 from m2a.gateway.metrics import GatewayMetrics
 from m2a.gateway.priority import PriorityGate
 from m2a.gateway.proxy import Forwarder
@@ -47,6 +48,7 @@ class Services:
     record_content: bool
     routing: RouteRequests
     forwarder: Forwarder
+    guards: Guards | None = None
 
 
 class Pipeline:
@@ -60,8 +62,13 @@ class Pipeline:
             for st in self.stages:
                 await st.before(ctx)
                 ctx.stages.append(st)
-                if st.on_chunk is not None:
-                    ctx.chunk_hooks.append(st.on_chunk)
+                if (st.on_chunk or st.on_stream_end or st.on_answer) is not None and st.active(ctx):
+                    if st.on_chunk is not None:
+                        ctx.chunk_hooks.append(st.on_chunk)
+                    if st.on_stream_end is not None:
+                        ctx.stream_end_hooks.append(st.on_stream_end)
+                    if st.on_answer is not None:
+                        ctx.answer_hooks.append(st.on_answer)
                 if ctx.response is not None:
                     # Hand the response over and drop it from the context: a streamed answer refers
                     # back to the context, and the cycle would wait for the garbage collector.

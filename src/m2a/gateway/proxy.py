@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -25,7 +25,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from m2a.gateway import tracing
-from m2a.gateway.context import Outcome
+from m2a.gateway.context import Outcome, StreamBlocked
 from m2a.gateway.errors import GatewayError, normalize_upstream_error
 from m2a.gateway.metrics import GatewayMetrics
 from m2a.gateway.upstream import Stream, Upstream, unless_disconnected
@@ -64,8 +64,11 @@ class Outgoing:
     max_tokens: int | None = None  # the output cap per choice admission reserved; None: the client's
     count_usage: bool = False  # ask a stream for its usage even if the client did not
     on_end: Callable[[Outcome], None] | None = None  # called once, before the client's last byte
-    # Each piece of a streamed answer before it is sent, with the content chunks relayed so far.
+    # Each piece of a streamed answer before it is sent, with the content chunks relayed so far
+    # (it may raise StreamBlocked); when the engine's stream ends, what the hooks still hold.
     on_chunk: Callable[[bytes, int], bytes] | None = None
+    on_stream_end: Callable[[], bytes] | None = None
+    on_answer: Callable[[bytes], Awaitable[bytes]] | None = None  # a whole answer (may raise GatewayError)
     span: Span | None = None  # the request's server span, when tracing
     route_req: RouteRequest | None = None  # for the routing pipeline (models with several replicas)
     _bodies: dict[bool, bytes] = field(default_factory=dict, repr=False)
@@ -295,12 +298,15 @@ class Forwarder:
 
         headers = {"x-request-id": request_id, "x-m2a-replica": ep.id}
         if not stream or resp.status != 200:
-            return await self._whole(request, resp, model, headers, finish, reasons if out.span else None)
+            return await self._whole(
+                request, resp, model, headers, finish, reasons if out.span else None, out.on_answer
+            )
         tap = StreamTap(out.strip_usage)
 
         async def chunks() -> AsyncIterator[bytes]:
             ttft: float | None = None
             status = 200
+            stopped = flushed = False  # a hook ended the stream; the hooks' held text was sent
             try:
                 async for chunk in resp.content.iter_any():
                     if ttft is None:
@@ -312,12 +318,27 @@ class Forwarder:
                     if data:
                         yield data
                     if end is not None:  # account for the request before the client sees the end
+                        if out.on_stream_end is not None:
+                            flushed = True
+                            held = out.on_stream_end()
+                            if held:
+                                yield held
                         reasons.extend(tap.finish_reasons)
                         account(200, tap.usage, tap.chunks, ttft)
                         yield end
+                if out.on_stream_end is not None and not flushed:
+                    flushed = True
+                    held = out.on_stream_end()
+                    if held:
+                        yield held
                 rest = tap.rest()
                 if rest:
                     yield rest
+            except StreamBlocked as blocked:  # a guardrail ended it: the engine's request is aborted
+                stopped = True
+                reasons.extend([*tap.finish_reasons, "content_filter"])
+                account(200, tap.usage, tap.chunks, ttft)
+                yield blocked.tail
             except (aiohttp.ClientError, TimeoutError) as exc:
                 status = 502  # the engine went away, not the client (who got 200 and an error event)
                 self.metrics.upstream_errors.labels(model, ep.id).inc()
@@ -325,7 +346,7 @@ class Forwarder:
                 finish(200, tap.usage, tap.chunks, ttft, error=True)
                 yield f"data: {json.dumps(err.body())}\n\n".encode()
             finally:
-                if status == 200 and not resp.content.at_eof():
+                if status == 200 and not stopped and not resp.content.at_eof():
                     self.metrics.cancelled.labels(model).inc()
                     status = 499
                 finish(status, tap.usage, tap.chunks, ttft)
@@ -346,6 +367,7 @@ class Forwarder:
         headers: dict[str, str],
         finish: Callable[..., None],
         reasons: list[str] | None = None,
+        on_answer: Callable[[bytes], Awaitable[bytes]] | None = None,
     ) -> Response:
         """Read a whole answer, abandoning the engine call if the client disconnects first."""
         try:
@@ -360,6 +382,17 @@ class Forwarder:
         status = resp.status
         if reasons is not None and status == 200:
             reasons.extend(finish_reasons(data))
+        if on_answer is not None and status == 200:
+            try:
+                data = await on_answer(data)
+            except GatewayError as exc:  # a guardrail refused the answer: the engine's work is billed
+                finish(exc.status, from_body(data))
+                return Response(
+                    json.dumps(exc.body()),
+                    status_code=exc.status,
+                    media_type="application/json",
+                    headers=headers,
+                )
         finish(status, from_body(data) if status == 200 else None)
         if status >= 400:
             try:

@@ -306,7 +306,10 @@ class IdentityStore:
                 return "expired"
             if k.role == "admin":
                 priority = k.priority or "critical"
-                return Principal(k.id, k.prefix, None, "admin", priority, PRIORITIES[priority], None, expires)
+                return Principal(
+                    k.id, k.prefix, None, "admin", priority, PRIORITIES[priority], None, expires,
+                    guardrails=k.guardrails,
+                )  # fmt: skip
             if team is None or team.deleted_at is not None:
                 return "team deleted"
             models = (await s.execute(select(Grant.model).where(Grant.team_id == team.id))).scalars().all()
@@ -324,4 +327,5 @@ class IdentityStore:
                 expires,
                 team.id,
                 limits,
+                k.guardrails or team.guardrails,
             )

@@ -4,7 +4,17 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import BigInteger, Boolean, DateTime, Float, ForeignKey, Integer, String, UniqueConstraint
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -21,6 +31,7 @@ class Team(Base):
     priority_order: Mapped[int] = mapped_column(Integer)  # finer order: lower runs first
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     deleted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    guardrails: Mapped[str | None] = mapped_column(String(64), nullable=True)  # profile attached
 
 
 class ApiKey(Base):
@@ -36,6 +47,7 @@ class ApiKey(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    guardrails: Mapped[str | None] = mapped_column(String(64), nullable=True)  # overrides the team's
 
 
 class Grant(Base):
@@ -99,3 +111,26 @@ class Usage(Base):
     ttft_ms: Mapped[float | None] = mapped_column(Float, nullable=True)
     duration_ms: Mapped[float | None] = mapped_column(Float, nullable=True)
     cost: Mapped[float | None] = mapped_column(Float, nullable=True)  # dollars, at the request's prices
+
+
+class GuardrailProfileRow(Base):
+    """A guardrail profile made through the admin API (the config file's live in the config)."""
+
+    __tablename__ = "guardrail_profiles"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    spec: Mapped[str] = mapped_column(Text)  # the profile as JSON (config.GuardrailProfile)
+    version: Mapped[int] = mapped_column(Integer)  # 1, then one more per change
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class ModelGuardrails(Base):
+    """The profile every request to a model passes (overrides the model's config)."""
+
+    __tablename__ = "model_guardrails"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    model: Mapped[str] = mapped_column(String(256), unique=True)
+    profile: Mapped[str] = mapped_column(String(64))

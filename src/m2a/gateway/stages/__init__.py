@@ -6,7 +6,11 @@ own module, registered by name with ``@stage("name")``, with the hooks it needs:
 
 * ``before(ctx)``: before the request goes on (raise ``GatewayError`` to refuse it); the stage
   that answers sets ``ctx.response`` (forward, last);
-* ``on_chunk(ctx, data) -> data``: each piece of a streamed answer on its way to the client;
+* ``on_chunk(ctx, data) -> data``: each piece of a streamed answer on its way to the client (it
+  may hold text back, and raise ``StreamBlocked`` to end the stream there);
+* ``on_stream_end(ctx) -> data``: when the engine's stream has ended, what the stage still holds;
+* ``async on_answer(ctx, data) -> data``: a whole (not streamed) successful answer before the client
+  gets it (raise ``GatewayError`` to answer that error instead);
 * ``end(ctx)``: once, when the request has ended (``ctx.outcome`` and ``ctx.tokens`` are set), for
   every stage whose ``before`` completed, in reverse order, before the client gets the last byte.
 
@@ -16,7 +20,7 @@ Adding a stage is writing one module with one such class and naming it in ``STAG
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, ClassVar
 
 if TYPE_CHECKING:
@@ -30,8 +34,10 @@ STAGES: tuple[str, ...] = (
     "authenticate",
     "validate",
     "authorize",
+    "guard_input",  # guardrails on the prompt: refuse (400 content_filter), mask, or flag
     "admit",  # quota reservation and the priority slot; settled at the end
     "ledger",  # the usage record: begun before forwarding, ended (priced) at the end
+    "guard_output",  # guardrails on the answer: its hooks see the whole answer or each stream chunk
     "route",
     "forward",
 )
@@ -53,7 +59,13 @@ class Stage:
     def end(self, ctx: RequestContext) -> None:
         """Once, when the request has ended (``ctx.outcome`` set): settle what ``before`` took."""
 
+    def active(self, ctx: RequestContext) -> bool:
+        """After ``before``: whether this request needs the stage's answer hooks (default yes)."""
+        return True
+
     on_chunk: Callable[[RequestContext, bytes], bytes] | None = None  # streams: each piece relayed
+    on_stream_end: Callable[[RequestContext], bytes] | None = None  # streams: what is still held
+    on_answer: Callable[[RequestContext, bytes], Awaitable[bytes]] | None = None  # whole answers
 
 
 def stage(name: str) -> Callable[[type[Stage]], type[Stage]]:

@@ -19,6 +19,11 @@ class Forward(Stage):
                 ctx.relayed = relayed
                 return ctx.on_chunk(data)
 
+        on_stream_end = on_answer = None
+        if ctx.stream_end_hooks:
+            on_stream_end = ctx.on_stream_end
+        if ctx.answer_hooks:
+            on_answer = ctx.on_answer
         out = Outgoing(
             route=ctx.route,
             model=ctx.model,
@@ -32,6 +37,8 @@ class Forward(Stage):
             count_usage=True,
             on_end=ctx.finish,
             on_chunk=on_chunk,
+            on_stream_end=on_stream_end,
+            on_answer=on_answer,
             span=ctx.span,
             route_req=ctx.route_req,
         )

@@ -14,6 +14,40 @@ if TYPE_CHECKING:
     from m2a.gateway.pipeline import Services
 
 
+def _price(services: Services, model: str) -> Price:
+    return services.quotas.prices.get(model) or Price()
+
+
+def begin(services: Services, ctx: RequestContext) -> None:
+    """Open the request's record (in the journal at once)."""
+    ledger, p = services.ledger, ctx.principal
+    assert ledger is not None and p is not None
+    price = _price(services, ctx.model)
+    ledger.begin(
+        ctx.request_id,
+        team=p.team,
+        team_id=p.team_id,
+        input_estimate=ctx.input_estimate,
+        price=[price.input_per_1m, price.output_per_1m],
+        key_id=p.key_id or None,
+        key_prefix=p.key_prefix,
+        model=ctx.model,
+        route=ctx.route,
+        priority=p.priority,
+        stream=ctx.stream,
+    )
+
+
+def record_refused(services: Services, ctx: RequestContext, status: str) -> None:
+    """A record for a request refused before the ledger stage (a guardrail's ``blocked``): no tokens."""
+    if services.ledger is None or ctx.principal is None or ctx.outcome is None:
+        return
+    begin(services, ctx)
+    services.ledger.end(
+        ctx.request_id, status=status, http_status=ctx.outcome.status, replica=None, input_tokens=0,
+        output_tokens=0, cached_tokens=0, ttft_ms=None, duration_ms=0.0, cost=0.0,
+    )  # fmt: skip
+
 
 @stage("ledger")
 class LedgerStage(Stage):
@@ -23,27 +57,11 @@ class LedgerStage(Stage):
             self.on_chunk = None  # type: ignore[assignment]  # nothing to note, no hook to call
 
     def _price(self, model: str) -> Price:
-        return self.services.quotas.prices.get(model) or Price()
+        return _price(self.services, model)
 
     async def before(self, ctx: RequestContext) -> None:
-        ledger, p = self.services.ledger, ctx.principal
-        if ledger is None:
-            return
-        assert p is not None
-        price = self._price(ctx.model)
-        ledger.begin(
-            ctx.request_id,
-            team=p.team,
-            team_id=p.team_id,
-            input_estimate=ctx.input_estimate,
-            price=[price.input_per_1m, price.output_per_1m],
-            key_id=p.key_id or None,
-            key_prefix=p.key_prefix,
-            model=ctx.model,
-            route=ctx.route,
-            priority=p.priority,
-            stream=ctx.stream,
-        )
+        if self.services.ledger is not None:
+            begin(self.services, ctx)
 
     def on_chunk(self, ctx: RequestContext, data: bytes) -> bytes:  # type: ignore[override]
         assert self.services.ledger is not None
