@@ -14,10 +14,18 @@ calls ``check(ctx, text)`` on each detector with the same ``Prepared`` text:
 - it must be cheap (regular expressions without nested unbounded repetition, linear in the text)
   and offline; the runner bounds its input (``Budget``) and turns an exception into an error
   result, so a detector may raise.
+
+A detector that needs I/O (asking a model, calling an external detector service) defines instead
+``async def acheck(self, ctx, text: Prepared) -> list[Finding] | None``, with the same contract
+(``is_async(det)`` tells which kind a detector is). Only the async runner (``run.acheck``) calls it,
+concurrently with the other async detectors and under a per-detector timeout; the sync runner
+(``run.check``, used per chunk by the stream rails) does not wait on I/O: it records such a detector
+in ``Result.errors`` as ``"NeedsAsync"`` and goes on with the others.
 """
 
 from __future__ import annotations
 
+import inspect
 from bisect import bisect_left
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -72,6 +80,21 @@ class Detector(Protocol):
     def check(self, ctx: Context, text: Prepared) -> list[Finding] | None: ...
 
 
+@runtime_checkable
+class AsyncDetector(Protocol):
+    name: str
+
+    async def acheck(self, ctx: Context, text: Prepared) -> list[Finding] | None: ...
+
+
+AnyDetector = Detector | AsyncDetector
+
+
+def is_async(det: object) -> bool:
+    """Whether ``det`` is an async detector (it has a coroutine ``acheck``)."""
+    return inspect.iscoroutinefunction(getattr(det, "acheck", None))
+
+
 def disjoint(spans: Iterable[tuple[int, int, float, T]]) -> list[tuple[int, int, float, T]]:
     """Of overlapping ``(start, end, score, item)`` spans keep the highest score (then the longest),
     in text order; O(n log n)."""
@@ -114,7 +137,7 @@ def known() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def build(name: str, params: dict[str, Any] | None = None) -> Detector:
+def build(name: str, params: dict[str, Any] | None = None) -> AnyDetector:
     """A new detector registered as ``name``, built with ``params`` (its keyword arguments)."""
     _load_builtins()
     factory = _REGISTRY.get(name)
@@ -129,7 +152,7 @@ def build(name: str, params: dict[str, Any] | None = None) -> Detector:
     return det
 
 
-def build_all(specs: list[dict[str, Any]] | None) -> list[Detector]:
+def build_all(specs: list[dict[str, Any]] | None) -> list[AnyDetector]:
     """Detectors from config entries ``{"name": ..., "params": {...}}`` (a bare string: no params)."""
     out = []
     for spec in specs or []:

@@ -14,18 +14,26 @@ calls every detector on it, and gathers one ``Result``:
   ``Budget.max_decoded`` bytes of decoded base64 / hex; the rest is not silently skipped but
   reported here, with ``examined`` and ``total``, for the caller to decide.
 
+``acheck(...)`` (async) does the same with async detectors too (``base.is_async``): the text is
+prepared once as for ``check``, the sync detectors run as ``check`` runs them, the async ones
+concurrently, each within a timeout (``timeout_s``, or a ``{name: seconds}`` map with ``"*"`` for the
+rest); one past it is cancelled and recorded in ``errors`` (``"TimeoutError"``) and ``timed_out``.
+``check`` itself never waits on I/O: an async detector given to it is recorded in ``errors`` as
+``"NeedsAsync"`` (the stream rails, sync per chunk, skip such detectors knowingly).
+
 ``redact(text, findings)`` masks the spans (``[EMAIL]``, ``[SECRET]``…) and ``redact_messages`` does
 the same in a copy of the messages. Neither returns, logs nor describes the values themselves.
 """
 
 from __future__ import annotations
 
+import asyncio
 import copy
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from m2a.guardrails.base import Context, Detector, Finding
+from m2a.guardrails.base import AnyDetector, AsyncDetector, Context, Detector, Finding, is_async
 from m2a.guardrails.normalize import Prepared, prepare
 
 
@@ -43,6 +51,7 @@ class Result:
     findings: list[Finding] = field(default_factory=list)
     errors: dict[str, str] = field(default_factory=dict)  # detector -> exception class name
     over_budget: list[str] = field(default_factory=list)  # detectors that did not see all the text
+    timed_out: list[str] = field(default_factory=list)  # async detectors stopped at their timeout
     examined: int = 0  # characters examined
     total: int = 0  # characters given
 
@@ -64,7 +73,8 @@ class Result:
         for f in self.findings:
             kinds[f"{f.category}.{f.kind}"] = kinds.get(f"{f.category}.{f.kind}", 0) + 1
         return {"findings": kinds, "errors": dict(self.errors), "over_budget": list(self.over_budget),
-                "examined": self.examined, "total": self.total}  # fmt: skip
+                "timed_out": list(self.timed_out), "examined": self.examined,
+                "total": self.total}  # fmt: skip
 
 
 Piece = tuple[int | None, int | None, str]  # message index, part index, text
@@ -101,16 +111,17 @@ def _valid(f: Any, n: int) -> bool:
             and isinstance(f.description, str))  # fmt: skip
 
 
-def check(detectors: Sequence[Detector], content: str | Sequence[Any], budget: Budget | None = None, *,
-          context: Context | None = None) -> Result:  # fmt: skip
-    """Run ``detectors`` over ``content`` (a text or chat messages) within ``budget``."""
-    budget = budget or Budget()
-    ctx = context or Context()
+_Prepped = list[tuple[Piece, Prepared]]
+
+
+def _prepare(content: str | Sequence[Any], budget: Budget) -> tuple[Result, _Prepped, bool]:
+    """The pieces of ``content`` normalised within ``budget`` (newest first), the ``Result`` to fill
+    (``total`` and ``examined`` set), and whether some of the text was left out."""
     items = pieces(content)
     result = Result(total=sum(len(t) for _, _, t in items))
     left = budget.max_chars
     short = False
-    prepared: list[tuple[Piece, Prepared]] = []
+    prepared: _Prepped = []
     for piece in reversed(items):  # newest first: when the budget runs out, old history is left out
         text = piece[2]
         if left <= 0:
@@ -123,21 +134,137 @@ def check(detectors: Sequence[Detector], content: str | Sequence[Any], budget: B
         short = short or prep.truncated
         prepared.append((piece, prep))
     result.examined = budget.max_chars - left
+    return result, prepared, short
+
+
+def _collect(out: list[Finding], got: Any, piece: Piece, prep: Prepared) -> None:
+    """Validate one detector's answer for one piece and add its findings (message / part set)."""
+    if got is None:
+        return
+    msg, part, _ = piece
+    for f in got:
+        if not _valid(f, len(prep.original)):
+            raise TypeError("malformed finding")
+        out.append(f if msg is None else replace(f, message=msg, part=part))
+
+
+def _name(det: Any) -> str:
+    return getattr(det, "name", type(det).__name__)
+
+
+def _run_sync(det: Detector, ctx: Context, prepared: _Prepped, result: Result) -> None:
+    try:
+        for piece, prep in prepared:
+            _collect(result.findings, det.check(ctx, prep), piece, prep)
+    except Exception as exc:  # a detector's crash is a result, never the caller's exception
+        result.errors[_name(det)] = type(exc).__name__
+
+
+def check(detectors: Sequence[AnyDetector], content: str | Sequence[Any], budget: Budget | None = None,
+          *, context: Context | None = None) -> Result:  # fmt: skip
+    """Run ``detectors`` over ``content`` (a text or chat messages) within ``budget``. Async detectors
+    are not run: each is recorded in ``errors`` as ``"NeedsAsync"`` (use ``acheck`` for them)."""
+    ctx = context or Context()
+    result, prepared, short = _prepare(content, budget or Budget())
     for det in detectors:
-        name = getattr(det, "name", type(det).__name__)
+        if is_async(det):
+            result.errors[_name(det)] = "NeedsAsync"
+            continue
         if short:
-            result.over_budget.append(name)
+            result.over_budget.append(_name(det))
+        _run_sync(det, ctx, prepared, result)  # type: ignore[arg-type]
+    result.findings = merge(result.findings)
+    return result
+
+
+_GRACE_S = 0.1  # how long a cancelled detector is given to stop
+
+
+def _error_of(task: asyncio.Future[Any]) -> str | None:
+    if task.cancelled():
+        return "CancelledError"
+    exc = task.exception()
+    return None if exc is None else type(exc).__name__
+
+
+def _quiet(task: asyncio.Future[Any]) -> None:
+    """Retrieve a late task's exception, so that asyncio does not log it (its message could quote
+    the text)."""
+    if not task.cancelled():
+        task.exception()
+
+
+async def _run_async(det: AsyncDetector, ctx: Context, prepared: _Prepped, timeout: float,
+                     found: list[Finding]) -> str | None:  # fmt: skip
+    """Run one async detector over every piece concurrently, within ``timeout`` seconds for all of
+    them; findings go to ``found`` as each piece completes (so a timeout keeps what was found).
+    Returns the error's class name, or None."""
+
+    async def one(piece: Piece, prep: Prepared) -> None:
+        got = await det.acheck(ctx, prep)
+        _collect(found, got, piece, prep)
+
+    tasks = [asyncio.ensure_future(one(piece, prep)) for piece, prep in prepared]
+    if not tasks:
+        return None
+    try:
+        _, pending = await asyncio.wait(tasks, timeout=timeout)
+    except BaseException:  # the caller was cancelled: take the detector's calls down with it
+        for t in tasks:
+            t.cancel()
+        raise
+    if pending:
+        for t in pending:
+            t.cancel()
+            t.add_done_callback(_quiet)  # a detector that ignores cancelling is not waited for
+        await asyncio.wait(pending, timeout=_GRACE_S)
+        return "TimeoutError"
+    errors = [e for e in map(_error_of, tasks) if e is not None]
+    return errors[0] if errors else None  # the first failing piece's, in piece order
+
+
+async def acheck(detectors: Sequence[AnyDetector], content: str | Sequence[Any], budget: Budget | None = None,
+                 *, context: Context | None = None,
+                 timeout_s: float | Mapping[str, float] = 5.0) -> Result:  # fmt: skip
+    """``check`` for a mix of sync and async detectors: the text is prepared once, the sync detectors
+    run as ``check`` runs them, the async ones concurrently (and with the sync ones), each within its
+    own timeout — ``timeout_s`` seconds, or ``timeout_s[name]`` (``timeout_s["*"]`` for the others,
+    else 5 s). A detector past its timeout is cancelled and recorded in ``errors`` as
+    ``"TimeoutError"`` and in ``timed_out``; what it had found in the pieces it finished is kept.
+    No detector's exception escapes."""
+    ctx = context or Context()
+    result, prepared, short = _prepare(content, budget or Budget())
+    if isinstance(timeout_s, Mapping):
+        default = float(timeout_s.get("*", 5.0))
+        limit = lambda name: float(timeout_s.get(name, default))  # noqa: E731
+    else:
+        limit = lambda name: float(timeout_s)  # noqa: E731
+    if short:
+        result.over_budget.extend(_name(d) for d in detectors)
+    runs: list[tuple[str, list[Finding], asyncio.Future[str | None]]] = []
+    for det in detectors:
+        if is_async(det):
+            found: list[Finding] = []
+            name = _name(det)
+            fut = asyncio.ensure_future(_run_async(det, ctx, prepared, limit(name), found))
+            runs.append((name, found, fut))
+    for det in detectors:  # the sync ones meanwhile (cheap: they do not wait)
+        if not is_async(det):
+            _run_sync(det, ctx, prepared, result)  # type: ignore[arg-type]
+    if runs:
         try:
-            for (msg, part, _), prep in prepared:
-                got = det.check(ctx, prep)
-                if got is None:
-                    continue
-                for f in got:
-                    if not _valid(f, len(prep.original)):
-                        raise TypeError("malformed finding")
-                    result.findings.append(f if msg is None else replace(f, message=msg, part=part))
-        except Exception as exc:  # a detector's crash is a result, never the caller's exception
-            result.errors[name] = type(exc).__name__
+            await asyncio.wait([fut for _, _, fut in runs])
+        except BaseException:
+            for _, _, fut in runs:
+                fut.cancel()
+            raise
+    for name, found, fut in runs:
+        result.findings.extend(found)
+        error = _error_of(fut) or fut.result()
+        if error is not None:
+            result.errors[name] = error
+            if error == "TimeoutError":
+                result.timed_out.append(name)
     result.findings = merge(result.findings)
     return result
 
