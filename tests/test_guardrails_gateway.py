@@ -253,3 +253,51 @@ async def test_checks_are_counted_by_decision(engine: FakeEngine) -> None:
         metrics = (await client.get("/metrics")).text
     assert 'm2a_guardrail_checks_total{decision="deny",direction="input",profile="block_secrets"' in metrics
     assert 'm2a_guardrail_findings_total{action="block",category="secret",detector="secrets"' in metrics
+
+
+async def test_moderations_in_openais_shape(engine: FakeEngine) -> None:
+    import openai
+
+    async with gateway(engine, "block_secrets") as (client, _):
+        oai = openai.AsyncOpenAI(base_url=str(client.base_url) + "/v1", api_key=KEY, max_retries=0)
+        res = await oai.moderations.create(input=[f"my key {AWS}", "a sunny day"])
+        assert res.model == "block_secrets" and len(res.results) == 2
+        first, second = res.results
+        assert first.flagged and not second.flagged
+        extra = first.model_dump()
+        assert extra["categories"]["secret"] is True and extra["category_scores"]["secret"] > 0.5
+        assert first.categories.violence is False  # OpenAI's own categories are all there
+        res = await oai.moderations.create(input="x", model="omni-moderation-latest")
+        assert res.model == "block_secrets"  # an OpenAI model name: the caller's own profile
+        res = await oai.moderations.create(input=f"{AWS}", model="mask_secrets")
+        assert res.model == "mask_secrets" and res.results[0].flagged
+        with pytest.raises(openai.NotFoundError):
+            await oai.moderations.create(input="x", model="no-such-profile")
+        with pytest.raises(openai.BadRequestError):
+            await oai.moderations.create(input=[{"type": "image_url", "image_url": {"url": "x"}}])  # type: ignore[list-item]
+        resp = await client.post("/v1/moderations", json={"input": 5})
+        assert resp.status_code == 400 and resp.json()["error"]["param"] == "input"
+        resp = await client.post(
+            "/v1/moderations", json={"input": "x"}, headers={"authorization": "Bearer nope"}
+        )
+        assert resp.status_code == 401
+
+
+async def test_m2a_serves_its_detectors_on_trustyais_detector_api(engine: FakeEngine) -> None:
+    async with gateway(engine, None) as (client, _):
+        body = {"contents": [f"key {AWS} here", "nothing"]}
+        resp = await client.post("/api/v1/text/contents", json=body, headers={"detector-id": "secrets"})
+        assert resp.status_code == 200
+        first, second = resp.json()
+        assert second == [] and first[0]["detection_type"] == "secret"
+        assert body["contents"][0][first[0]["start"] : first[0]["end"]] == AWS
+        resp = await client.post("/api/v1/text/contents", json=body, headers={"detector-id": "nope"})
+        assert resp.status_code == 404
+        resp = await client.post(
+            "/api/v1/text/contents", json={"contents": 3}, headers={"detector-id": "pii"}
+        )
+        assert resp.status_code == 422
+        resp = await client.post(
+            "/api/v1/text/contents", json=body, headers={"detector-id": "pii", "authorization": ""}
+        )
+        assert resp.status_code == 401

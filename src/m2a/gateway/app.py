@@ -23,6 +23,7 @@ from m2a.gateway.access import Access
 from m2a.gateway.auth import bearer_token
 from m2a.gateway.counters import Memory
 from m2a.gateway.errors import GatewayError, error_response
+from m2a.gateway.guard_api import GuardAPI
 from m2a.gateway.guards import Guards
 from m2a.gateway.metrics import GatewayMetrics
 from m2a.gateway.pipeline import Pipeline, Services
@@ -229,7 +230,10 @@ def create_app(
                 await relay.close()
 
     routes = [Route(p, openai_route(p), methods=["POST"]) for p in ROUTES]
+    guard_api = GuardAPI(access, guards, cfg.max_body_bytes)
     routes += [
+        Route("/v1/moderations", guard_api.moderations, methods=["POST"]),
+        Route("/api/v1/text/contents", guard_api.contents, methods=["POST"]),
         Route("/v1/models", list_models, methods=["GET"]),
         Route("/v1/models/{model:path}", get_model, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
