@@ -57,10 +57,7 @@ class GuardAPI:
         return self._detectors
 
     def _policy(self, model: str | None, own: str | None) -> Policy:
-        if model is None or model.startswith(OPENAI_MODELS):
-            name = own or "default"
-        else:
-            name = model
+        name = (own or "default") if model is None or model.startswith(OPENAI_MODELS) else model
         policy = self.guards.policies.get(name)
         if policy is None:
             raise GatewayError(404, f"The guardrail profile '{name}' does not exist.", param="model",
@@ -104,7 +101,14 @@ class GuardAPI:
         return JSONResponse(answer, status_code=status)
 
 
+CATEGORIES = {
+    "pii": base.PII,
+    "secrets": base.SECRET,
+    "denylist": base.DENYLIST,
+    "system_prompt_leak": base.LEAKAGE,
+}
+
+
 def _category(det: base.Detector) -> str:
-    return str(getattr(det, "category", "") or {
-        "pii": base.PII, "secrets": base.SECRET, "denylist": base.DENYLIST, "system_prompt_leak": base.LEAKAGE,
-    }.get(det.name, det.name))  # fmt: skip
+    """The category a detector reports (for the categories a moderation answer always lists)."""
+    return str(getattr(det, "category", "") or CATEGORIES.get(det.name, det.name))
