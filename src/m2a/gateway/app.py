@@ -33,6 +33,7 @@ from m2a.gateway.quota import Quotas
 from m2a.gateway.routing import RouteRequests, RoutingMetrics
 from m2a.gateway.stages import STAGES
 from m2a.gateway.upstream import Upstream
+from m2a.guardrails.judge import close_sessions as close_detector_sessions
 from m2a.principal import Principal
 from m2a.router.engine_metrics import EngineMetrics
 from m2a.router.load import LoadWatcher
@@ -223,6 +224,7 @@ def create_app(
             await load.close()
             await access.close()
             await upstream.close()
+            await close_detector_sessions()  # the sessions of detectors that call out (a judge)
             await quotas.close()
             if ledger is not None:
                 await ledger.close()
