@@ -184,6 +184,12 @@ async def run_up(
     except Exception as exc:  # nothing started yet: say why and stop
         say(f"cannot open the database ({settings.database_url or 'SQLite in ' + str(settings.home)}): {exc}")
         return 1
+    try:  # every profile's detectors are built now: a bad rule stops start-up with its reason
+        guards = Guards(settings.guardrails, settings.models, GuardrailStore(db))
+    except ValueError as exc:
+        say(f"invalid guardrail profile: {exc}")
+        await db.dispose()
+        return 1
     counters: Counters = Memory()
     if settings.redis_url:
         counters = RedisCounters(settings.redis_url, settings.redis_prefix)
@@ -228,7 +234,7 @@ async def run_up(
         device_metrics=tel.device_metrics,
         metrics_collector=collector_endpoint(tel),
         router=Router(pool, {m.name: m.router for m in settings.models if m.router}, settings.router),
-        guards=Guards(settings.guardrails, settings.models, GuardrailStore(db)),
+        guards=guards,
     )
     gw = settings.gateway
     server = _Server(uvicorn.Config(app, host=gw.host, port=gw.port, log_level="warning", access_log=False))
