@@ -559,7 +559,10 @@ def test_garak_command_and_config(tmp_path: Path) -> None:
     )  # the key: environment only
     assert data["reporting"] == {"report_dir": str(tmp_path.resolve()), "report_prefix": "p"}
     argv = garak.command(Path("/py"), cfg, ["dan.DanInTheWild", "apikey.GetKey"])
-    assert argv[:3] == ["/py", "-m", "garak"] and argv[-1] == "dan.DanInTheWild,apikey.GetKey"
+    assert argv[:3] == ["/py", "-m", "garak"] and argv[-1] == "probes.dan.DanInTheWild,probes.apikey.GetKey"
+    assert garak.spec(["tag:owasp:llm01", "-dan.Dan_11_0", "probes.encoding"]) == (
+        "tag:owasp:llm01,-probes.dan.Dan_11_0,probes.encoding"
+    )
     assert garak.child_env("k")["OPENAICOMPATIBLE_API_KEY"] == "k"
     assert garak.category("promptinject.HijackHateHumans") == ("prompt_injection", "LLM01:2025")
     assert garak.category("sysprompt_extraction.SystemPromptExtraction")[0] == "system_prompt_leakage"
@@ -589,7 +592,8 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Pat
         {"name": "sim-model", "engine": "remote", "url": f"http://127.0.0.1:{port}/v1"},
         {"name": "echo-remote", "engine": "remote", "url": f"{echo.url}/v1", "api_key": "remote-secret"},
     ]
-    up = UpProc(tmp / "home", models)
+    # guardrails off: the outcomes below are the models' own, whatever the default profile holds
+    up = UpProc(tmp / "home", models, env={"M2A_GUARDRAILS__DEFAULT_PROFILE": "off"})
     try:
         deadline = time.monotonic() + 30
         while True:

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich import box
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Column, Table
@@ -47,9 +48,10 @@ ProfileOpt = Annotated[
 ]
 
 
-def category_column() -> Column:
-    """A fresh "category" column that does not wrap: the other columns wrap first in a narrow terminal."""
-    return Column("category", no_wrap=True)
+def table(*headers: str, title: str | None = None) -> Table:
+    """A compact table (fits 80 columns for the built-in categories); cells do not wrap but the last."""
+    cols = [Column(h, no_wrap=i < len(headers) - 1) for i, h in enumerate(headers)]
+    return Table(*cols, title=title, box=box.SIMPLE_HEAD, pad_edge=False)
 
 
 def _settings(config: Path | None) -> Settings:
@@ -106,36 +108,18 @@ def _pct(x: float | None) -> str:
 
 
 def _stats_table(stats: list[Any], title: str | None = None) -> Table:
+    """Per category: judged attempts, successes, blocked, errors, and the rate with its 95% interval
+    (resisted is judged - success - blocked); compact enough for an 80-column terminal."""
     from m2a.redteam.score import overall
 
-    table = Table(
-        category_column(),
-        "OWASP",
-        "judged",
-        "success",
-        "blocked",
-        "resisted",
-        "error",
-        "ASR",
-        "95% CI",
-        title=title,
-    )
+    t = table("category", "OWASP", "judged", "success", "blocked", "error", "ASR (95% CI)", title=title)
     for s in [*stats, overall(stats)]:
         lo, hi = s.ci
-        ci = f"{100 * lo:.1f}–{100 * hi:.1f}%" if s.judged else "n/a"
+        rate = f"{_pct(s.rate)} ({100 * lo:.0f}–{100 * hi:.0f}%)" if s.judged else "n/a"
         name = s.category if s.category != "all" else "[bold]all[/]"
-        table.add_row(
-            name,
-            s.owasp,
-            str(s.judged),
-            str(s.success),
-            str(s.blocked),
-            str(s.resisted),
-            str(s.error),
-            _pct(s.rate),
-            ci,
-        )
-    return table
+        owasp = s.owasp.removesuffix(":2025")  # every built-in id is of the 2025 list
+        t.add_row(name, owasp, str(s.judged), str(s.success), str(s.blocked), str(s.error), rate)
+    return t
 
 
 def _print_report_json(store: Any, run: Any) -> None:
@@ -165,7 +149,7 @@ def run_cmd(
     config: ConfigOpt = None,
 ) -> None:
     """Attack MODEL through the gateway with the probe packs; store and summarise the results."""
-    from m2a.redteam.probes import PackError, load, select
+    from m2a.redteam.probes import CATEGORY_ORDER, PackError, load, select
     from m2a.redteam.runner import TargetError, check_target, run_probes
     from m2a.redteam.score import Detectors, tally
 
@@ -186,6 +170,8 @@ def run_cmd(
         err.print(f"[red]error:[/] {escape(str(exc))}")
         raise typer.Exit(1) from exc
     seed = secrets.randbelow(2**31) if seed is None else seed
+    rank = {c: i for i, c in enumerate(CATEGORY_ORDER)}
+    chosen.sort(key=lambda p: rank.get(p.category, len(rank)))  # stable: pack order within a category
     names = list(dict.fromkeys(p.category for p in chosen))
     detectors = Detectors()
     meta = {
@@ -286,26 +272,23 @@ def list_cmd(
     if as_json:
         print(json.dumps([r.as_dict() for r in runs], indent=2, default=str))
         return
-    table = Table(
-        "id", "started", "model", "profile", "source", "attempts", "success", "blocked", "error", "ASR"
-    )
+    tb = table("id", "started", "model", "profile", "source", "attempts", "success", "error", "ASR")
     for r in runs:
         t = r.totals
         judged = sum(t.get(o, 0) for o in ("success", "resisted", "blocked"))
         rate = t.get("success", 0) / judged if judged else None
-        table.add_row(
+        tb.add_row(
             str(r.id),
-            r.started_at.strftime("%Y-%m-%d %H:%M"),
+            r.started_at.strftime("%m-%d %H:%M"),
             r.model,
             r.profile,
             r.source,
             str(sum(t.values())),
             str(t.get("success", 0)),
-            str(t.get("blocked", 0)),
             str(t.get("error", 0)),
             _pct(rate),
         )
-    out.print(table)
+    out.print(tb)
 
 
 @redteam_app.command("report")
@@ -378,28 +361,13 @@ def gate_cmd(
             json.dumps({"run": r.id, "passed": passed, "verdicts": [v.as_dict() for v in verdicts]}, indent=2)
         )
     else:
-        table = Table(
-            category_column(),
-            "verdict",
-            "ASR",
-            "threshold",
-            "judged",
-            "error",
-            "why",
-            title=f"gate of red team run {r.id} ({r.model}, profile {r.profile or '-'})",
-        )
+        title = f"gate of red team run {r.id} ({r.model}, profile {r.profile or '-'})"
+        t = table("category", "verdict", "threshold", "judged", "error", "why", title=title)
         colour = {"pass": "green", "fail": "red", "not run": "dim"}
         for v in verdicts:
-            table.add_row(
-                v.category,
-                f"[{colour[v.verdict]}]{v.verdict}[/]",
-                _pct(v.rate),
-                _pct(v.limit),
-                str(v.judged),
-                str(v.errors),
-                v.reason,
-            )
-        out.print(table)
+            verdict = f"[{colour[v.verdict]}]{v.verdict}[/]"
+            t.add_row(v.category, verdict, _pct(v.limit), str(v.judged), str(v.errors), v.reason)
+        out.print(t)
         out.print("[green]gate passed[/]" if passed else "[red]gate failed[/]")
     raise typer.Exit(0 if passed else 1)
 
@@ -432,28 +400,17 @@ def diff_cmd(
         )
         return
     la, lb = f"A: run {ra.id} ({ra.profile or '-'})", f"B: run {rb.id} ({rb.profile or '-'})"
-    table = Table(
-        category_column(),
-        la,
-        "blocked A",
-        lb,
-        "blocked B",
-        "change",
-        "reading",
-        title=f"{ra.model} vs {rb.model}" if ra.model != rb.model else ra.model,
-    )
+    title = f"{ra.model} vs {rb.model}" if ra.model != rb.model else ra.model
+    t = table("category", la, lb, "change", "reading", title=title)
     for c in changes:
         ch = "n/a" if c.change is None else f"{100 * c.change:+.1f} pts"
-        table.add_row(
-            c.category,
-            f"{_pct(c.a.rate)} ({c.a.success}/{c.a.judged})",
-            str(c.a.blocked),
-            f"{_pct(c.b.rate)} ({c.b.success}/{c.b.judged})",
-            str(c.b.blocked),
-            ch,
-            c.reading,
-        )
-    out.print(table)
+
+        def cell(st: Any) -> str:
+            blocked = f", {st.blocked} blocked" if st.blocked else ""
+            return f"{_pct(st.rate)} ({st.success}/{st.judged}{blocked})"
+
+        t.add_row(c.category, cell(c.a), cell(c.b), ch, c.reading)
+    out.print(t)
     out.print("[dim]reading: lower/higher when the two 95% intervals do not overlap[/]")
 
 

@@ -362,8 +362,19 @@ def write_config(
     return path
 
 
+def spec(probes: list[str]) -> str:
+    """garak 0.17's selection spec (``--spec``; ``--probes`` is deprecated there): ``dan.DanInTheWild``
+    becomes ``probes.dan.DanInTheWild``; ``probes.…``, ``tag:…``, ``tier:…`` and ``-…`` pass as they are."""
+    out = []
+    for p in probes:
+        bare = p.lstrip("-")
+        keep = bare.startswith(("probes.", "buffs.", "tag:", "tier:"))
+        out.append(p if keep else f"{p[: len(p) - len(bare)]}probes.{bare}")
+    return ",".join(out)
+
+
 def command(python: Path, config: Path, probes: list[str], parallel: int = 1) -> list[str]:
-    argv = [str(python), "-m", "garak", "--config", str(config), "--probes", ",".join(probes)]
+    argv = [str(python), "-m", "garak", "--config", str(config), "--spec", spec(probes)]
     if parallel > 1:
         argv += ["--parallel_attempts", str(parallel)]
     return argv
