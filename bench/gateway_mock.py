@@ -28,13 +28,26 @@ Targets besides "mock direct" and "through m2a" (this tree's gateway):
 - Portkey's gateway, "through Portkey", when installed (`bench/portkey_env.sh`: npm
   `@portkey-ai/gateway` 1.15.2 under bench/.portkey; `portkey_proxy.py` says how it is started): a
   plain proxy, no keys, quotas or ledger; `--no-portkey` leaves it out.
+- `--guardrails`: instead of one "through m2a", this tree's gateway twice, "through m2a (guardrails
+  off)" and "through m2a (default profile)", each its own `m2a up` with `guardrails:
+  {default_profile: off}` or `{default_profile: default}` in its config, same team, key and quotas.
+  Their difference is what the guardrail stages cost on the request path.
+
+The prompt is "hi" unless `--prompt-bytes N` asks for about N bytes of realistic text (a support
+ticket with a code snippet and a traceback, without credentials or personal data, so a guardrail
+profile checks it and lets it pass). The mock streams `--stream-chunks` chunks of one character.
+For streamed answers the table also gives the time to the first content byte (TTFT) and the time
+until the hold-back window's worth of content characters (the default profile's
+`stream_hold_chars`) arrived: a stream rail cannot release the first character before the window
+after it has been checked, so "TTFT added" through the default profile is to be read against the
+"t@window" of the gateway without guardrails.
 
 Every target is warmed up, and checked, with JSON and streamed answers before the rounds; a
 streamed answer counts only when it ends with `data: [DONE]`.
 
     bench/litellm_env.sh && bench/portkey_env.sh     # once, each optional
     .venv/bin/python bench/gateway_mock.py [--seconds 5] [--rounds 3] [--baseline-src DIR]
-        [--no-litellm] [--no-portkey]
+        [--no-litellm] [--no-portkey] [--guardrails] [--prompt-bytes N] [--stream-chunks N]
 """
 
 from __future__ import annotations
@@ -42,6 +55,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
+import re
 import signal
 import statistics
 import subprocess
@@ -59,11 +74,97 @@ from litellm_proxy import LITELLM, LiteLLM  # noqa: E402
 from portkey_proxy import PORTKEY, Portkey  # noqa: E402
 from stack import KEY, Up, free_port  # noqa: E402
 
+from m2a.config import builtin_profiles  # noqa: E402
+from m2a.guardrails.policy import Policy  # noqa: E402
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 
 
 Target = tuple[str, str, str | None] | tuple[str, str, str | None, dict[str, str]]
+
+# A support ticket with a code snippet and a traceback: the kind of prompt an internal assistant
+# gets. No credentials, e-mail addresses, phone numbers, IP addresses or card numbers, and no
+# instructions to the model beyond the request itself, so a guardrail profile checks it and lets it
+# pass: the benchmark measures the cost of checking, not of refusing or masking.
+TICKET = (
+    "Subject: Export to CSV times out for large workspaces\n\n"
+    "Hi support team, since the upgrade to release 4.12 last Tuesday, exporting the project board "
+    "to CSV fails for our biggest workspace (about 38,000 cards). The spinner runs for a minute and "
+    "then the page shows a generic error. Smaller workspaces export fine, and the same export worked "
+    "before the upgrade. We need this report for the quarterly planning meeting on Friday, so any "
+    "workaround would help. Steps to reproduce: open the board, choose Export, pick CSV with all "
+    "columns, and wait. The browser console shows a 504 from the export endpoint. Our admin tried "
+    "clearing the cache and a different browser with the same result.\n\n"
+    "Here is the part of our script that calls the export API, in case we use it wrong:\n\n"
+    "def export_board(client, board_id, columns):\n"
+    "    job = client.post(f'/api/boards/{board_id}/exports', json={'format': 'csv', 'columns': columns})\n"
+    "    while job['state'] not in ('done', 'failed'):\n"
+    "        time.sleep(2)\n"
+    "        job = client.get(f'/api/exports/{job[\"id\"]}')\n"
+    "    if job['state'] == 'failed':\n"
+    "        raise ExportFailed(job.get('reason', 'unknown'))\n"
+    "    return client.download(job['result_url'])\n\n"
+    "And the traceback we get after about sixty seconds:\n\n"
+    "Traceback (most recent call last):\n"
+    '  File "export_report.py", line 41, in <module>\n'
+    "    rows = export_board(client, board_id, ALL_COLUMNS)\n"
+    '  File "export_report.py", line 17, in export_board\n'
+    "    job = client.get(f'/api/exports/{job[\"id\"]}')\n"
+    "requests.exceptions.ReadTimeout: read timed out after 60 seconds\n\n"
+    "Could you tell us whether the export runs in the background now, and if there is a way to split "
+    "it by column or by date range? Thanks a lot for your help.\n\n"
+)
+
+
+def ticket_prompt(n: int | None) -> str:
+    """About ``n`` bytes (ASCII: as many characters) of ``TICKET``, repeated as needed; "hi" for None."""
+    if n is None:
+        return "hi"
+    return (TICKET * (n // len(TICKET) + 1))[:n]
+
+
+# A content delta's text in an SSE event (the gateway re-serialises masked events with spaces).
+_CONTENT = re.compile(rb'"content":\s*"((?:[^"\\]|\\.)*)"')
+
+
+class StreamClock:
+    """When a streamed answer's first content character came, and when its ``window``-th did."""
+
+    def __init__(self, t0: float, window: int) -> None:
+        self.t0 = t0
+        self.window = window
+        self.chars = 0
+        self.ttft: float | None = None
+        self.at_window: float | None = None
+        self._partial = b""
+
+    def piece(self, data: bytes, now: float) -> None:
+        if self.at_window is not None:
+            return
+        events = (self._partial + data).split(b"\n\n")
+        self._partial = events.pop()  # an event not yet complete
+        for event in events:
+            for m in _CONTENT.finditer(event):
+                raw = m.group(1)
+                n = len(json.loads(b'"' + raw + b'"')) if b"\\" in raw else len(raw)
+                if not n:
+                    continue
+                self.chars += n
+                if self.ttft is None:
+                    self.ttft = now - self.t0
+                if self.chars >= self.window:
+                    self.at_window = now - self.t0
+                    return
+
+
+class Sample:
+    """What one load run measured: latencies to the first body byte, and for streams the clocks."""
+
+    def __init__(self) -> None:
+        self.latencies: list[float] = []
+        self.ttft: list[float] = []
+        self.at_window: list[float] = []
 
 
 def target_headers(target: Target) -> dict[str, str] | None:
@@ -77,17 +178,21 @@ async def load(
     seconds: float,
     stream: bool,
     headers: dict[str, str] | None = None,
-) -> tuple[int, list[float]]:
-    """Requests done in ``seconds`` and their latencies (to the first byte of the answer body).
+    prompt: str = "hi",
+    max_tokens: int = 16,
+    window: int = 0,
+) -> Sample:
+    """Requests done in ``seconds``: their latencies (to the first byte of the answer body) and,
+    streamed, the time to the first content character and to the ``window``-th (0: not timed).
     ``headers``: more request headers (Portkey's upstream headers)."""
     body = {
         "model": "mock",
-        "messages": [{"role": "user", "content": "hi"}],
-        "max_tokens": 16,
+        "messages": [{"role": "user", "content": prompt}],
+        "max_tokens": max_tokens,
         "stream": stream,
     }
     headers = {**({"authorization": f"Bearer {key}"} if key else {}), **(headers or {})}
-    latencies: list[float] = []
+    sample = Sample()
     errors = 0
     first_error = ""
     deadline = time.perf_counter() + seconds
@@ -99,7 +204,17 @@ async def load(
             async with session.post(url, json=body, headers=headers) as resp:
                 first = await resp.content.readany()
                 latency = time.perf_counter() - t0
-                rest = await resp.read()
+                clock: StreamClock | None = None
+                if stream and window and resp.status == 200:
+                    clock = StreamClock(t0, window)
+                    clock.piece(first, t0 + latency)
+                    pieces = []
+                    while piece := await resp.content.readany():
+                        clock.piece(piece, time.perf_counter())
+                        pieces.append(piece)
+                    rest = b"".join(pieces)
+                else:
+                    rest = await resp.read()
                 # A streamed answer must be whole: OpenAI's stream ends with `data: [DONE]`.
                 whole = not stream or (first + rest).rstrip().endswith(b"data: [DONE]")
                 if resp.status != 200 or not first or not whole:
@@ -109,14 +224,41 @@ async def load(
                         kind = "an incomplete stream" if ok else f"HTTP {resp.status}"
                         first_error = f"{kind}: {(first + rest)[-300:].decode(errors='replace')!r}"
                     continue
-            latencies.append(latency)
+            sample.latencies.append(latency)
+            if clock is not None and clock.ttft is not None:
+                sample.ttft.append(clock.ttft)
+                if clock.at_window is not None:
+                    sample.at_window.append(clock.at_window)
 
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
         await asyncio.gather(*(worker(session) for _ in range(concurrency)))
     if errors:
         what = "streamed" if stream else "JSON"
         raise SystemExit(f"{errors} {what} requests failed against {url}; the first: {first_error}")
-    return len(latencies), latencies
+    return sample
+
+
+def stream_shape(url: str, prompt: str, max_tokens: int) -> tuple[int, int]:
+    """How many content chunks a streamed answer of the mock has, and how many characters in all."""
+    body = {"model": "mock", "messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens}
+    r = httpx.post(url, json={**body, "stream": True})
+    chunks = chars = 0
+    for line in r.text.splitlines():
+        if line.startswith("data: {"):
+            for choice in json.loads(line[6:]).get("choices") or []:
+                text = (choice.get("delta") or {}).get("content")
+                if text:
+                    chunks += 1
+                    chars += len(text)
+    return chunks, chars
+
+
+def pct(values: list[float], q: float) -> str:
+    """The ``q`` quantile of ``values`` in milliseconds ("-" for none)."""
+    if not values:
+        return "-"
+    values = sorted(values)
+    return f"{1000 * (statistics.median(values) if q == 0.5 else values[int(q * (len(values) - 1))]):.2f}"
 
 
 def cpu_seconds(pid: int) -> float:
@@ -132,12 +274,19 @@ def cpu_seconds(pid: int) -> float:
 
 
 def rounds(
-    targets: list[Target], n_rounds: int, seconds: float, pids: dict[str, int] | None = None
+    targets: list[Target],
+    n_rounds: int,
+    seconds: float,
+    pids: dict[str, int] | None = None,
+    prompt: str = "hi",
+    chunks: int = 16,
+    window: int = 128,
 ) -> dict[tuple[bool, int], dict[str, float]]:
     """Alternate the targets round by round at concurrency 1 and 16, JSON then streamed; print
     progress to stderr, then the table (one row per target and case), and return req/s by
     (stream, concurrency) and target. ``pids`` (target → process) adds each proxy's own CPU time
-    per request, which other load on the machine disturbs far less than throughput."""
+    per request, which other load on the machine disturbs far less than throughput. Streamed rows
+    add the median time to the first content character and to the ``window``-th."""
     pids = pids or {}
     rates: dict[tuple[bool, int], dict[str, float]] = {}
     rows: list[str] = []
@@ -146,8 +295,8 @@ def rounds(
     step = 0
     started = time.monotonic()
     for stream, c in cases:
-        kind = "stream (16 chunks)" if stream else "JSON"
-        results: dict[str, tuple[int, list[float], float]] = {}
+        kind = f"stream ({chunks} chunks)" if stream else "JSON"
+        results: dict[str, tuple[Sample, float]] = {}
         cpu: dict[str, float] = {}
         for r in range(n_rounds):
             for target in targets:
@@ -155,26 +304,35 @@ def rounds(
                 step += 1
                 pid = pids.get(label)
                 before = cpu_seconds(pid) if pid else 0.0
-                n, lat = asyncio.run(load(url, key, c, seconds, stream, target_headers(target)))
+                got = asyncio.run(
+                    load(url, key, c, seconds, stream, target_headers(target), prompt, chunks, window)
+                )
                 if pid:
                     cpu[label] = cpu.get(label, 0.0) + cpu_seconds(pid) - before
-                done, lats, secs = results.get(label, (0, [], 0.0))
-                results[label] = (done + n, lats + lat, secs + seconds)
+                n = len(got.latencies)
+                so_far, secs = results.get(label, (Sample(), 0.0))
+                so_far.latencies += got.latencies
+                so_far.ttft += got.ttft
+                so_far.at_window += got.at_window
+                results[label] = (so_far, secs + seconds)
                 print(
                     f"[{step}/{total} {time.monotonic() - started:.0f}s] {kind}, concurrency {c},"
                     f" round {r + 1}/{n_rounds}: {label}: {n / seconds:.0f} req/s",
                     file=sys.stderr,
                     flush=True,
                 )
-        for label, (done, lats, secs) in results.items():
-            lats.sort()
-            p50, p99 = 1000 * statistics.median(lats), 1000 * lats[int(0.99 * (len(lats) - 1))]
+        for label, (got, secs) in results.items():
+            done, lats = len(got.latencies), got.latencies
             rates.setdefault((stream, c), {})[label] = done / secs
             per = f"{1e6 * cpu[label] / done:.0f}" if label in cpu and done else "-"
-            rows.append(f"| {kind} | {c} | {label} | {done / secs:.0f} | {p50:.2f} | {p99:.2f} | {per} |")
+            rows.append(
+                f"| {kind} | {c} | {label} | {done / secs:.0f} | {pct(lats, 0.5)} | {pct(lats, 0.99)} | {per}"
+                f" | {pct(got.ttft, 0.5)} | {pct(got.at_window, 0.5)} |"
+            )
     print(
-        "| answer | concurrency | target | req/s | p50 ms | p99 ms | proxy CPU µs/req |\n"
-        "|---|---|---|---|---|---|---|"
+        "| answer | concurrency | target | req/s | p50 ms | p99 ms | proxy CPU µs/req | TTFT p50 ms"
+        f" | t@{window} chars p50 ms |\n"
+        "|---|---|---|---|---|---|---|---|---|"
     )
     print("\n".join(rows), flush=True)
     return rates
@@ -252,7 +410,30 @@ def main() -> None:
         action=argparse.BooleanOptionalAction,
         help="also measure Portkey's gateway (default: when bench/.portkey has it)",
     )
+    ap.add_argument(
+        "--guardrails",
+        action="store_true",
+        help="this tree's gateway twice: guardrails off, and the default profile (instead of one)",
+    )
+    ap.add_argument(
+        "--prompt-bytes",
+        type=int,
+        metavar="N",
+        help='a prompt of about N bytes of support-ticket text (default: "hi")',
+    )
+    ap.add_argument(
+        "--stream-chunks", type=int, default=16, metavar="N", help="chunks per streamed answer of the mock"
+    )
     args = ap.parse_args()
+    if args.prompt_bytes is not None and args.prompt_bytes < 1:
+        raise SystemExit("--prompt-bytes must be at least 1")
+    prompt = ticket_prompt(args.prompt_bytes)
+    window = builtin_profiles()["default"].stream_hold_chars
+    if args.guardrails:  # the run measures checking: the prompt must pass the profile untouched
+        v = Policy("default", builtin_profiles()["default"]).check("input", prompt)
+        if v.findings or v.errors:
+            found = sorted({f"{f.detector}/{f.kind}" for f in v.findings} | set(v.errors))
+            raise SystemExit(f"the prompt is not clean for the default profile ({v.decision}: {found})")
     baseline: tuple[Path, str] | None = None
     if args.baseline_src is not None:
         tree = args.baseline_src.resolve()
@@ -267,21 +448,29 @@ def main() -> None:
     signal.signal(signal.SIGINT, signal.default_int_handler)  # even when started in the background
     signal.signal(signal.SIGTERM, lambda *_: signal.raise_signal(signal.SIGINT))
     port = free_port()
-    mock = subprocess.Popen([sys.executable, str(HERE / "mock_engine.py"), str(port)])
+    mock = subprocess.Popen(
+        [sys.executable, str(HERE / "mock_engine.py"), str(port), "--chunks", str(args.stream_chunks)]
+    )
     try:
         api_base = f"http://127.0.0.1:{port}/v1"
         models = [{"name": "mock", "engine": "remote", "url": api_base}]
         with contextlib.ExitStack() as stack:
             current = REPO / "src"
-            label = "through m2a"
-            print(f"[{label}] this tree: {REPO} at {tree_commit(REPO)}", flush=True)
-            up = stack.enter_context(Up(models, args.home / "current", label=label, src=current))
-            targets: list[Target] = [
-                ("mock direct", f"{api_base}/chat/completions", None),
-                (label, f"{up.base_url}/chat/completions", team_key(up.root, label)),
-            ]
-            logs: dict[str, str] = {label: str(up.home)}
-            pids: dict[str, int] = {label: up.pid}
+            # One gateway of this tree, or (--guardrails) one per guardrail profile.
+            ours = (
+                [("through m2a (guardrails off)", "off"), ("through m2a (default profile)", "default")]
+                if args.guardrails
+                else [("through m2a", None)]
+            )
+            targets: list[Target] = [("mock direct", f"{api_base}/chat/completions", None)]
+            pids: dict[str, int] = {}
+            for label, profile in ours:
+                print(f"[{label}] this tree: {REPO} at {tree_commit(REPO)}", flush=True)
+                home = args.home / ("current" if profile is None else f"guardrails-{profile}")
+                extra = {} if profile is None else {"guardrails": {"default_profile": profile}}
+                up = stack.enter_context(Up(models, home, label=label, src=current, extra=extra))
+                targets.append((label, f"{up.base_url}/chat/completions", team_key(up.root, label)))
+                pids[label] = up.pid
             if baseline is not None:
                 tree, commit = baseline
                 label = f"through m2a (baseline {commit})"
@@ -291,7 +480,6 @@ def main() -> None:
                 if old.m2a_file == up.m2a_file:
                     raise SystemExit(f"[{label}] runs the same m2a as the current gateway: {old.m2a_file}")
                 targets.append((label, f"{old.base_url}/chat/completions", team_key(old.root, label)))
-                logs[label] = str(old.home)
                 pids[label] = old.pid
             if use_litellm:
                 ll = stack.enter_context(LiteLLM(api_base))
@@ -302,14 +490,25 @@ def main() -> None:
                 if pk.proc is not None:
                     pids["through Portkey"] = pk.proc.pid
             print("targets: " + ", ".join(t[0] for t in targets), flush=True)
+            mt = args.stream_chunks
             for target in targets:  # warm every path, and check it answers both ways
                 for stream in (False, True):
                     try:
-                        asyncio.run(load(target[1], target[2], 4, 1, stream, target_headers(target)))
+                        h = target_headers(target)
+                        asyncio.run(load(target[1], target[2], 4, 1, stream, h, prompt, mt, window))
                     except SystemExit as e:
                         more = f"\n{pk.tail()}" if target[0] == "through Portkey" else ""
                         raise SystemExit(f"[{target[0]}] warm-up failed: {e}{more}") from None
-            rounds(targets, args.rounds, args.seconds, pids)
+            n_chunks, n_chars = stream_shape(f"{api_base}/chat/completions", prompt, mt)
+            per = n_chars / max(1, n_chunks)
+            whole = " (a whole answer or more: it is held to its end)" if n_chars <= window else ""
+            print(
+                f"prompt: {len(prompt.encode())} bytes; the mock streams {n_chunks} content chunks of"
+                f" {per:g} character(s) ({n_chars} in all) per answer; the default profile's stream"
+                f" hold-back: {window} characters = {window / per:g} chunks of the mock{whole}",
+                flush=True,
+            )
+            rounds(targets, args.rounds, args.seconds, pids, prompt, args.stream_chunks, window)
     finally:
         mock.terminate()
         mock.wait()
