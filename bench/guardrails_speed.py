@@ -1,12 +1,14 @@
 """Per-detector latency (p50 / p99) on a 2 kB prompt, and the whole ``check`` call.
 
-    .venv/bin/python bench/guardrails_speed.py [--iterations 2000]
+    .venv/bin/python bench/guardrails_speed.py [--iterations 2000] [--policy default]
 
 Prompts: an ASCII one (prose, code, a log line, an e-mail address and a key) and the same text with
 fullwidth letters, Cyrillic look-alikes and zero-width spaces mixed in (no ASCII fast path), each
 about 2,000 characters. Rows: ``prepare`` (normalisation and decoding, done once per text and shared
 by all detectors), each detector's ``check`` on the prepared text, and ``check()`` end to end with
 pii + secrets (the target: under 1 ms p50 on the ASCII prompt). Times are per call, in microseconds.
+``--policy NAME`` adds a built-in profile's ``Policy.check`` both ways (per rule's detector too) on
+a clean 2 kB text and the stream rail's cost per 4-character chunk of a 2 kB answer.
 """
 
 from __future__ import annotations
@@ -83,9 +85,124 @@ def measure(fn: Callable[[], object], n: int) -> tuple[float, float]:
     return statistics.median(times) / 1000, times[int(0.99 * (n - 1))] / 1000
 
 
+# -- --policy NAME: a built-in profile's whole check and its stream rail, on clean 2 kB text ------
+
+
+def policy_rows(name: str, iterations: int) -> list[tuple[str, str, float, float]]:
+    """``Policy(name).check`` on a clean 2 kB prompt (the ticket text of ``gateway_mock.py``) and on
+    ``prompt_ascii()`` (a key to mask, an address to flag), both directions, and each rule's detector
+    on the prepared text; then the stream rail: a 2 kB answer fed as SSE events of 4 characters,
+    one event per ``feed`` (µs per chunk), ``finish``, and the whole answer."""
+    import json
+    from collections.abc import Sequence
+    from typing import Any
+
+    from gateway_mock import ticket_prompt  # the gateway benchmark's prompt (bench/ is on sys.path)
+
+    from m2a.config import builtin_profiles
+    from m2a.gateway.stream_rail import StreamRail
+    from m2a.guardrails.policy import Policy, Verdict
+
+    profile = builtin_profiles()[name]
+    policy = Policy(name, profile)
+    clean = ticket_prompt(2048)
+    rows: list[tuple[str, str, float, float]] = []
+
+    def row(label: str, what: str, fn: Callable[[], object], n: int = iterations) -> None:
+        print(f"[{label}] {what} ... ", end="", file=sys.stderr, flush=True)
+        p50, p99 = measure(fn, n)
+        print(f"p50 {p50:.0f} µs", file=sys.stderr, flush=True)
+        rows.append((label, what, p50, p99))
+
+    for direction in ("input", "output"):
+        ctx = Context(system_prompt=SYSTEM if direction == "output" else None, direction=direction)
+        for label, text in (("clean", clean), ("ascii", prompt_ascii())):
+            v = policy.check(direction, text, ctx)
+            what = f"{name}.check({direction}) {v.decision}"
+            row(label, what, lambda d=direction, t=text, c=ctx: policy.check(d, t, c))
+        prep = prepare(clean)
+        row("clean", f"  prepare ({direction})", lambda: prepare(clean))
+        for rule, det in policy.rules:
+            if direction in rule.on:
+                row("clean", f"  {rule.detector} ({direction})", lambda d=det, c=ctx, p=prep: d.check(c, p))
+
+    # The stream rail, as the guard_output stage runs it: the policies checking outputs in-process.
+    chunks = [clean[i : i + 4] for i in range(0, len(clean), 4)]
+    events = [
+        b'data: {"id":"c","object":"chat.completion.chunk","created":1,"model":"m","choices":'
+        b'[{"index":0,"delta":{"content":' + json.dumps(c).encode() + b"}}]}\n\n"
+        for c in chunks
+    ]
+    ctx = Context(system_prompt=SYSTEM, direction="output")
+    policies = [policy] if policy.sync_applies("output") else []
+    if not policies:
+        return rows
+    windows: list[int] = []
+
+    class Counting(Policy):  # one untimed pass: how many checks, over how many characters
+        def check(
+            self, direction: str, content: str | Sequence[Any], context: Context | None = None
+        ) -> Verdict:
+            windows.append(len(content))
+            return super().check(direction, content, context)
+
+    rail = StreamRail([Counting(name, profile)], ctx, policy.hold_chars, lambda v: None)
+    sent = b"".join(rail.feed(e) for e in events) + rail.finish()
+    assert sent == b"".join(events), "the clean answer must pass the rail unchanged"
+    step = rail.step
+    streams = max(5, iterations // 100)
+
+    def time_rail(policies: list[Policy], ctx: Context) -> tuple[list[int], list[int], list[int]]:
+        """ns per ``feed``, per ``finish`` and per whole answer, over ``streams`` answers."""
+        per_chunk: list[int] = []
+        finish: list[int] = []
+        whole: list[int] = []
+        for i in range(streams + 2):  # the first two warm up
+            rail = StreamRail(policies, ctx, policy.hold_chars, lambda v: None)
+            feeds, t_start = [], time.perf_counter_ns()
+            for e in events:
+                t0 = time.perf_counter_ns()
+                rail.feed(e)
+                feeds.append(time.perf_counter_ns() - t0)
+            t0 = time.perf_counter_ns()
+            rail.finish()
+            t1 = time.perf_counter_ns()
+            if i >= 2:
+                per_chunk += feeds
+                finish.append(t1 - t0)
+                whole.append(t1 - t_start)
+        return per_chunk, finish, whole
+
+    bare = Context(direction="output")
+    print("[stream] the rail ... ", end="", file=sys.stderr, flush=True)
+    per_chunk, finish, whole = time_rail(policies, ctx)
+    cases = [
+        (f"rail feed, per 4-char chunk ({len(events)}/answer)", per_chunk),
+        ("rail finish", finish),
+        ("rail, whole 2 kB answer", whole),
+        ("rail, whole answer, no system prompt", time_rail(policies, bare)[2]),
+        ("rail, whole answer, no policy (mechanics)", time_rail([], bare)[2]),
+    ]
+    print("done", file=sys.stderr, flush=True)
+    for what, ns in cases:
+        ns.sort()
+        rows.append(("stream", what, statistics.median(ns) / 1000, ns[int(0.99 * (len(ns) - 1))] / 1000))
+    print(
+        f"stream rail: hold-back {policy.hold_chars} characters, a check every {step} new ones:"
+        f" {len(windows)} checks per {len(clean)}-character answer, {sum(windows)} characters checked"
+        f" ({sum(windows) / len(clean):.1f}x the answer; {streams} answers timed)"
+    )
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--iterations", type=int, default=2000)
+    ap.add_argument(
+        "--policy",
+        metavar="NAME",
+        help="also time a built-in profile (e.g. default): its whole check both ways, and its stream rail",
+    )
     args = ap.parse_args()
     dets = {
         "pii": build("pii"),
@@ -112,6 +229,12 @@ def main() -> None:
     print(f"{'prompt':<8} {'what':<22} {'p50':>8} {'p99':>8}")
     for label, name, p50, p99 in rows:
         print(f"{label:<8} {name:<22} {p50:>8.0f} {p99:>8.0f}")
+    if args.policy:
+        prows = policy_rows(args.policy, args.iterations)
+        print(f"\nprofile {args.policy!r}: times in µs per call (stream: per chunk, per finish, per answer)")
+        print(f"{'text':<8} {'what':<44} {'p50':>8} {'p99':>8}")
+        for label, name, p50, p99 in prows:
+            print(f"{label:<8} {name:<44} {p50:>8.0f} {p99:>8.0f}")
 
 
 if __name__ == "__main__":
