@@ -40,6 +40,7 @@ def _example(row: dict[str, Any]) -> dict[str, Any]:
         "technique": row.get("technique") or "",
         "outcome": row["outcome"],
         "decided_by": row["decided_by"],
+        "echoed": bool((row.get("detail") or {}).get("echoed")),
         "latency_s": row.get("latency_s"),
         "prompt": _excerpt(_last_user(row.get("prompt") or "")),
         "answer": _excerpt(row.get("answer") or ""),
@@ -71,9 +72,14 @@ def build(store: Store, run: Run, per_category: int = 3) -> dict[str, Any]:
     except Exception:  # a broken custom install must not stop a report of stored results
         titles = {}
     cats = []
+    echoes: dict[str, int] = {}
+    for r in rows:
+        if r["outcome"] == "success" and (r.get("detail") or {}).get("echoed"):
+            echoes[r["category"]] = echoes.get(r["category"], 0) + 1
     for s in stats:
         d = s.as_dict()
         d["title"] = titles.get(s.category, s.category.replace("_", " "))
+        d["echoed"] = echoes.get(s.category, 0)  # successes whose canary came inside a copy of the prompt
         cats.append(d)
     report: dict[str, Any] = {
         "run": run.as_dict(),
@@ -139,6 +145,14 @@ def markdown(report: dict[str, Any]) -> str:
             f"| {name} | {d['owasp']} | {d['judged']} | {d['success']} | {d['blocked']} | "
             f"{d['resisted']} | {d['error']} | {pct(d['rate'])} | {ci(d)} |"
         )
+    echoed = [f"{d['category']} {d['echoed']}" for d in report["categories"] if d.get("echoed")]
+    if echoed:
+        lines += [
+            "",
+            "Successes whose canary came back inside a word-for-word copy of the prompt (the model "
+            "repeated the injected text rather than obeying it, which still delivers it): "
+            f"{', '.join(echoed)}.",
+        ]
     if report.get("detector_evals"):
         lines += [
             "",
@@ -161,7 +175,7 @@ def markdown(report: dict[str, Any]) -> str:
         for ex in exs:
             lines.append(
                 f"**{ex['probe_id']}** ({_md_cell(ex['technique']) or 'probe'}): **{ex['outcome']}**, "
-                f"{_md_cell(ex['decided_by'])}"
+                f"{_md_cell(ex['decided_by'])}{' (inside a copy of the prompt)' if ex.get('echoed') else ''}"
             )
             lines += [
                 "",
