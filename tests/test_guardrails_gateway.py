@@ -43,7 +43,9 @@ PROFILES = {
     "block_secrets": profile(GuardrailRule(detector="secrets", action="block")),
     "mask_secrets": profile(GuardrailRule(detector="secrets", action="redact")),
     "tools_only": profile(
-        GuardrailRule(detector="denylist", params={"terms": ["rm -rf"]}, on=["tool"], action="block")
+        GuardrailRule(
+            detector="denylist", params={"terms": ["rm -rf", "drop_database"]}, on=["tool"], action="block"
+        )
     ),
     "paris": profile(
         GuardrailRule(detector="denylist", params={"terms": ["Paris"]}, on=["output"], action="block"),
@@ -221,6 +223,11 @@ async def test_tool_results_and_tool_calls_fall_under_the_tool_rules(engine: Fak
         try:
             resp = await client.post("/v1/chat/completions", json=chat("tidy my disk"))
             assert resp.status_code == 400 and resp.json()["error"]["guardrail"]["direction"] == "tool"
+            engine.tool_calls = [
+                {"id": "c3", "type": "function", "function": {"name": "drop_database", "arguments": "{}"}}
+            ]
+            resp = await client.post("/v1/chat/completions", json=chat("start over"))
+            assert resp.status_code == 400  # a tool's name alone can be denied
         finally:
             engine.tool_calls = None
 
@@ -301,3 +308,41 @@ async def test_m2a_serves_its_detectors_on_trustyais_detector_api(engine: FakeEn
             "/api/v1/text/contents", json=body, headers={"detector-id": "pii", "authorization": ""}
         )
         assert resp.status_code == 401
+
+
+async def test_each_check_is_an_apply_guardrail_span(engine: FakeEngine) -> None:
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    pool = Pool()
+    pool.add(Endpoint("chat-0", "chat", engine.url, healthy=True, max_inflight=4))
+    guards = Guards(GuardrailsConfig(default_profile="mask_secrets", profiles=PROFILES))
+    app = create_app(pool, KEY, GatewayConfig(), guards=guards, tracer=provider.get_tracer("t"))
+    async with live(app) as url, httpx.AsyncClient(base_url=url, timeout=30, trust_env=False) as client:
+        resp = await client.post(
+            "/v1/chat/completions", json=chat(f"key {AWS}"), headers={"authorization": f"Bearer {KEY}"}
+        )
+        assert resp.status_code == 200
+    spans = {s.name: s for s in exporter.get_finished_spans()}
+    checks = [s for s in exporter.get_finished_spans() if s.name == "apply_guardrail mask_secrets"]
+    assert len(checks) == 2  # the prompt, then the answer
+    prompt = checks[0]
+    attrs = dict(prompt.attributes or {})
+    assert attrs["gen_ai.operation.name"] == "apply_guardrail"
+    assert (
+        attrs["gen_ai.security.decision.type"] == "modify"
+        and attrs["gen_ai.security.target.type"] == "llm_input"
+    )
+    assert attrs["gen_ai.security.policy.id"] == "mask_secrets" and attrs["gen_ai.security.policy.version"]
+    (event,) = prompt.events
+    assert (
+        event.name == "gen_ai.security.finding"
+        and event.attributes["gen_ai.security.risk.category"] == "secret"
+    )
+    assert AWS not in json.dumps([dict(s.attributes or {}) for s in spans.values()])  # never the text
+    server = spans["chat chat"]
+    assert prompt.parent is not None and prompt.parent.span_id == server.context.span_id

@@ -31,7 +31,7 @@ from m2a.gateway.errors import GatewayError
 from m2a.guardrails.base import Context, Finding
 from m2a.guardrails.policy import DECISIONS, Policy, Verdict
 
-Channel = tuple[int, str, int]  # choice index, field ("content", "text", "tool"), tool call index
+Channel = tuple[int, str, int]  # choice index, field (content, text, tool, tool_name), tool call index
 STEP = 16  # new characters before the next check
 
 
@@ -43,7 +43,7 @@ class Held:
 
 
 def _direction(chan: Channel) -> str:
-    return "tool" if chan[1] == "tool" else "output"
+    return "tool" if chan[1] in ("tool", "tool_name") else "output"
 
 
 class StreamRail:
@@ -111,8 +111,12 @@ class StreamRail:
                     segs.append(self._append((i, "content", 0), delta["content"]))
                 for k, call in enumerate(delta.get("tool_calls") or []):
                     fn = call.get("function") if isinstance(call, dict) else None
-                    if isinstance(fn, dict) and isinstance(fn.get("arguments"), str):
-                        j = call.get("index", k) if isinstance(call.get("index", k), int) else k
+                    if not isinstance(fn, dict):
+                        continue
+                    j = call.get("index", k) if isinstance(call.get("index", k), int) else k
+                    if isinstance(fn.get("name"), str):  # checked (a deny list of tools), never masked
+                        segs.append(self._append((i, "tool_name", j), fn["name"]))
+                    if isinstance(fn.get("arguments"), str):
                         segs.append(self._append((i, "tool", j), fn["arguments"]))
         self.held.append(Held(raw, payload, [s for s in segs if s[2] > s[1]]))
 
@@ -169,6 +173,8 @@ class StreamRail:
         self.summary[key] = total
 
     def _mask(self, chan: Channel, base: int, f: Finding) -> None:
+        if chan[1] == "tool_name":
+            return  # a function's name is not rewritten: deny it, or let it be
         start, end = base + f.start, base + f.end
         start = max(start, self.released.get(chan, 0))  # what was sent cannot be taken back
         if end <= start:

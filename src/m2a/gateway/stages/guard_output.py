@@ -4,7 +4,7 @@ Its ``before`` only decides whether the request needs it (a chat or completion w
 checks outputs or tool calls); the work is in the answer hooks:
 
 - a whole answer: each choice's content (or text) under the ``output`` rules and its tool calls'
-  arguments under the ``tool`` rules, slow detectors included; denied, the client gets 400
+  names and arguments under the ``tool`` rules, slow detectors included; denied, the client gets 400
   ``content_filter`` instead (the engine's tokens are still billed, the ledger says ``blocked``);
   redacted, the masked answer;
 - a stream: a sliding window with a bounded hold-back (``gateway/stream_rail.py``), in-process
@@ -111,7 +111,10 @@ class GuardOutput(Stage):
             text = (msg or {}).get("content") if chat else (c.get("text") if isinstance(c, dict) else None)
             outputs.append({"content": text if isinstance(text, str) else ""})
             calls = (msg or {}).get("tool_calls")
-            tools.append({"content": None, "tool_calls": calls if isinstance(calls, list) else []})
+            calls = calls if isinstance(calls, list) else []
+            names = [(c.get("function") or {}).get("name") for c in calls if isinstance(c, dict)]
+            # the functions' names are checked (a deny list of tools) with their arguments
+            tools.append({"content": "\n".join(n for n in names if isinstance(n, str)), "tool_calls": calls})
         changed = False
         for policy in ctx.policies:
             for direction, items in (("output", outputs), ("tool", tools)):
