@@ -392,6 +392,10 @@ ADMIN_PATHS = {
     "/v1/quotas": {"get"},
     "/v1/teams/{team}/quotas": {"put", "delete"},
     "/v1/usage": {"get"},
+    "/v1/guardrails/profiles": {"get"},
+    "/v1/guardrails/profiles/{name}": {"get", "put", "delete"},
+    "/v1/guardrails/attachments": {"get", "put", "delete"},
+    "/v1/guardrails/check": {"post"},
 }
 
 

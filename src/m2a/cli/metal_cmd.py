@@ -31,14 +31,24 @@ def _read_key(path: Path) -> str | None:
         return None
 
 
-def gateway_status(settings: Settings, timeout_s: float = 0.5) -> dict[str, Any] | None:
-    """The running gateway's ``/readyz`` (ready, models, replicas with their states), or None."""
+def gateway_url(settings: Settings) -> str:
+    """The configured gateway's base URL (a wildcard listen address reached on loopback)."""
     host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(
         settings.gateway.host, settings.gateway.host
     )
-    url = f"http://{f'[{host}]' if ':' in host else host}:{settings.gateway.port}/readyz"
+    return f"http://{f'[{host}]' if ':' in host else host}:{settings.gateway.port}"
+
+
+def admin_key_of(settings: Settings) -> str | None:
+    """The admin key: the configured one ($M2A_ADMIN_KEY), else the one `m2a up` keeps in $M2A_HOME."""
+    return settings.admin_key or _read_key(settings.home / "admin.key")
+
+
+def gateway_status(settings: Settings, timeout_s: float = 0.5) -> dict[str, Any] | None:
+    """The running gateway's ``/readyz`` (ready, models, replicas with their states), or None."""
+    url = f"{gateway_url(settings)}/readyz"
     request = urllib.request.Request(url)
-    key = settings.admin_key or _read_key(settings.home / "admin.key")
+    key = admin_key_of(settings)
     if key:  # replica detail is for admin keys only
         request.add_header("Authorization", f"Bearer {key}")
     try:

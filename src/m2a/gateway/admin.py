@@ -1,6 +1,6 @@
 """The admin HTTP API (FastAPI, so it documents itself at /admin/openapi.json and /admin/docs).
 
-Teams, grants, keys and quotas for callers with an admin key; `/admin/v1/whoami` and
+Teams, grants, keys, quotas and guardrail profiles for callers with an admin key; `/admin/v1/whoami` and
 `/admin/v1/usage` (own team only) for any valid key.
 Errors use OpenAI's error shape like the rest of the gateway. (No `from __future__ import
 annotations` here: FastAPI reads the dependency annotations at runtime.)
@@ -19,9 +19,12 @@ from starlette.exceptions import HTTPException
 from m2a.config import Price
 from m2a.gateway.access import Access
 from m2a.gateway.admin_access import authorize, caller
+from m2a.gateway.admin_guardrails import guardrails_router
 from m2a.gateway.admin_usage import usage_router
 from m2a.gateway.errors import GatewayError, error_response
+from m2a.gateway.guards import Guards
 from m2a.principal import Principal
+from m2a.store.guardrails import GuardrailStore
 from m2a.store.identity import MAX_ID, IdentityError, IdentityStore, KeyInfo, TeamInfo
 from m2a.store.quotas import QuotaStore
 
@@ -110,9 +113,11 @@ def create_admin_api(
     prices: dict[str, Price] | None = None,
     served: Callable[[], list[str]] = list,
     docs: bool = True,
+    guards: Guards | None = None,
 ) -> FastAPI:
     """The admin API; ``served`` names the models this gateway serves (grants of others need
-    ``force``); ``docs`` serves the OpenAPI document and its page without a key (False: none)."""
+    ``force``); ``docs`` serves the OpenAPI document and its page without a key (False: none);
+    ``guards`` are the gateway's guardrail profiles (default: built-in and stored ones)."""
     api = FastAPI(
         title="m2a admin API",
         version="1",
@@ -241,4 +246,6 @@ def create_admin_api(
         return next(_key(k) for k in await store.list_keys() if k.id == key_id)
 
     api.include_router(usage_router(access, QuotaStore(store.engine), usage, prices or {}))
+    guardrails = GuardrailStore(store.engine)
+    api.include_router(guardrails_router(access, guards or Guards(store=guardrails), guardrails))
     return api
