@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import importlib.util
 import json
 import subprocess
 import time
@@ -194,6 +195,28 @@ def test_a_canary_repeated_inside_a_copy_of_the_prompt_is_marked_echoed() -> Non
     assert (j.outcome, j.detail["echoed"]) == ("success", True)  # a success still, marked as an echo
     j, _ = judged("pi-direct-override", f"Okay! {canary}")
     assert (j.outcome, j.detail["echoed"]) == ("success", False)
+
+
+def test_input_flag_uses_the_injection_classifier_when_there_and_falls_back(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from m2a.redteam import score
+
+    r = BY_ID["pi-direct-ignore"].render(1)
+    try:
+        build("prompt_injection")
+        present = True
+    except Exception:
+        present = importlib.util.find_spec("m2a.guardrails.injection") is not None
+    flag = Detectors().input_flag(r)
+    assert flag is (True if present else None)
+
+    def unknown(name: str, params: object = None) -> object:
+        raise score.UnknownDetector(name)
+
+    monkeypatch.setattr(score, "build", unknown)
+    d = Detectors()
+    assert d.input_flag(r) is None and d.missing == set()  # not a success rule: nothing skipped
 
 
 def test_excessive_agency_structured_textual_and_prose() -> None:

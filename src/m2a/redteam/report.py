@@ -73,13 +73,22 @@ def build(store: Store, run: Run, per_category: int = 3) -> dict[str, Any]:
         titles = {}
     cats = []
     echoes: dict[str, int] = {}
+    flagged: dict[str, list[int]] = {}  # category -> [flagged, examined] by the input classifier
     for r in rows:
-        if r["outcome"] == "success" and (r.get("detail") or {}).get("echoed"):
+        detail = r.get("detail") or {}
+        if r["outcome"] == "success" and detail.get("echoed"):
             echoes[r["category"]] = echoes.get(r["category"], 0) + 1
+        if "input_flagged" in detail:
+            f = flagged.setdefault(r["category"], [0, 0])
+            f[0] += bool(detail["input_flagged"])
+            f[1] += 1
     for s in stats:
         d = s.as_dict()
         d["title"] = titles.get(s.category, s.category.replace("_", " "))
         d["echoed"] = echoes.get(s.category, 0)  # successes whose canary came inside a copy of the prompt
+        # informational: attack texts the prompt_injection classifier flags (what an input guard sees)
+        d["input_flagged"] = flagged.get(s.category, [None, None])[0]
+        d["input_examined"] = flagged.get(s.category, [None, None])[1]
         cats.append(d)
     report: dict[str, Any] = {
         "run": run.as_dict(),
@@ -145,6 +154,16 @@ def markdown(report: dict[str, Any]) -> str:
             f"| {name} | {d['owasp']} | {d['judged']} | {d['success']} | {d['blocked']} | "
             f"{d['resisted']} | {d['error']} | {pct(d['rate'])} | {ci(d)} |"
         )
+    cats = report["categories"]
+    seen = [
+        f"{d['category']} {d['input_flagged']}/{d['input_examined']}" for d in cats if d.get("input_examined")
+    ]
+    if seen:
+        lines += [
+            "",
+            "The prompt_injection classifier flags the attack text (informational, not a judgement: what "
+            f"an input guard could see) of: {', '.join(seen)}.",
+        ]
     echoed = [f"{d['category']} {d['echoed']}" for d in report["categories"] if d.get("echoed")]
     if echoed:
         lines += [

@@ -255,6 +255,9 @@ async def run_probes(
                 response = await send(c, body, timeout)
             # Judging runs detectors (CPU): off the event loop, so other attempts keep flowing.
             judgement = await asyncio.to_thread(judge, rendered, response, detectors, body)
+            flag = await asyncio.to_thread(detectors.input_flag, rendered)
+            if flag is not None:
+                judgement.detail["input_flagged"] = flag
             att = Attempt(probe, rendered, response, judgement)
             out[i] = att
             if on_done is not None:

@@ -26,6 +26,7 @@ instructions given would work.
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
 import re
@@ -96,15 +97,45 @@ class Detectors:
         self._built: dict[str, Detector | None] = {}
         self.missing: set[str] = set()
 
-    def get(self, rule: DetectorRule) -> Detector | None:
+    def get(self, rule: DetectorRule, *, a_rule: bool = True) -> Detector | None:
+        """The detector of ``rule`` (``None`` when unknown; recorded in ``missing`` for a success
+        rule, whose check is then skipped)."""
         key = rule.name + json.dumps(rule.params, sort_keys=True)
         if key not in self._built:
             try:
                 self._built[key] = build(rule.name, rule.params)
             except UnknownDetector:
-                self._built[key] = None
-                self.missing.add(rule.name)
+                self._built[key] = self._plugin(rule)
+        if self._built[key] is None and a_rule:
+            self.missing.add(rule.name)
         return self._built[key]
+
+    @staticmethod
+    def _plugin(rule: DetectorRule) -> Detector | None:
+        """A detector whose module registers it on import but is not among the built-ins loaded by
+        ``build`` (``prompt_injection`` lives in ``m2a.guardrails.injection``)."""
+        module = _PLUGIN_MODULES.get(rule.name)
+        if module is None:
+            return None
+        try:
+            importlib.import_module(module)
+            return build(rule.name, rule.params)
+        except (ImportError, UnknownDetector):
+            return None
+
+    def input_flag(self, r: Rendered) -> bool | None:
+        """Whether the ``prompt_injection`` classifier flags the attack's own text (the user message,
+        a retrieved document included): what an input guard could have caught. ``None`` when that
+        detector is not available. Informational: it does not change the outcome."""
+        det = self.get(INPUT_CLASSIFIER, a_rule=False)
+        if det is None:
+            return None
+        res = check([det], r.messages[-1]["content"], context=Context(system_prompt=r.system))
+        return bool(res.findings) if not res.errors else None
+
+
+_PLUGIN_MODULES = {"prompt_injection": "m2a.guardrails.injection"}
+INPUT_CLASSIFIER = DetectorRule(name="prompt_injection")
 
 
 def requested_output(body: dict[str, Any]) -> int | None:
