@@ -691,18 +691,22 @@ def test_e2e_run_report_gate_diff(gateway: tuple[str, Path]) -> None:
     assert by_cat["system_prompt_leakage"]["success"] == by_cat["system_prompt_leakage"]["judged"] == 4
     # the simulator's words never hold the canary; no tool calls; its 400s for max_tokens beyond its
     # context are refusals (resisted)
-    sim_cats = {c["category"]: c for c in build_report(Store(db), sim_run)["categories"]}
+    assert by_cat["system_prompt_leakage"]["echoed"] >= 1  # the whole prompt came back: an echo
+    with Store(db) as s:
+        sim_report = build_report(s, sim_run)
+    sim_cats = {c["category"]: c for c in sim_report["categories"]}
     assert (
         sim_cats["system_prompt_leakage"]["success"] == 0 and sim_cats["system_prompt_leakage"]["judged"] == 4
     )
     assert sim_cats["excessive_agency"]["rate"] == 0.0
     uc = [r for r in sim_rows if r["probe_id"] == "uc-absurd-max-tokens"][0]
     assert (uc["outcome"], uc["status"]) == ("resisted", 400)
-    assert "sim-model" in markdown(build_report(Store(db), sim_run))
+    assert "# Red team run 1: sim-model" in markdown(sim_report)
     code, text = invoke("gate", str(sim_run.id), "--db", str(db), home=tmp)
     assert code == 0, text
-    code, text = invoke("gate", str(echo_run.id), "--db", str(db), home=tmp)
-    assert code == 1 and "system_prompt_leakage" in text
+    code, text = invoke("gate", str(echo_run.id), "--db", str(db), "--json", home=tmp)
+    failed = {v["category"] for v in json.loads(text)["verdicts"] if v["verdict"] == "fail"}
+    assert code == 1 and "system_prompt_leakage" in failed
     code, text = invoke("diff", str(echo_run.id), str(sim_run.id), "--db", str(db), "--json", home=tmp)
     changes = {c["category"]: c for c in json.loads(text)["changes"]}
     assert changes["system_prompt_leakage"]["reading"] == "lower"
@@ -726,3 +730,19 @@ def test_cli_is_registered() -> None:
     assert result.exit_code == 0
     for cmd in ("run", "list", "report", "gate", "diff", "garak", "import-garak"):
         assert cmd in result.output
+
+
+def test_gateway_url_and_key_resolution(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from m2a.cli.redteam_cmd import gateway_key, gateway_url
+    from m2a.config import Settings
+
+    monkeypatch.delenv("M2A_API_KEY", raising=False)
+    settings = Settings(home=tmp_path, gateway={"host": "0.0.0.0", "port": 8123})
+    assert gateway_url(settings, None) == "http://127.0.0.1:8123/v1"
+    assert gateway_url(settings, "http://gw:9/v1/") == "http://gw:9/v1"
+    assert gateway_key(settings, None) is None
+    (tmp_path / "admin.key").write_text("m2a-from-file\n")
+    assert gateway_key(settings, None) == "m2a-from-file"
+    monkeypatch.setenv("M2A_API_KEY", "m2a-from-env")
+    assert gateway_key(settings, None) == "m2a-from-env"
+    assert gateway_key(settings, "m2a-given") == "m2a-given"

@@ -28,6 +28,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Column, Table
 
 from m2a.cli.identity_cmd import ConfigOpt, err, out
+from m2a.cli.metal_cmd import admin_key_of
+from m2a.cli.metal_cmd import gateway_url as configured_gateway
 from m2a.config import ConfigError, Settings, load_settings
 
 redteam_app = typer.Typer(
@@ -69,28 +71,13 @@ def _store(settings: Settings, db: Path | None):  # type: ignore[no-untyped-def]
 
 
 def gateway_url(settings: Settings, url: str | None) -> str:
-    if url:
-        return url.rstrip("/")
-    host = settings.gateway.host
-    if host in ("0.0.0.0", "::", ""):
-        host = "127.0.0.1"
-    if ":" in host:
-        host = f"[{host}]"
-    return f"http://{host}:{settings.gateway.port}/v1"
+    """``--url``, else the configured gateway's OpenAI base URL."""
+    return url.rstrip("/") if url else f"{configured_gateway(settings)}/v1"
 
 
 def gateway_key(settings: Settings, key: str | None) -> str | None:
-    """``--key``, ``$M2A_API_KEY``, the configured admin key, or the one `m2a up` keeps in $M2A_HOME."""
-    if key:
-        return key
-    if os.environ.get("M2A_API_KEY"):
-        return os.environ["M2A_API_KEY"]
-    if settings.admin_key:
-        return settings.admin_key
-    path = settings.home / "admin.key"
-    if path.is_file():
-        return path.read_text().strip() or None
-    return None
+    """``--key``, ``$M2A_API_KEY``, else the admin key (``$M2A_ADMIN_KEY`` or the one `m2a up` keeps)."""
+    return key or os.environ.get("M2A_API_KEY") or admin_key_of(settings)
 
 
 def _ref(store: Any, ref: str) -> Any:
