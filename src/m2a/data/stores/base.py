@@ -1,0 +1,168 @@
+"""The vector-store backend interface and the registry backends are built from.
+
+A backend keeps the chunks of many vector stores, each chunk with its unit-length embedding and its
+text, and each file's attributes, and answers searches over one store. A backend is a class
+registered by name with ``@register_backend("name")`` and built with ``build_backend(name, **params)``,
+as guardrail detectors and router scorers are. Its API is async; a backend whose driver blocks
+(SQLite, numpy) runs that work in a thread.
+
+Contract, for every backend:
+
+- ``add(store_id, file_id, chunks, attributes)`` replaces the file's chunks atomically (a search
+  sees all of the new ones or none of them) and creates the store if needed; a store's vectors all
+  have the dimension of its first one;
+- ``search(store_id, query_vector, query_text, k, filters, mode, score_threshold)`` filters by file
+  attributes before ranking, returns at most ``k`` ``Hit`` best first, never chunks of another store,
+  and raises ``StoreNotFound`` for a store that does not exist or was deleted while it ran;
+- ``usage_bytes(store_id)`` counts, per chunk, its text's UTF-8 bytes and its vector's float32 bytes,
+  plus each file's attributes as JSON: a stable figure, independent of how the backend lays it out.
+
+Backends ship with m2a: ``sqlite`` (``stores/sqlite.py``). PostgreSQL with pgvector is the next one:
+it implements the same class, with the same tests.
+"""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import numpy as np
+
+from m2a.data.filters import Filter
+from m2a.data.search import DEFAULT_RESULTS, Hit
+
+T = TypeVar("T")
+
+
+class StoreNotFound(LookupError):
+    """No vector store by that id (never created, or deleted)."""
+
+    def __init__(self, store_id: str) -> None:
+        super().__init__(f"no vector store {store_id!r}")
+        self.store_id = store_id
+
+
+class DimensionMismatch(ValueError):
+    """A vector whose dimension is not the store's."""
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkRecord:
+    """A chunk to store: its text, its span in the parsed file, its embedding."""
+
+    index: int
+    start: int
+    end: int
+    text: str
+    vector: Sequence[float] | np.ndarray
+
+
+def record_bytes(text: str, dim: int) -> int:
+    """What one chunk adds to ``usage_bytes``."""
+    return len(text.encode("utf-8")) + 4 * dim
+
+
+def attributes_bytes(attributes: Mapping[str, Any]) -> int:
+    return len(json.dumps(attributes, separators=(",", ":"), sort_keys=True).encode()) if attributes else 0
+
+
+class VectorBackend(ABC):
+    name: str  # set by the registry
+
+    @abstractmethod
+    async def create_store(self, store_id: str) -> None:
+        """Make an empty store (nothing if it exists)."""
+
+    @abstractmethod
+    async def has_store(self, store_id: str) -> bool: ...
+
+    @abstractmethod
+    async def add(
+        self,
+        store_id: str,
+        file_id: str,
+        chunks: Sequence[ChunkRecord],
+        attributes: Mapping[str, Any] | None = None,
+    ) -> int:
+        """Store a file's chunks (replacing any it had); returns the file's ``usage_bytes``."""
+
+    @abstractmethod
+    async def set_attributes(self, store_id: str, file_id: str, attributes: Mapping[str, Any]) -> bool:
+        """Replace a file's attributes; False when the store has no such file."""
+
+    @abstractmethod
+    async def delete_file(self, store_id: str, file_id: str) -> bool:
+        """Remove a file's chunks; False when the store has no such file."""
+
+    @abstractmethod
+    async def delete_store(self, store_id: str) -> bool:
+        """Remove a store and all its chunks; False when there was none."""
+
+    @abstractmethod
+    async def search(
+        self,
+        store_id: str,
+        query_vector: Sequence[float] | np.ndarray | None,
+        query_text: str | None,
+        k: int = DEFAULT_RESULTS,
+        filters: Mapping[str, Any] | Filter | None = None,
+        mode: str = "hybrid",
+        score_threshold: float = 0.0,
+        weights: tuple[float, float] = (1.0, 1.0),
+    ) -> list[Hit]:
+        """The best ``k`` chunks of the store for the query (see the module's docstring)."""
+
+    @abstractmethod
+    async def usage_bytes(self, store_id: str) -> int: ...
+
+    @abstractmethod
+    async def file_ids(self, store_id: str) -> list[str]: ...
+
+    async def close(self) -> None:  # noqa: B027  (optional for a backend)
+        """Release connections."""
+
+
+class UnknownBackend(ValueError):
+    pass
+
+
+_REGISTRY: dict[str, Callable[..., VectorBackend]] = {}
+
+
+def register_backend(name: str) -> Callable[[T], T]:
+    """Register a backend class (or factory) under ``name``; its instances get ``.name`` = name."""
+
+    def deco(factory: T) -> T:
+        _REGISTRY[name] = factory  # type: ignore[assignment]
+        if isinstance(factory, type):
+            factory.name = name  # type: ignore[attr-defined]
+        return factory
+
+    return deco
+
+
+def _load_builtins() -> None:
+    from m2a.data.stores import sqlite  # noqa: F401  (it registers)
+
+
+def known_backends() -> list[str]:
+    _load_builtins()
+    return sorted(_REGISTRY)
+
+
+def build_backend(name: str, **params: Any) -> VectorBackend:
+    """A new backend registered as ``name``, built with ``params`` (its keyword arguments)."""
+    _load_builtins()
+    factory = _REGISTRY.get(name)
+    if factory is None:
+        raise UnknownBackend(f"unknown vector store backend {name!r}; known: {', '.join(sorted(_REGISTRY))}")
+    try:
+        backend = factory(**params)
+    except TypeError as exc:
+        raise ValueError(f"bad params for vector store backend {name!r}: {exc}") from exc
+    if not getattr(backend, "name", None):
+        backend.name = name
+    return backend
