@@ -17,7 +17,7 @@ request is refused (503 ``guardrail_profile_missing``), never let through unchec
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from opentelemetry.trace import Span, Tracer
 
@@ -51,6 +51,7 @@ class Guards:
         self.policies: dict[str, Policy] = {}
         self.stored: dict[str, int] = {}  # stored profile name -> version
         self._team = BoundedLabel()
+        self._bound: dict[tuple[str, str, str, str], tuple[Any, Any, GatewayMetrics]] = {}
         self._set({n: (p, None) for n, p in self.cfg.all_profiles().items()})
 
     def _set(self, profiles: dict[str, tuple[GuardrailProfile, str | None]]) -> None:
@@ -121,8 +122,17 @@ class Guards:
     ) -> None:
         """The check's metrics, and its ``apply_guardrail`` span under the request's span."""
         team = self._team(principal.team if principal else None)
-        metrics.guardrail_checks.labels(verdict.direction, verdict.policy, verdict.decision, team).inc()
-        metrics.guardrail_seconds.labels(verdict.direction).observe(verdict.duration_s)
+        key = (verdict.direction, verdict.policy, verdict.decision, team)
+        bound = self._bound.get(key)
+        if bound is None or bound[2] is not metrics:  # the labelled series, looked up once
+            bound = (
+                metrics.guardrail_checks.labels(*key),
+                metrics.guardrail_seconds.labels(verdict.direction),
+                metrics,
+            )
+            self._bound[key] = bound
+        bound[0].inc()
+        bound[1].observe(verdict.duration_s)
         for kind, found in (
             ("block", verdict.blocked),
             ("redact", verdict.redacted),
