@@ -247,7 +247,7 @@ class _TextOfHtml(HTMLParser):
                 self.skip += 1
             return
         if tag in _BLOCK:
-            self._flush()
+            self._flush(keep_space=self.pre > 0)
         elif tag in _CELL and self.line:
             self.line.append(" | ")
         if tag == "pre":
@@ -261,10 +261,11 @@ class _TextOfHtml(HTMLParser):
         if tag in _SKIP:
             self.skip = max(0, self.skip - 1)
             return
-        if tag == "pre":
-            self.pre = max(0, self.pre - 1)
-        if tag in _BLOCK:
-            self._flush()
+        if tag == "pre" and self.pre:
+            self._flush(keep_space=True)
+            self.pre -= 1
+        elif tag in _BLOCK:
+            self._flush(keep_space=self.pre > 0)
 
     def handle_data(self, data: str) -> None:
         if self.skip:
