@@ -15,8 +15,9 @@ finding that straddles the release point is still seen whole:
 
 The bound is the price: a finding longer than ``hold`` characters may be partly sent before it is
 recognised, and the first text reaches the client ``hold`` characters late (the role chunk and
-events without text are not held behind nothing). Checks run when at least ``step`` new characters
-arrived, and at the end of the stream over everything still held.
+events without text are not held behind nothing). Checks run when the window first fills, then
+whenever ``step`` new characters arrived (a quarter of the window, at least 16), and at the end of
+the stream over everything still held: each character is checked about ``2 * hold / step`` times.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from m2a.guardrails.base import Context, Finding
 from m2a.guardrails.policy import DECISIONS, Policy, Verdict
 
 Channel = tuple[int, str, int]  # choice index, field (content, text, tool, tool_name), tool call index
-STEP = 16  # new characters before the next check
+MIN_STEP = 16  # new characters before the next check: at least this, else a quarter of the window
 
 
 @dataclass
@@ -53,12 +54,13 @@ class StreamRail:
         context: Context,
         hold: int,
         on_verdict: Callable[[Verdict], None],
-        step: int = STEP,
+        step: int | None = None,
     ) -> None:
         self.policies = policies
         self.context = context
         self.hold = hold
-        self.step = step
+        self.step = step if step is not None else max(MIN_STEP, hold // 4)
+        self.started = False  # something was released: the window has filled once
         self.on_verdict = on_verdict  # telemetry, once per policy and direction, at the end
         self.text: dict[Channel, str] = {}
         self.released: dict[Channel, int] = {}
@@ -79,7 +81,7 @@ class StreamRail:
         """Complete SSE events in; what may be sent now out (raises ``Blocked`` to end the stream)."""
         for raw in _events(data):
             self._add(raw)
-        if self.pending >= self.step:
+        if self.pending >= self.step or (self.pending and not self.started and self._filled()):
             self._check(final=False)
         return self._release(final=False)
 
@@ -189,6 +191,12 @@ class StreamRail:
 
     # -- output --------------------------------------------------------------------------------
 
+    def _filled(self) -> bool:
+        """The first held event would be released if the text so far were checked (the first
+        release is not kept waiting for a whole step)."""
+        h = self.held[0] if self.held else None
+        return h is not None and all(len(self.text[c]) - end >= self.hold for c, _, end in h.segs)
+
     def _releasable(self, h: Held) -> bool:
         """Checked, with at least ``hold`` checked characters after it on each of its channels."""
         return all(self.checked.get(chan, 0) - end >= self.hold for chan, _, end in h.segs)
@@ -197,6 +205,7 @@ class StreamRail:
         out: list[bytes] = []
         while self.held and (final or self._releasable(self.held[0])):
             h = self.held.popleft()
+            self.started = self.started or bool(h.segs)
             out.append(self._render(h))
             for chan, _, end in h.segs:
                 self.released[chan] = end
