@@ -136,7 +136,8 @@ class Forwarder:
         return headers
 
     def _pick(self, out: Outgoing, tried: set[str]) -> tuple[Endpoint | None, Decision | None]:
-        """The replica for this attempt: the routing pipeline's choice, or the least busy one."""
+        """The replica for this attempt: the routing pipeline's choice (every model, one replica or
+        many), or the least busy one for a forwarder made without a router."""
         if self.router is not None and out.route_req is not None:
             decision = self.router.pick(out.route_req, exclude=frozenset(tried))
             return (decision.endpoint if decision else None), decision

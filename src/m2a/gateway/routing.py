@@ -1,5 +1,6 @@
-"""What the routing pipeline needs from a request: its prompt as tokens, for models with several
-replicas (a single replica leaves nothing to choose, and costs nothing).
+"""What the routing pipeline needs from a request: its session and expected size for every model,
+and its prompt as tokens for models with several replicas (a single replica leaves nothing to
+prefer, so its requests are never tokenized).
 
 Tokenizers are loaded in the background at start (transformers is a slow import); until a model's
 is ready, or when it cannot read a prompt, the router routes on load alone. The replicas' KV-cache
@@ -65,8 +66,8 @@ class RouteRequests:
     ) -> RouteRequest | None:
         """``build``, with the chat template and tokenizer run in a worker thread (milliseconds for
         a long prompt: never on the event loop)."""
-        if len(self.pool.endpoints(model)) < 2:
-            return None
+        if len(self.pool.endpoints(model)) < 2:  # one replica: nothing to prefer, no tokens needed
+            return self.router.request(model, payload, None, headers)
         tokens = None
         if model in self.tokenizers:  # one worker thread: a tokenizer is not used by two at once
             loop = asyncio.get_running_loop()
@@ -74,9 +75,9 @@ class RouteRequests:
         return self.router.request(model, payload, tokens, headers)
 
     def build(self, model: str, payload: dict[str, Any], headers: Mapping[str, str]) -> RouteRequest | None:
-        """The pipeline's view of a request; None for single-replica models."""
+        """The pipeline's view of a request (without tokens for single-replica models)."""
         if len(self.pool.endpoints(model)) < 2:
-            return None
+            return self.router.request(model, payload, None, headers)
         return self.router.request(model, payload, self._tokens(model, payload), headers)
 
     def _tokens(self, model: str, payload: dict[str, Any]) -> list[int] | None:

@@ -30,6 +30,7 @@ from m2a.router.plugins import NEUTRAL, Filter, Hooks, Picker, RouteRequest, Sco
 from m2a.router.pool import Endpoint, Pool
 
 DEFAULT_MAX_TOKENS = 256  # expected output tokens when a request sets no max_tokens
+SINGLE = "least_inflight"  # the picker named for a model's only replica (the least busy, trivially)
 
 
 @dataclass
@@ -169,6 +170,10 @@ class Router:
             eps = f.filter(req, eps)
         if not eps:
             return None
+        if len(eps) == 1 and len(self.pool.endpoints(req.model)) == 1:  # the only replica: no scoring
+            for hook in p.on_pick:
+                hook(req, eps[0])
+            return Decision(eps[0], {}, {eps[0].id: NEUTRAL}, SINGLE, 1)
         scores: dict[str, dict[str, float]] = {}
         total = dict.fromkeys((e.id for e in eps), 0.0)
         weight_sum = 0.0
