@@ -26,10 +26,11 @@ from starlette.responses import Response
 
 from m2a.gateway import tracing
 from m2a.gateway.context import Outcome, StreamBlocked
+from m2a.gateway.engine_call import EngineCall
 from m2a.gateway.errors import GatewayError, normalize_upstream_error
 from m2a.gateway.metrics import GatewayMetrics
 from m2a.gateway.upstream import Stream, Upstream, unless_disconnected
-from m2a.gateway.usage import StreamTap, Usage, finish_reasons, from_body
+from m2a.gateway.usage import StreamTap, finish_reasons, from_body
 from m2a.router.pipeline import Decision, Router
 from m2a.router.plugins import RouteRequest
 from m2a.router.pool import Endpoint, Pool
@@ -231,71 +232,24 @@ class Forwarder:
         )
 
     async def forward(self, request: Request, out: Outgoing) -> Response:
-        route, model, stream, request_id = out.route, out.model, out.stream, out.request_id
-        started = time.perf_counter()
-        reasons: list[str] = []  # finish reasons seen in the answer (traced requests only)
-
-        def report(
-            status: int,
-            replica: str | None,
-            usage: Usage | None = None,
-            chunks: int = 0,
-            ttft: float | None = None,
-            error: bool = False,
-        ) -> None:
-            # A stream that failed after its 200 counts as the engine failure it was (502).
-            self.metrics.requests.labels(route, model, "502" if error else str(status)).inc()
-            if out.on_end is not None:
-                duration = time.perf_counter() - started
-                out.on_end(Outcome(status, replica, usage, chunks, ttft, duration, reasons, error))
-
+        model, stream, request_id = out.model, out.stream, out.request_id
+        call = EngineCall(out, self.metrics, self._done)
+        started, reasons = call.started, call.reasons
         try:
             connected = await unless_disconnected(request, self._connect(request, out))
         except GatewayError as exc:
-            report(exc.status, None)
+            call.account(exc.status)
             raise
         except BaseException:
-            report(499, None)
+            call.account(499)
             raise
         if connected is None:  # the client left before the engine answered: the engine call is cancelled
             self.metrics.cancelled.labels(model).inc()
-            report(499, None)
+            call.account(499)
             return Response(status_code=499)
         ep, resp, engine_span = connected
-        released = reported = False
-
-        def account(
-            status: int,
-            usage: Usage | None = None,
-            chunks: int = 0,
-            ttft: float | None = None,
-            error: bool = False,
-        ) -> None:
-            nonlocal reported
-            if not reported:
-                reported = True
-                self.metrics.duration.labels(route, model).observe(time.perf_counter() - started)
-                report(status, ep.id, usage, chunks, ttft, error)
-
-        def finish(
-            status: int,
-            usage: Usage | None = None,
-            chunks: int = 0,
-            ttft: float | None = None,
-            error: bool = False,
-        ) -> None:
-            nonlocal released
-            if not released:
-                released = True
-                if resp.content.at_eof():
-                    resp.release()  # fully read: the connection goes back to the pool
-                else:
-                    resp.close()  # abandoned mid-answer: closing it makes the engine abort the request
-                if engine_span is not None:
-                    engine_span.end()
-                self._done(out, ep)
-                ep.inflight -= 1
-            account(status, usage, chunks, ttft, error)
+        call.connected(ep, resp, engine_span)
+        account, finish = call.account, call.finish
 
         headers = {"x-request-id": request_id, "x-m2a-replica": ep.id}
         if not stream or resp.status != 200:
