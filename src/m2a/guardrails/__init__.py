@@ -9,7 +9,8 @@ Modules: ``base`` (Finding, Context, the Detector interface, the registry), ``no
 characters, NFKC, homoglyphs, base64 / hex decoding, leetspeak, offset maps), ``run`` (check,
 Result, Budget, redact), ``checksums`` (Luhn, mod-97, ...), and one module per built-in detector:
 ``pii`` ("pii"), ``credentials`` ("secrets"), ``denylist`` ("denylist"), ``leakage``
-("system_prompt_leak"); the async ones, asking a service: ``judge`` ("llm_judge", a safety classifier
+("system_prompt_leak"), ``injection`` ("prompt_injection", a trained classifier; its weights in
+``data/``); the async ones, asking a service: ``judge`` ("llm_judge", a safety classifier
 model over an OpenAI-compatible endpoint) and ``trustyai`` ("trustyai", a detector server of
 TrustyAI's detector API; and ``serve_contents``, m2a's detectors served in that API).
 ``moderation`` shapes results as OpenAI's ``/v1/moderations`` answers.

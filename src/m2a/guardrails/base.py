@@ -129,7 +129,7 @@ def register_detector(name: str) -> Callable[[T], T]:
 
 
 def _load_builtins() -> None:
-    from m2a.guardrails import credentials, denylist, judge, leakage, pii, trustyai  # noqa: F401  (they register)
+    from m2a.guardrails import credentials, denylist, injection, judge, leakage, pii, trustyai  # noqa: F401  (they register)
 
 
 def known() -> list[str]:
