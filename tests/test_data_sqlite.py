@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from m2a.data.search import SearchError, keyword_query, rrf
+from m2a.data.search import SearchError, auto_weights, has_identifier, keyword_query, rrf
 from m2a.data.stores import (
     ChunkRecord,
     DimensionMismatch,
@@ -381,3 +381,36 @@ def test_keyword_query() -> None:
     assert keyword_query("the of and") == '"the" OR "of" OR "and"'  # only stopwords: keep them
     assert keyword_query('"; DROP TABLE chunks; --') == '"drop" OR "table" OR "chunks"'
     assert keyword_query("?!") is None and keyword_query(None) is None
+
+
+def test_auto_weights_count_keywords_for_identifiers_only() -> None:
+    for text in [
+        "XK-4471-B",
+        "error E7001",
+        "sync.batch_size",
+        "ACME_API_TOKEN",
+        "AcmeRateLimitError",
+        "the API",
+    ]:
+        assert has_identifier(text) and auto_weights(text) == (1.0, 1.0), text
+    for text in [
+        "how much time off do I get",
+        "two-factor authentication",
+        "month-end close",
+        "Nimbus",
+        None,
+    ]:
+        assert not has_identifier(text) and auto_weights(text) == (1.0, 0.0), text
+
+
+async def test_explicit_weights_bring_the_keyword_list_in(backend: VectorBackend) -> None:
+    # A plain-language query: by default hybrid ranks as vector search; with 1:1 weights the chunk
+    # holding the query's rare word rises.
+    await backend.add("vs", "f", records(["pump maintenance guide", "pump maintenance log", "zeolite pump"]))
+    q = "pump maintenance zeolite"
+    vec = [h.chunk_id for h in await backend.search("vs", embed("pump maintenance"), q, mode="vector")]
+    auto = [h.chunk_id for h in await backend.search("vs", embed("pump maintenance"), q)]
+    even = await backend.search("vs", embed("pump maintenance"), q, weights=(1.0, 1.0))
+    assert auto == vec
+    zeolite = vec[-1]  # last by the embedding, which does not know the word
+    assert [h.chunk_id for h in even].index(zeolite) < vec.index(zeolite)

@@ -5,7 +5,13 @@
   ``score_threshold`` (0..1), the filter, hybrid's weights;
 - ``Hit``: one chunk found, with its file, its character span in the parsed file and its score;
 - ``rrf``: reciprocal rank fusion (k=60) of ranked lists, weighted, scores normalised so that an
-  item first in every list scores 1.0;
+  item first in every list scores 1.0; each list gives fusion its first ``max(k, 10)`` items;
+- ``auto_weights``: hybrid's default weights, by query. The keyword list counts fully (1:1) when
+  the query holds an identifier-like term (a digit, ``_``, an inner ``.``, inner or repeated capitals:
+  ``XK-4471-B``, ``ERP-2211``, ``sync.batch_size``, ``AcmeRateLimitError``, ``API``) and not at all
+  for plain-language queries, where word matches on a small store are mostly noise next to the
+  embedding (measured in ``bench/data_search.py``: plain 1:1 fusion lost recall on paraphrases and
+  gained on identifiers). Explicit weights (OpenAI's ``embedding_weight``/``text_weight``) override;
 - ``keyword_query``: a user's text as a safe SQLite FTS5 query (terms OR-ed, an identifier such as
   ``XK-4471-B`` as a phrase of its parts, common English words dropped), ``keyword_score`` maps
   FTS5's ``bm25()`` into [0, 1).
@@ -70,8 +76,8 @@ class SearchQuery:
 
     @property
     def depth(self) -> int:
-        """How many candidates each ranked list gives to fusion."""
-        return min(200, max(50, 4 * self.k))
+        """How many candidates each ranked list gives to fusion (its rank window)."""
+        return max(self.k, 10)
 
     @classmethod
     def make(
@@ -82,7 +88,7 @@ class SearchQuery:
         filters: Mapping[str, Any] | Filter | None = None,
         mode: str = "hybrid",
         score_threshold: float = 0.0,
-        weights: tuple[float, float] = (1.0, 1.0),
+        weights: tuple[float, float] | None = None,
     ) -> SearchQuery:
         if mode not in MODES:
             raise SearchError(
@@ -102,7 +108,9 @@ class SearchQuery:
                 f"Invalid 'score_threshold': expected a number between 0 and 1, got {score_threshold!r}.",
                 "ranking_options.score_threshold",
             )
-        if len(weights) != 2 or any(not math.isfinite(w) or w < 0 for w in weights) or sum(weights) <= 0:
+        if weights is not None and (
+            len(weights) != 2 or any(not math.isfinite(w) or w < 0 for w in weights) or sum(weights) <= 0
+        ):
             raise SearchError(
                 "Invalid hybrid weights: two non-negative numbers, not both 0.", "ranking_options"
             )
@@ -116,9 +124,21 @@ class SearchQuery:
                 raise SearchError("a keyword search needs the query's text", "query")
             query_text = None  # hybrid without text: the vector list alone
         flt = filters if filters is None or isinstance(filters, Filter) else compile_filter(filters)
-        return cls(
-            vec, query_text, k, mode, float(score_threshold), flt, (float(weights[0]), float(weights[1]))
-        )
+        w = auto_weights(query_text) if weights is None else (float(weights[0]), float(weights[1]))
+        return cls(vec, query_text, k, mode, float(score_threshold), flt, w)
+
+
+_IDENTIFIER = re.compile(r"\d|_|[a-z][A-Z]|[A-Z]{2}|\w\.\w")
+
+
+def has_identifier(text: str | None) -> bool:
+    """Whether a whitespace-separated term of ``text`` looks like a code, a name in code or an acronym."""
+    return text is not None and any(_IDENTIFIER.search(term) for term in text.split())
+
+
+def auto_weights(text: str | None) -> tuple[float, float]:
+    """Hybrid's default (vector, keyword) weights for a query's text (see the module's docstring)."""
+    return (1.0, 1.0) if has_identifier(text) else (1.0, 0.0)
 
 
 def unit(vector: Sequence[float] | np.ndarray) -> np.ndarray:

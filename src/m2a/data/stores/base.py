@@ -11,9 +11,10 @@ Contract, for every backend:
 - ``add(store_id, file_id, chunks, attributes)`` replaces the file's chunks atomically (a search
   sees all of the new ones or none of them) and creates the store if needed; a store's vectors all
   have the dimension of its first one;
-- ``search(store_id, query_vector, query_text, k, filters, mode, score_threshold)`` filters by file
-  attributes before ranking, returns at most ``k`` ``Hit`` best first, never chunks of another store,
-  and raises ``StoreNotFound`` for a store that does not exist or was deleted while it ran;
+- ``search(store_id, query_vector, query_text, k, filters, mode, score_threshold, weights)`` filters
+  by file attributes before ranking (``weights``: hybrid's, ``None`` for ``search.auto_weights``),
+  returns at most ``k`` ``Hit`` best first, never chunks of another store, and raises
+  ``StoreNotFound`` for a store that does not exist or was deleted while it ran;
 - ``usage_bytes(store_id)`` counts, per chunk, its text's UTF-8 bytes and its vector's float32 bytes,
   plus each file's attributes as JSON: a stable figure, independent of how the backend lays it out.
 
@@ -111,7 +112,7 @@ class VectorBackend(ABC):
         filters: Mapping[str, Any] | Filter | None = None,
         mode: str = "hybrid",
         score_threshold: float = 0.0,
-        weights: tuple[float, float] = (1.0, 1.0),
+        weights: tuple[float, float] | None = None,
     ) -> list[Hit]:
         """The best ``k`` chunks of the store for the query (see the module's docstring)."""
 

@@ -378,7 +378,8 @@ class SQLiteBackend(VectorBackend):
             mat = self._matrix(conn, sid, version, dim)
             ok = mat.allowed(q.filter)
             vec = self._vector_ranking(mat, q, ok) if q.mode in ("hybrid", "vector") else []
-            kw = self._keyword_ranking(conn, sid, mat, q, ok) if q.mode in ("hybrid", "keyword") else []
+            use_kw = q.mode == "keyword" or (q.mode == "hybrid" and q.text is not None and q.weights[1] > 0)
+            kw = self._keyword_ranking(conn, sid, mat, q, ok) if use_kw else []
             if q.mode == "vector":
                 ranked = [(r, vector_score(s)) for r, s in vec]
             elif q.mode == "keyword":
@@ -386,7 +387,7 @@ class SQLiteBackend(VectorBackend):
             else:
                 lists = [[r for r, _ in vec]]
                 weights = [q.weights[0]]
-                if q.text is not None:
+                if use_kw:
                     lists.append([r for r, _ in kw])
                     weights.append(q.weights[1])
                 ranked = rrf(lists, weights)
@@ -490,7 +491,7 @@ class SQLiteBackend(VectorBackend):
         filters: Mapping[str, Any] | Filter | None = None,
         mode: str = "hybrid",
         score_threshold: float = 0.0,
-        weights: tuple[float, float] = (1.0, 1.0),
+        weights: tuple[float, float] | None = None,
     ) -> list[Hit]:
         q = SearchQuery.make(query_vector, query_text, k, filters, mode, score_threshold, weights)
         return await asyncio.to_thread(self._search_sync, store_id, q)

