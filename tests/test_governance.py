@@ -691,3 +691,47 @@ async def test_usage_endpoint_shows_each_team_its_own(
         ):
             assert_openai_error(await gw.admin(method, path, key=key_a, **kw), 403, "admin_only")
         assert (await gw.admin("GET", "/quotas")).json() == []
+
+
+async def test_guardrail_refusals_are_ledger_rows_marked_blocked(
+    engine: FakeEngine, store: IdentityStore, ledger: Ledger
+) -> None:
+    from m2a.config import GuardrailsConfig
+    from m2a.gateway.guards import Guards
+
+    [key] = await make_team(store, "team-a")
+    engine.answer = "the key is AKIAIOSFODNN7EXAMPLF"
+    guards = Guards(GuardrailsConfig(default_profile="strict"))
+    try:
+        async with serve(make_pool(engine), store, ledger=ledger, app_kw={"guards": guards}) as gw:
+            prompt = await gw.chat(key, "my key: AKIAIOSFODNN7EXAMPLF")  # refused before the engine
+            assert prompt.status_code == 400 and prompt.json()["error"]["code"] == "content_filter"
+            answer = await gw.chat(key, "what is the key?")  # the engine answered; the answer is refused
+            assert answer.status_code == 400 and answer.json()["error"]["guardrail"]["direction"] == "output"
+            await eventually(lambda: ledger.in_flight == 0, "the ledger to end the records")
+    finally:
+        engine.answer = "Paris."
+    rows = await ledger_rows(store)
+    assert [(r["status"], r["http_status"]) for r in rows] == [("blocked", 400), ("blocked", 400)]
+    assert rows[0]["replica"] is None and rows[0]["output_tokens"] == 0  # nothing reached an engine
+    assert rows[1]["replica"] == REPLICA and rows[1]["output_tokens"] == 2  # the engine's work is billed
+    assert all(r["team"] == "team-a" for r in rows)
+
+
+async def test_max_tokens_past_the_models_limit_is_refused(engine: FakeEngine, store: IdentityStore) -> None:
+    [key] = await make_team(store, "team-a")
+    pool = make_pool(engine)
+    pool.endpoints(MODEL)[0].max_output_tokens = 100
+    async with serve(pool, store) as gw:
+        engine.requests.clear()
+        resp = await gw.chat(key, max_tokens=101)
+        assert_openai_error(resp, 400)
+        assert (
+            resp.json()["error"]["code"] == "max_tokens_too_large"
+            and resp.json()["error"]["param"] == "max_tokens"
+        )
+        resp = await gw.chat(key, max_tokens=5, max_completion_tokens=32_768)
+        assert resp.json()["error"]["param"] == "max_completion_tokens"
+        assert engine.requests == []
+        assert (await gw.chat(key, max_tokens=100)).status_code == 200
+        assert (await gw.chat(key)).status_code == 200  # no cap asked: the engine's own limit

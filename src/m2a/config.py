@@ -134,6 +134,12 @@ class ModelConfig(_Strict):
         description="Requests one replica runs at once before lower priorities wait at the gateway; "
         "default from the engine (vLLM on CPU 16, on GPU 256, llama.cpp 1, remote: no limit).",
     )
+    max_output_tokens: int | None = Field(
+        default=None,
+        ge=1,
+        description="Most output tokens one request may ask for per choice (a larger max_tokens gets "
+        "400 max_tokens_too_large); default: max_model_len where set.",
+    )
     guardrails: str | None = Field(
         default=None,
         description="A guardrail profile every request to this model passes, on top of the caller's "

@@ -151,6 +151,13 @@ def models_from_cli(refs: list[str], engine: str | None) -> list[ModelConfig]:
     return models
 
 
+def max_output(model: ModelConfig | None) -> int | None:
+    """The most output tokens a request to ``model`` may ask for: its own setting, else its context."""
+    if model is None:
+        return None
+    return model.max_output_tokens or model.max_model_len
+
+
 async def run_up(
     settings: Settings, specs: list[EngineSpec], key: str, say: Say, sock: socket.socket | None = None
 ) -> int:
@@ -170,6 +177,7 @@ async def run_up(
                 tokenizer=s.tokenizer,
                 kv_events=s.kv_events,
                 takes_priority=s.takes_priority,
+                max_output_tokens=max_output(settings.model(s.model)),
             )
         )
     sup = Supervisor(

@@ -24,6 +24,7 @@ class Endpoint:
     max_inflight: int | None = None  # None: no limit known
     tokenizer: str | None = None  # how the router reads prompts ("hf:<folder>", "simple"); None: it cannot
     kv_events: str | None = None  # the engine's KV-event publisher (ZMQ endpoint); None: none
+    max_output_tokens: int | None = None  # most output tokens a request may ask for; None: no limit known
     # From the engine's own metrics (None: unknown or stale); see router/load.py.
     waiting: float | None = None
     kv_usage: float | None = None
@@ -81,6 +82,11 @@ class Pool:
     def task(self, model: str) -> str | None:
         eps = self._by_model.get(model)
         return eps[0].task if eps else None
+
+    def max_output(self, model: str) -> int | None:
+        """The most output tokens a request to ``model`` may ask for (the smallest of its replicas')."""
+        limits = [e.max_output_tokens for e in self._by_model.get(model, []) if e.max_output_tokens]
+        return min(limits) if limits else None
 
     def pick(self, model: str, exclude: frozenset[str] = frozenset()) -> Endpoint | None:
         """The healthy replica with the fewest requests in flight (rotating among equals)."""

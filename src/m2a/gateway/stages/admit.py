@@ -15,6 +15,7 @@ from m2a.gateway import tracing
 from m2a.gateway.context import RequestContext
 from m2a.gateway.errors import GatewayError
 from m2a.gateway.pipeline import ClientGone
+from m2a.gateway.quota import asked_output
 from m2a.gateway.stages import Stage, stage
 from m2a.gateway.upstream import unless_disconnected
 
@@ -59,6 +60,17 @@ class Admit(Stage):
     async def _admit(self, ctx: RequestContext) -> None:
         s, p, model = self.services, ctx.principal, ctx.model
         assert p is not None
+        limit = s.pool.max_output(model) if ctx.task == "chat" else None
+        asked = asked_output(ctx.payload) if limit is not None else None
+        if limit is not None and asked is not None and asked > limit:  # unbounded consumption
+            chat_cap = "prompt" not in ctx.payload and ctx.payload.get("max_completion_tokens") is not None
+            field = "max_completion_tokens" if chat_cap else "max_tokens"
+            raise GatewayError(
+                400,
+                f"{field} is {asked}, but '{model}' generates at most {limit} tokens per request.",
+                param=field,
+                code="max_tokens_too_large",
+            )
         try:
             ctx.ticket = await s.quotas.admit(
                 p, model, ctx.payload, ctx.request_id, ctx.task == "embed", ctx.input_estimate

@@ -93,10 +93,7 @@ class GuardInput(Stage):
         s.guards.record(v, ctx.principal, s.metrics, s.tracer, ctx.span)
         if v.decision == "deny":
             ctx.blocked = v
-            raise refusal(v, "request", param)
+            error = refusal(v, "request", param)
+            record_refused(s, ctx, "blocked", error.status)  # before the ledger stage: recorded here
+            raise error
         return v
-
-    def end(self, ctx: RequestContext) -> None:
-        # Refused before the ledger stage began its record: the ledger still learns of it.
-        if ctx.blocked is not None and not any(st.name == "ledger" for st in ctx.stages):
-            record_refused(self.services, ctx, "blocked")

@@ -38,13 +38,13 @@ def begin(services: Services, ctx: RequestContext) -> None:
     )
 
 
-def record_refused(services: Services, ctx: RequestContext, status: str) -> None:
+def record_refused(services: Services, ctx: RequestContext, status: str, http_status: int) -> None:
     """A record for a request refused before the ledger stage (a guardrail's ``blocked``): no tokens."""
-    if services.ledger is None or ctx.principal is None or ctx.outcome is None:
+    if services.ledger is None or ctx.principal is None:
         return
     begin(services, ctx)
     services.ledger.end(
-        ctx.request_id, status=status, http_status=ctx.outcome.status, replica=None, input_tokens=0,
+        ctx.request_id, status=status, http_status=http_status, replica=None, input_tokens=0,
         output_tokens=0, cached_tokens=0, ttft_ms=None, duration_ms=0.0, cost=0.0,
     )  # fmt: skip
 
