@@ -11,6 +11,12 @@ category overlaps it; a finding that overlaps no labelled span of its category i
 
 ``--data tests/data/guardrails/holdout.jsonl``: a smaller set written after the detectors were tuned
 on ``eval.jsonl``, to see how far the numbers carry to text the tuning never saw.
+
+``prompt_injection`` is scored the same way (a labelled span is the attack: the whole line, or the
+instruction hidden in a document), and per line: recall on lines with an attack, false-positive
+rate on the lines without one (all of them: PII and secret lines are benign prompts too, and those
+written for this detector, mostly hard negatives), and whether the kind (injection / jailbreak)
+was right. ``--threshold`` scores the classifier at another threshold than its default.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from collections import Counter
 from pathlib import Path
 
 from m2a.guardrails import Finding, build, check
+from m2a.guardrails.injection import INJECTION, THRESHOLD
 
 DATA = Path(__file__).resolve().parent.parent / "tests" / "data" / "guardrails" / "eval.jsonl"
 
@@ -41,8 +48,10 @@ def overlaps(f: Finding, span: dict) -> bool:
     return f.category == span["category"] and f.start < span["end"] and span["start"] < f.end
 
 
-def evaluate(rows: list[dict], verbose: bool = False) -> dict[str, dict[str, float]]:
-    dets = [build("pii"), build("secrets")]
+def evaluate(
+    rows: list[dict], verbose: bool = False, threshold: float = THRESHOLD
+) -> dict[str, dict[str, float]]:
+    dets = [build("pii"), build("secrets"), build("prompt_injection", {"threshold": threshold})]
     tp: Counter[str] = Counter()
     fn: Counter[str] = Counter()
     fp: Counter[str] = Counter()
@@ -67,20 +76,63 @@ def evaluate(rows: list[dict], verbose: bool = False) -> dict[str, dict[str, flo
     return out
 
 
+def injection_lines(
+    rows: list[dict], threshold: float = THRESHOLD, verbose: bool = False
+) -> dict[str, float]:
+    """Per line: recall on attacks, false-positive rate on lines without one, kind accuracy."""
+    det = build("prompt_injection", {"threshold": threshold})
+    tp = fn = fp = fp_ours = ours = kind_ok = 0
+    negatives = 0
+    for row in rows:
+        want = [s for s in row["spans"] if s["category"] == INJECTION]
+        got = check([det], row["text"]).findings
+        if want:
+            if got:
+                tp += 1
+                kind_ok += got[0].kind == want[0]["kind"]
+            else:
+                fn += 1
+                if verbose:
+                    print(
+                        f"  miss  #{row['id']:<4} prompt_injection/{want[0]['kind']}  ({row.get('note', '')})"
+                    )
+            continue
+        negatives += 1
+        written = INJECTION in row.get("note", "")
+        ours += written
+        if got:
+            fp += 1
+            fp_ours += written
+            if verbose:
+                print(f"  false #{row['id']:<4} prompt_injection/{got[0].kind}  ({row.get('note', '')})")
+    return {"attacks": tp + fn, "recall": tp / max(1, tp + fn), "negatives": negatives,
+            "fp_rate": fp / max(1, negatives), "written": ours, "fp_rate_written": fp_ours / max(1, ours),
+            "kind_accuracy": kind_ok / max(1, tp)}  # fmt: skip
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=DATA)
     ap.add_argument("-v", "--verbose", action="store_true")
+    ap.add_argument("--threshold", type=float, default=THRESHOLD, help="prompt_injection's threshold")
     args = ap.parse_args()
     rows = load(args.data)
     npos = sum(1 for r in rows for _ in r["spans"])
     nneg = sum(1 for r in rows if not r["spans"])
     print(f"{args.data.name}: {len(rows)} lines, {npos} labelled spans, {nneg} negative lines")
-    res = evaluate(rows, args.verbose)
-    print(f"{'category':<10} {'tp':>4} {'fp':>4} {'fn':>4} {'precision':>9} {'recall':>7} {'F1':>6}")
+    res = evaluate(rows, args.verbose, args.threshold)
+    print(f"{'category':<16} {'tp':>4} {'fp':>4} {'fn':>4} {'precision':>9} {'recall':>7} {'F1':>6}")
     for cat, m in res.items():
-        print(f"{cat:<10} {m['tp']:>4} {m['fp']:>4} {m['fn']:>4} {m['precision']:>9.3f} {m['recall']:>7.3f} "
-              f"{m['f1']:>6.3f}")
+        print(
+            f"{cat:<16} {m['tp']:>4} {m['fp']:>4} {m['fn']:>4} {m['precision']:>9.3f} {m['recall']:>7.3f} "
+            f"{m['f1']:>6.3f}"
+        )
+    pi = injection_lines(rows, args.threshold, args.verbose)
+    print(f"\nprompt_injection per line, threshold {args.threshold:g}:")
+    print(f"  recall {pi['recall']:.3f} on {pi['attacks']} attacks", end="")
+    print(f" (kind right on {pi['kind_accuracy']:.3f} of those found)")
+    print(f"  false positives {pi['fp_rate']:.3f} of {pi['negatives']} lines without an attack")
+    print(f"  false positives {pi['fp_rate_written']:.3f} of the {pi['written']} of them written for it")
 
 
 if __name__ == "__main__":

@@ -953,6 +953,7 @@ TECH_k = [
 ]
 TECH_SVC = ["checkout", "auth", "billing", "search", "gateway", "worker", "payments", "inventory", "mailer"]
 TECH_NAMES = ["alice", "bob", "priya", "kenji", "maria", "admin", "root", "deploy", "ops", "svc_user"]
+ALNUM = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
 TECH_DOMAINS = ["example.com", "internal.example.org", "acme.test", "corp.example.net"]
 EVERYDAY = [
     "What's a good stretching routine for back pain?",
@@ -1616,6 +1617,38 @@ def generate(seed: int = 20261201) -> list[dict]:
     for _ in range(40):
         doc = rnd.choice(DOCS)
         add(doc.replace("{x}", _fill(rnd.choice(ML_INDIRECT), rnd)), 1, "injection", "multilingual_indirect")
+
+    def tech_block(n: int) -> str:
+        lines = []
+        for _ in range(n):
+            if rnd.random() < 0.35:
+                lines.append(rnd.choice(CODE_SNIPPETS))
+                continue
+            v = "".join(rnd.choice(ALNUM) for _ in range(rnd.randint(8, 32)))
+            lines.append(
+                rnd.choice(TECH).format(
+                    K=rnd.choice(TECH_K),
+                    k=rnd.choice(TECH_k),
+                    v=v,
+                    m=rnd.randint(0, 9),
+                    svc=rnd.choice(TECH_SVC),
+                    n=rnd.choice(TECH_NAMES),
+                    d=rnd.choice(TECH_DOMAINS),
+                )
+            )
+        return "\n".join(lines)
+
+    for _ in range(160):  # an attack inside code, logs and configuration
+        payload = rnd.choice(
+            [
+                f"{rnd.choice(AI_ADDRESS)} {_fill(rnd.choice(AI_ACTIONS), rnd)}.",
+                _fill(rnd.choice(CODE_SMUGGLE), rnd),
+                _fill(rnd.choice(INDIRECT), rnd),
+                f"{rnd.choice(VERBS).capitalize()} {rnd.choice(TARGETS)} {_fill(rnd.choice(PAYLOADS), rnd)}",
+            ]
+        )
+        text = f"{tech_block(rnd.randint(2, 6))}\n{payload}\n{tech_block(rnd.randint(2, 6))}"
+        add(text, 1, "injection", "indirect_technical", payload)
     for s, kind in MULTI_ATTACKS:
         add(_fill(s, rnd), 1, kind, "multilingual")
     attacks = [r for r in rows if r["label"] == 1]
@@ -1659,9 +1692,8 @@ def generate(seed: int = 20261201) -> list[dict]:
             ]
         )
         add(ask + (f"'{sp}'" if ask else sp), 0, "", "system_prompt_benign")
-    alnum = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
     for _ in range(500):
-        v = "".join(rnd.choice(alnum) for _ in range(rnd.randint(8, 40)))
+        v = "".join(rnd.choice(ALNUM) for _ in range(rnd.randint(8, 40)))
         if rnd.random() < 0.3:
             v = rnd.choice(["sk_live_", "xoxb-", "ghp_", "AKIA", "glpat-", "npm_", "sk-"]) + v
         t = rnd.choice(TECH).format(
@@ -1716,6 +1748,9 @@ def generate(seed: int = 20261201) -> list[dict]:
             "",
             "boundary_benign",
         )
+
+    for _ in range(200):  # long technical texts
+        add(tech_block(rnd.randint(4, 12)), 0, "", "technical_long")
     for s in HARD_NEG:
         add(s, 0, "", "hard_negative")
     for s in MULTI_BENIGN:
