@@ -26,7 +26,9 @@ FRANCE = [
 ]
 NO_PARIS = {
     "description": "answers may not name Paris (a word the real model surely says)",
-    "rules": [{"detector": "denylist", "params": {"terms": ["paris"]}, "on": ["output"], "action": "block"}],
+    "rules": [
+        {"detector": "denylist", "params": {"terms": ["paris"]}, "where": ["output"], "action": "block"}
+    ],
     "stream_hold_chars": 24,
 }
 MODELS = ("smollm2-llamacpp", "smollm2-135m-instruct")

@@ -135,7 +135,11 @@ async def test_a_stored_profile_gets_a_version_per_put(gw: Gateway) -> None:
     first = resp.json()
     assert first["source"] == "stored" and first["version"] == "v1" and first["revision"] == 1
     assert first["active"] and gw.guards.policies["no-zebras"].version == "v1"  # enforced at once
-    assert first["rules"][0]["action"] == "block" and first["rules"][0]["on"] == ["input", "output", "tool"]
+    assert first["rules"][0]["action"] == "block" and first["rules"][0]["where"] == [
+        "input",
+        "output",
+        "tool",
+    ]
 
     changed = {**ZEBRA, "rules": [{**ZEBRA["rules"][0], "action": "flag"}]}
     resp = await gw.api("PUT", "/profiles/no-zebras", json=changed)
@@ -183,8 +187,8 @@ async def test_invalid_profiles_and_names_are_refused(gw: Gateway) -> None:
     for body in (
         {"rules": [{"detector": "pii", "action": "explode"}]},
         {"rules": [{"detector": "pii", "threshold": 2}]},
-        {"rules": [{"detector": "pii", "on": []}]},
-        {"rules": [{"detector": "pii"}, {"detector": "pii", "on": ["input"]}]},  # twice for input
+        {"rules": [{"detector": "pii", "where": []}]},
+        {"rules": [{"detector": "pii"}, {"detector": "pii", "where": ["input"]}]},  # twice for input
         {"colour": "red"},
         {"rules": "pii"},
     ):

@@ -44,11 +44,11 @@ PROFILES = {
     "mask_secrets": profile(GuardrailRule(detector="secrets", action="redact")),
     "tools_only": profile(
         GuardrailRule(
-            detector="denylist", params={"terms": ["rm -rf", "drop_database"]}, on=["tool"], action="block"
+            detector="denylist", params={"terms": ["rm -rf", "drop_database"]}, where=["tool"], action="block"
         )
     ),
     "paris": profile(
-        GuardrailRule(detector="denylist", params={"terms": ["Paris"]}, on=["output"], action="block"),
+        GuardrailRule(detector="denylist", params={"terms": ["Paris"]}, where=["output"], action="block"),
         hold=16,
     ),
     "fails_open": profile(GuardrailRule(detector="explodes", fail="open")),

@@ -22,7 +22,7 @@ def rail(
     action: str, hold: int = 64, on: tuple[str, ...] = ("output", "tool")
 ) -> tuple[StreamRail, list[Verdict]]:
     prof = GuardrailProfile(
-        rules=[GuardrailRule(detector="secrets", action=action, on=list(on))], stream_hold_chars=hold
+        rules=[GuardrailRule(detector="secrets", action=action, where=list(on))], stream_hold_chars=hold
     )
     seen: list[Verdict] = []
     return StreamRail([Policy("p", prof)], Context(direction="output"), hold, seen.append), seen

@@ -211,7 +211,7 @@ class GuardrailRule(_Strict):
 
     detector: str = Field(description="A registered detector: pii, secrets, prompt_injection, denylist …")
     params: dict[str, Any] = Field(default_factory=dict, description="The detector's own settings.")
-    on: list[Direction] = Field(
+    where: list[Direction] = Field(
         default_factory=lambda: ["input", "output", "tool"],
         min_length=1,
         description="input: prompts (every message, completion prompts, embedding inputs); output: "
@@ -250,7 +250,7 @@ class GuardrailProfile(_Strict):
     @model_validator(mode="after")
     def _one_rule_per_detector(self) -> GuardrailProfile:
         for where in ("input", "output", "tool"):
-            names = [r.detector for r in self.rules if where in r.on]
+            names = [r.detector for r in self.rules if where in r.where]
             if dup := {n for n in names if names.count(n) > 1}:
                 raise ValueError(f"detector {sorted(dup)[0]!r} appears twice for {where}")
         return self
@@ -267,12 +267,12 @@ def builtin_profiles() -> dict[str, GuardrailProfile]:
                 R(detector="secrets", action="redact", fail="open"),
                 R(
                     detector="prompt_injection",
-                    on=["input", "tool"],
+                    where=["input", "tool"],
                     action="block",
                     threshold=0.9,
                     fail="open",
                 ),
-                R(detector="system_prompt_leak", on=["output"], action="block", fail="open"),
+                R(detector="system_prompt_leak", where=["output"], action="block", fail="open"),
                 R(detector="pii", action="flag", fail="open"),
             ],
             over_budget="allow",
@@ -282,8 +282,8 @@ def builtin_profiles() -> dict[str, GuardrailProfile]:
             "detector failing closed.",
             rules=[
                 R(detector="secrets", action="block"),
-                R(detector="prompt_injection", on=["input", "tool"], action="block", threshold=0.5),
-                R(detector="system_prompt_leak", on=["output"], action="block"),
+                R(detector="prompt_injection", where=["input", "tool"], action="block", threshold=0.5),
+                R(detector="system_prompt_leak", where=["output"], action="block"),
                 R(detector="pii", action="redact"),
             ],
             over_budget="block",

@@ -72,7 +72,7 @@ class Policy:
         ]
         self.budget = run.Budget(max_chars=profile.max_chars)
         self._by_direction: dict[str, list[tuple[GuardrailRule, Detector]]] = {
-            d: [(r, det) for r, det in self.rules if d in r.on] for d in ("input", "output", "tool")
+            d: [(r, det) for r, det in self.rules if d in r.where] for d in ("input", "output", "tool")
         }
 
     @property
