@@ -378,7 +378,7 @@ def test_rrf() -> None:
 def test_keyword_query() -> None:
     assert keyword_query("What is the refund policy?") == '"refund" OR "policy"'
     assert keyword_query("error XK-4471-B today") == '"error" OR "xk 4471 b" OR "today"'
-    assert keyword_query("the of and") == '"the" OR "of" OR "and"'  # only stopwords: keep them
+    assert keyword_query("the of and") is None  # only common words: no keyword list
     assert keyword_query('"; DROP TABLE chunks; --') == '"drop" OR "table" OR "chunks"'
     assert keyword_query("?!") is None and keyword_query(None) is None
 
@@ -414,3 +414,45 @@ async def test_explicit_weights_bring_the_keyword_list_in(backend: VectorBackend
     assert auto == vec
     zeolite = vec[-1]  # last by the embedding, which does not know the word
     assert [h.chunk_id for h in even].index(zeolite) < vec.index(zeolite)
+
+
+async def test_filtered_vector_search_is_exact(backend: VectorBackend) -> None:
+    # Against a brute-force scan, for filters that pass a few files (their rows are read alone) and
+    # most files (a mask over the whole matrix).
+    rng = np.random.default_rng(3)
+    vectors: dict[str, np.ndarray] = {}
+    for f in range(30):
+        vs = rng.normal(size=(20, DIM))
+        vectors[f"file-{f:02d}"] = vs / np.linalg.norm(vs, axis=1, keepdims=True)
+        recs = [ChunkRecord(i, 0, 1, f"chunk {i}", v) for i, v in enumerate(vs)]
+        await backend.add("vs", f"file-{f:02d}", recs, {"shard": f % 10, "big": f >= 5})
+    q = rng.normal(size=DIM)
+    qn = q / np.linalg.norm(q)
+    filters = [
+        {"type": "in", "key": "shard", "value": [1, 2, 7]},
+        {"type": "ne", "key": "shard", "value": 3},
+        {
+            "type": "and",
+            "filters": [
+                {"type": "eq", "key": "big", "value": True},
+                {"type": "lt", "key": "shard", "value": 5},
+            ],
+        },
+    ]
+    for flt, keep in zip(
+        filters,
+        [lambda f: f % 10 in (1, 2, 7), lambda f: f % 10 != 3, lambda f: f >= 5 and f % 10 < 5],
+        strict=True,
+    ):
+        brute = sorted(
+            (
+                (float(v @ qn), fid, i)
+                for fid, vs in vectors.items()
+                if keep(int(fid[5:]))
+                for i, v in enumerate(vs)
+            ),
+            reverse=True,
+        )[:10]
+        hits = await backend.search("vs", q, None, k=10, mode="vector", filters=flt)
+        assert [(h.file_id, h.index) for h in hits] == [(fid, i) for _, fid, i in brute]
+        assert [h.score for h in hits] == pytest.approx([max(0.0, s) for s, _, _ in brute], abs=1e-5)

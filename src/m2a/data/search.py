@@ -195,9 +195,9 @@ def keyword_query(text: str | None) -> str | None:
             continue
         seen.add(term)
         terms.append((term, all(w in STOPWORDS for w in words)))
-    kept = [t for t, stop in terms if not stop] or [t for t, _ in terms]
+    kept = [t for t, stop in terms if not stop]
     if not kept:
-        return None
+        return None  # only common words: they would match (and rank) nearly every chunk
     return " OR ".join(f'"{t}"' for t in kept[:MAX_QUERY_TERMS])
 
 
