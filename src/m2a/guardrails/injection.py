@@ -52,10 +52,10 @@ from m2a.guardrails.base import Context, Finding, register_detector
 from m2a.guardrails.normalize import Prepared, View
 
 INJECTION = "prompt_injection"  # the category of its findings
-# The default reporting threshold, chosen on tests/data/guardrails/eval.jsonl: the lowest of 0.5,
-# 0.6, ... at which recall stays >= 0.8 and false positives on its hard negatives written for this
-# detector about 5% (1.7% over all its lines without an attack); see bench/README.md. The finding's
-# score is the probability.
+# The default reporting threshold, chosen on tests/data/guardrails/eval.jsonl: recall 0.84 there with
+# 0.6% false positives over its lines without an attack (2.1% of the hard negatives written for this
+# detector; 0.6 had 5.3% of those). The finding's score is the probability; bench/README.md has the
+# holdout's numbers.
 THRESHOLD = 0.7
 MODEL_FILE = "injection_model.json"
 
