@@ -269,7 +269,7 @@ def builtin_profiles() -> dict[str, GuardrailProfile]:
                     detector="prompt_injection",
                     where=["input", "tool"],
                     action="block",
-                    threshold=0.9,
+                    threshold=0.7,
                     fail="open",
                 ),
                 R(detector="system_prompt_leak", where=["output"], action="block", fail="open"),
