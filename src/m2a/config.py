@@ -261,14 +261,16 @@ def builtin_profiles() -> dict[str, GuardrailProfile]:
     R = GuardrailRule
     return {
         "default": GuardrailProfile(
-            description="Credentials masked both ways, prompt injection and system-prompt leaks "
-            "refused, personal data flagged.",
+            description="Credentials masked both ways, system-prompt leaks refused, prompt injection "
+            "and personal data flagged.",
             rules=[
                 R(detector="secrets", action="redact", fail="open"),
+                # Flagged, not refused: technical text about LLMs scores high (5-10% of m2a's own
+                # docs' paragraphs), so refusing is for profiles that choose it (strict).
                 R(
                     detector="prompt_injection",
                     where=["input", "tool"],
-                    action="block",
+                    action="flag",
                     threshold=0.7,
                     fail="open",
                 ),
@@ -349,6 +351,24 @@ class TelemetryConfig(_Strict):
     device_metrics: bool = Field(default=True, description="GPU/CPU metrics on /metrics.")
 
 
+class DataConfig(_Strict):
+    """Files and vector stores (``/v1/files``, ``/v1/vector_stores``): ingestion and search."""
+
+    embedding_model: str = Field(
+        default="all-minilm-l6-v2",
+        description="The served model that embeds chunks and queries (through the gateway, so it is "
+        "metered and counted against the owning team's quotas; the team must be granted it).",
+    )
+    max_file_bytes: int = Field(
+        default=512 << 20, ge=1024, description="Larger uploads to /v1/files get 413."
+    )
+    backend: Literal["sqlite"] = Field(default="sqlite", description="Where chunks and vectors live.")
+    db_path: Path | None = Field(
+        default=None, description="The SQLite backend's file; default $M2A_HOME/vectors.db."
+    )
+    workers: int = Field(default=2, ge=1, le=32, description="Files ingested at once per gateway process.")
+
+
 def default_home() -> Path:
     return Path(user_data_dir("m2a", appauthor=False))
 
@@ -384,6 +404,7 @@ class Settings(_Strict):
     telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
     router: RouterConfig = Field(default_factory=RouterConfig)
     guardrails: GuardrailsConfig = Field(default_factory=GuardrailsConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
 
     @field_validator("models")
     @classmethod
@@ -415,7 +436,7 @@ def _env_overrides(environ: dict[str, str]) -> dict[str, Any]:
             out[_TOP_LEVEL_ENV[key]] = value
         elif key.startswith("M2A_") and "__" in key:
             section, _, field = key[4:].lower().partition("__")
-            if section in ("gateway", "supervisor", "telemetry", "router", "guardrails"):
+            if section in ("gateway", "supervisor", "telemetry", "router", "guardrails", "data"):
                 out.setdefault(section, {})[field] = value
     return out
 
