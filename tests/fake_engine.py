@@ -14,6 +14,9 @@ request it receives (path, headers, raw body), and can be steered by the test:
 * ``chunk_delay``: seconds between streamed chunks; ``delay``: seconds before answering at all.
 * ``waiting``: what ``GET /metrics`` reports as ``vllm:num_requests_waiting`` (vLLM's queue).
 * ``cancelled``: set when a handler notices that its client (the gateway) went away.
+* ``embed``: ``"fixed"`` answers every embeddings request with one 3-d vector; ``"hash"`` gives each
+  input a 64-d hashed bag of its words (the same words, the same direction) and counts one prompt
+  token per word: deterministic vectors that search can tell apart, for tests of the data services.
 
 It is not a model: tests about real answers use the real engines (tests/test_e2e_*.py).
 """
@@ -21,7 +24,9 @@ It is not a model: tests about real answers use the real engines (tests/test_e2e
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
+import re
 import time
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -31,6 +36,19 @@ from aiohttp import web
 from tests.conftest import free_port
 
 Mode = Literal["ok", "error", "die_mid_stream"]
+HASH_DIM = 64
+_WORD = re.compile(r"\w+")
+
+
+def hash_embedding(text: str) -> tuple[list[float], int]:
+    """A hashed bag of words of ``text`` (64 floats, zero for no words) and its word count."""
+    vec = [0.0] * HASH_DIM
+    words = _WORD.findall(text.lower())
+    for word in words:
+        h = hashlib.blake2b(word.encode(), digest_size=8).digest()
+        vec[h[0] % HASH_DIM] += 1.0 if h[1] & 1 else -1.0
+    return vec, len(words)
+
 
 # vLLM's older error body (before it adopted OpenAI's {"error": {...}} shape).
 OLD_VLLM_ERROR = {
@@ -126,6 +144,7 @@ class FakeEngine:
         self.error_status = 400
         self.usage: dict[str, int] = dict(DEFAULT_USAGE)
         self.waiting = 0.0
+        self.embed: Literal["fixed", "hash"] = "fixed"
         self.requests: list[Received] = []
         self.started = asyncio.Event()  # some handler began
         self.cancelled = asyncio.Event()  # some handler saw its client go away
@@ -197,6 +216,23 @@ class FakeEngine:
         if self.mode == "error":
             return web.json_response(OLD_VLLM_ERROR, status=self.error_status)
         body = received.json
+        if self.embed == "hash":
+            if self.gate is not None:
+                await self.gate.wait()
+            inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
+            done = [hash_embedding(str(t)) for t in inputs]
+            tokens = sum(n for _, n in done)
+            return web.json_response(
+                {
+                    "object": "list",
+                    "data": [
+                        {"object": "embedding", "index": i, "embedding": v} for i, (v, _) in enumerate(done)
+                    ],
+                    "model": body.get("model"),
+                    "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+                    "created": int(time.time()),
+                }
+            )
         return web.json_response(
             {
                 "object": "list",

@@ -66,7 +66,7 @@ async def test_schema_has_the_identity_tables(database: Database) -> None:
     engine = await database.open()
     assert await table_names(engine) >= TABLES
     async with engine.connect() as conn:
-        assert (await conn.execute(text("SELECT version_num FROM alembic_version"))).scalar_one() == "0004"
+        assert (await conn.execute(text("SELECT version_num FROM alembic_version"))).scalar_one() == "0005"
         assert (await conn.execute(text("SELECT id, value FROM identity_revision"))).all() == [(1, 0)]
 
 

@@ -5,6 +5,12 @@ Team keys are looked up in the identity store once and cached; a background task
 revision counter and drops the cache when anything changed (a revoked key stops working within
 about ``poll_s`` seconds, in every gateway process sharing the store). Expiry is checked on every
 request from the cached record.
+
+Work the gateway does for a team (embedding the team's files for its vector stores) calls the
+gateway's own ``/v1/embeddings`` with ``internal_token``, random per process and never logged, plus
+``x-m2a-on-behalf-of: <team id>``: that pair resolves to the team's own principal (its grants,
+priority and limits: ``IdentityStore.team_principal``), so the work is routed, metered and counted
+like the team's requests. The header without the token, or the token without the header, is 401.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import asyncio
 import contextlib
 import hmac
 import logging
+import secrets
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -28,6 +35,7 @@ log = logging.getLogger("m2a.gateway.access")
 
 CACHE_SIZE = 10_000
 REFUSED_CACHE_SIZE = 1_000
+ON_BEHALF_HEADER = "x-m2a-on-behalf-of"
 
 BOOTSTRAP = Principal(
     key_id=0,
@@ -55,6 +63,7 @@ class Access:
         if not admin_key:
             raise ValueError("the gateway needs an admin key: it never serves an open endpoint")
         self._admin = admin_key.encode()
+        self.internal_token = secrets.token_urlsafe(32)  # this process's own calls (see the docstring)
         self.store = store
         self.poll_s = poll_s
         # Valid keys and refused ones are cached apart, so a flood of random keys cannot push the
@@ -141,11 +150,36 @@ class Access:
                 "You didn't provide an API key. Send it as 'Authorization: Bearer <key>'.",
                 code="missing_api_key",
             )
+        on_behalf = request.headers.get(ON_BEHALF_HEADER)
+        internal = hmac.compare_digest(token.encode(), self.internal_token.encode())
+        if on_behalf is not None or internal:
+            return await self._on_behalf(on_behalf if internal else None)
         found = await self._lookup(token)
         if isinstance(found, str):
             raise GatewayError(401, _REFUSALS.get(found, _REFUSALS["unknown"]), code="invalid_api_key")
         if found.expires_at is not None and found.expires_at <= datetime.now(UTC):
             raise GatewayError(401, _REFUSALS["expired"], code="invalid_api_key")
+        return found
+
+    async def _on_behalf(self, team: str | None) -> Principal:
+        """The team's principal for the gateway's own calls; ``None``: the token or header is missing."""
+        refused = GatewayError(
+            401, f"'{ON_BEHALF_HEADER}' is for the gateway's own calls, with its internal token.",
+            code="invalid_api_key",
+        )  # fmt: skip
+        if team is None or not team.isdigit() or self.store is None or len(team) > 10:
+            raise refused
+        name = f"\0team:{int(team)}"  # no bearer key can start with NUL: its own cache slot
+        found = self._cache.get(name)
+        if found is None:
+            generation = self._generation
+            found = await self.store.team_principal(int(team))
+            if found is None:
+                raise refused
+            if generation == self._generation:
+                self._cache[name] = found
+                if len(self._cache) > CACHE_SIZE:
+                    self._cache.popitem(last=False)
         return found
 
     async def is_admin(self, request: Request) -> bool:

@@ -8,6 +8,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from opentelemetry.trace import Tracer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -18,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
 
-from m2a.config import GatewayConfig, GuardrailsConfig
+from m2a.config import DataConfig, GatewayConfig, GuardrailsConfig
 from m2a.gateway.access import Access
 from m2a.gateway.auth import bearer_token
 from m2a.gateway.counters import Memory
@@ -76,6 +77,9 @@ def create_app(
     metrics_collector: str | None = None,
     stages: tuple[str, ...] = STAGES,
     guards: Guards | None = None,
+    data: DataConfig | None = None,
+    home: Path | None = None,
+    self_url: str | None = None,
 ) -> Starlette:
     """The gateway for the models in ``pool``, for callers with the admin ``key`` or a team key.
 
@@ -91,6 +95,9 @@ def create_app(
     ``stages`` names the request path's stages in order (default: ``gateway.stages.STAGES``).
     ``guards`` holds the guardrail profiles (default: the built-in ones and those made through the
     admin API where ``identity`` is given, none applied unless attached to a team, key or model).
+    ``home`` (with ``identity``) serves the data services, ``/v1/files`` and ``/v1/vector_stores``
+    (``data`` configures them; files and vectors live under ``home``); ``self_url`` is this gateway's
+    own URL, which their embeddings call (learned from the first data request when not given).
     """
     cfg = cfg or GatewayConfig()
     access = Access(key, identity)
@@ -137,6 +144,11 @@ def create_app(
         cfg, pool, access, quotas, gate, ledger, metrics, tracer, record_content, routing, forwarder, guards
     )
     pipeline = Pipeline(services, stages)
+    data_service = None
+    if identity is not None and home is not None:
+        from m2a.gateway.data_api import DataAPI, DataService
+
+        data_service = DataService(data or DataConfig(), home, identity, access, self_url)
 
     def openai_route(path: str) -> Callable[[Request], Awaitable[Response]]:
         engine_path, task = ROUTES[path]
@@ -212,9 +224,13 @@ def create_app(
         bridge = otlp_bridge(metrics.registry, metrics_collector) if metrics_collector else None
         refreshing = asyncio.create_task(refresh_every(bridge, 10.0)) if bridge is not None else None
         waker = asyncio.create_task(gate.run()) if gate is not None else None
+        if data_service is not None:
+            await data_service.start()
         try:
             yield
         finally:
+            if data_service is not None:
+                await data_service.close()
             await routing.close()
             if refreshing is not None and bridge is not None:
                 refreshing.cancel()
@@ -242,6 +258,8 @@ def create_app(
         Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", prometheus, methods=["GET"]),
     ]
+    if data_service is not None:
+        routes += DataAPI(access, data_service, cfg.max_body_bytes).routes()
     if trace_store is not None:
         from m2a.telemetry.receiver import otlp_traces_route
 
@@ -280,4 +298,5 @@ def create_app(
     app.state.quotas = quotas
     app.state.gate = gate
     app.state.guards = guards
+    app.state.data = data_service
     return app

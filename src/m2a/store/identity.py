@@ -312,20 +312,43 @@ class IdentityStore:
                 )  # fmt: skip
             if team is None or team.deleted_at is not None:
                 return "team deleted"
-            models = (await s.execute(select(Grant.model).where(Grant.team_id == team.id))).scalars().all()
-            priority = k.priority or team.priority
-            order = PRIORITIES[k.priority] if k.priority else team.priority_order
-            limits = await limits_for(s, team.id, k.id)
-            return Principal(
-                k.id,
-                k.prefix,
-                team.name,
-                "member",
-                priority,
-                order,
-                frozenset(models),
-                expires,
-                team.id,
-                limits,
-                k.guardrails or team.guardrails,
-            )
+            return await self._member(s, team, k.id, k.prefix, k.priority, k.guardrails, expires)
+
+    async def team_principal(self, team_id: int) -> Principal | None:
+        """The team's own principal, as a member key with no settings of its own would have it
+        (``key_id`` 0, prefix ``internal``): for work the gateway does on a team's behalf, such as
+        embedding the team's files. None when there is no such team (or it was deleted)."""
+        async with self._session() as s:
+            team = await s.get(Team, team_id)
+            if team is None or team.deleted_at is not None:
+                return None
+            return await self._member(s, team, 0, "internal", None, None, None)
+
+    @staticmethod
+    async def _member(
+        s: AsyncSession,
+        team: Team,
+        key_id: int,
+        prefix: str,
+        key_priority: str | None,
+        key_guardrails: str | None,
+        expires: datetime | None,
+    ) -> Principal:
+        """A member's principal: the team's grants, priority, limits and guardrails, the key's overrides."""
+        models = (await s.execute(select(Grant.model).where(Grant.team_id == team.id))).scalars().all()
+        priority = key_priority or team.priority
+        order = PRIORITIES[key_priority] if key_priority else team.priority_order
+        limits = await limits_for(s, team.id, key_id)
+        return Principal(
+            key_id,
+            prefix,
+            team.name,
+            "member",
+            priority,
+            order,
+            frozenset(models),
+            expires,
+            team.id,
+            limits,
+            key_guardrails or team.guardrails,
+        )

@@ -1,4 +1,5 @@
-"""Tables of the store: teams, API keys, model grants, a change counter, quotas and the usage ledger."""
+"""Tables of the store: teams, API keys, model grants, a change counter, quotas, the usage ledger,
+guardrail profiles, and the data services' files, vector stores, their files and file batches."""
 
 from __future__ import annotations
 
@@ -134,3 +135,70 @@ class ModelGuardrails(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     model: Mapped[str] = mapped_column(String(256), unique=True)
     profile: Mapped[str] = mapped_column(String(64))
+
+
+# -- data services: /v1/files and /v1/vector_stores (store/data.py reads and writes them) -----------
+# Each table has an integer ``seq`` (the order lists page in) and OpenAI's string ``id``. JSON
+# columns are Text holding JSON. Every row carries its team: another team's id is not found.
+
+
+class DataFile(Base):
+    """An uploaded file; its bytes live on disk under ``$M2A_HOME/files/<team_id>/<id>``."""
+
+    __tablename__ = "files"
+
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True)
+    id: Mapped[str] = mapped_column(String(40), unique=True)  # file-<hex>
+    team_id: Mapped[int] = mapped_column(ForeignKey("teams.id"), index=True)
+    filename: Mapped[str] = mapped_column(String(512))
+    purpose: Mapped[str] = mapped_column(String(32))
+    bytes: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    status: Mapped[str] = mapped_column(String(16))  # uploaded, processed, error (OpenAI: deprecated)
+    deleted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class VectorStoreRow(Base):
+    __tablename__ = "vector_stores"
+
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True)
+    id: Mapped[str] = mapped_column(String(40), unique=True)  # vs_<hex>
+    team_id: Mapped[int] = mapped_column(ForeignKey("teams.id"), index=True)
+    name: Mapped[str] = mapped_column(String(256))
+    meta: Mapped[str] = mapped_column("metadata", Text, default="{}")  # OpenAI's metadata, JSON
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    last_active_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    status: Mapped[str] = mapped_column(String(16))  # as stored; in_progress/expired are computed
+    expires_after: Mapped[str | None] = mapped_column(Text, nullable=True)  # JSON {anchor, days}
+    usage_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class VectorStoreFileRow(Base):
+    """A file attached to a vector store: the ingestion queue's row (``in_progress`` until done)."""
+
+    __tablename__ = "vector_store_files"
+    __table_args__ = (UniqueConstraint("vector_store_id", "file_id"),)
+
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True)
+    vector_store_id: Mapped[str] = mapped_column(String(40), index=True)
+    file_id: Mapped[str] = mapped_column(String(40), index=True)
+    team_id: Mapped[int] = mapped_column(ForeignKey("teams.id"), index=True)
+    batch_id: Mapped[str | None] = mapped_column(String(40), nullable=True, index=True)
+    status: Mapped[str] = mapped_column(String(16), index=True)  # in_progress, completed, cancelled, failed
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)  # JSON {code, message}
+    attributes: Mapped[str] = mapped_column(Text, default="{}")  # JSON
+    chunking_strategy: Mapped[str] = mapped_column(Text)  # JSON, as OpenAI reports it
+    usage_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    attempt: Mapped[int] = mapped_column(Integer, default=0)  # bumped by every (re)queue: stale jobs lose
+
+
+class VectorStoreFileBatchRow(Base):
+    __tablename__ = "vector_store_file_batches"
+
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True)
+    id: Mapped[str] = mapped_column(String(40), unique=True)  # vsfb_<hex>
+    vector_store_id: Mapped[str] = mapped_column(String(40), index=True)
+    team_id: Mapped[int] = mapped_column(ForeignKey("teams.id"), index=True)
+    status: Mapped[str] = mapped_column(String(16))  # in_progress or cancelled; completed is computed
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

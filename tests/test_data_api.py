@@ -1,0 +1,425 @@
+"""The data services end to end: the official ``openai`` client against a live gateway (uvicorn on a
+loopback port) over a fresh SQLite store, with ingestion embedding through the gateway's own
+``/v1/embeddings`` into the aiohttp fake engine in its hashed bag-of-words mode (tests/fake_engine.py:
+deterministic 64-d vectors that search can tell apart; the test is about the API and ingestion, not
+about embedding quality). Nothing asserts on wall-clock times; every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+import pytest_asyncio
+from sqlalchemy import select
+
+from m2a.config import DataConfig, GatewayConfig
+from m2a.data.stores import ChunkRecord, build_backend
+from m2a.gateway.access import ON_BEHALF_HEADER
+from m2a.gateway.app import create_app
+from m2a.router.pool import Endpoint, Pool
+from m2a.store.data import DataStore
+from m2a.store.identity import IdentityStore, Principal
+from m2a.store.ledger import Ledger
+from m2a.store.schema import Usage
+from tests import gateway_fixtures
+from tests.fake_engine import FakeEngine, hash_embedding
+from tests.live_app import live
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+ADMIN = "sk-data-admin-" + "d" * 24
+EMBED = "embed"
+TIMEOUT = 30.0
+MAX_FILE = 64 * 1024
+
+store = gateway_fixtures.store  # a fresh, migrated SQLite identity store per test
+
+REFUNDS = (
+    b"# Refunds\n\nCustomers may ask for a refund of an invoice within thirty days. The refund goes "
+    b"back to the card that paid the invoice; finance approves refunds above one thousand euros.\n"
+)
+ROCKETS = (
+    b"# Launch checklist\n\nThe rocket engine is fuelled with liquid oxygen and kerosene. Before the "
+    b"launch the crew checks the valves, the telemetry link and the weather over the range.\n"
+)
+
+
+@dataclass
+class GW:
+    app: Any
+    url: str
+    http: httpx.AsyncClient
+
+    def client(self, key: str) -> openai.AsyncOpenAI:
+        return openai.AsyncOpenAI(base_url=self.url + "/v1", api_key=key, max_retries=0, timeout=TIMEOUT)
+
+    async def idle(self) -> None:
+        await asyncio.wait_for(self.app.state.data.ingestor.idle(), TIMEOUT)
+
+
+@pytest_asyncio.fixture
+async def engine() -> AsyncIterator[FakeEngine]:
+    fake = FakeEngine()
+    fake.embed = "hash"
+    await fake.start()
+    yield fake
+    await fake.stop()
+
+
+def make_pool(engine: FakeEngine) -> Pool:
+    pool = Pool()
+    pool.add(Endpoint("embed-0", EMBED, engine.url, task="embed", healthy=True))
+    return pool
+
+
+@contextlib.asynccontextmanager
+async def serve(
+    engine: FakeEngine, store: IdentityStore, home: Path, ledger: Ledger | None = None
+) -> AsyncIterator[GW]:
+    app = create_app(
+        make_pool(engine),
+        ADMIN,
+        GatewayConfig(),
+        identity=store,
+        ledger=ledger,
+        usage_store=store.engine,
+        home=home,
+        data=DataConfig(embedding_model=EMBED, max_file_bytes=MAX_FILE),
+    )
+    async with (
+        live(app, TIMEOUT) as url,
+        httpx.AsyncClient(base_url=url, timeout=TIMEOUT, trust_env=False) as http,
+    ):
+        yield GW(app, url, http)
+
+
+async def team(store: IdentityStore, name: str, grant: bool = True) -> str:
+    await store.create_team(name)
+    if grant:
+        await store.grant(name, EMBED)
+    return (await store.create_key(name, f"{name}-key"))[0]
+
+
+@pytest_asyncio.fixture
+async def gw(engine: FakeEngine, store: IdentityStore, tmp_path: Path) -> AsyncIterator[GW]:
+    async with serve(engine, store, tmp_path / "data") as g:
+        try:
+            yield g
+        finally:
+            engine.release()
+
+
+async def uploaded(client: openai.AsyncOpenAI, store_id: str, name: str, data: bytes, **kw: Any) -> Any:
+    return await client.vector_stores.files.upload_and_poll(
+        vector_store_id=store_id, file=(name, data), max_wait_seconds=TIMEOUT, **kw
+    )
+
+
+# ---------------------------------------------------------------------------- the main path
+async def test_upload_ingest_search_and_pages(
+    engine: FakeEngine, store: IdentityStore, tmp_path: Path
+) -> None:
+    key = await team(store, "team-a")
+    ledger = Ledger(store.engine, tmp_path / "ledger")
+    async with serve(engine, store, tmp_path / "data", ledger) as gw:
+        c = gw.client(key)
+        f = await c.files.create(file=("notes.txt", b"plain notes about nothing"), purpose="assistants")
+        assert f.id.startswith("file-") and f.bytes == 25 and f.filename == "notes.txt"
+        assert (await c.files.retrieve(f.id)).id == f.id
+        assert await (await c.files.content(f.id)).aread() == b"plain notes about nothing"
+
+        vs = await c.vector_stores.create(name="docs", metadata={"owner": "finance"})
+        assert vs.id.startswith("vs_") and vs.file_counts.total == 0 and vs.metadata == {"owner": "finance"}
+        a = await uploaded(c, vs.id, "refunds.md", REFUNDS, attributes={"kind": "policy", "year": 2024})
+        b = await uploaded(c, vs.id, "rockets.md", ROCKETS, attributes={"kind": "manual", "year": 2021})
+        for vf in (a, b):
+            assert vf.status == "completed", vf.last_error
+            assert vf.usage_bytes > 0 and vf.last_error is None
+        assert a.attributes == {"kind": "policy", "year": 2024}
+        assert a.chunking_strategy is not None and a.chunking_strategy.type == "static"
+
+        got = await c.vector_stores.retrieve(vs.id)
+        assert got.status == "completed"
+        assert got.file_counts.completed == 2 and got.file_counts.total == 2
+        assert got.usage_bytes == a.usage_bytes + b.usage_bytes  # per file, as the backend counts it
+        assert got.usage_bytes == await gw.app.state.data.backend.usage_bytes(vs.id)
+
+        res = await c.vector_stores.search(vs.id, query="refund of an invoice")
+        assert res.data and res.data[0].file_id == a.id and res.data[0].filename == "refunds.md"
+        assert "refund" in res.data[0].content[0].text and 0 < res.data[0].score <= 1
+        assert res.data[0].attributes == {"kind": "policy", "year": 2024}
+        res = await c.vector_stores.search(vs.id, query=["rocket", "launch valves"], max_num_results=1)
+        assert [h.file_id for h in res.data] == [b.id]
+        filt = {"type": "eq", "key": "kind", "value": "manual"}
+        res = await c.vector_stores.search(vs.id, query="refund of an invoice", filters=filt)
+        assert {h.file_id for h in res.data} == {b.id}  # the filter beats the better match
+        cmp = {"type": "and", "filters": [{"type": "gte", "key": "year", "value": 2022}, filt]}
+        assert (await c.vector_stores.search(vs.id, query="refund", filters=cmp)).data == []
+        res = await c.vector_stores.search(
+            vs.id, query="refund", ranking_options={"score_threshold": 1.0}, rewrite_query=True
+        )
+        assert all(h.score >= 1.0 for h in res.data)
+        with pytest.raises(openai.BadRequestError):
+            await c.vector_stores.search(vs.id, query="x", max_num_results=51)
+        with pytest.raises(openai.BadRequestError):
+            await c.vector_stores.search(vs.id, query="x", filters={"type": "near", "key": "k", "value": 1})
+
+        # pages: vector store files, files and stores, forwards and backwards
+        first = await c.vector_stores.files.list(vs.id, limit=1, order="asc")
+        assert [x.id for x in first.data] == [a.id] and first.has_more
+        nxt = await c.vector_stores.files.list(vs.id, limit=1, order="asc", after=a.id)
+        assert [x.id for x in nxt.data] == [b.id] and not nxt.has_more
+        back = await c.vector_stores.files.list(vs.id, limit=5, order="asc", before=b.id)
+        assert [x.id for x in back.data] == [a.id]
+        assert [x.id async for x in c.vector_stores.files.list(vs.id, limit=1)] == [b.id, a.id]
+        done = await c.vector_stores.files.list(vs.id, filter="completed")
+        assert len(done.data) == 2
+        files = [x.id async for x in c.files.list(limit=2)]
+        assert len(files) == 3 and files[-1] == f.id  # newest first
+        raw = (await gw.http.get("/v1/files?limit=1", headers={"authorization": f"Bearer {key}"})).json()
+        assert raw["object"] == "list" and raw["has_more"] and raw["first_id"] == raw["last_id"]
+        vs2 = await c.vector_stores.create(name="second")
+        assert [x.id async for x in c.vector_stores.list(limit=1)] == [vs2.id, vs.id]
+        with pytest.raises(openai.BadRequestError):
+            await c.vector_stores.list(after="vs_nope")
+
+        content = await c.vector_stores.files.content(a.id, vector_store_id=vs.id)
+        assert "thirty days" in content.data[0].text
+
+        # attributes change, detach, delete
+        upd = await c.vector_stores.files.update(a.id, vector_store_id=vs.id, attributes={"kind": "manual"})
+        assert (
+            upd.attributes == {"kind": "manual"} and upd.usage_bytes == a.usage_bytes - 12
+        )  # 12 fewer JSON bytes
+        res = await c.vector_stores.search(vs.id, query="refund of an invoice", filters=filt)
+        assert a.id in {h.file_id for h in res.data}
+        renamed = await c.vector_stores.update(
+            vs.id, name="docs-2", expires_after={"anchor": "last_active_at", "days": 7}
+        )
+        assert renamed.name == "docs-2" and renamed.expires_at is not None
+        deleted = await c.vector_stores.files.delete(b.id, vector_store_id=vs.id)
+        assert deleted.deleted
+        assert (await c.vector_stores.retrieve(vs.id)).usage_bytes == upd.usage_bytes
+        assert await gw.app.state.data.backend.file_ids(vs.id) == [a.id]
+        assert (await c.files.delete(a.id)).deleted  # a deleted file leaves every store
+        assert (await c.vector_stores.retrieve(vs.id)).file_counts.total == 0
+        assert await gw.app.state.data.backend.file_ids(vs.id) == []
+        with pytest.raises(openai.NotFoundError):
+            await c.files.retrieve(a.id)
+        assert (await c.vector_stores.delete(vs2.id)).deleted
+        with pytest.raises(openai.NotFoundError):
+            await c.vector_stores.retrieve(vs2.id)
+
+        # the admin key owns no data
+        resp = await gw.http.get("/v1/vector_stores", headers={"authorization": f"Bearer {ADMIN}"})
+        assert resp.status_code == 400 and resp.json()["error"]["code"] == "team_required"
+
+    # every embedding went through the gateway, on team-a's account (ledger flushed at shutdown)
+    async with store.engine.connect() as conn:
+        rows = (await conn.execute(select(Usage.__table__))).mappings().all()
+    embeds = [r for r in rows if r["route"] == "/v1/embeddings"]
+    assert len(embeds) == 8  # 2 files + 6 searches (the 2 refused ones were not embedded)
+    assert {r["team"] for r in embeds} == {"team-a"} and {r["key_prefix"] for r in embeds} == {"internal"}
+    words = len(REFUNDS.split()) // 2  # the engine counts one token per word: at least this many
+    assert sum(r["input_tokens"] for r in embeds) > words
+
+
+async def test_batches(gw: GW, store: IdentityStore) -> None:
+    c = gw.client(await team(store, "team-a"))
+    vs = await c.vector_stores.create(name="b")
+    ids = [
+        (await c.files.create(file=(f"f{i}.txt", b"word " * (i + 3)), purpose="assistants")).id
+        for i in range(3)
+    ]
+    batch = await c.vector_stores.file_batches.create_and_poll(
+        vs.id, file_ids=ids, attributes={"src": "batch"}
+    )
+    assert batch.status == "completed" and batch.file_counts.completed == 3 and batch.file_counts.total == 3
+    listed = await c.vector_stores.file_batches.list_files(batch.id, vector_store_id=vs.id)
+    assert {x.id for x in listed.data} == set(ids) and all(
+        x.attributes == {"src": "batch"} for x in listed.data
+    )
+    with_vs = await c.vector_stores.create(name="with files", file_ids=ids[:2])
+    await gw.idle()
+    assert (await c.vector_stores.retrieve(with_vs.id)).file_counts.completed == 2
+    cancelled = await c.vector_stores.file_batches.cancel(batch.id, vector_store_id=vs.id)
+    assert cancelled.status == "cancelled"
+
+
+# ---------------------------------------------------------------------------- tenancy
+async def test_another_teams_objects_are_404(gw: GW, store: IdentityStore) -> None:
+    a = gw.client(await team(store, "team-a"))
+    b = gw.client(await team(store, "team-b"))
+    vs = await a.vector_stores.create(name="secret")
+    f = await uploaded(a, vs.id, "refunds.md", REFUNDS)
+    mine = await b.vector_stores.create(name="mine")
+    calls = [
+        b.vector_stores.retrieve(vs.id),
+        b.vector_stores.update(vs.id, name="x"),
+        b.vector_stores.delete(vs.id),
+        b.vector_stores.search(vs.id, query="refund"),
+        b.vector_stores.files.list(vs.id),
+        b.vector_stores.files.retrieve(f.id, vector_store_id=vs.id),
+        b.files.retrieve(f.id),
+        b.files.delete(f.id),
+        b.vector_stores.files.create(mine.id, file_id=f.id),  # attaching another team's file
+        b.vector_stores.file_batches.create(mine.id, file_ids=[f.id]),
+        b.vector_stores.create(name="steal", file_ids=[f.id]),
+    ]
+    for call in calls:
+        with pytest.raises(openai.NotFoundError):
+            await call
+    resp = await gw.http.get(f"/v1/files/{f.id}/content", headers={"authorization": f"Bearer {b.api_key}"})
+    assert resp.status_code == 404
+    assert [x.id async for x in b.vector_stores.list()] == [mine.id]
+    assert [x.id async for x in b.files.list()] == []
+    assert (await a.vector_stores.retrieve(vs.id)).file_counts.completed == 1  # untouched
+
+
+# ---------------------------------------------------------------------------- bad input
+async def test_bad_files_fail_with_last_error(gw: GW, store: IdentityStore) -> None:
+    c = gw.client(await team(store, "team-a"))
+    vs = await c.vector_stores.create(name="bad")
+    corrupt = await uploaded(c, vs.id, "broken.pdf", b"%PDF-1.7\n1 0 obj << /Type /Catalog >> garbage")
+    assert corrupt.status == "failed" and corrupt.last_error is not None
+    assert corrupt.last_error.code == "invalid_file" and "PDF" in corrupt.last_error.message
+    png = await uploaded(c, vs.id, "image.txt", b"\x89PNG\r\n\x1a\n" + bytes(64))
+    assert png.status == "failed" and png.last_error.code == "unsupported_file"
+    empty = await uploaded(c, vs.id, "empty.txt", b"")
+    assert empty.status == "failed" and "empty" in empty.last_error.message
+    got = await c.vector_stores.retrieve(vs.id)
+    assert got.file_counts.failed == 3 and got.usage_bytes == 0
+    with pytest.raises(openai.APIStatusError) as exc:
+        await c.files.create(file=("big.txt", b"x" * (MAX_FILE + 1)), purpose="assistants")
+    assert exc.value.status_code == 413
+    with pytest.raises(openai.BadRequestError):
+        await c.files.create(file=("a.txt", b"abc"), purpose="nonsense")  # type: ignore[arg-type]
+    small = await c.files.create(file=("a.txt", b"abc"), purpose="assistants")
+    tiny = {"type": "static", "static": {"max_chunk_size_tokens": 50, "chunk_overlap_tokens": 0}}
+    with pytest.raises(openai.BadRequestError):  # chunks of at least 100 tokens
+        await c.vector_stores.files.create(vs.id, file_id=small.id, chunking_strategy=tiny)  # type: ignore[arg-type]
+
+
+async def test_ungranted_model_and_quota_fail_the_file(gw: GW, store: IdentityStore) -> None:
+    c = gw.client(await team(store, "team-n", grant=False))
+    vs = await c.vector_stores.create(name="n")
+    vf = await uploaded(c, vs.id, "refunds.md", REFUNDS)
+    assert vf.status == "failed" and vf.last_error.code == "server_error"
+    assert "granted" in vf.last_error.message and EMBED in vf.last_error.message
+
+    q = gw.client(await team(store, "team-q"))
+    resp = await gw.http.put(
+        "/admin/v1/teams/team-q/quotas",
+        headers={"authorization": f"Bearer {ADMIN}"},
+        json={"limits": [{"metric": "tokens", "window": "day", "limit": 5}]},
+    )
+    assert resp.status_code == 200, resp.text
+    vs = await q.vector_stores.create(name="q")
+    vf = await uploaded(q, vs.id, "refunds.md", REFUNDS)
+    assert (
+        vf.status == "failed"
+        and "quota" in vf.last_error.message
+        and "5 tokens per day" in vf.last_error.message
+    )
+    with pytest.raises(openai.RateLimitError):
+        await q.vector_stores.search(vs.id, query="refund of an invoice and more words than five")
+
+
+# ---------------------------------------------------------------------------- ingestion's edges
+async def test_delete_during_ingestion(gw: GW, engine: FakeEngine, store: IdentityStore) -> None:
+    c = gw.client(await team(store, "team-a"))
+    backend = gw.app.state.data.backend
+    for what in ("file", "store"):
+        engine.gate = asyncio.Event()
+        engine.started.clear()
+        vs = await c.vector_stores.create(name=what)
+        f = await c.files.create(file=("refunds.md", REFUNDS), purpose="assistants")
+        vf = await c.vector_stores.files.create(vs.id, file_id=f.id)
+        assert vf.status == "in_progress"
+        await asyncio.wait_for(engine.started.wait(), TIMEOUT)  # its embeddings are at the engine
+        assert (await c.vector_stores.retrieve(vs.id)).status == "in_progress"
+        if what == "file":
+            await c.vector_stores.files.delete(f.id, vector_store_id=vs.id)
+        else:
+            await c.vector_stores.delete(vs.id)
+        engine.release()
+        await gw.idle()
+        with pytest.raises(openai.NotFoundError):
+            await c.vector_stores.files.retrieve(f.id, vector_store_id=vs.id)
+        if what == "file":
+            assert await backend.file_ids(vs.id) == []
+            got = await c.vector_stores.retrieve(vs.id)
+            assert got.usage_bytes == 0 and got.file_counts.total == 0 and got.status == "completed"
+        else:
+            assert not await backend.has_store(vs.id)
+    engine.gate = None
+
+
+async def test_internal_token_needs_its_header_and_vice_versa(gw: GW, store: IdentityStore) -> None:
+    key = await team(store, "team-a")
+    p = await store.lookup(key)
+    assert isinstance(p, Principal) and p.team_id is not None
+    token = gw.app.state.access.internal_token
+    body = {"model": EMBED, "input": "hello world"}
+
+    async def post(bearer: str, on_behalf: str | None) -> httpx.Response:
+        headers = {"authorization": f"Bearer {bearer}"}
+        if on_behalf is not None:
+            headers[ON_BEHALF_HEADER] = on_behalf
+        return await gw.http.post("/v1/embeddings", json=body, headers=headers)
+
+    assert (await post(token, None)).status_code == 401
+    assert (await post(key, str(p.team_id))).status_code == 401
+    assert (await post(ADMIN, str(p.team_id))).status_code == 401
+    assert (await post(token + "x", str(p.team_id))).status_code == 401
+    assert (await post(token, "99999")).status_code == 401
+    assert (await post(token, "team-a")).status_code == 401  # an id, not a name
+    ok = await post(token, str(p.team_id))
+    assert ok.status_code == 200 and ok.json()["data"][0]["embedding"] == hash_embedding("hello world")[0]
+    assert (await post(key, None)).status_code == 200
+    internal = await store.team_principal(p.team_id)
+    assert internal is not None and internal.key_id == 0 and internal.key_prefix == "internal"
+    assert internal.models == p.models and internal.team == "team-a" and internal.limits == p.limits
+
+
+async def test_restart_requeues_what_a_killed_gateway_left(
+    engine: FakeEngine, store: IdentityStore, tmp_path: Path
+) -> None:
+    key = await team(store, "team-a")
+    home = tmp_path / "data"
+    async with serve(engine, store, home) as gw:
+        c = gw.client(key)
+        vs = await c.vector_stores.create(name="r")
+        f = await c.files.create(file=("refunds.md", REFUNDS), purpose="assistants")
+    # A gateway killed mid-job: the row says in_progress and the backend holds a stale half.
+    p = await store.lookup(key)
+    assert isinstance(p, Principal) and p.team_id is not None
+    rows = DataStore(store.engine)
+    strategy = {"type": "static", "static": {"max_chunk_size_tokens": 800, "chunk_overlap_tokens": 400}}
+    await rows.attach(p.team_id, vs.id, f.id, {"k": "v"}, strategy)
+    backend = build_backend("sqlite", path=home / "vectors.db")
+    stale, _ = hash_embedding("zebra stale half")
+    await backend.add(vs.id, f.id, [ChunkRecord(0, 0, 16, "zebra stale half", stale)])
+    await backend.close()
+    async with serve(engine, store, home) as gw:
+        c = gw.client(key)
+        # polling (a data request) teaches the restarted service its own address: the job goes on
+        vf = await c.vector_stores.files.poll(f.id, vector_store_id=vs.id, max_wait_seconds=TIMEOUT)
+        assert vf.status == "completed" and vf.attributes == {"k": "v"}
+        res = await c.vector_stores.search(vs.id, query="zebra stale half refund")
+        assert res.data and all("zebra" not in h.content[0].text for h in res.data)
+        assert all("refund" in h.content[0].text.lower() for h in res.data)
+        got = await c.vector_stores.retrieve(vs.id)
+        assert got.usage_bytes == vf.usage_bytes > 0
+    leftovers = await DataStore(store.engine).in_progress()
+    assert leftovers == []
+    assert json.loads(json.dumps(got.model_dump()))["file_counts"]["completed"] == 1
