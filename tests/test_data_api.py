@@ -423,3 +423,47 @@ async def test_restart_requeues_what_a_killed_gateway_left(
     leftovers = await DataStore(store.engine).in_progress()
     assert leftovers == []
     assert json.loads(json.dumps(got.model_dump()))["file_counts"]["completed"] == 1
+
+
+# ---------------------------------------------------------------------------- the CLI
+async def test_cli_ingest_stores_search(gw: GW, store: IdentityStore, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from m2a.cli import app as cli
+
+    key = await team(store, "team-a")
+    docs = tmp_path / "docs"
+    (docs / "sub").mkdir(parents=True)
+    (docs / "refunds.md").write_bytes(REFUNDS)
+    (docs / "sub" / "rockets.md").write_bytes(ROCKETS)
+    (tmp_path / "broken.pdf").write_bytes(b"%PDF-1.4 nothing else")
+    env = {"M2A_HOME": str(tmp_path / "cli-home"), "M2A_API_KEY": key}
+    base = ["--url", gw.url + "/v1"]
+
+    def m2a(*args: str) -> Any:
+        return CliRunner().invoke(cli, list(args), env=env)
+
+    done = await asyncio.to_thread(
+        m2a, "data", "ingest", str(docs), "--store", "handbook", "--attr", "v=2", *base
+    )
+    assert done.exit_code == 0, done.output
+    assert done.output.count("completed") == 2 and "handbook" in done.output
+    bad = await asyncio.to_thread(
+        m2a, "data", "ingest", str(tmp_path / "broken.pdf"), "-s", "handbook", *base
+    )
+    assert bad.exit_code == 1 and "failed" in bad.output and "PDF" in bad.output
+    listed = await asyncio.to_thread(m2a, "data", "stores", "--json", *base)
+    [vs] = json.loads(listed.output)  # the second ingest found the store by its name
+    assert (
+        vs["name"] == "handbook" and vs["file_counts"]["completed"] == 2 and vs["file_counts"]["failed"] == 1
+    )
+    found = await asyncio.to_thread(
+        m2a, "data", "search", "handbook", "rocket launch valves", "--json", *base
+    )
+    hits = json.loads(found.output)["data"]
+    assert hits[0]["filename"] == "rockets.md" and hits[0]["attributes"] == {"v": 2}
+    flt = json.dumps({"type": "eq", "key": "v", "value": 3})
+    none = await asyncio.to_thread(m2a, "data", "search", "handbook", "rocket", "--filter", flt, *base)
+    assert none.exit_code == 0 and "no results" in none.output
+    env.pop("M2A_API_KEY")
+    assert (await asyncio.to_thread(m2a, "data", "stores", *base)).exit_code == 2

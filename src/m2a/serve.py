@@ -243,6 +243,8 @@ async def run_up(
         metrics_collector=collector_endpoint(tel),
         router=Router(pool, {m.name: m.router for m in settings.models if m.router}, settings.router),
         guards=guards,
+        data=settings.data,
+        home=settings.home,
     )
     gw = settings.gateway
     server = _Server(uvicorn.Config(app, host=gw.host, port=gw.port, log_level="warning", access_log=False))
@@ -255,6 +257,9 @@ async def run_up(
     pidfile.write_text(str(os.getpid()))
     sock = sock or listen_socket(gw.host, gw.port)
     port = sock.getsockname()[1]  # the one bound: with port 0, the system chose it
+    if app.state.data is not None:  # the data services embed through this gateway's own address
+        own = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(gw.host, gw.host)
+        app.state.data.embedder.set_base_url(f"http://{f'[{own}]' if ':' in own else own}:{port}")
     serving = asyncio.create_task(server.serve(sockets=[sock]))
     try:
         while not server.started and not serving.done():
