@@ -75,18 +75,18 @@ async def engine() -> AsyncIterator[FakeEngine]:
     await fake.stop()
 
 
-def make_pool(engine: FakeEngine) -> Pool:
+def make_pool(engine: FakeEngine, kind: str = "remote") -> Pool:
     pool = Pool()
-    pool.add(Endpoint("embed-0", EMBED, engine.url, task="embed", healthy=True))
+    pool.add(Endpoint("embed-0", EMBED, engine.url, task="embed", engine=kind, healthy=True))
     return pool
 
 
 @contextlib.asynccontextmanager
 async def serve(
-    engine: FakeEngine, store: IdentityStore, home: Path, ledger: Ledger | None = None
+    engine: FakeEngine, store: IdentityStore, home: Path, ledger: Ledger | None = None, kind: str = "remote"
 ) -> AsyncIterator[GW]:
     app = create_app(
-        make_pool(engine),
+        make_pool(engine, kind),
         ADMIN,
         GatewayConfig(),
         identity=store,
@@ -467,3 +467,17 @@ async def test_cli_ingest_stores_search(gw: GW, store: IdentityStore, tmp_path: 
     assert none.exit_code == 0 and "no results" in none.output
     env.pop("M2A_API_KEY")
     assert (await asyncio.to_thread(m2a, "data", "stores", *base)).exit_code == 2
+
+
+async def test_vllm_truncates_long_chunks_instead_of_refusing(
+    engine: FakeEngine, store: IdentityStore, tmp_path: Path
+) -> None:
+    key = await team(store, "team-a")
+    for kind, extra in (("vllm", {"truncate_prompt_tokens": -1}), ("remote", {})):
+        engine.requests.clear()
+        async with serve(engine, store, tmp_path / kind, kind=kind) as gw:
+            c = gw.client(key)
+            vs = await c.vector_stores.create(name=kind)
+            assert (await uploaded(c, vs.id, "refunds.md", REFUNDS)).status == "completed"
+        [req] = [r for r in engine.requests if r.path == "/v1/embeddings"]
+        assert {k: v for k, v in req.json.items() if k == "truncate_prompt_tokens"} == extra

@@ -148,7 +148,7 @@ def create_app(
     if identity is not None and home is not None:
         from m2a.gateway.data_api import DataAPI, DataService
 
-        data_service = DataService(data or DataConfig(), home, identity, access, self_url)
+        data_service = DataService(data or DataConfig(), home, identity, access, self_url, pool)
 
     def openai_route(path: str) -> Callable[[Request], Awaitable[Response]]:
         engine_path, task = ROUTES[path]

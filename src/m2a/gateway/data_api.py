@@ -20,8 +20,11 @@ own data: their calls answer 400 ``team_required`` (use a key of the team).
   rewriting model here). The query is embedded as the files were, on the team's behalf (so it is
   metered; a quota that ran out answers 429). Hybrid (vector + keyword, fused) search.
 
-The tokenizer of chunking is ``chunking.ApproxTokenizer`` (the engine's own is not reachable from
-here); token counts are close to, not exactly, the embedding model's.
+Chunking counts tokens with the embedding model's own tokenizer where its engine names the folder
+(``hf:<folder>``, as m2a's vLLM engines do), else with ``chunking.ApproxTokenizer`` (close to, not
+exactly, the model's counts). Where only vLLM serves the embedding model, chunks longer than the
+model's window are truncated by vLLM for the vector (``truncate_prompt_tokens``); the keyword
+index keeps every token.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +43,7 @@ from starlette.routing import Route
 from starlette.types import Message
 
 from m2a.config import DataConfig
-from m2a.data.chunking import ChunkingError, chunking_strategy
+from m2a.data.chunking import ChunkingError, HFTokenizer, Tokenizer, chunking_strategy
 from m2a.data.files import FileBlobs, FileTooLarge
 from m2a.data.filters import FilterError, compile_filter, validate_attributes
 from m2a.data.ingest import EmbedError, Ingestor
@@ -65,9 +69,12 @@ from m2a.gateway.data_shapes import (
 )
 from m2a.gateway.errors import GatewayError
 from m2a.principal import Principal
+from m2a.router.pool import Pool
 from m2a.store.data import CursorNotFound, DataStore, new_id
 from m2a.store.identity import IdentityStore
 from m2a.store.schema import VectorStoreRow
+
+log = logging.getLogger("m2a.gateway.data_api")
 
 MULTIPART_SLACK = 1 << 20  # what a multipart body may carry beyond the file itself
 MAX_BATCH = 2000
@@ -84,12 +91,14 @@ class DataService:
         identity: IdentityStore,
         access: Access,
         self_url: str | None = None,
+        pool: Pool | None = None,
     ) -> None:
         self.cfg = cfg
+        self.pool = pool
         self.rows = DataStore(identity.engine)
         self.blobs = FileBlobs(Path(home) / "files")
         self.backend = build_backend(cfg.backend, path=cfg.db_path or Path(home) / "vectors.db")
-        self.embedder = LoopbackEmbedder(access, cfg.embedding_model, self_url)
+        self.embedder = LoopbackEmbedder(access, cfg.embedding_model, self_url, extra=self._engine_extras)
         self.ingestor = Ingestor(
             self.rows,
             self.backend,
@@ -97,7 +106,27 @@ class DataService:
             self.embedder,
             workers=cfg.workers,
             limits=ParseLimits(max_bytes=cfg.max_file_bytes),
+            tokenizer=self._tokenizer(),
         )
+
+    def _endpoints(self) -> list[Any]:
+        return self.pool.endpoints(self.cfg.embedding_model) if self.pool is not None else []
+
+    def _tokenizer(self) -> Tokenizer | None:
+        """The embedding model's own tokenizer where an engine names its folder (``hf:<folder>``)."""
+        for ep in self._endpoints():
+            if ep.tokenizer and ep.tokenizer.startswith("hf:"):
+                try:
+                    return HFTokenizer.from_folder(ep.tokenizer[3:])
+                except (OSError, RuntimeError, ValueError):
+                    log.warning("cannot read the tokenizer of %s; chunking approximates", ep.model)
+        return None
+
+    def _engine_extras(self) -> dict[str, Any]:
+        """vLLM refuses inputs past the model's length (MiniLM: 512 tokens, chunks: up to 4096):
+        where only vLLM serves the model, it truncates them instead (the keyword index keeps all)."""
+        eps = self._endpoints()
+        return {"truncate_prompt_tokens": -1} if eps and all(e.engine == "vllm" for e in eps) else {}
 
     async def start(self) -> None:
         await self.embedder.open()

@@ -14,7 +14,7 @@ yet) are retried a few times.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import aiohttp
@@ -28,9 +28,15 @@ RETRIES = (0.5, 1.0, 2.0)  # waits before retrying a 502/503
 
 class LoopbackEmbedder:
     def __init__(
-        self, access: Access, model: str, base_url: str | None = None, timeout_s: float = 600.0
+        self,
+        access: Access,
+        model: str,
+        base_url: str | None = None,
+        timeout_s: float = 600.0,
+        extra: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
         self.access = access
+        self.extra = extra  # more request fields, per call (an engine's own options)
         self.model = model
         self.base_url: str | None = None
         self._known = asyncio.Event()
@@ -67,6 +73,8 @@ class LoopbackEmbedder:
             raise EmbedError("the gateway is shutting down")
         headers = {"authorization": f"Bearer {self.access.internal_token}", ON_BEHALF_HEADER: str(team_id)}
         body = {"model": self.model, "input": list(texts), "encoding_format": "float"}
+        if self.extra is not None:
+            body.update(self.extra())
         for wait in (*RETRIES, None):
             try:
                 async with self._session.post(
