@@ -713,6 +713,44 @@ def test_e2e_run_report_gate_diff(gateway: tuple[str, Path]) -> None:
 
 
 @pytest.mark.e2e
+def test_e2e_a_run_under_a_guardrail_profile(gateway: tuple[str, Path]) -> None:
+    """--guardrails strict attacks as a team with strict attached; its run key is revoked after."""
+    url, tmp = gateway
+    db = tmp / "guarded.db"
+    args = [
+        "--model",
+        "echo-remote",
+        "--guardrails",
+        "strict",
+        "--category",
+        "secret_leakage",
+        "--limit",
+        "3",
+    ]
+    code, text = invoke(
+        "run", *args, "--url", url, "--key", ADMIN_KEY, "--db", str(db), "--seed", "5", home=tmp
+    )
+    assert code == 0, text
+    with Store(db) as s:
+        (run,) = s.runs()
+        rows = s.attempts(run.id)
+    assert run.profile == "strict" and len(rows) == 3
+    assert all(r["outcome"] == "blocked" for r in rows)  # strict refuses the planted credential on input
+    keys = httpx.get(
+        url.removesuffix("/v1") + "/admin/v1/keys",
+        headers={"authorization": f"Bearer {ADMIN_KEY}"},
+        timeout=10,
+    ).json()
+    mine = [k for k in keys if k["team"] == "redteam-strict"]
+    assert mine and all(k["revoked_at"] for k in mine)
+    code, text = invoke(
+        "run", "--model", "echo-remote", "--guardrails", "no-such-profile", "--url", url, "--key", ADMIN_KEY,
+        "--db", str(db), home=tmp,
+    )  # fmt: skip
+    assert code == 1 and "no-such-profile" in text
+
+
+@pytest.mark.e2e
 def test_e2e_bad_key_and_unknown_model_fail_fast(gateway: tuple[str, Path]) -> None:
     url, tmp = gateway
     code, text = invoke(

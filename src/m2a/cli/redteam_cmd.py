@@ -14,6 +14,7 @@ The key is ``--key``, else ``$M2A_API_KEY``, else the admin key `m2a up` uses (`
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import secrets
 import subprocess
@@ -124,6 +125,15 @@ def run_cmd(
         list[str] | None, typer.Option("--category", help="Only this category (repeatable; default all).")
     ] = None,
     profile: ProfileOpt = "",
+    guardrails: Annotated[
+        str | None,
+        typer.Option(
+            "--guardrails",
+            help="Attack as a team with this guardrail profile (off, default, strict, yours): with the "
+            "admin key, team redteam-<profile> gets the model and the profile, and a key for this run "
+            "(revoked after). The run's label is the profile unless --profile says otherwise.",
+        ),
+    ] = None,
     concurrency: Annotated[int, typer.Option(min=1, help="Attempts in flight at once.")] = 4,
     limit: Annotated[int | None, typer.Option(min=1, help="At most this many probes per category.")] = None,
     timeout: Annotated[float, typer.Option(min=1, help="Seconds per attempt (no retries).")] = 120.0,
@@ -136,9 +146,9 @@ def run_cmd(
     config: ConfigOpt = None,
 ) -> None:
     """Attack MODEL through the gateway with the probe packs; store and summarise the results."""
-    from m2a.redteam.probes import CATEGORY_ORDER, PackError, load, select
-    from m2a.redteam.runner import TargetError, check_target, run_probes
-    from m2a.redteam.score import Detectors, tally
+    from m2a.redteam.probes import PackError, load, select
+    from m2a.redteam.runner import TargetError, check_target
+    from m2a.redteam.under_profile import team_key
 
     settings = _settings(config)
     try:
@@ -151,11 +161,29 @@ def run_cmd(
         err.print("[red]error:[/] no probes to run")
         raise typer.Exit(2)
     base_url, api_key = gateway_url(settings, url), gateway_key(settings, key)
-    try:
-        asyncio.run(check_target(base_url, api_key, model))
-    except TargetError as exc:
-        err.print(f"[red]error:[/] {escape(str(exc))}")
-        raise typer.Exit(1) from exc
+    with contextlib.ExitStack() as scope:
+        try:
+            if guardrails:
+                api_key = scope.enter_context(team_key(base_url, api_key, model, guardrails))
+                profile = profile or guardrails
+            asyncio.run(check_target(base_url, api_key, model))
+        except TargetError as exc:
+            err.print(f"[red]error:[/] {escape(str(exc))}")
+            raise typer.Exit(1) from exc
+        _attack(settings, model, base_url, api_key, chosen, cats, profile, concurrency, timeout, seed, pack,
+                db, as_json)  # fmt: skip
+
+
+def _attack(
+    settings: Settings, model: str, base_url: str, api_key: str | None, chosen: list[Any], cats: Any,
+    profile: str, concurrency: int, timeout: float, seed: int | None, pack: list[Path] | None,
+    db: Path | None, as_json: bool,
+) -> None:  # fmt: skip
+    """Run the chosen probes, store every attempt as it ends, and print the summary."""
+    from m2a.redteam.probes import CATEGORY_ORDER
+    from m2a.redteam.runner import run_probes
+    from m2a.redteam.score import Detectors, tally
+
     seed = secrets.randbelow(2**31) if seed is None else seed
     rank = {c: i for i, c in enumerate(CATEGORY_ORDER)}
     chosen.sort(key=lambda p: rank.get(p.category, len(rank)))  # stable: pack order within a category
