@@ -27,9 +27,11 @@ from __future__ import annotations
 
 import inspect
 from bisect import bisect_left
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
+
+from m2a.plugins import Registry
 
 if TYPE_CHECKING:
     from m2a.guardrails.normalize import Prepared
@@ -113,43 +115,18 @@ class UnknownDetector(ValueError):
     pass
 
 
-_REGISTRY: dict[str, Callable[..., Any]] = {}
-
-
-def register_detector(name: str) -> Callable[[T], T]:
-    """Register a detector class (or factory) under ``name``; its instances get ``.name`` = name."""
-
-    def deco(factory: T) -> T:
-        _REGISTRY[name] = factory  # type: ignore[assignment]
-        if isinstance(factory, type):
-            factory.name = name  # type: ignore[attr-defined]
-        return factory
-
-    return deco
-
-
 def _load_builtins() -> None:
     from m2a.guardrails import credentials, denylist, injection, judge, leakage, pii, trustyai  # noqa: F401  (they register)
 
 
-def known() -> list[str]:
-    _load_builtins()
-    return sorted(_REGISTRY)
+_DETECTORS = Registry("detector", _load_builtins, UnknownDetector)
+register_detector = _DETECTORS.register  # @register_detector("name") on a detector class
+known = _DETECTORS.known  # the registered detector names
 
 
 def build(name: str, params: dict[str, Any] | None = None) -> AnyDetector:
     """A new detector registered as ``name``, built with ``params`` (its keyword arguments)."""
-    _load_builtins()
-    factory = _REGISTRY.get(name)
-    if factory is None:
-        raise UnknownDetector(f"unknown detector {name!r}; known detectors: {', '.join(sorted(_REGISTRY))}")
-    try:
-        det = factory(**(params or {}))
-    except TypeError as exc:
-        raise ValueError(f"bad params for detector {name!r}: {exc}") from exc
-    if not getattr(det, "name", None):
-        det.name = name
-    return det
+    return _DETECTORS.build(name, params)  # type: ignore[no-any-return]
 
 
 def build_all(specs: list[dict[str, Any]] | None) -> list[AnyDetector]:

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -34,6 +34,7 @@ import numpy as np
 
 from m2a.data.filters import Filter
 from m2a.data.search import DEFAULT_RESULTS, Hit
+from m2a.plugins import Registry
 
 T = TypeVar("T")
 
@@ -130,40 +131,15 @@ class UnknownBackend(ValueError):
     pass
 
 
-_REGISTRY: dict[str, Callable[..., VectorBackend]] = {}
-
-
-def register_backend(name: str) -> Callable[[T], T]:
-    """Register a backend class (or factory) under ``name``; its instances get ``.name`` = name."""
-
-    def deco(factory: T) -> T:
-        _REGISTRY[name] = factory  # type: ignore[assignment]
-        if isinstance(factory, type):
-            factory.name = name  # type: ignore[attr-defined]
-        return factory
-
-    return deco
-
-
 def _load_builtins() -> None:
     from m2a.data.stores import sqlite  # noqa: F401  (it registers)
 
 
-def known_backends() -> list[str]:
-    _load_builtins()
-    return sorted(_REGISTRY)
+_BACKENDS = Registry("vector store backend", _load_builtins, UnknownBackend)
+register_backend = _BACKENDS.register  # @register_backend("name") on a VectorBackend subclass
+known_backends = _BACKENDS.known
 
 
 def build_backend(name: str, **params: Any) -> VectorBackend:
     """A new backend registered as ``name``, built with ``params`` (its keyword arguments)."""
-    _load_builtins()
-    factory = _REGISTRY.get(name)
-    if factory is None:
-        raise UnknownBackend(f"unknown vector store backend {name!r}; known: {', '.join(sorted(_REGISTRY))}")
-    try:
-        backend = factory(**params)
-    except TypeError as exc:
-        raise ValueError(f"bad params for vector store backend {name!r}: {exc}") from exc
-    if not getattr(backend, "name", None):
-        backend.name = name
-    return backend
+    return _BACKENDS.build(name, params)  # type: ignore[no-any-return]
