@@ -558,7 +558,7 @@ def test_garak_import_older_eval_rows_and_bad_files(tmp_path: Path) -> None:
 def test_import_garak_cli_and_report(tmp_path: Path) -> None:
     db = tmp_path / "rt.db"
     code, text = invoke(
-        "import-garak", str(GARAK_REPORT), "--db", str(db), "--profile", "none", home=tmp_path
+        "import-garak", str(GARAK_REPORT), "--db", str(db), "--label", "none", home=tmp_path
     )
     assert code == 0, text
     code, text = invoke("report", "last", "--db", str(db), home=tmp_path)
@@ -674,10 +674,10 @@ def test_e2e_run_report_gate_diff(gateway: tuple[str, Path]) -> None:
         "--category",
         "excessive_agency",
     ]
-    code, text = invoke("run", "--model", "sim-model", "--profile", "none", *cats, *common, home=tmp)
+    code, text = invoke("run", "--model", "sim-model", "--label", "none", *cats, *common, home=tmp)
     assert code == 0, text
     code, text = invoke(
-        "run", "--model", "echo-remote", "--profile", "echo", *cats, *common, "--json", home=tmp
+        "run", "--model", "echo-remote", "--label", "echo", *cats, *common, "--json", home=tmp
     )
     assert code == 0, text
     echo_report = json.loads(text[text.index("{") :])
@@ -714,13 +714,13 @@ def test_e2e_run_report_gate_diff(gateway: tuple[str, Path]) -> None:
 
 @pytest.mark.e2e
 def test_e2e_a_run_under_a_guardrail_profile(gateway: tuple[str, Path]) -> None:
-    """--guardrails strict attacks as a team with strict attached; its run key is revoked after."""
+    """--profile strict attacks as a team with strict attached; its run key is revoked after."""
     url, tmp = gateway
     db = tmp / "guarded.db"
     args = [
         "--model",
         "echo-remote",
-        "--guardrails",
+        "--profile",
         "strict",
         "--category",
         "secret_leakage",
@@ -744,7 +744,7 @@ def test_e2e_a_run_under_a_guardrail_profile(gateway: tuple[str, Path]) -> None:
     mine = [k for k in keys if k["team"] == "redteam-strict"]
     assert mine and all(k["revoked_at"] for k in mine)
     code, text = invoke(
-        "run", "--model", "echo-remote", "--guardrails", "no-such-profile", "--url", url, "--key", ADMIN_KEY,
+        "run", "--model", "echo-remote", "--profile", "no-such-profile", "--url", url, "--key", ADMIN_KEY,
         "--db", str(db), home=tmp,
     )  # fmt: skip
     assert code == 1 and "no-such-profile" in text

@@ -3,7 +3,8 @@ through the gateway and keep what happened.
 
 `run` is a client of the gateway (HTTP, the caller's key; nothing of the gateway is imported): the
 probe packs of ``m2a.redteam``, judged by its detectors, stored in ``$M2A_HOME/redteam.db`` (``--db``
-elsewhere). The guardrails profile in force is the gateway's; ``--profile`` only labels the run so
+elsewhere). The guardrails in force are the gateway's: ``--profile`` attacks as a team with that
+profile attached (``redteam/under_profile.py``); ``--label`` labels the run so
 that `diff` can put, say, ``none`` next to ``default``. `gate` exits 1 when a category's attack
 success rate is over its threshold (0 otherwise, 2 on bad input).
 
@@ -46,8 +47,17 @@ KeyOpt = Annotated[
     str | None,
     typer.Option("--key", help="API key (default $M2A_API_KEY, else the admin key).", show_default=False),
 ]
-ProfileOpt = Annotated[
-    str, typer.Option("--profile", help="A label for the guardrails profile in force (e.g. none, default).")
+LabelOpt = Annotated[
+    str, typer.Option("--label", help="A label recorded on the run, for list and diff (default: --profile).")
+]
+GuardOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--profile",
+        help="Attack as a team with this guardrail profile (off, default, strict, yours): with the admin "
+        "key, team redteam-<profile> gets the model and the profile attached, and a key for this run "
+        "(revoked after). Without it, the key's own profile is in force.",
+    ),
 ]
 
 
@@ -124,16 +134,8 @@ def run_cmd(
     category: Annotated[
         list[str] | None, typer.Option("--category", help="Only this category (repeatable; default all).")
     ] = None,
-    profile: ProfileOpt = "",
-    guardrails: Annotated[
-        str | None,
-        typer.Option(
-            "--guardrails",
-            help="Attack as a team with this guardrail profile (off, default, strict, yours): with the "
-            "admin key, team redteam-<profile> gets the model and the profile, and a key for this run "
-            "(revoked after). The run's label is the profile unless --profile says otherwise.",
-        ),
-    ] = None,
+    guardrails: GuardOpt = None,
+    profile: LabelOpt = "",
     concurrency: Annotated[int, typer.Option(min=1, help="Attempts in flight at once.")] = 4,
     limit: Annotated[int | None, typer.Option(min=1, help="At most this many probes per category.")] = None,
     timeout: Annotated[float, typer.Option(min=1, help="Seconds per attempt (no retries).")] = 120.0,
@@ -463,7 +465,7 @@ def import_garak_cmd(
     model: Annotated[
         str | None, typer.Option("--model", help="Model label (default: garak's target).")
     ] = None,
-    profile: ProfileOpt = "",
+    profile: LabelOpt = "",
     url: Annotated[str, typer.Option("--url", help="Gateway label recorded on the run.")] = "",
     db: DbOpt = None,
     as_json: JsonOpt = False,
@@ -503,7 +505,8 @@ def garak_cmd(
     ] = None,
     url: UrlOpt = None,
     key: KeyOpt = None,
-    profile: ProfileOpt = "",
+    guardrails: GuardOpt = None,
+    profile: LabelOpt = "",
     garak_python: Annotated[
         Path | None,
         typer.Option(
@@ -521,6 +524,7 @@ def garak_cmd(
     """Run garak (in its own environment) against MODEL through the gateway and import its report."""
     from m2a.redteam import garak
     from m2a.redteam.runner import TargetError, check_target
+    from m2a.redteam.under_profile import team_key
 
     settings = _settings(config)
     python = garak_python or garak.default_python(settings.home)
@@ -534,11 +538,27 @@ def garak_cmd(
         p.strip() for item in (probes or list(garak.DEFAULT_PROBES)) for p in item.split(",") if p.strip()
     ]
     base_url, api_key = gateway_url(settings, url), gateway_key(settings, key)
-    try:
-        asyncio.run(check_target(base_url, api_key, model))
-    except TargetError as exc:
-        err.print(f"[red]error:[/] {escape(str(exc))}")
-        raise typer.Exit(1) from exc
+    with contextlib.ExitStack() as scope:
+        try:
+            if guardrails:
+                api_key = scope.enter_context(team_key(base_url, api_key, model, guardrails))
+                profile = profile or guardrails
+            asyncio.run(check_target(base_url, api_key, model))
+        except TargetError as exc:
+            err.print(f"[red]error:[/] {escape(str(exc))}")
+            raise typer.Exit(1) from exc
+        _garak(settings, python, chosen, model, base_url, api_key, profile, generations, max_prompts,
+               parallel, seed, db, as_json)  # fmt: skip
+
+
+def _garak(
+    settings: Settings, python: Path, chosen: list[str], model: str, base_url: str, api_key: str | None,
+    profile: str, generations: int, max_prompts: int, parallel: int, seed: int | None, db: Path | None,
+    as_json: bool,
+) -> None:  # fmt: skip
+    """garak's run through the gateway with ``api_key``, then its report imported."""
+    from m2a.redteam import garak
+
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     folder = settings.home / "garak-runs" / stamp
     prefix = f"m2a-{stamp}"
