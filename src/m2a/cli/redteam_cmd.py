@@ -19,6 +19,7 @@ import contextlib
 import os
 import secrets
 import subprocess
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -126,6 +127,24 @@ def _print_report_json(store: Any, run: Any) -> None:
     print(to_json(build(store, run)))
 
 
+@contextlib.contextmanager
+def _attacker_key(base_url: str, key: str | None, model: str, guardrails: str | None) -> Iterator[str | None]:
+    """The key to attack with: ``key``, or with ``--profile`` a run key of a team with that guardrail
+    profile (revoked on leaving); checked against the gateway first (exit 1 if it cannot be used)."""
+    from m2a.redteam.runner import TargetError, check_target
+    from m2a.redteam.under_profile import team_key
+
+    with contextlib.ExitStack() as scope:
+        try:
+            if guardrails:
+                key = scope.enter_context(team_key(base_url, key, model, guardrails))
+            asyncio.run(check_target(base_url, key, model))
+        except TargetError as exc:
+            err.print(f"[red]error:[/] {escape(str(exc))}")
+            raise typer.Exit(1) from exc
+        yield key
+
+
 @redteam_app.command("run")
 def run_cmd(
     model: Annotated[str, typer.Option("--model", "-m", help="The served model to attack.")],
@@ -149,8 +168,6 @@ def run_cmd(
 ) -> None:
     """Attack MODEL through the gateway with the probe packs; store and summarise the results."""
     from m2a.redteam.probes import PackError, load, select
-    from m2a.redteam.runner import TargetError, check_target
-    from m2a.redteam.under_profile import team_key
 
     settings = _settings(config)
     try:
@@ -162,16 +179,9 @@ def run_cmd(
     if not chosen:
         err.print("[red]error:[/] no probes to run")
         raise typer.Exit(2)
-    base_url, api_key = gateway_url(settings, url), gateway_key(settings, key)
-    with contextlib.ExitStack() as scope:
-        try:
-            if guardrails:
-                api_key = scope.enter_context(team_key(base_url, api_key, model, guardrails))
-                profile = profile or guardrails
-            asyncio.run(check_target(base_url, api_key, model))
-        except TargetError as exc:
-            err.print(f"[red]error:[/] {escape(str(exc))}")
-            raise typer.Exit(1) from exc
+    base_url = gateway_url(settings, url)
+    profile = profile or guardrails or ""
+    with _attacker_key(base_url, gateway_key(settings, key), model, guardrails) as api_key:
         _attack(settings, model, base_url, api_key, chosen, cats, profile, concurrency, timeout, seed, pack,
                 db, as_json)  # fmt: skip
 
@@ -523,8 +533,6 @@ def garak_cmd(
 ) -> None:
     """Run garak (in its own environment) against MODEL through the gateway and import its report."""
     from m2a.redteam import garak
-    from m2a.redteam.runner import TargetError, check_target
-    from m2a.redteam.under_profile import team_key
 
     settings = _settings(config)
     python = garak_python or garak.default_python(settings.home)
@@ -537,16 +545,9 @@ def garak_cmd(
     chosen = [
         p.strip() for item in (probes or list(garak.DEFAULT_PROBES)) for p in item.split(",") if p.strip()
     ]
-    base_url, api_key = gateway_url(settings, url), gateway_key(settings, key)
-    with contextlib.ExitStack() as scope:
-        try:
-            if guardrails:
-                api_key = scope.enter_context(team_key(base_url, api_key, model, guardrails))
-                profile = profile or guardrails
-            asyncio.run(check_target(base_url, api_key, model))
-        except TargetError as exc:
-            err.print(f"[red]error:[/] {escape(str(exc))}")
-            raise typer.Exit(1) from exc
+    base_url = gateway_url(settings, url)
+    profile = profile or guardrails or ""
+    with _attacker_key(base_url, gateway_key(settings, key), model, guardrails) as api_key:
         _garak(settings, python, chosen, model, base_url, api_key, profile, generations, max_prompts,
                parallel, seed, db, as_json)  # fmt: skip
 
