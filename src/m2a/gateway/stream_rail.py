@@ -194,12 +194,13 @@ class StreamRail:
     def _filled(self) -> bool:
         """The first held event would be released if the text so far were checked (the first
         release is not kept waiting for a whole step)."""
-        h = self.held[0] if self.held else None
-        return h is not None and all(len(self.text[c]) - end >= self.hold for c, _, end in h.segs)
+        return bool(self.held) and self._releasable(self.held[0], checked=False)
 
-    def _releasable(self, h: Held) -> bool:
-        """Checked, with at least ``hold`` checked characters after it on each of its channels."""
-        return all(self.checked.get(chan, 0) - end >= self.hold for chan, _, end in h.segs)
+    def _releasable(self, h: Held, checked: bool = True) -> bool:
+        """With at least ``hold`` characters after it on each of its channels: checked ones, or
+        (``checked=False``) any."""
+        upto = (lambda c: self.checked.get(c, 0)) if checked else (lambda c: len(self.text[c]))
+        return all(upto(chan) - end >= self.hold for chan, _, end in h.segs)
 
     def _release(self, final: bool) -> bytes:
         out: list[bytes] = []
