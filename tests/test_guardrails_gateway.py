@@ -282,6 +282,9 @@ async def test_moderations_in_openais_shape(engine: FakeEngine) -> None:
             await oai.moderations.create(input="x", model="no-such-profile")
         with pytest.raises(openai.BadRequestError):
             await oai.moderations.create(input=[{"type": "image_url", "image_url": {"url": "x"}}])  # type: ignore[list-item]
+        big = {"input": ["x" * 4096] * 65}  # within the body limit, past what one request may have checked
+        resp = await client.post("/v1/moderations", json=big)
+        assert resp.status_code == 413 and resp.json()["error"]["code"] == "too_many_characters"
         resp = await client.post("/v1/moderations", json={"input": 5})
         assert resp.status_code == 400 and resp.json()["error"]["param"] == "input"
         resp = await client.post(

@@ -34,6 +34,9 @@ from m2a.guardrails.trustyai import DETECTOR_ID_HEADER, serve_contents
 log = logging.getLogger("m2a.gateway.guard_api")
 
 MAX_INPUTS = 256  # texts in one moderation request
+# Characters one request may have checked, all its texts together: detectors run on the event loop,
+# so a body of many texts (within max_body_bytes) must not hold it for seconds. Past it: 413.
+MAX_TOTAL_CHARS = 262_144
 OPENAI_MODELS = ("omni-moderation", "text-moderation")  # their names mean: the caller's own profile
 
 
@@ -73,6 +76,7 @@ class GuardAPI:
             raise GatewayError(400, exc.message, param=exc.param, code="invalid_request") from exc
         if len(texts) > MAX_INPUTS:
             raise GatewayError(400, f"At most {MAX_INPUTS} inputs per request.", param="input")
+        _bounded(texts, "input")
         model = payload.get("model") if isinstance(payload, dict) else None
         own = principal.guardrails or self.guards.cfg.default_profile
         policy = self._policy(model if isinstance(model, str) else None, own)
@@ -97,8 +101,18 @@ class GuardAPI:
     async def contents(self, request: Request) -> Response:
         await self.access.principal(request)
         body = parse_json(await read_body(request, self.max_body_bytes))
+        contents = body.get("contents") if isinstance(body, dict) else None
+        if isinstance(contents, list):
+            _bounded([c for c in contents if isinstance(c, str)], "contents")
         status, answer = await serve_contents(request.headers.get(DETECTOR_ID_HEADER), body, self.detectors())
         return JSONResponse(answer, status_code=status)
+
+
+def _bounded(texts: list[str], param: str) -> None:
+    total = sum(len(t) for t in texts)
+    if total > MAX_TOTAL_CHARS:
+        message = f"The texts hold {total} characters; one request may have {MAX_TOTAL_CHARS} checked."
+        raise GatewayError(413, message, param=param, code="too_many_characters")
 
 
 CATEGORIES = {
