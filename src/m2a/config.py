@@ -369,6 +369,35 @@ class DataConfig(_Strict):
     workers: int = Field(default=2, ge=1, le=32, description="Files ingested at once per gateway process.")
 
 
+class TrustedIssuer(_Strict):
+    """An outside issuer whose JWTs the gateway accepts as agent identities (SPIRE's JWT-SVIDs)."""
+
+    issuer: str = Field(description="The tokens' `iss`.")
+    jwks_url: str | None = Field(default=None, description="Where its signing keys are (JWKS).")
+    jwks_file: Path | None = Field(default=None, description="Or a JWKS file on disk.")
+    audience: str = Field(default="m2a", description="The `aud` its tokens must name.")
+    trust_domain: str = Field(
+        description="Only `sub` SPIFFE ids in this trust domain (spiffe://<domain>/team/T/agent/N)."
+    )
+
+
+class AgentsConfig(_Strict):
+    """Agents: their identities (SPIFFE ids, OAuth tokens) and registry."""
+
+    trust_domain: str = Field(
+        default="m2a.local", description="Agents' SPIFFE ids: spiffe://<trust_domain>/team/T/agent/N."
+    )
+    issuer: str | None = Field(
+        default=None, description="The `iss` of m2a's agent tokens; default the gateway's own URL."
+    )
+    audience: str = Field(default="m2a", description="The one `aud` of the tokens m2a issues.")
+    token_ttl_s: int = Field(default=300, ge=10, le=300, description="Access tokens live at most 5 min.")
+    key_rotation_hours: float = Field(
+        default=24.0, gt=0, description="A new signing key this often; the old one stays in the JWKS."
+    )
+    trusted_issuers: list[TrustedIssuer] = Field(default_factory=list)
+
+
 def default_home() -> Path:
     return Path(user_data_dir("m2a", appauthor=False))
 
@@ -405,6 +434,7 @@ class Settings(_Strict):
     router: RouterConfig = Field(default_factory=RouterConfig)
     guardrails: GuardrailsConfig = Field(default_factory=GuardrailsConfig)
     data: DataConfig = Field(default_factory=DataConfig)
+    agents: AgentsConfig = Field(default_factory=AgentsConfig)
 
     @field_validator("models")
     @classmethod

@@ -35,6 +35,22 @@ class Limit:
 
 
 @dataclass(frozen=True)
+class AgentRef:
+    """The agent a principal is: an agent token (m2a's token endpoint, or a trusted issuer's).
+
+    ``subject`` is the user it acts for when the token came from a token exchange (RFC 8693: the
+    token's ``sub``, the agent its ``act``), else ``None``.
+    """
+
+    spiffe_id: str  # spiffe://<trust domain>/team/<team>/agent/<name>
+    agent_id: int
+    name: str
+    version: int | None = None  # the version number the token was issued for
+    version_id: int | None = None
+    subject: str | None = None
+
+
+@dataclass(frozen=True)
 class Principal:
     """Who a valid key belongs to, as the gateway needs it on every request."""
 
@@ -49,6 +65,7 @@ class Principal:
     team_id: int | None = None
     limits: tuple[Limit, ...] = ()  # the team's quotas and the key's own
     guardrails: str | None = None  # the guardrail profile attached to the key, else to its team
+    agent: AgentRef | None = None  # set when the caller is an agent (a token, not an API key)
 
     @property
     def is_admin(self) -> bool:

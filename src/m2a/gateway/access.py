@@ -11,6 +11,10 @@ gateway's own ``/v1/embeddings`` with ``internal_token``, random per process and
 ``x-m2a-on-behalf-of: <team id>``: that pair resolves to the team's own principal (its grants,
 priority and limits: ``IdentityStore.team_principal``), so the work is routed, metered and counted
 like the team's requests. The header without the token, or the token without the header, is 401.
+
+A bearer credential shaped like a JWT (three base64url parts, the first a JSON header) goes to
+``tokens`` when a higher layer set it (the agents layer's verifier: agent tokens and trusted
+issuers' JWT-SVIDs); without one, such a token is refused like an unknown key.
 """
 
 from __future__ import annotations
@@ -36,6 +40,15 @@ log = logging.getLogger("m2a.gateway.access")
 CACHE_SIZE = 10_000
 REFUSED_CACHE_SIZE = 1_000
 ON_BEHALF_HEADER = "x-m2a-on-behalf-of"
+
+# Verifies a JWT bearer token and returns its principal, or raises GatewayError (401) — never
+# returns for a token it did not fully check (signature, issuer, audience, time, revocation).
+TokenVerifier = Callable[[str], Awaitable[Principal]]
+
+
+def looks_like_jwt(token: str) -> bool:
+    """A compact JWS: three dot-separated parts, the header's base64url starting as JSON does."""
+    return token.startswith("eyJ") and token.count(".") == 2
 
 BOOTSTRAP = Principal(
     key_id=0,
@@ -66,6 +79,7 @@ class Access:
         self.internal_token = secrets.token_urlsafe(32)  # this process's own calls (see the docstring)
         self.store = store
         self.poll_s = poll_s
+        self.tokens: TokenVerifier | None = None  # set by the agents layer (see the docstring)
         # Valid keys and refused ones are cached apart, so a flood of random keys cannot push the
         # valid ones out (it only churns the refusals).
         self._cache: OrderedDict[str, Principal] = OrderedDict()
@@ -154,6 +168,8 @@ class Access:
         internal = hmac.compare_digest(token.encode(), self.internal_token.encode())
         if on_behalf is not None or internal:
             return await self._on_behalf(on_behalf if internal else None)
+        if self.tokens is not None and looks_like_jwt(token):
+            return await self.tokens(token)
         found = await self._lookup(token)
         if isinstance(found, str):
             raise GatewayError(401, _REFUSALS.get(found, _REFUSALS["unknown"]), code="invalid_api_key")

@@ -6,7 +6,7 @@ import asyncio
 import hmac
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -24,6 +24,7 @@ from m2a.gateway.access import Access
 from m2a.gateway.auth import bearer_token
 from m2a.gateway.counters import Memory
 from m2a.gateway.errors import GatewayError, error_response
+from m2a.gateway.extensions import ExtensionFactory, Host
 from m2a.gateway.guard_api import GuardAPI
 from m2a.gateway.guards import Guards
 from m2a.gateway.metrics import GatewayMetrics
@@ -80,6 +81,7 @@ def create_app(
     data: DataConfig | None = None,
     home: Path | None = None,
     self_url: str | None = None,
+    extensions: Sequence[ExtensionFactory] = (),
 ) -> Starlette:
     """The gateway for the models in ``pool``, for callers with the admin ``key`` or a team key.
 
@@ -98,6 +100,8 @@ def create_app(
     ``home`` (with ``identity``) serves the data services, ``/v1/files`` and ``/v1/vector_stores``
     (``data`` configures them; files and vectors live under ``home``); ``self_url`` is this gateway's
     own URL, which their embeddings call (learned from the first data request when not given).
+    ``extensions`` are what higher layers add (``gateway/extensions.py``): the agents layer's token
+    endpoint, registry API and token verifier.
     """
     cfg = cfg or GatewayConfig()
     access = Access(key, identity)
@@ -144,6 +148,11 @@ def create_app(
         cfg, pool, access, quotas, gate, ledger, metrics, tracer, record_content, routing, forwarder, guards
     )
     pipeline = Pipeline(services, stages)
+    host = Host(
+        cfg, pool, access, pipeline, guards, metrics, quotas, identity, ledger, tracer,
+        identity.engine if identity is not None else None, home,
+    )  # fmt: skip
+    extended = [make(host) for make in extensions]
     data_service = None
     if identity is not None and home is not None:
         from m2a.gateway.data_api import DataAPI, DataService
@@ -226,9 +235,16 @@ def create_app(
         waker = asyncio.create_task(gate.run()) if gate is not None else None
         if data_service is not None:
             await data_service.start()
+        for ext in extended:
+            await ext.start()
         try:
             yield
         finally:
+            for ext in reversed(extended):
+                try:
+                    await ext.close()
+                except Exception:  # one extension's failure must not keep the gateway from stopping
+                    log.exception("extension %s failed to close", type(ext).__name__)
             if data_service is not None:
                 await data_service.close()
             await routing.close()
@@ -270,6 +286,8 @@ def create_app(
             return token is not None and any(hmac.compare_digest(token.encode(), a) for a in accepted)
 
         routes.append(otlp_traces_route(trace_store, may_send_traces, relay=relay))
+    for ext in extended:  # before the admin mount: an extension may serve paths under /admin/v1
+        routes += ext.routes()
     if identity is not None:
         from m2a.gateway.admin import create_admin_api  # FastAPI loads only where teams exist
 
@@ -299,4 +317,5 @@ def create_app(
     app.state.gate = gate
     app.state.guards = guards
     app.state.data = data_service
+    app.state.extensions = extended
     return app

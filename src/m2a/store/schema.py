@@ -1,5 +1,6 @@
 """Tables of the store: teams, API keys, model grants, a change counter, quotas, the usage ledger,
-guardrail profiles, and the data services' files, vector stores, their files and file batches."""
+guardrail profiles, the data services' files, vector stores, their files and file batches, and
+the agents: registry, versions, aliases, their history, signing keys and credentials."""
 
 from __future__ import annotations
 
@@ -112,6 +113,7 @@ class Usage(Base):
     ttft_ms: Mapped[float | None] = mapped_column(Float, nullable=True)
     duration_ms: Mapped[float | None] = mapped_column(Float, nullable=True)
     cost: Mapped[float | None] = mapped_column(Float, nullable=True)  # dollars, at the request's prices
+    agent: Mapped[str | None] = mapped_column(String(256), nullable=True, index=True)  # its SPIFFE id
 
 
 class GuardrailProfileRow(Base):
@@ -202,3 +204,104 @@ class VectorStoreFileBatchRow(Base):
     team_id: Mapped[int] = mapped_column(ForeignKey("teams.id"), index=True)
     status: Mapped[str] = mapped_column(String(16))  # in_progress or cancelled; completed is computed
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class AgentRow(Base):
+    """A registered agent: owned by a team, with sponsors (the people answerable for it)."""
+
+    __tablename__ = "agents"
+    __table_args__ = (UniqueConstraint("team_id", "name"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    team_id: Mapped[int] = mapped_column(ForeignKey("teams.id"), index=True)
+    name: Mapped[str] = mapped_column(String(64))  # [a-z0-9-]: part of its SPIFFE id
+    sponsors: Mapped[str] = mapped_column(Text, default="[]")  # JSON list of people (e-mails)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    created_by: Mapped[int | None] = mapped_column(Integer, nullable=True)  # the key that made it
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class AgentVersionRow(Base):
+    """One immutable version of an agent: its canonical manifest and that manifest's sha256."""
+
+    __tablename__ = "agent_versions"
+    __table_args__ = (UniqueConstraint("agent_id", "number"), UniqueConstraint("agent_id", "digest"))
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    agent_id: Mapped[int] = mapped_column(ForeignKey("agents.id"), index=True)
+    number: Mapped[int] = mapped_column(Integer)  # 1, 2, … per agent
+    digest: Mapped[str] = mapped_column(String(64))  # sha256 hex of ``manifest``
+    manifest: Mapped[str] = mapped_column(Text)  # canonical JSON: never changes once written
+    stage: Mapped[str] = mapped_column(String(16))  # draft, tested, approved, production, deprecated, revoked
+    redteam: Mapped[str | None] = mapped_column(Text, nullable=True)  # JSON: the gate run attached
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    created_by: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class AgentAliasRow(Base):
+    """An alias per stage (``production`` …) pointing at one version; moved atomically."""
+
+    __tablename__ = "agent_aliases"
+
+    agent_id: Mapped[int] = mapped_column(ForeignKey("agents.id"), primary_key=True)
+    alias: Mapped[str] = mapped_column(String(16), primary_key=True)
+    version_id: Mapped[int] = mapped_column(ForeignKey("agent_versions.id"))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class AgentEventRow(Base):
+    """The history of an agent: versions made, promoted, rolled back, revoked — by whom, when."""
+
+    __tablename__ = "agent_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    agent_id: Mapped[int] = mapped_column(ForeignKey("agents.id"), index=True)
+    version_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    action: Mapped[str] = mapped_column(String(16))  # create, version, promote, rollback, revoke
+    from_stage: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    to_stage: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    detail: Mapped[str] = mapped_column(Text, default="{}")  # JSON
+    by_key: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class SigningKeyRow(Base):
+    """A key m2a signs agent tokens with (ES256). One signs at a time; retired ones stay in the
+    JWKS until every token they signed has expired, so rotation needs no downtime."""
+
+    __tablename__ = "signing_keys"
+
+    kid: Mapped[str] = mapped_column(String(64), primary_key=True)
+    alg: Mapped[str] = mapped_column(String(16))
+    private_pem: Mapped[str] = mapped_column(Text)
+    public_jwk: Mapped[str] = mapped_column(Text)  # JSON
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    retired_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class AgentCredentialRow(Base):
+    """How an agent authenticates at the token endpoint: a client secret (its sha256) or a public
+    key (a JWK) for signed client assertions (``private_key_jwt``, RFC 7523)."""
+
+    __tablename__ = "agent_credentials"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    agent_id: Mapped[int] = mapped_column(ForeignKey("agents.id"), index=True)
+    client_id: Mapped[str] = mapped_column(String(256), index=True)
+    kind: Mapped[str] = mapped_column(String(16))  # secret or jwk
+    secret_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    public_jwk: Mapped[str | None] = mapped_column(Text, nullable=True)  # JSON
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class AssertionJti(Base):
+    """A client assertion's ``jti``, kept until it expires: inserting it twice fails, so a replay is
+    refused in every gateway process sharing the store."""
+
+    __tablename__ = "assertion_jtis"
+
+    client_id: Mapped[str] = mapped_column(String(256), primary_key=True)
+    jti: Mapped[str] = mapped_column(String(256), primary_key=True)
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
