@@ -1,6 +1,9 @@
-"""The SQLite vector-store backend: add, search in each mode, filters before ranking, thresholds,
-usage_bytes, deletes (also while searches run), isolation of stores, and hybrid beating vector and
-keyword search on a case built for it. Embeddings are deterministic hashed bags of words."""
+"""The vector-store backends' contract, each test run against SQLite and against PostgreSQL with
+pgvector (a real server, ``tests/data/pg_fixtures.py``): add, search in each mode, filters before
+ranking, thresholds, usage_bytes, deletes (also while searches run), isolation of stores, two
+instances on one database (two gateway processes) seeing each other's writes, and hybrid beating
+vector and keyword search on a case built for it. Embeddings are deterministic hashed bags of words.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import pytest_asyncio
 
 from m2a.data.search import SearchError, auto_weights, has_identifier, keyword_query, rrf
 from m2a.data.stores import (
@@ -24,6 +28,9 @@ from m2a.data.stores import (
     known_backends,
 )
 from m2a.data.stores.sqlite import SQLiteBackend
+from tests.data.pg_fixtures import pg_url, pgvector_server  # noqa: F401
+
+BACKENDS = ["sqlite", "postgres"]
 
 DIM = 64
 # A toy "semantic" embedding: synonyms share a dimension, codes and numbers are invisible to it.
@@ -75,15 +82,23 @@ def records(texts: list[str]) -> list[ChunkRecord]:
     return out
 
 
-@pytest.fixture
-async def backend(tmp_path: Path) -> AsyncIterator[VectorBackend]:
-    b = build_backend("sqlite", path=tmp_path / "vectors.db")
+@pytest.fixture(params=BACKENDS)
+def backend_params(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, dict]:
+    """A backend's name and the parameters of one empty database for it (built as often as wanted)."""
+    if request.param == "sqlite":
+        return "sqlite", {"path": tmp_path / "vectors.db"}
+    return "postgres", {"url": request.getfixturevalue("pg_url")}
+
+
+@pytest_asyncio.fixture(loop_scope="function")  # the test's loop: a backend's connections live on one
+async def backend(backend_params: tuple[str, dict]) -> AsyncIterator[VectorBackend]:
+    b = build_backend(backend_params[0], **backend_params[1])
     yield b
     await b.close()
 
 
 def test_registry() -> None:
-    assert "sqlite" in known_backends()
+    assert {"sqlite", "postgres"} <= set(known_backends())
     with pytest.raises(UnknownBackend, match="unknown vector store backend 'faiss'"):
         build_backend("faiss")
     with pytest.raises(ValueError, match="bad params"):
@@ -263,9 +278,9 @@ async def test_stores_never_share_chunks(backend: VectorBackend) -> None:
     assert len(await backend.search("team_a", embed("falcon"), "falcon", k=50, mode="keyword")) == 3
 
 
-async def test_writes_invalidate_the_cache_across_instances(tmp_path: Path) -> None:
-    one = build_backend("sqlite", path=tmp_path / "shared.db")
-    two = build_backend("sqlite", path=tmp_path / "shared.db")  # as another gateway process would
+async def test_writes_invalidate_the_cache_across_instances(backend_params: tuple[str, dict]) -> None:
+    one = build_backend(backend_params[0], **backend_params[1])
+    two = build_backend(backend_params[0], **backend_params[1])  # as another gateway process would
     try:
         await one.add("vs", "f1", records(["first document about turbines"]))
         assert len(await one.search("vs", embed("turbines"), "turbines", k=10)) == 1  # cached now

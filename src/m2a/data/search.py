@@ -179,11 +179,12 @@ STOPWORDS = frozenset(_STOP.split())
 _WORD = re.compile(r"[^\W_]+")
 
 
-def keyword_query(text: str | None) -> str | None:
-    """An FTS5 MATCH expression for ``text`` (``None`` when it has no word): every term quoted (no
-    operator or syntax of the user's reaches FTS5), a term with inner punctuation as a phrase."""
+def keyword_terms(text: str | None) -> list[str]:
+    """The terms of ``text`` a keyword search looks for, each its words (lowercase, letters and digits
+    only) joined by a space: a term with inner punctuation (``XK-4471-B``) is a phrase of its parts;
+    repeated terms and terms of only common words dropped, at most ``MAX_QUERY_TERMS``."""
     if not text:
-        return None
+        return []
     terms: list[tuple[str, bool]] = []  # (term, all its words are stopwords)
     seen: set[str] = set()
     for raw in text.split():
@@ -195,10 +196,15 @@ def keyword_query(text: str | None) -> str | None:
             continue
         seen.add(term)
         terms.append((term, all(w in STOPWORDS for w in words)))
-    kept = [t for t, stop in terms if not stop]
-    if not kept:
-        return None  # only common words: they would match (and rank) nearly every chunk
-    return " OR ".join(f'"{t}"' for t in kept[:MAX_QUERY_TERMS])
+    # Only common words: they would match (and rank) nearly every chunk.
+    return [t for t, stop in terms if not stop][:MAX_QUERY_TERMS]
+
+
+def keyword_query(text: str | None) -> str | None:
+    """An FTS5 MATCH expression for ``text`` (``None`` when it has no word): every term quoted (no
+    operator or syntax of the user's reaches FTS5), a term with inner punctuation as a phrase."""
+    terms = keyword_terms(text)
+    return " OR ".join(f'"{t}"' for t in terms) if terms else None
 
 
 def keyword_score(bm25: float) -> float:

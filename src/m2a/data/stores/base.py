@@ -18,8 +18,9 @@ Contract, for every backend:
 - ``usage_bytes(store_id)`` counts, per chunk, its text's UTF-8 bytes and its vector's float32 bytes,
   plus each file's attributes as JSON: a stable figure, independent of how the backend lays it out.
 
-Backends ship with m2a: ``sqlite`` (``stores/sqlite.py``). PostgreSQL with pgvector is the next one:
-it implements the same class, with the same tests.
+Backends ship with m2a: ``sqlite`` (``stores/sqlite.py``, the default) and ``postgres``
+(``stores/postgres.py``: PostgreSQL with pgvector, for scale and several gateway processes); the same
+tests run against both.
 """
 
 from __future__ import annotations
@@ -132,7 +133,7 @@ class UnknownBackend(ValueError):
 
 
 def _load_builtins() -> None:
-    from m2a.data.stores import sqlite  # noqa: F401  (it registers)
+    from m2a.data.stores import postgres, sqlite  # noqa: F401  (they register)
 
 
 _BACKENDS = Registry("vector store backend", _load_builtins, UnknownBackend)
