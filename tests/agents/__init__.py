@@ -1,0 +1,1 @@
+"""Tests of the agents layer (m2a.agents): registry, versions, identity."""
