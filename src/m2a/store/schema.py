@@ -1,6 +1,7 @@
 """Tables of the store: teams, API keys, model grants, a change counter, quotas, the usage ledger,
 guardrail profiles, the data services' files, vector stores, their files and file batches, and
-the agents: registry, versions, aliases, their history, signing keys and credentials."""
+the agents: registry, versions, aliases, their history, signing keys and credentials, and the
+Responses API's stored responses."""
 
 from __future__ import annotations
 
@@ -305,3 +306,29 @@ class AssertionJti(Base):
     client_id: Mapped[str] = mapped_column(String(256), primary_key=True)
     jti: Mapped[str] = mapped_column(String(256), primary_key=True)
     expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+
+
+class StoredResponse(Base):
+    """A Responses API response kept for retrieval and ``previous_response_id`` (store/responses.py).
+
+    ``owner`` is who may see it (one API key, or one agent acting for one subject); ``history``
+    holds the chat messages of the whole conversation up to and including this response, so a
+    continuation reads one row. Rows past ``expires_at`` are invisible and pruned.
+    """
+
+    __tablename__ = "responses"
+
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True)
+    id: Mapped[str] = mapped_column(String(64), unique=True)  # resp_<hex>
+    owner: Mapped[str] = mapped_column(String(160), index=True)
+    team_id: Mapped[int | None] = mapped_column(Integer, nullable=True, index=True)
+    key_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    agent: Mapped[str | None] = mapped_column(String(256), nullable=True)  # the agent's SPIFFE id
+    model: Mapped[str] = mapped_column(String(256))
+    status: Mapped[str] = mapped_column(String(16))  # completed, incomplete, failed, cancelled
+    previous_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    body: Mapped[str] = mapped_column(Text)  # the Response object, JSON
+    input_items: Mapped[str] = mapped_column(Text)  # this response's input items (with ids), JSON
+    history: Mapped[str] = mapped_column(Text)  # chat messages to continue from, JSON
