@@ -201,6 +201,12 @@ class GatewayConfig(_Strict):
     admin_docs: bool = Field(
         default=True, description="Serve /admin/docs and /admin/openapi.json (no data) without a key."
     )
+    responses_retention_hours: float = Field(
+        default=720.0,
+        gt=0,
+        description="How long a stored Responses API response (/v1/responses, store: true) is kept: "
+        "retrievable and continuable with previous_response_id (default 30 days, as OpenAI).",
+    )
 
 
 Direction = Literal["input", "output", "tool"]

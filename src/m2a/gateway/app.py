@@ -32,6 +32,7 @@ from m2a.gateway.pipeline import Pipeline, Services
 from m2a.gateway.priority import PriorityGate
 from m2a.gateway.proxy import Forwarder
 from m2a.gateway.quota import Quotas
+from m2a.gateway.responses_api import ResponsesAPI
 from m2a.gateway.routing import RouteRequests, RoutingMetrics
 from m2a.gateway.stages import STAGES
 from m2a.gateway.upstream import Upstream
@@ -152,6 +153,7 @@ def create_app(
         cfg, pool, access, pipeline, guards, metrics, quotas, identity, ledger, tracer,
         identity.engine if identity is not None else None, home,
     )  # fmt: skip
+    responses = ResponsesAPI(host)  # /v1/responses: state in identity's database, else in memory
     extended = [make(host) for make in extensions]
     data_service = None
     if identity is not None and home is not None:
@@ -235,6 +237,7 @@ def create_app(
         waker = asyncio.create_task(gate.run()) if gate is not None else None
         if data_service is not None:
             await data_service.start()
+        await responses.start()
         for ext in extended:
             await ext.start()
         try:
@@ -245,6 +248,7 @@ def create_app(
                     await ext.close()
                 except Exception:  # one extension's failure must not keep the gateway from stopping
                     log.exception("extension %s failed to close", type(ext).__name__)
+            await responses.close()
             if data_service is not None:
                 await data_service.close()
             await routing.close()
@@ -273,6 +277,7 @@ def create_app(
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", prometheus, methods=["GET"]),
+        *responses.routes(),
     ]
     if data_service is not None:
         routes += DataAPI(access, data_service, cfg.max_body_bytes).routes()
@@ -318,4 +323,5 @@ def create_app(
     app.state.guards = guards
     app.state.data = data_service
     app.state.extensions = extended
+    app.state.responses = responses
     return app
