@@ -1,0 +1,69 @@
+"""The agents layer as a gateway extension (``gateway/extensions.py``): what ``m2a up`` plugs in.
+
+``agents_extension(cfg)`` is the factory ``create_app(extensions=[...])`` takes. The
+``AgentsExtension`` it makes owns the registry (on the gateway's store) and serves the registry's
+admin API at ``/admin/v1/agents`` (``admin_api.py``). Identity comes next, in this same class: the
+OAuth routes go into ``routes()`` and the token verifier into ``start()`` (``host.access.tokens``).
+
+A gateway without a store (no teams, only the admin key) has no registry: the extension then serves
+nothing, and ``/admin/v1/agents`` is not there.
+"""
+
+from __future__ import annotations
+
+from starlette.routing import BaseRoute, Match, NoMatchFound, get_route_path
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from m2a.agents.admin_api import PREFIX, create_agents_api
+from m2a.agents.registry import Registry
+from m2a.config import AgentsConfig
+from m2a.gateway.extensions import ExtensionFactory, Host
+
+
+class Under(BaseRoute):
+    """Every HTTP path at or under ``prefix`` goes to ``app``, the path unchanged: unlike a
+    ``Mount``, the prefix itself (``/admin/v1/agents``, no slash) is served too, not redirected."""
+
+    def __init__(self, prefix: str, app: ASGIApp) -> None:
+        self.prefix = prefix.rstrip("/")
+        self.app = app
+
+    def matches(self, scope: Scope) -> tuple[Match, Scope]:
+        if scope["type"] == "http":
+            path = get_route_path(scope)
+            if path == self.prefix or path.startswith(self.prefix + "/"):
+                return Match.FULL, {"endpoint": self.app}
+        return Match.NONE, {}
+
+    def url_path_for(self, name: str, /, **path_params: object) -> object:
+        raise NoMatchFound(name, path_params)
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.app(scope, receive, send)
+
+
+class AgentsExtension:
+    """The registry and its admin API (later: agent identity, tokens, the MCP gateway)."""
+
+    def __init__(self, host: Host, cfg: AgentsConfig) -> None:
+        self.host = host
+        self.cfg = cfg
+        self.registry = Registry(host.db, cfg.trust_domain) if host.db is not None else None
+
+    def routes(self) -> list[BaseRoute]:
+        if self.registry is None:
+            return []
+        api = create_agents_api(self.registry, self.host.access, docs=self.host.cfg.admin_docs)
+        return [Under(PREFIX, api)]
+
+    async def start(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+
+def agents_extension(cfg: AgentsConfig | None = None) -> ExtensionFactory:
+    """The factory for ``create_app(extensions=[...])``."""
+    cfg = cfg or AgentsConfig()
+    return lambda host: AgentsExtension(host, cfg)
