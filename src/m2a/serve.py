@@ -18,6 +18,7 @@ from pathlib import Path
 
 import uvicorn
 
+from m2a.agents.extension import agents_extension
 from m2a.catalog.importer import check_reference, import_model
 from m2a.config import ModelConfig, Settings
 from m2a.engines.base import EngineSpec
@@ -245,6 +246,7 @@ async def run_up(
         guards=guards,
         data=settings.data,
         home=settings.home,
+        extensions=[agents_extension(settings.agents)],
     )
     gw = settings.gateway
     server = _Server(uvicorn.Config(app, host=gw.host, port=gw.port, log_level="warning", access_log=False))
