@@ -41,6 +41,7 @@ BEGIN = {
     "route": "chat",
     "priority": "standard",
     "stream": True,
+    "agent": "spiffe://m2a.local/team/research/agent/support-bot",  # the agent whose token it was
 }
 END = {
     "status": "ok",

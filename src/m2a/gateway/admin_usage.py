@@ -108,7 +108,7 @@ def usage_router(
     @router.get("/v1/usage", response_model=list[UsageOut])
     async def get_usage(
         p: Caller,
-        by: Literal["team", "key", "model", "replica", "priority", "status"] = "team",
+        by: Literal["team", "key", "model", "replica", "priority", "status", "agent"] = "team",
         since_days: Annotated[float, Query(gt=0, le=3660)] = 7,
         bucket: Literal["hour", "day", "month"] | None = None,
         team: Team | None = None,

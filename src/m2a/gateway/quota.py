@@ -104,6 +104,14 @@ def estimate_output(payload: dict[str, Any], default: int, embed: bool) -> int:
     return (default_output(payload, default) if most is None else most) * choices(payload)
 
 
+def describe(lim: Limit, principal: Principal) -> str:
+    """The limit as a refusal names it; an agent's own limit (scope ``agent``) names the agent."""
+    text = lim.describe(principal.team)
+    if lim.scope == "agent" and principal.agent is not None:  # Limit.describe knows teams and keys
+        return text.replace(f"for key {lim.subject}", f"for agent '{principal.agent.name}'")
+    return text
+
+
 def window_bounds(window: str, now: float) -> tuple[int, float]:
     """Start and end (epoch seconds) of the fixed window bucket holding ``now``; months are calendar."""
     if window == "month":
@@ -236,7 +244,7 @@ class Quotas:
             if lim.limit > 0 and amount > lim.limit:
                 raise GatewayError(
                     429,
-                    f"This request needs up to {amount} against the limit of {lim.describe(principal.team)}, "
+                    f"This request needs up to {amount} against the limit of {describe(lim, principal)}, "
                     "so it can never fit; "
                     + ("lower max_tokens or shorten the prompt." if asked else "shorten the prompt."),
                     code="request_too_large",
@@ -251,7 +259,7 @@ class Quotas:
             zero = lim.limit == 0
             raise GatewayError(
                 429,
-                f"Quota exceeded: {lim.describe(principal.team)}"
+                f"Quota exceeded: {describe(lim, principal)}"
                 + (" (an admin set it to zero)." if zero else f". Retry after {retry} s."),
                 code="insufficient_quota" if zero else "rate_limit_exceeded",
                 headers={"Retry-After": str(retry)},

@@ -34,7 +34,7 @@ from m2a.store.schema import Usage
 
 log = logging.getLogger("m2a.store.ledger")
 
-BEGIN_FIELDS = ("team", "team_id", "key_id", "key_prefix", "model", "route", "priority", "stream")
+BEGIN_FIELDS = ("team", "team_id", "key_id", "key_prefix", "model", "route", "priority", "stream", "agent")
 END_FIELDS = (
     "status",
     "http_status",

@@ -1,4 +1,5 @@
-"""Reading the usage ledger: totals by team, key, model, replica or priority, per time bucket.
+"""Reading the usage ledger: totals by team, key, model, replica, priority, status or agent, per time
+bucket.
 
 Rows follow the team's identity (its id), not its name: a team re-created under a deleted team's
 name starts with no usage, and the deleted team's rows are labelled "<name> (deleted)". Costs are
@@ -24,6 +25,7 @@ GROUPS = {
     "replica": Usage.replica,
     "priority": Usage.priority,
     "status": Usage.status,
+    "agent": Usage.agent,  # the SPIFFE id of the agent whose token made the request (none: an API key)
 }
 BUCKETS = ("hour", "day", "month")
 

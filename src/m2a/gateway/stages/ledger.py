@@ -35,6 +35,7 @@ def begin(services: Services, ctx: RequestContext) -> None:
         route=ctx.route,
         priority=p.priority,
         stream=ctx.stream,
+        agent=p.agent.spiffe_id if p.agent is not None else None,  # an agent's token: its SPIFFE id
     )
 
 
