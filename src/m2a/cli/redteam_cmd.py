@@ -5,7 +5,9 @@ through the gateway and keep what happened.
 probe packs of ``m2a.redteam``, judged by its detectors, stored in ``$M2A_HOME/redteam.db`` (``--db``
 elsewhere). The guardrails in force are the gateway's: ``--profile`` attacks as a team with that
 profile attached (``redteam/under_profile.py``); ``--label`` labels the run so
-that `diff` can put, say, ``none`` next to ``default``. `gate` exits 1 when a category's attack
+that `diff` can put, say, ``none`` next to ``default``; ``--system-prompt`` (or
+``--system-prompt-file``) attacks as an application with that system prompt (an agent's: `m2a agents
+test` passes its manifest's), its sha256 kept with the run. `gate` exits 1 when a category's attack
 success rate is over its threshold (0 otherwise, 2 on bad input).
 
 The key is ``--key``, else ``$M2A_API_KEY``, else the admin key `m2a up` uses (``$M2A_ADMIN_KEY`` or
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import os
 import secrets
 import subprocess
@@ -162,6 +165,12 @@ def run_cmd(
     pack: Annotated[
         list[Path] | None, typer.Option("--pack", help="Probe pack YAML file instead of the built-in ones.")
     ] = None,
+    system_prompt: Annotated[
+        str | None, typer.Option("--system-prompt", help="Attack as an application with this system prompt.")
+    ] = None,
+    system_prompt_file: Annotated[
+        Path | None, typer.Option("--system-prompt-file", help="The system prompt, from a file.")
+    ] = None,
     db: DbOpt = None,
     as_json: JsonOpt = False,
     config: ConfigOpt = None,
@@ -179,19 +188,28 @@ def run_cmd(
     if not chosen:
         err.print("[red]error:[/] no probes to run")
         raise typer.Exit(2)
+    if system_prompt_file is not None:
+        if system_prompt is not None:
+            raise typer.BadParameter("give --system-prompt or --system-prompt-file, not both")
+        try:
+            system_prompt = system_prompt_file.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            err.print(f"[red]error:[/] cannot read {escape(str(system_prompt_file))}: {escape(str(exc))}")
+            raise typer.Exit(2) from exc
     base_url = gateway_url(settings, url)
     profile = profile or guardrails or ""
     with _attacker_key(base_url, gateway_key(settings, key), model, guardrails) as api_key:
         _attack(settings, model, base_url, api_key, chosen, cats, profile, concurrency, timeout, seed, pack,
-                db, as_json)  # fmt: skip
+                db, as_json, system_prompt)  # fmt: skip
 
 
 def _attack(
     settings: Settings, model: str, base_url: str, api_key: str | None, chosen: list[Any], cats: Any,
     profile: str, concurrency: int, timeout: float, seed: int | None, pack: list[Path] | None,
-    db: Path | None, as_json: bool,
-) -> None:  # fmt: skip
-    """Run the chosen probes, store every attempt as it ends, and print the summary."""
+    db: Path | None, as_json: bool, system_prompt: str | None = None,
+) -> Any:  # fmt: skip
+    """Run the chosen probes, store every attempt as it ends, and print the summary; the stored run.
+    ``system_prompt`` opens every attempt's system message (its sha256 goes in the run's meta)."""
     from m2a.redteam.probes import CATEGORY_ORDER
     from m2a.redteam.runner import run_probes
     from m2a.redteam.score import Detectors, tally
@@ -208,6 +226,8 @@ def _attack(
         "probes": len(chosen),
         "packs": [str(p) for p in pack] if pack else "built-in",
     }
+    if system_prompt:
+        meta["system_prompt_sha256"] = hashlib.sha256(system_prompt.encode()).hexdigest()
     store = _store(settings, db)
     run_id = store.start_run(model, base_url, profile, "m2a", names, meta)
     err.print(
@@ -253,6 +273,7 @@ def _attack(
                     timeout=timeout,
                     detectors=detectors,
                     on_done=done,
+                    system_prompt=system_prompt,
                 )
             )
     except KeyboardInterrupt:
@@ -281,6 +302,7 @@ def _attack(
     store.close()
     if interrupted:
         raise typer.Exit(130)
+    return run
 
 
 @redteam_app.command("list")

@@ -11,6 +11,10 @@ value and is ``resisted``. Streaming probes (``params.stream``) read the server-
 call deltas and the usage chunk (asked for with ``stream_options.include_usage``); an ``error``
 event in the stream counts like an error answer.
 
+``system_prompt`` attacks a model as an application with that system prompt would use it (an
+agent's, from its manifest): it opens each attempt's system message, before the probe's own system
+text (which plays the application's part); an attempt without one gets it as its system message.
+
 ``check_target`` asks ``/models`` first, so a wrong key, URL or model name fails at once with a
 clear message instead of as a run of errors.
 """
@@ -18,6 +22,7 @@ clear message instead of as a run of errors.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import time
 from collections.abc import Callable
@@ -228,6 +233,20 @@ async def check_target(base_url: str, key: str | None, model: str) -> None:
         )
 
 
+def with_system_prompt(rendered: Rendered, system_prompt: str | None) -> Rendered:
+    """The attempt as an application with ``system_prompt`` sends it (see the module docstring)."""
+    if not system_prompt:
+        return rendered
+    messages = [dict(m) for m in rendered.messages]
+    if messages and messages[0].get("role") == "system":
+        merged = f"{system_prompt}\n\n{messages[0]['content']}"
+        messages[0]["content"] = merged
+    else:
+        merged = system_prompt
+        messages.insert(0, {"role": "system", "content": system_prompt})
+    return dataclasses.replace(rendered, messages=messages, system=merged)
+
+
 async def run_probes(
     probes: list[Probe],
     *,
@@ -239,9 +258,10 @@ async def run_probes(
     timeout: float = 120.0,
     detectors: Detectors | None = None,
     on_done: Callable[[Attempt], None] | None = None,
+    system_prompt: str | None = None,
 ) -> list[Attempt]:
     """Every probe once, at most ``concurrency`` at a time; ``on_done`` after each (progress, storage).
-    The attempts come back in probe order."""
+    The attempts come back in probe order; ``system_prompt`` opens every attempt's system message."""
     detectors = detectors or Detectors()
     sem = asyncio.Semaphore(max(1, concurrency))
     out: list[Attempt | None] = [None] * len(probes)
@@ -249,7 +269,7 @@ async def run_probes(
     async with client(base_url, key, timeout) as c:
 
         async def one(i: int, probe: Probe) -> None:
-            rendered = probe.render(seed)
+            rendered = with_system_prompt(probe.render(seed), system_prompt)
             body = rendered.body(model)
             async with sem:
                 response = await send(c, body, timeout)
