@@ -214,6 +214,7 @@ class Job:
     tools: list[dict[str, Any]]
     tool_choice: Any
     toolsets: list[HostedToolset] = field(default_factory=list)
+    preface: list[dict[str, Any]] = field(default_factory=list)  # the hosted tools' first items
     continued: bool = False  # it continues a stored response
     rounds: int = 0
     hosted_calls: int = 0
@@ -324,7 +325,7 @@ class ResponsesAPI:
             tool_choice if offered else None, toolsets, continued=bool(history),
         )  # fmt: skip
         for ts in toolsets:
-            job.draft.output += ts.items()
+            job.preface += ts.items()
         if req.stream:
             return await self._streamed(request, job)
         return await self._whole(request, job)
@@ -358,6 +359,7 @@ class ResponsesAPI:
 
     async def _whole(self, request: Request, job: Job) -> Response:
         draft = job.draft
+        draft.output += job.preface
         while True:
             resp = await self._chat(request, job, stream=False)
             if resp.status_code != 200:  # an engine's or a guardrail's error, or 499: as it came
@@ -602,6 +604,8 @@ class EventStream(Response):
         try:
             await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
             await out(emit.started(draft))
+            for item in job.preface:
+                await out(emit.item(draft, item))
             inner: Response | None = self.first
             r = Round()
             while inner is not None:
