@@ -15,6 +15,7 @@ from starlette.routing import BaseRoute, Match, NoMatchFound, get_route_path
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from m2a.agents.admin_api import PREFIX, create_agents_api
+from m2a.agents.mcp_gateway import ToolsExtension  # tools (the MCP gateway)
 from m2a.agents.registry import Registry
 from m2a.config import AgentsConfig
 from m2a.gateway.extensions import ExtensionFactory, Host
@@ -49,18 +50,23 @@ class AgentsExtension:
         self.host = host
         self.cfg = cfg
         self.registry = Registry(host.db, cfg.trust_domain) if host.db is not None else None
+        # -- tools: /mcp, /admin/v1/tools|approvals|tool-calls, the Responses `mcp` tool (mcp_gateway.py)
+        self.tools = ToolsExtension(host) if host.db is not None else None
 
     def routes(self) -> list[BaseRoute]:
         if self.registry is None:
             return []
         api = create_agents_api(self.registry, self.host.access, docs=self.host.cfg.admin_docs)
-        return [Under(PREFIX, api)]
+        tools = self.tools.routes() if self.tools is not None else []  # tools (the MCP gateway)
+        return [Under(PREFIX, api), *tools]
 
     async def start(self) -> None:
-        return None
+        if self.tools is not None:  # tools (the MCP gateway)
+            await self.tools.start()
 
     async def close(self) -> None:
-        return None
+        if self.tools is not None:  # tools (the MCP gateway)
+            await self.tools.close()
 
 
 def agents_extension(cfg: AgentsConfig | None = None) -> ExtensionFactory:

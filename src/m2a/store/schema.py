@@ -1,7 +1,7 @@
 """Tables of the store: teams, API keys, model grants, a change counter, quotas, the usage ledger,
 guardrail profiles, the data services' files, vector stores, their files and file batches, and
-the agents: registry, versions, aliases, their history, signing keys and credentials, and the
-Responses API's stored responses."""
+the agents: registry, versions, aliases, their history, signing keys and credentials, the
+Responses API's stored responses, and the tools: MCP servers, tool calls and approvals."""
 
 from __future__ import annotations
 
@@ -332,3 +332,71 @@ class StoredResponse(Base):
     body: Mapped[str] = mapped_column(Text)  # the Response object, JSON
     input_items: Mapped[str] = mapped_column(Text)  # this response's input items (with ids), JSON
     history: Mapped[str] = mapped_column(Text)  # chat messages to continue from, JSON
+
+
+# -- tools: MCP servers registered in m2a, every tool call, approvals (store/tools.py) -------------
+
+
+class ToolServerRow(Base):
+    """An MCP server (streamable HTTP) agents reach through m2a; ``headers`` are m2a's own
+    credentials for it (JSON), sent on every call and never shown back in full."""
+
+    __tablename__ = "tool_servers"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    url: Mapped[str] = mapped_column(Text)
+    headers: Mapped[str] = mapped_column(Text, default="{}")  # JSON {name: value}
+    timeout_s: Mapped[float] = mapped_column(Float)
+    description: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class ToolCallRow(Base):
+    """One tool call an agent made through m2a (the MCP endpoint or a Responses ``mcp`` tool)."""
+
+    __tablename__ = "tool_calls"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    agent: Mapped[str] = mapped_column(String(256), index=True)  # the agent's SPIFFE id
+    agent_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    version: Mapped[int | None] = mapped_column(Integer, nullable=True)  # the agent version's number
+    team_id: Mapped[int | None] = mapped_column(Integer, nullable=True, index=True)
+    server: Mapped[str] = mapped_column(String(64), index=True)
+    tool: Mapped[str] = mapped_column(String(256))
+    args_sha256: Mapped[str] = mapped_column(String(64))  # of the RFC 8785 canonical arguments
+    status: Mapped[str] = mapped_column(String(16))  # ok, error, denied, timeout
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)  # why, in short
+    duration_ms: Mapped[float] = mapped_column(Float)
+    via: Mapped[str] = mapped_column(String(16))  # mcp (the /mcp endpoint) or responses
+    call_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    trace_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    response_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+
+
+class ToolApprovalRow(Base):
+    """A tool call waiting for (or given) a person's approval: the Responses ``mcp`` tool's
+    ``mcp_approval_request``. It keeps the arguments, so the call can run once it is approved."""
+
+    __tablename__ = "tool_approvals"
+
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True)
+    id: Mapped[str] = mapped_column(String(64), unique=True)  # mcpr_<hex>
+    agent: Mapped[str] = mapped_column(String(256), index=True)  # the agent's SPIFFE id
+    agent_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    version: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    team_id: Mapped[int | None] = mapped_column(Integer, nullable=True, index=True)
+    server: Mapped[str] = mapped_column(String(64))
+    tool: Mapped[str] = mapped_column(String(256))
+    args_sha256: Mapped[str] = mapped_column(String(64))
+    arguments: Mapped[str] = mapped_column(Text)  # JSON, as the model gave them
+    status: Mapped[str] = mapped_column(String(16), index=True)  # pending, approved, denied, expired
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    response_id: Mapped[str | None] = mapped_column(String(64), nullable=True)  # the response that asked
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    decided_by: Mapped[str | None] = mapped_column(String(300), nullable=True)
+    decided_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)  # ran once
