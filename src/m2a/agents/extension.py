@@ -16,6 +16,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from m2a.agents.admin_api import PREFIX, create_agents_api
 from m2a.agents.mcp_gateway import ToolsExtension  # tools (the MCP gateway)
+from m2a.agents.oauth import IdentityService  # agent identity: keys, tokens, OAuth routes, verifier
 from m2a.agents.registry import Registry
 from m2a.config import AgentsConfig
 from m2a.gateway.extensions import ExtensionFactory, Host
@@ -52,21 +53,31 @@ class AgentsExtension:
         self.registry = Registry(host.db, cfg.trust_domain) if host.db is not None else None
         # -- tools: /mcp, /admin/v1/tools|approvals|tool-calls, the Responses `mcp` tool (mcp_gateway.py)
         self.tools = ToolsExtension(host) if host.db is not None else None
+        # -- agent identity (agents/oauth.py): the token endpoint, its metadata and keys, the verifier
+        self.identity = IdentityService(host, cfg) if host.identity is not None else None
 
     def routes(self) -> list[BaseRoute]:
         if self.registry is None:
             return []
         api = create_agents_api(self.registry, self.host.access, docs=self.host.cfg.admin_docs)
         tools = self.tools.routes() if self.tools is not None else []  # tools (the MCP gateway)
-        return [Under(PREFIX, api), *tools]
+        identity: list[BaseRoute] = []
+        if self.identity is not None:  # agent identity: the OAuth routes; credentials name the issuer
+            api.state.issuer = self.identity.issuer
+            identity = self.identity.routes()
+        return [Under(PREFIX, api), *tools, *identity]
 
     async def start(self) -> None:
+        if self.identity is not None:  # agent identity: the verifier becomes Access.tokens
+            await self.identity.start()
         if self.tools is not None:  # tools (the MCP gateway)
             await self.tools.start()
 
     async def close(self) -> None:
         if self.tools is not None:  # tools (the MCP gateway)
             await self.tools.close()
+        if self.identity is not None:  # agent identity
+            await self.identity.close()
 
 
 def agents_extension(cfg: AgentsConfig | None = None) -> ExtensionFactory:
