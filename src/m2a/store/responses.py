@@ -25,7 +25,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, insert, select
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
 from m2a.store.schema import StoredResponse
@@ -103,23 +103,24 @@ class SQLResponses:
         self._session = async_sessionmaker(engine, expire_on_commit=False)
 
     async def put(self, rec: Record) -> None:
-        row = StoredResponse(
-            id=rec.id,
-            owner=rec.owner,
-            team_id=rec.team_id,
-            key_id=rec.key_id,
-            agent=rec.agent,
-            model=rec.model,
-            status=rec.status,
-            previous_id=rec.previous_id,
-            created_at=rec.created_at,
-            expires_at=rec.expires_at,
-            body=_dumps(rec.body),
-            input_items=_dumps(rec.input_items),
-            history=_dumps(rec.history),
-        )
-        async with self._session() as s, s.begin():
-            s.add(row)
+        # Core, not the ORM: one insert on the request path, without a session's bookkeeping.
+        values = {
+            "id": rec.id,
+            "owner": rec.owner,
+            "team_id": rec.team_id,
+            "key_id": rec.key_id,
+            "agent": rec.agent,
+            "model": rec.model,
+            "status": rec.status,
+            "previous_id": rec.previous_id,
+            "created_at": rec.created_at,
+            "expires_at": rec.expires_at,
+            "body": _dumps(rec.body),
+            "input_items": _dumps(rec.input_items),
+            "history": _dumps(rec.history),
+        }
+        async with self.engine.begin() as conn:
+            await conn.execute(insert(StoredResponse).values(**values))
 
     async def get(self, response_id: str, owner: str, *fields: str) -> Found | None:
         unknown = set(fields) - set(FIELDS)
@@ -128,8 +129,8 @@ class SQLResponses:
         t = StoredResponse
         cols = [t.id, t.model, t.status, t.created_at, *(getattr(t, f) for f in fields)]
         q = select(*cols).where(t.id == response_id, t.owner == owner, t.expires_at > now())
-        async with self._session() as s:
-            row = (await s.execute(q)).first()
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(q)).first()
         if row is None:
             return None
         parts = {f: json.loads(row[4 + i]) for i, f in enumerate(fields)}
