@@ -13,6 +13,7 @@ from rich.markup import escape
 
 from m2a import __version__
 from m2a.catalog.sources import SourceError
+from m2a.cli.agents_cmd import agents_app
 from m2a.cli.config_cmd import config_app
 from m2a.cli.data_cmd import data_app
 from m2a.cli.guardrails_cmd import guardrails_app
@@ -37,6 +38,7 @@ app.add_typer(traces_app, name="traces")
 app.add_typer(redteam_app, name="redteam")
 app.add_typer(guardrails_app, name="guardrails")
 app.add_typer(data_app, name="data")
+app.add_typer(agents_app, name="agents")
 app.command("usage")(usage)
 app.command("sim")(sim)
 app.command("metal")(metal)
