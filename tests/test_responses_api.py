@@ -1073,3 +1073,29 @@ async def test_a_hosted_tool_runs_in_the_gateway_and_the_model_is_called_again(
     assert added == ["clock_list", "clock_call", "message"]  # the function call is the tool's
     assert events[-1].type == "response.completed"
     assert [o.type for o in events[-1].response.output] == ["clock_list", "clock_call", "message"]
+
+
+async def test_an_engine_that_dies_mid_stream_fails_the_response(store: IdentityStore) -> None:
+    from tests.fake_engine import FakeEngine  # its die_mid_stream mode: one chunk, then the connection drops
+
+    fake = FakeEngine()
+    fake.mode = "die_mid_stream"
+    await fake.start()
+    try:
+        pool = Pool()
+        pool.add(Endpoint("m-0", MODEL, fake.url, healthy=True))
+        app = create_app(pool, ADMIN, GatewayConfig(), identity=store)
+        async with live(app, TIMEOUT) as url:
+            c = openai.AsyncOpenAI(base_url=url + "/v1", api_key=ADMIN, max_retries=0, timeout=TIMEOUT)
+            stream = await c.responses.create(model=MODEL, input="hi", stream=True)
+            events = [e async for e in stream]
+            assert [e.sequence_number for e in events] == list(range(len(events)))
+            assert [e.type for e in events[-2:]] == ["error", "response.failed"]
+            failed = events[-1].response
+            assert (
+                failed.status == "failed" and failed.error is not None and failed.error.code == "server_error"
+            )
+            assert (await c.responses.retrieve(failed.id)).status == "failed"
+            assert all(ep.inflight == 0 for ep in pool.all())
+    finally:
+        await fake.stop()
