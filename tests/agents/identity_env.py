@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import hashlib
+import hmac
+import json
 import os
 import time
 from collections.abc import AsyncIterator
@@ -111,6 +114,19 @@ def assertion(
     headers = {"kid": kid} if kid else None
     payload = {k: v for k, v in claims.items() if v is not None}  # None: leave the claim out
     return jwt.encode(payload, private, algorithm=alg, headers=headers)
+
+
+def b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def hs256(secret: bytes, claims: dict[str, Any], **header: Any) -> str:
+    """An HS256 JWT made by hand with ``secret`` (the algorithm-confusion attack signs with the
+    verifier's *public* key as the HMAC secret; PyJWT refuses to make one, so it is done here)."""
+    head = b64url(json.dumps({"alg": "HS256", "typ": "JWT", **header}).encode())
+    body = b64url(json.dumps(claims).encode())
+    sig = hmac.new(secret, f"{head}.{body}".encode(), hashlib.sha256).digest()
+    return f"{head}.{body}.{b64url(sig)}"
 
 
 def basic(client_id: str, secret: str) -> dict[str, str]:
