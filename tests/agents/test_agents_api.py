@@ -17,8 +17,12 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
+import hypothesis
 import pytest
 import pytest_asyncio
+import schemathesis
+from hypothesis import HealthCheck, Phase
+from schemathesis.checks import not_a_server_error
 
 from m2a.agents.extension import agents_extension
 from m2a.config import AgentsConfig, GatewayConfig
@@ -429,3 +433,66 @@ async def test_without_admin_docs_the_document_is_not_served(
     async with serve(engine.url, store, admin_docs=False) as gw:
         assert_openai_error(await gw.client.get(f"{API}/openapi.json"), 401)
         assert (await gw.call("GET")).status_code == 200
+
+
+# -- fuzzing ----------------------------------------------------------------------------------------
+FUZZ_RUNS = (("positive", 10, False), ("negative", 8, False), ("positive", 10, True))
+
+
+async def test_the_agents_api_never_answers_5xx(gw: Gateway) -> None:
+    """Schemathesis-generated requests (valid and invalid) with the admin key: never a server error.
+
+    Bounded and derandomized (the same examples every run); pinned runs aim at an agent that exists.
+    Hypothesis runs in a worker thread; each request goes through the test's own client and loop.
+    """
+    await ok(await gw.call("POST", json=new_agent(), key=gw.support), 201)
+    doc = (await gw.client.get(f"{API}/openapi.json")).json()
+    schema = schemathesis.openapi.from_dict(doc)
+    operations = [r.ok() for r in schema.get_all_operations()]
+    operations = [op for op in operations if "/credentials" not in op.path]  # another module's routes
+    assert len(operations) == 12, [op.label for op in operations]
+    loop = asyncio.get_running_loop()
+    statuses: dict[int, int] = {}
+
+    async def send(kwargs: dict[str, Any]) -> httpx.Response:
+        headers = dict(kwargs.get("headers") or {})
+        content: bytes | None = None
+        if "json" in kwargs:
+            content = json.dumps(kwargs["json"]).encode()
+            headers.setdefault("Content-Type", "application/json")
+        elif kwargs.get("data") is not None:
+            data = kwargs["data"]
+            content = data.encode() if isinstance(data, str) else data
+        return await gw.client.request(
+            kwargs["method"], kwargs["url"], params=kwargs.get("params"), headers=headers, content=content
+        )
+
+    def fuzz(operation: Any, mode: str, examples: int, pinned: dict[str, str] | None) -> None:
+        strategy = operation.as_strategy(
+            generation_mode=schemathesis.GenerationMode(mode), path_parameters=pinned
+        )
+
+        @hypothesis.settings(
+            max_examples=examples, derandomize=True, database=None, deadline=None,
+            phases=[Phase.explicit, Phase.generate], suppress_health_check=list(HealthCheck),
+        )  # fmt: skip
+        @hypothesis.given(case=strategy)
+        def check(case: schemathesis.Case) -> None:
+            kwargs = case.as_transport_kwargs(
+                base_url="http://gw", headers={"authorization": f"Bearer {ADMIN}"}
+            )
+            resp = asyncio.run_coroutine_threadsafe(send(kwargs), loop).result(TIMEOUT)
+            statuses[resp.status_code] = statuses.get(resp.status_code, 0) + 1
+            case.validate_response(resp, checks=[not_a_server_error])
+
+        check()
+
+    for operation in operations:
+        for mode, examples, pin in FUZZ_RUNS:
+            if pin and "{name}" not in operation.path:
+                continue
+            pinned = {"team": "support", "name": "support-bot"} if pin else None
+            with contextlib.suppress(hypothesis.errors.Unsatisfiable):  # nothing to make invalid
+                await asyncio.to_thread(fuzz, operation, mode, examples, pinned)
+    assert all(status < 500 for status in statuses), statuses
+    assert any(200 <= s < 300 for s in statuses) and any(400 <= s < 500 for s in statuses), statuses
