@@ -153,6 +153,10 @@ async def test_from_agent_yaml_through_the_red_team_to_production(cli: Cli, tmp_
     assert v1["stage"] == "tested" and v1["redteam"]["run"] == run.id and v1["redteam"]["passed"]
     assert v1["redteam"]["system_prompt_sha256"] == run.meta["system_prompt_sha256"]
     assert v1["redteam"]["digest"] == v1["digest"] and v1["redteam"]["seed"] == 5
+    result = await cli(*args)  # tested already: nothing is attacked again
+    assert result.exit_code == 1 and "tested already" in said(result)
+    with Store(db) as s:
+        assert len(s.runs()) == 1
 
     result = await cli("promote", "support-bot", "1", "--to", "approved")  # a team key cannot approve
     assert result.exit_code == 1 and "admin" in said(result)

@@ -525,8 +525,10 @@ def test(
         if version is None:
             raise _bad(f"{team}/{name} has no version yet: `m2a agents create {name} --file agent.yaml`")
     v = call(api, "GET", at(team, name, "versions", version))
-    if v["stage"] not in ("draft", "tested"):
-        err.print(f"[red]error:[/] version {version} is {v['stage']}: the red-team gate is for drafts")
+    if v["stage"] not in ("draft", "tested") or (v["stage"] == "tested" and "tested" in v["aliases"]):
+        err.print(
+            f"[red]error:[/] version {version} is {v['stage']} already: the red-team gate is for drafts"
+        )
         raise typer.Exit(1)
     manifest = Manifest.model_validate(v["manifest"])
     target = model or manifest.models[0]
