@@ -101,6 +101,10 @@ class ToolContext:
     principal: Principal
     request: Request
     index: int  # the spec's place in ``tools``, for errors (``param=f"tools.{index}"``)
+    # -- for tools whose calls span responses (an MCP call waiting for approval, mcp_tool.py) --
+    previous_response_id: str | None = None  # the response this one continues
+    input_items: list[dict[str, Any]] = field(default_factory=list)  # this request's input items
+    response_id: str | None = None  # the id of the response being made
 
 
 @dataclass
@@ -109,6 +113,8 @@ class HostedResult:
 
     item: dict[str, Any] | None
     output: str
+    stop: bool = False  # the response ends after this round: the model is not called again (an approval)
+    messages: list[dict[str, Any]] | None = None  # ``resume``'s: chat messages standing for the call
 
 
 class HostedToolset(Protocol):
@@ -123,6 +129,10 @@ class HostedToolset(Protocol):
         ...
 
     async def call(self, call_id: str, name: str, arguments: str) -> HostedResult: ...
+
+    # Optional: ``async def resume(self) -> list[HostedResult]``, calls this request's input lets run
+    # before the model's first round (an approved MCP call); each result's item comes first in the
+    # output, its ``messages`` join the conversation.
 
 
 HostedTool = Callable[[dict[str, Any], ToolContext], Awaitable[HostedToolset]]
@@ -315,17 +325,26 @@ class ResponsesAPI:
         convo = history + turn.messages
         if len(convo) > MAX_HISTORY_MESSAGES:
             raise self._too_long(req, f"more than {MAX_HISTORY_MESSAGES} messages")
+        draft = Draft(req, model)
         toolsets = [
-            await HOSTED_TOOLS[spec["type"]](spec, ToolContext(principal, request, i))
+            await HOSTED_TOOLS[spec["type"]](
+                spec, ToolContext(principal, request, i, req.previous_response_id, turn.items, draft.id)
+            )
             for i, spec in hosted_specs
         ]
         offered = offered + [f for ts in toolsets for f in ts.functions]
         job = Job(
-            req, principal, owner, Draft(req, model), req.instructions, convo, turn, offered,
+            req, principal, owner, draft, req.instructions, convo, turn, offered,
             tool_choice if offered else None, toolsets, continued=bool(history),
         )  # fmt: skip
         for ts in toolsets:
             job.preface += ts.items()
+        for ts in toolsets:  # calls this input lets run before the model (an approved MCP call)
+            resume = getattr(ts, "resume", None)
+            for result in await resume() if resume is not None else ():
+                if result.item is not None:
+                    job.preface.append(result.item)
+                job.convo.extend(result.messages or [])
         if req.stream:
             return await self._streamed(request, job)
         return await self._whole(request, job)
@@ -385,6 +404,7 @@ class ResponsesAPI:
         hosted = [c for c in r.calls if job.owns(c.name)]
         if not hosted or r.finish_reason in ("length", "content_filter") or job.rounds + 1 >= MAX_ROUNDS:
             return False
+        stop = False  # a result that ends the response here (an approval request)
         for c in hosted:
             limit = job.req.max_tool_calls
             if limit is not None and job.hosted_calls >= limit:
@@ -408,8 +428,10 @@ class ResponsesAPI:
                 else:
                     job.draft.output.append(result.item)
             job.convo.append({"role": "tool", "tool_call_id": c.id, "content": result.output})
+            stop = stop or result.stop
         job.rounds += 1
-        return len(hosted) == len(r.calls)  # a client's function call goes back to the client first
+        # A client's function call goes back to the client first.
+        return not stop and len(hosted) == len(r.calls)
 
     async def _save(self, job: Job) -> None:
         """Store the response (when asked to), before the client hears it has ended."""

@@ -238,9 +238,10 @@ class ToolStore:
         status: str | None = None,
         team_id: int | None = None,
         agent: str | None = None,
+        response_id: str | None = None,
         limit: int = 100,
     ) -> list[ApprovalRecord]:
-        """Newest first; ``team_id`` None: every team's."""
+        """Newest first; ``team_id`` None: every team's; ``response_id``: those that response asked."""
         await self.expire()
         q = select(ToolApprovalRow)
         if status is not None:
@@ -249,6 +250,8 @@ class ToolStore:
             q = q.where(ToolApprovalRow.team_id == team_id)
         if agent is not None:
             q = q.where(ToolApprovalRow.agent == agent)
+        if response_id is not None:
+            q = q.where(ToolApprovalRow.response_id == response_id)
         q = q.order_by(ToolApprovalRow.seq.desc()).limit(max(1, min(limit, MAX_PAGE)))
         async with self._session() as s:
             return [_approval(r) for r in await s.scalars(q)]
