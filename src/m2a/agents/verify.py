@@ -172,7 +172,7 @@ class TrustedJWKS:
         """The usable keys of a JWKS document: RSA (RS256) and EC P-256 (ES256) with a ``kid``."""
         keys: dict[str, jwt.PyJWK] = {}
         if not isinstance(data, dict) or not isinstance(data.get("keys"), list):
-            raise ValueError("a JWKS is {\"keys\": [...]}")
+            raise ValueError('a JWKS is {"keys": [...]}')
         for item in data["keys"]:
             if not isinstance(item, dict) or not isinstance(item.get("kid"), str):
                 continue
