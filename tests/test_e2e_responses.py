@@ -50,9 +50,7 @@ def test_a_response_continued_streamed_and_not(client: OpenAI, model: str) -> No
     text = "".join(e.delta for e in events if e.type == "response.output_text.delta")
     second = events[-1].response
     assert text and second.output_text == text and second.previous_response_id == first.id
-    # the engine got the first turn too: its prompt holds the first prompt and the first answer
-    assert second.usage is not None
-    assert second.usage.input_tokens >= first.usage.input_tokens + first.usage.output_tokens
+    assert second.usage is not None and second.usage.input_tokens > 0  # llama.cpp's: the gateway's estimate
 
     third = client.responses.create(
         model=model,
@@ -63,7 +61,8 @@ def test_a_response_continued_streamed_and_not(client: OpenAI, model: str) -> No
         temperature=0,
     )
     assert third.output_text and third.usage is not None
-    assert third.usage.input_tokens > second.usage.input_tokens
+    # the engine got the earlier turns too: the prompt holds the first prompt and answer, and more
+    assert third.usage.input_tokens > first.usage.input_tokens + first.usage.output_tokens
     assert client.responses.retrieve(second.id).output_text == text
     items = client.responses.input_items.list(third.id).data
     assert [i.content[0].text for i in items] == ["Thank you."]

@@ -83,6 +83,7 @@ class ScriptedEngine:
     port: int = field(default_factory=free_port)
     requests: list[dict[str, Any]] = field(default_factory=list)
     gate: asyncio.Event | None = None  # a stream waits here after its first piece
+    stream_usage: bool = True  # a stream sends its usage when asked (llama.cpp's does not)
     cancelled: asyncio.Event = field(default_factory=asyncio.Event)  # a handler saw its client go
     _runner: web.AppRunner | None = None
 
@@ -194,7 +195,7 @@ class ScriptedEngine:
                 await chunk({"tool_calls": [{"index": j, "function": {"arguments": args[k : k + 5]}}]})
         await chunk({}, finish)
         opts = body.get("stream_options") or {}
-        if opts.get("include_usage"):
+        if opts.get("include_usage") and self.stream_usage:
             payload = {"id": "chatcmpl-scripted", "object": "chat.completion.chunk", "choices": []}
             payload["usage"] = self.usage(body, len(pieces) + len(calls))
             await resp.write(f"data: {json.dumps(payload)}\n\n".encode())
@@ -1099,3 +1100,13 @@ async def test_an_engine_that_dies_mid_stream_fails_the_response(store: Identity
             assert all(ep.inflight == 0 for ep in pool.all())
     finally:
         await fake.stop()
+
+
+async def test_a_stream_without_usage_gets_the_gateways_estimate(gw: GW, engine: ScriptedEngine) -> None:
+    engine.stream_usage = False
+    stream = await gw.client().responses.create(model=MODEL, input="count me", stream=True)
+    events = [e async for e in stream]
+    usage = events[-1].response.usage
+    deltas = sum(e.type == "response.output_text.delta" for e in events)
+    assert usage is not None and usage.input_tokens > 0
+    assert usage.output_tokens == deltas + 2  # every chat event with choices: the role chunk and the last too

@@ -51,6 +51,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -64,6 +65,7 @@ from starlette.types import Receive, Scope, Send
 from m2a.gateway.body import parse_json, read_body
 from m2a.gateway.errors import GatewayError
 from m2a.gateway.extensions import Host
+from m2a.gateway.quota import BYTES_PER_TOKEN, estimate_input
 from m2a.gateway.responses_stream import EventWriter, RoundStream
 from m2a.gateway.responses_translate import (
     CreateRequest,
@@ -226,6 +228,7 @@ class Job:
     toolsets: list[HostedToolset] = field(default_factory=list)
     preface: list[dict[str, Any]] = field(default_factory=list)  # the hosted tools' first items
     continued: bool = False  # it continues a stored response
+    sent: dict[str, Any] = field(default_factory=dict)  # the last model call's chat request
     rounds: int = 0
     hosted_calls: int = 0
     cancelled: bool = False
@@ -366,7 +369,8 @@ class ResponsesAPI:
 
     async def _chat(self, request: Request, job: Job, stream: bool) -> Response:
         """One model call through the gateway's request path."""
-        body = json.dumps(job.payload(stream), separators=(",", ":"), ensure_ascii=False).encode()
+        job.sent = job.payload(stream)
+        body = json.dumps(job.sent, separators=(",", ":"), ensure_ascii=False).encode()
         if len(body) > self.cfg.max_body_bytes:
             raise self._too_long(job.req, f"over {self.cfg.max_body_bytes} bytes")
         try:
@@ -388,7 +392,7 @@ class ResponsesAPI:
             except (ValueError, RecursionError):
                 answer = None
             r = answer_round(answer)
-            draft.add_usage(r.usage)
+            draft.add_usage(r.usage or estimated(job.sent, r))
             draft.output += round_items(r, job.owns)
             job.convo.append(r.assistant())
             if r.error is not None or not await self._run_hosted(job, r, None):
@@ -565,6 +569,16 @@ class ResponsesAPI:
         )
 
 
+def estimated(payload: dict[str, Any], r: Round, chunks: int | None = None) -> dict[str, Any]:
+    """A model call's usage where its engine reported none (llama.cpp streams): the gateway's own
+    estimate, as the ledger bills it (the prompt from its text; a stream's content events, else
+    the answer's text)."""
+    if chunks is None:
+        text = (r.text or "") + "".join(c.name + c.arguments for c in r.calls)
+        chunks = math.ceil(len(text.encode()) / BYTES_PER_TOKEN)
+    return {"prompt_tokens": estimate_input(payload), "completion_tokens": chunks}
+
+
 def _hosted_input(item: dict[str, Any], where: str) -> list[dict[str, Any]] | None:
     convert = HOSTED_ITEMS.get(item.get("type"))  # type: ignore[arg-type]
     return convert(item) if convert is not None else None
@@ -637,7 +651,7 @@ class EventStream(Response):
                 r = rs.result
                 if left or state["gone"] or job.cancelled or (not r.ended and r.error is None):
                     break
-                draft.add_usage(r.usage)
+                draft.add_usage(r.usage or estimated(job.sent, r, rs.chunks))
                 job.convo.append(r.assistant())
                 inner = None
                 if r.error is None and await api._run_hosted(

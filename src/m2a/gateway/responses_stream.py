@@ -18,6 +18,8 @@ calls stay right). Calls of hosted tools (``hosted(name)``) get no function call
 own item comes when it has run. Decisions:
 
 - the engine's usage chunk (the gateway asks for it) is summed into the response's ``usage``;
+  where an engine sends none (llama.cpp), the gateway's own estimate is, as the ledger bills it
+  (``responses_api.estimated``: the prompt from its text, one output token per chat event);
 - an error event in the chat stream (the engine died: 502; a guardrail stopped the answer:
   ``content_filter``) ends the round; ``content_filter`` makes the response ``incomplete``
   (``incomplete_details.reason: content_filter``), anything else ``failed`` after an ``error``
@@ -95,6 +97,7 @@ class RoundStream:
         self.emit = emit
         self.hosted = hosted
         self.result = Round()
+        self.chunks = 0  # chat events with choices: the output count where the engine sends no usage
         self._buf = b""
         self._text: list[str] = []  # the whole round's text (all its message items)
         self._msg: dict[str, Any] | None = None  # the open message item
@@ -144,6 +147,8 @@ class RoundStream:
         if not isinstance(choices, list):
             return b""
         out = b""
+        if choices:
+            self.chunks += 1
         for choice in choices:
             if not isinstance(choice, dict) or choice.get("index", 0) != 0:
                 continue  # one answer per response (n is never asked for)
