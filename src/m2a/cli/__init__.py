@@ -22,6 +22,7 @@ from m2a.cli.metal_cmd import metal
 from m2a.cli.models_cmd import interrupt_on_sigterm, models_app
 from m2a.cli.redteam_cmd import redteam_app
 from m2a.cli.sim_cmd import sim
+from m2a.cli.tools_cmd import approvals_app, tools_app
 from m2a.cli.traces_cmd import traces_app
 from m2a.cli.usage_cmd import quotas_app, usage
 from m2a.config import ConfigError, EngineKind, Settings, load_settings
@@ -39,6 +40,8 @@ app.add_typer(redteam_app, name="redteam")
 app.add_typer(guardrails_app, name="guardrails")
 app.add_typer(data_app, name="data")
 app.add_typer(agents_app, name="agents")
+app.add_typer(tools_app, name="tools")
+app.add_typer(approvals_app, name="approvals")
 app.command("usage")(usage)
 app.command("sim")(sim)
 app.command("metal")(metal)
