@@ -9,6 +9,7 @@ shape (RFC 6749 §5.2) there, OpenAI's on the admin API.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 from collections.abc import AsyncIterator
@@ -18,10 +19,14 @@ from typing import Any
 import httpx
 import pytest
 import pytest_asyncio
-from cryptography.hazmat.primitives.asymmetric import rsa
+from click.testing import Result
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
+from typer.testing import CliRunner
 
 from m2a.agents.oauth import ACCESS_TOKEN_TYPE, JWT_BEARER, JWT_TOKEN_TYPE, TOKEN_EXCHANGE
+from m2a.cli import app as cli_app
 from m2a.store.guardrails import GuardrailStore
 from m2a.store.identity import IdentityStore
 from tests import gateway_fixtures
@@ -51,6 +56,7 @@ pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 engine = gateway_fixtures.engine
 store = gateway_fixtures.store
+PEM = serialization.Encoding.PEM
 
 
 @pytest_asyncio.fixture(loop_scope="session")
@@ -334,3 +340,49 @@ async def test_the_token_endpoint_answers_malformed_requests_in_oauth_shape(env:
     # The other team's agent is not this team's client, whatever the secret.
     await ship(env.registry, team=OTHER)
     assert_oauth_error(await env.token_call(cc, basic(spiffe(team=OTHER), secret)), 401, "invalid_client")
+
+
+# -- the CLI -----------------------------------------------------------------------------------------
+async def test_the_cli_makes_credentials_and_gets_tokens(env: Env, tmp_path: Path) -> None:
+    await ship(env.registry)
+
+    async def m2a(*args: str) -> Result:
+        argv = ["agents", *args, "--url", env.url, "--api-key", env.member]
+        cli_env = {"M2A_HOME": str(tmp_path / "cli"), "M2A_API_KEY": "", "M2A_CLIENT_SECRET": ""}
+        return await asyncio.to_thread(CliRunner().invoke, cli_app, argv, env=cli_env)
+
+    made = await m2a("credentials", "create", BOT, "--json")
+    assert made.exit_code == 0, made.output
+    secret = json.loads(made.stdout)["client_secret"]
+    got = await m2a("token", BOT, "--client-secret", secret)
+    assert got.exit_code == 0, got.output
+    token = got.stdout.strip()
+    assert claims_of(token)[1]["sub"] == spiffe() and await models_of(env, token) == ["alpha"]
+    # Without a secret: one is made for this token and revoked at once.
+    got = await m2a("token", BOT, "--json")
+    assert got.exit_code == 0, got.output
+    assert json.loads(got.stdout)["expires_in"] == 300
+    listed = await m2a("credentials", "list", BOT, "--json")
+    states = [c["revoked_at"] is None for c in json.loads(listed.stdout)]
+    assert states == [True, False]  # the first stays live; the CLI's own is revoked
+    # A registered PEM key and a signed assertion.
+    private = ec.generate_private_key(ec.SECP256R1())
+    pem = tmp_path / "agent.pem"
+    pkcs8, spki = serialization.PrivateFormat.PKCS8, serialization.PublicFormat.SubjectPublicKeyInfo
+    pem.write_bytes(private.private_bytes(PEM, pkcs8, serialization.NoEncryption()))
+    public = tmp_path / "agent.pub"
+    public.write_bytes(private.public_key().public_bytes(PEM, spki))
+    registered = await m2a("credentials", "create", BOT, "--jwk", str(public), "--json")
+    assert registered.exit_code == 0, registered.output
+    kid = json.loads(registered.stdout)["kid"]
+    got = await m2a("token", BOT, "--private-key", str(pem), "--kid", kid)
+    assert got.exit_code == 0, got.output
+    assert claims_of(got.stdout.strip())[1]["client_id"] == spiffe()
+    # Revoke the secret: the CLI says so, and the secret no longer works.
+    first = json.loads(made.stdout)["id"]
+    revoked = await m2a("credentials", "revoke", BOT, str(first))
+    assert revoked.exit_code == 0 and "revoked" in revoked.stdout
+    refused = await m2a("token", BOT, "--client-secret", secret)
+    assert refused.exit_code == 1 and "invalid_client" in refused.output
+    other = await m2a("credentials", "list", "no-such-agent")
+    assert other.exit_code == 1

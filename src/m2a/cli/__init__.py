@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+import m2a.cli.agent_identity_cmd  # noqa: F401  (adds `m2a agents token` and `m2a agents credentials`)
 from m2a import __version__
 from m2a.catalog.sources import SourceError
 from m2a.cli.agents_cmd import agents_app
