@@ -23,11 +23,23 @@ from aiohttp import web
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from sqlalchemy import select
+from typer.testing import CliRunner
 
 from m2a.agents import verify
-from m2a.agents.credentials import AgentIdentity, VersionInfo
-from m2a.agents.verify import GuardrailConflict, agent_principal, delegated_principal
+from m2a.agents.credentials import AgentDirectory, AgentIdentity, VersionInfo
+from m2a.agents.keys import SigningKeys
+from m2a.agents.registry import Registry
+from m2a.agents.tokens import Tokens
+from m2a.agents.verify import (
+    AgentVerifier,
+    GuardrailConflict,
+    agent_principal,
+    delegated_principal,
+    key_subject,
+)
+from m2a.cli import app as cli_app
 from m2a.config import AgentsConfig, TrustedIssuer
+from m2a.gateway.errors import GatewayError
 from m2a.principal import PRIORITIES, AgentRef, Limit, Principal
 from m2a.store.identity import IdentityStore
 from m2a.store.quotas import QuotaStore
@@ -49,6 +61,7 @@ from tests.agents.identity_env import (
     spiffe,
 )
 from tests.conftest import free_port
+from tests.db_fixtures import Database, database  # noqa: F401 (a fixture)
 from tests.fake_engine import FakeEngine
 from tests.openai_shape import assert_openai_error
 
@@ -130,7 +143,9 @@ async def test_a_delegated_principal_is_the_intersection_of_user_and_agent() -> 
 
 
 # -- through the gateway -----------------------------------------------------------------------------
-async def test_an_agent_token_calls_chat_with_its_quota_limits_and_guardrails(env: Env) -> None:
+async def test_an_agent_token_calls_chat_with_its_quota_limits_and_guardrails(
+    env: Env, tmp_path: Path
+) -> None:
     limits = [{"metric": "requests", "window": "minute", "limit": 2}]
     await ship(env.registry, m=bot_manifest(guardrails="block_secrets", limits=limits))
     await QuotaStore(env.store.engine).set(TEAM, [("requests", "minute", 5)])
@@ -177,6 +192,12 @@ async def test_an_agent_token_calls_chat_with_its_quota_limits_and_guardrails(en
     for row in usage.json():  # a row per agent and model
         by_agent[row["group"]] = by_agent.get(row["group"], 0) + row["requests"]
     assert by_agent == {spiffe(): len(agents), None: 3}  # the member key's three
+    # ... and `m2a usage --by agent` on the store.
+    cli_env = {"M2A_HOME": str(tmp_path / "home"), "M2A_DATABASE_URL": ""}
+    argv = ["usage", "--by", "agent", "--format", "json"]
+    result = await asyncio.to_thread(CliRunner().invoke, cli_app, argv, env=cli_env)
+    assert result.exit_code == 0, result.output
+    assert {r["agent"]: r["requests"] for r in json.loads(result.stdout)} == {spiffe(): len(agents), "-": 3}
 
 
 async def test_revoking_the_version_stops_its_live_tokens_within_seconds(env: Env) -> None:
@@ -239,6 +260,49 @@ async def test_the_verifier_caches_a_token_until_the_identity_changes(env: Env) 
             await verifier(token)
     finally:
         env.app.state.access.on_change.append(verifier.on_change)
+
+
+async def test_the_directory_and_the_verifier_on_sqlite_and_postgresql(database: Database) -> None:  # noqa: F811
+    """The store's side of identity without HTTP, on both databases: agents by SPIFFE id, secrets,
+    versions, a token's principal and a delegated one's, revocation."""
+    db = await database.open()
+    identity = IdentityStore(db)
+    await identity.create_team(TEAM)
+    await identity.grant(TEAM, "alpha")
+    await identity.grant(TEAM, "beta")
+    key, info = await identity.create_key(TEAM, "dev")
+    registry = Registry(db, TD)
+    limits = [{"metric": "tokens", "window": "day", "limit": 1000}]
+    await ship(registry, m=bot_manifest(limits=limits, guardrails="strict", models=["alpha"]))
+    directory = AgentDirectory(db, TD)
+    agent = await directory.agent_by_spiffe(spiffe())
+    assert agent is not None and agent.team == TEAM and await directory.agent_by_id(agent.agent_id) == agent
+    assert await directory.agent_by_spiffe(spiffe().replace(TD, "elsewhere")) is None
+    assert await directory.agent_by_spiffe(spiffe("ghost")) is None
+    secret, cred = await directory.create_secret(agent)
+    assert await directory.check_secret(spiffe(), secret) == agent
+    assert await directory.check_secret(spiffe(), secret + "x") is None
+    assert (await directory.version(agent.agent_id)).number == 1  # type: ignore[union-attr]
+    assert await directory.version(agent.agent_id, 2) is None
+    tokens = Tokens(SigningKeys(db), ISSUER, "m2a")
+    verifier = AgentVerifier(tokens, directory, identity)
+    ids = dict(client_id=spiffe(), team=TEAM, agent_id=agent.agent_id, agent_version=1)
+    own = await verifier((await tokens.issue(sub=spiffe(), **ids)).token)
+    assert own.models == frozenset({"alpha"}) and own.guardrails == "strict"
+    assert Limit("agent", agent.agent_id, "tokens", "day", 1000) in own.limits
+    extra = {"act": {"sub": spiffe()}, "subject_key_id": info.id}
+    acting = await verifier((await tokens.issue(sub=key_subject(info.id), extra=extra, **ids)).token)
+    assert (
+        acting.key_id == info.id and acting.agent is not None and acting.agent.subject == key_subject(info.id)
+    )
+    await directory.revoke(agent, cred.id)
+    assert await directory.check_secret(spiffe(), secret) is None
+    await registry.revoke_version(TEAM, BOT, 1)
+    verifier.clear()
+    with pytest.raises(GatewayError) as refused:
+        await verifier((await tokens.issue(sub=spiffe(), **ids)).token)
+    assert refused.value.status == 401 and "revoked" in refused.value.message
+    assert key  # the plaintext was only needed to make the key
 
 
 # -- trusted issuers ---------------------------------------------------------------------------------

@@ -11,21 +11,27 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import httpx
+import hypothesis
 import pytest
 import pytest_asyncio
+import schemathesis
 from click.testing import Result
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from hypothesis import HealthCheck, Phase
+from hypothesis import strategies as st
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
+from schemathesis.checks import not_a_server_error
 from typer.testing import CliRunner
 
-from m2a.agents.oauth import ACCESS_TOKEN_TYPE, JWT_BEARER, JWT_TOKEN_TYPE, TOKEN_EXCHANGE
+from m2a.agents.oauth import ACCESS_TOKEN_TYPE, CLIENT_CREDENTIALS, JWT_BEARER, JWT_TOKEN_TYPE, TOKEN_EXCHANGE
 from m2a.cli import app as cli_app
 from m2a.store.guardrails import GuardrailStore
 from m2a.store.identity import IdentityStore
@@ -386,3 +392,85 @@ async def test_the_cli_makes_credentials_and_gets_tokens(env: Env, tmp_path: Pat
     assert refused.exit_code == 1 and "invalid_client" in refused.output
     other = await m2a("credentials", "list", "no-such-agent")
     assert other.exit_code == 1
+
+
+# -- fuzzing -----------------------------------------------------------------------------------------
+FUZZ_RUNS = (("positive", 10, False), ("negative", 8, False), ("positive", 12, True))
+FORM_FIELDS = (
+    "grant_type", "client_id", "client_secret", "client_assertion", "client_assertion_type", "scope",
+    "agent_version", "resource", "audience", "subject_token", "subject_token_type", "actor_token",
+    "actor_token_type", "requested_token_type",
+)  # fmt: skip
+
+
+async def test_the_credentials_api_and_the_token_endpoint_never_answer_5xx(env: Env) -> None:
+    """Schemathesis on the credentials routes (admin key; bounded, derandomized; some aimed at an
+    agent that exists), Hypothesis on the token endpoint's form: never a server error, and the
+    token endpoint always in OAuth's error shape when it refuses."""
+    await ship(env.registry)
+    client_id, secret, _ = await env.secret()
+    doc = (await env.http.get("/admin/v1/agents/openapi.json")).json()
+    operations = [r.ok() for r in schemathesis.openapi.from_dict(doc).get_all_operations()]
+    operations = [op for op in operations if "/credentials" in op.path]
+    assert len(operations) == 3, [op.label for op in operations]
+    loop = asyncio.get_running_loop()
+    statuses: dict[int, int] = {}
+
+    async def send(kwargs: dict[str, Any]) -> httpx.Response:
+        headers = dict(kwargs.get("headers") or {})
+        content: bytes | None = None
+        if "json" in kwargs:
+            content = json.dumps(kwargs["json"]).encode()
+            headers.setdefault("Content-Type", "application/json")
+        return await env.http.request(
+            kwargs["method"], kwargs["url"], params=kwargs.get("params"), headers=headers, content=content
+        )
+
+    settings = hypothesis.settings(
+        derandomize=True, database=None, deadline=None, phases=[Phase.explicit, Phase.generate],
+        suppress_health_check=list(HealthCheck),
+    )  # fmt: skip
+
+    def fuzz(operation: Any, mode: str, examples: int, pinned: dict[str, str] | None) -> None:
+        strategy = operation.as_strategy(
+            generation_mode=schemathesis.GenerationMode(mode), path_parameters=pinned
+        )
+
+        @hypothesis.settings(settings, max_examples=examples)
+        @hypothesis.given(case=strategy)
+        def check(case: schemathesis.Case) -> None:
+            kwargs = case.as_transport_kwargs(base_url=env.url, headers={"authorization": f"Bearer {ADMIN}"})
+            resp = asyncio.run_coroutine_threadsafe(send(kwargs), loop).result(60)
+            statuses[resp.status_code] = statuses.get(resp.status_code, 0) + 1
+            case.validate_response(resp, checks=[not_a_server_error])
+
+        check()
+
+    for operation in operations:
+        for mode, examples, pin in FUZZ_RUNS:
+            pinned = {"team": TEAM, "name": BOT} if pin else None
+            with contextlib.suppress(hypothesis.errors.Unsatisfiable):
+                await asyncio.to_thread(fuzz, operation, mode, examples, pinned)
+    assert all(s < 500 for s in statuses) and any(200 <= s < 300 for s in statuses), statuses
+
+    values = st.one_of(
+        st.text(max_size=40),
+        st.sampled_from(
+            [CLIENT_CREDENTIALS, TOKEN_EXCHANGE, JWT_BEARER, ACCESS_TOKEN_TYPE, client_id, secret]
+        ),
+    )
+    forms = st.dictionaries(st.one_of(st.sampled_from(FORM_FIELDS), st.text(max_size=8)), values, max_size=8)
+    answers: dict[int, int] = {}
+
+    @hypothesis.settings(settings, max_examples=120)
+    @hypothesis.given(form=forms, basic_auth=st.booleans())
+    def post(form: dict[str, str], basic_auth: bool) -> None:
+        headers = basic(client_id, secret) if basic_auth else {}
+        resp = asyncio.run_coroutine_threadsafe(env.token_call(form, headers), loop).result(60)
+        answers[resp.status_code] = answers.get(resp.status_code, 0) + 1
+        assert resp.status_code in (200, 400, 401), resp.text
+        if resp.status_code != 200:
+            assert set(resp.json()) == {"error", "error_description"}, resp.text
+
+    await asyncio.to_thread(post)
+    assert 400 in answers, answers
