@@ -59,7 +59,9 @@ def parse_spiffe(value: str) -> tuple[str, str, str] | None:
 def issuer_of(agents: AgentsConfig, gateway: GatewayConfig) -> str:
     """The ``iss`` of m2a's tokens: ``agents.issuer``, else the gateway's URL from its host and port
     (a wildcard address as 127.0.0.1). Set ``agents.issuer`` where clients reach the gateway at
-    another address (a proxy, a cluster's service name): it is where the metadata points them."""
+    another address (a proxy, a cluster's service name: it is where the metadata points them), and
+    wherever several gateway processes share a store: each accepts only tokens of its own issuer,
+    so they must all have the same one."""
     if agents.issuer:
         return agents.issuer.rstrip("/")
     host = gateway.host if gateway.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
