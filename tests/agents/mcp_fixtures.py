@@ -1,23 +1,24 @@
 """What the MCP gateway's tests share: the demo ERP on loopback, rude tool servers, an agent with a
-manifest, and the gateway app (with the agents extension) on a real uvicorn port.
+manifest and a real token, and the gateway app (with the agents extension) on a real uvicorn port.
 
-The agent's token: until the agents layer's own tokens are used here, ``Gateway.agent_token`` maps a
-JWT-shaped bearer to the agent's principal through ``Access.tokens`` (the seam the agents layer's
-verifier plugs into); everything after authentication is the real code path.
+An agent is registered through the registry, its version 1 promoted to ``tested`` (with a passed
+red-team report), given a client secret through the admin API and an access token at the gateway's
+own token endpoint (OAuth client credentials): the same path a real agent takes.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import importlib.util
 import json
-import secrets
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote_plus
 
 import httpx
 import httpx2
@@ -34,15 +35,15 @@ from starlette.routing import Route
 
 from m2a.agents.extension import agents_extension
 from m2a.agents.manifest import parse_manifest
-from m2a.agents.registry import Registry
+from m2a.agents.registry import RedteamReport, Registry
 from m2a.config import GatewayConfig
 from m2a.gateway.app import create_app
-from m2a.gateway.errors import GatewayError
 from m2a.principal import AgentRef, Principal
 from m2a.router.pool import Endpoint, Pool
 from m2a.store.identity import IdentityStore
 from m2a.store.ledger import Ledger
 from m2a.store.schema import Usage
+from tests.agents.helpers import report
 from tests.live_app import live
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -160,8 +161,8 @@ def agent_manifest(tools: list[dict[str, Any]]) -> dict[str, Any]:
 
 @dataclass
 class Agent:
-    principal: Principal
-    token: str  # a JWT-shaped bearer the gateway maps to ``principal`` (see the module docstring)
+    principal: Principal  # what the gateway makes of the token (as far as the tools' code reads it)
+    token: str  # an access token from the gateway's token endpoint
     team_key: str  # a member key of the agent's team
 
     @property
@@ -171,18 +172,40 @@ class Agent:
 
 
 async def make_agent(
-    store: IdentityStore, team: str, name: str, tools: list[dict[str, Any]], *, new_team: bool = True
+    gw: Gateway,
+    store: IdentityStore,
+    team: str,
+    name: str,
+    tools: list[dict[str, Any]],
+    *,
+    new_team: bool = True,
 ) -> Agent:
-    """A team (with the model granted and a member key) and an agent with version 1 of a manifest."""
+    """A team (with the model granted and a member key) and an agent with version 1 of a manifest,
+    tested, with an access token from ``gw``'s token endpoint."""
     if new_team:
         await store.create_team(team)
         await store.grant(team, MODEL)
     key = (await store.create_key(team, f"{team}-key"))[0]
     registry = Registry(store.engine)
-    info, version = await registry.create(
-        team, name, ["owner@example.com"], manifest=parse_manifest(agent_manifest(tools))
-    )
+    manifest = parse_manifest(agent_manifest(tools))
+    info, version = await registry.create(team, name, ["owner@example.com"], manifest=manifest)
     assert version is not None
+    gate = RedteamReport.model_validate(report(manifest))
+    await registry.promote(team, name, version.number, "tested", redteam=gate)
+    made = await gw.http.post(
+        f"/admin/v1/agents/{team}/{name}/credentials",
+        json={"type": "client_secret"},
+        headers={"authorization": f"Bearer {key}"},
+    )
+    assert made.status_code == 201, made.text
+    client_id, secret = (quote_plus(made.json()[k]) for k in ("client_id", "client_secret"))  # RFC 6749
+    basic = base64.b64encode(f"{client_id}:{secret}".encode()).decode()
+    issued = await gw.http.post(
+        "/oauth/token",
+        data={"grant_type": "client_credentials", "agent_version": str(version.number)},
+        headers={"authorization": f"Basic {basic}"},
+    )
+    assert issued.status_code == 200, issued.text
     base = await store.team_principal(info.team_id)
     assert base is not None
     principal = replace(
@@ -190,8 +213,7 @@ async def make_agent(
         key_prefix=f"agent:{info.id}",
         agent=AgentRef(info.spiffe_id, info.id, name, version.number, version.id),
     )
-    token = "eyJhbGciOiJFUzI1NiJ9." + secrets.token_urlsafe(16) + "." + secrets.token_urlsafe(16)
-    return Agent(principal, token, key)
+    return Agent(principal, issued.json()["access_token"], key)
 
 
 # ---------------------------------------------------------------------------- the gateway
@@ -201,11 +223,6 @@ class Gateway:
     url: str
     http: httpx.AsyncClient
     exporter: InMemorySpanExporter
-    tokens: dict[str, Principal] = field(default_factory=dict)
-
-    def admit(self, agent: Agent) -> None:
-        """Let ``agent.token`` stand for the agent's principal."""
-        self.tokens[agent.token] = agent.principal
 
     async def admin(self, method: str, path: str, key: str | None = ADMIN, **kw: Any) -> httpx.Response:
         headers = {"authorization": f"Bearer {key}"} if key else {}
@@ -249,23 +266,11 @@ async def gateway(
         extensions=[agents_extension()],
         **app_kw,
     )
-    tokens: dict[str, Principal] = {}
     async with (
         live(app, TIMEOUT) as url,
         httpx.AsyncClient(base_url=url, timeout=TIMEOUT, trust_env=False) as http,
     ):
-        access = app.state.access
-        fallback = access.tokens
-
-        async def verify(token: str) -> Principal:
-            if token in tokens:
-                return tokens[token]
-            if fallback is not None:
-                return await fallback(token)
-            raise GatewayError(401, "Incorrect API key provided.", code="invalid_api_key")
-
-        access.tokens = verify
-        yield Gateway(app, url, http, exporter, tokens)
+        yield Gateway(app, url, http, exporter)
 
 
 @contextlib.asynccontextmanager

@@ -75,14 +75,12 @@ async def gw(store: IdentityStore, tmp_path: Path) -> AsyncIterator[Gateway]:
 async def test_list_shows_only_the_manifest_tools(gw: Gateway, store: IdentityStore, erp: ToolServer) -> None:
     await register(gw, "erp", erp.url, headers={"Authorization": f"Bearer {ERP_SECRET}"})
     agent = await make_agent(
-        store, "sales", "order-bot", [*ERP_TOOLS, {"server": "crm", "tools": ["find_lead"]}]
+        gw, store, "sales", "order-bot", [*ERP_TOOLS, {"server": "crm", "tools": ["find_lead"]}]
     )  # crm is not registered: its tool is not listed
     other = await make_agent(
-        store, "sales", "invoice-bot", [{"server": "erp", "tools": ["invoice_status", "no_such_tool"]}],
+        gw, store, "sales", "invoice-bot", [{"server": "erp", "tools": ["invoice_status", "no_such_tool"]}],
         new_team=False,
     )  # fmt: skip
-    gw.admit(agent)
-    gw.admit(other)
     async with mcp_session(gw.url, agent.token) as session:
         listed = await session.list_tools()
     names = sorted(t.name for t in listed.tools)
@@ -98,8 +96,7 @@ async def test_allowed_call_reaches_the_server_as_m2a(
     gw: Gateway, store: IdentityStore, erp: ToolServer
 ) -> None:
     await register(gw, "erp", erp.url, headers={"Authorization": f"Bearer {ERP_SECRET}"})
-    agent = await make_agent(store, "sales", "order-bot", ERP_TOOLS)
-    gw.admit(agent)
+    agent = await make_agent(gw, store, "sales", "order-bot", ERP_TOOLS)
     parent_trace = "0af7651916cd43dd8448eb211c80319c"
     traceparent = f"00-{parent_trace}-b7ad6b7169203331-01"
     async with mcp_session(gw.url, agent.token, {"traceparent": traceparent}) as session:
@@ -150,8 +147,7 @@ async def test_a_tool_outside_the_manifest_is_refused_and_never_sent(
     gw: Gateway, store: IdentityStore, erp: ToolServer
 ) -> None:
     await register(gw, "erp", erp.url, headers={"Authorization": f"Bearer {ERP_SECRET}"})
-    agent = await make_agent(store, "sales", "order-bot", ERP_TOOLS)
-    gw.admit(agent)
+    agent = await make_agent(gw, store, "sales", "order-bot", ERP_TOOLS)
     async with mcp_session(gw.url, agent.token) as session:
         before = len(erp.seen)
         for name in (
@@ -179,7 +175,7 @@ async def test_a_tool_outside_the_manifest_is_refused_and_never_sent(
 
 
 async def test_api_keys_are_refused_in_openai_shape(gw: Gateway, store: IdentityStore) -> None:
-    agent = await make_agent(store, "sales", "order-bot", ERP_TOOLS)
+    agent = await make_agent(gw, store, "sales", "order-bot", ERP_TOOLS)
     list_tools = {"jsonrpc": "2.0", "id": 1, "method": "tools/list"}
     accept = {"accept": "application/json, text/event-stream"}
     for bearer, status, code in (
@@ -196,8 +192,7 @@ async def test_api_keys_are_refused_in_openai_shape(gw: Gateway, store: Identity
 
 
 async def test_a_hanging_server_is_bounded_by_its_timeout(gw: Gateway, store: IdentityStore) -> None:
-    agent = await make_agent(store, "sales", "order-bot", ERP_TOOLS)
-    gw.admit(agent)
+    agent = await make_agent(gw, store, "sales", "order-bot", ERP_TOOLS)
     async with rude_server("hang") as hang:
         await register(gw, "erp", hang.url, timeout_s=1)
         async with mcp_session(gw.url, agent.token) as session:
@@ -214,8 +209,7 @@ async def test_a_hanging_server_is_bounded_by_its_timeout(gw: Gateway, store: Id
 
 @pytest.mark.parametrize("mode", ["html", "status500", "badresult", "huge"])
 async def test_a_garbage_answer_is_an_error_result(gw: Gateway, store: IdentityStore, mode: str) -> None:
-    agent = await make_agent(store, "sales", "order-bot", ERP_TOOLS)
-    gw.admit(agent)
+    agent = await make_agent(gw, store, "sales", "order-bot", ERP_TOOLS)
     async with rude_server(mode) as rude:
         await register(gw, "erp", rude.url, timeout_s=10)
         async with mcp_session(gw.url, agent.token) as session, asyncio.timeout(TIMEOUT):
@@ -234,14 +228,22 @@ async def test_a_revoked_version_has_no_tools(gw: Gateway, store: IdentityStore,
     from m2a.agents.registry import Registry
 
     await register(gw, "erp", erp.url, headers={"Authorization": f"Bearer {ERP_SECRET}"})
-    agent = await make_agent(store, "sales", "order-bot", ERP_TOOLS)
-    gw.admit(agent)
-    await Registry(store.engine).revoke_version("sales", "order-bot", 1)
-    await asyncio.sleep(2.1)  # past the manifest cache (MANIFEST_TTL_S)
+    agent = await make_agent(gw, store, "sales", "order-bot", ERP_TOOLS)
     async with mcp_session(gw.url, agent.token) as session:
-        assert (await session.list_tools()).tools == []
-        with pytest.raises(MCPError):
-            await session.call_tool("erp__lookup_order", {"order_id": "SO-1001"})
+        assert len((await session.list_tools()).tools) == 2
+    await Registry(store.engine).revoke_version("sales", "order-bot", 1, by_key=None)
+    list_tools = {"jsonrpc": "2.0", "id": 1, "method": "tools/list"}
+    headers = {"authorization": f"Bearer {agent.token}", "accept": "application/json, text/event-stream"}
+    async with asyncio.timeout(TIMEOUT):  # the token stops within the identity poll (half a second)
+        while (resp := await gw.http.post("/mcp", json=list_tools, headers=headers)).status_code == 200:
+            await asyncio.sleep(0.1)
+    assert_openai_error(resp, 401)
+    # and the tools' own check fails closed for a principal still naming that version
+    await asyncio.sleep(2.1)  # past the manifest cache (MANIFEST_TTL_S)
+    tools = gw.tools.gateway
+    assert await tools.available(agent.principal) == []
+    outcome = await tools.call(agent.principal, "erp", "lookup_order", {"order_id": "SO-1001"}, via="mcp")
+    assert outcome.status == "denied" and outcome.result is None
     assert not erp.calls()
 
 
@@ -271,8 +273,7 @@ async def test_the_erp_example_runs_as_a_script(gw: Gateway, store: IdentityStor
         assert sorted(t["name"] for t in tools.json()) == [
             "customer_orders", "find_customer", "invoice_status", "lookup_order",
         ]  # fmt: skip
-        agent = await make_agent(store, "sales", "order-bot", ERP_TOOLS)
-        gw.admit(agent)
+        agent = await make_agent(gw, store, "sales", "order-bot", ERP_TOOLS)
         async with mcp_session(gw.url, agent.token) as session:
             result = await session.call_tool("erp__invoice_status", {"invoice_id": "INV-5002"})
         assert json.loads(text_of(result))["status"] == "open"

@@ -85,8 +85,7 @@ async def gw(store: IdentityStore, tmp_path: Path, engine: ScriptedEngine) -> As
 
 async def agent_with_erp(gw: Gateway, store: IdentityStore, erp: ToolServer) -> Agent:
     await register(gw, "erp", erp.url, headers={"Authorization": f"Bearer {ERP_SECRET}"})
-    agent = await make_agent(store, "sales", "order-bot", ERP_TOOLS)
-    gw.admit(agent)
+    agent = await make_agent(gw, store, "sales", "order-bot", ERP_TOOLS)
     return agent
 
 
@@ -145,7 +144,9 @@ async def test_allowed_tools_narrow_and_refusals(
     gw: Gateway, store: IdentityStore, erp: ToolServer, engine: ScriptedEngine
 ) -> None:
     agent = await agent_with_erp(gw, store, erp)
-    await make_agent(store, "sales", "crm-bot", [{"server": "crm", "tools": ["find_lead"]}], new_team=False)
+    await make_agent(
+        gw, store, "sales", "crm-bot", [{"server": "crm", "tools": ["find_lead"]}], new_team=False
+    )
     r = await client(gw, agent.token).responses.create(
         model=MODEL,
         input="Is INV-5002 paid?",
@@ -155,9 +156,13 @@ async def test_allowed_tools_narrow_and_refusals(
     assert r.output[1].name == "invoice_status"
 
     agent2 = await make_agent(
-        store, "sales", "two-servers", [*ERP_TOOLS, {"server": "crm", "tools": ["find_lead"]}], new_team=False
+        gw,
+        store,
+        "sales",
+        "two-servers",
+        [*ERP_TOOLS, {"server": "crm", "tools": ["find_lead"]}],
+        new_team=False,
     )
-    gw.admit(agent2)
     before = len(erp.seen)
     for who, tool, status, code, param in (
         (agent, mcp(allowed_tools=["customer_orders"]), 403, "tool_not_allowed", "tools.0.allowed_tools"),
@@ -228,8 +233,7 @@ async def test_approval_by_an_approval_response_item(
                                         "tools": [mcp()]})  # fmt: skip
     assert_openai_error(resp, 400, "approval_used")
     # another agent cannot answer it
-    other = await make_agent(store, "sales", "other-bot", ERP_TOOLS, new_team=False)
-    gw.admit(other)
+    other = await make_agent(gw, store, "sales", "other-bot", ERP_TOOLS, new_team=False)
     resp = await post(gw, other.token, {"model": MODEL, "input": answer, "tools": [mcp()]})
     assert_openai_error(resp, 400, "approval_not_found")
     assert len(erp.calls()) == 1
@@ -252,8 +256,7 @@ async def test_approval_by_the_admin_api_after_a_restart(
         ask = r1.output[-1]
         assert ask.type == "mcp_approval_request"
     async with gateway(store, tmp_path / "home", engine.url) as gw2:  # a new process, the same store
-        gw2.admit(agent)
-        other_team = await make_agent(store, "support", "helper", ERP_TOOLS)
+        other_team = await make_agent(gw2, store, "support", "helper", ERP_TOOLS)
         listed = await gw2.admin("GET", "/approvals?status=pending", key=agent.team_key)
         assert [a["id"] for a in listed.json()] == [ask.id]
         assert (await gw2.admin("GET", "/approvals", key=other_team.team_key)).json() == []
@@ -338,8 +341,7 @@ async def test_denied_calls_do_not_run(
 async def test_a_failing_tool_server_is_an_error_item(
     gw: Gateway, store: IdentityStore, engine: ScriptedEngine, mode: str
 ) -> None:
-    agent = await make_agent(store, "sales", "order-bot", ERP_TOOLS)
-    gw.admit(agent)
+    agent = await make_agent(gw, store, "sales", "order-bot", ERP_TOOLS)
     async with rude_server(mode) as rude:
         await register(gw, "erp", rude.url, timeout_s=1)
         r = await client(gw, agent.token).responses.create(

@@ -110,8 +110,7 @@ async def test_bad_registrations_are_400(gw: Gateway, body: dict[str, Any], para
 
 async def test_who_may_use_the_api(gw: Gateway, store: IdentityStore, erp: ToolServer) -> None:
     await register(gw, "erp", erp.url)
-    agent = await make_agent(store, "sales", "order-bot", ERP_TOOLS)
-    gw.admit(agent)
+    agent = await make_agent(gw, store, "sales", "order-bot", ERP_TOOLS)
     for method, path, body in (
         ("GET", "/tools", None),
         ("POST", "/tools", {"name": "crm", "url": "http://127.0.0.1:1/mcp"}),
@@ -143,10 +142,9 @@ async def test_listing_tools_of_a_dead_or_hanging_server(gw: Gateway) -> None:
 
 async def test_tool_calls_are_listed_per_team(gw: Gateway, store: IdentityStore, erp: ToolServer) -> None:
     await register(gw, "erp", erp.url, headers={"Authorization": f"Bearer {ERP_SECRET}"})
-    sales = await make_agent(store, "sales", "order-bot", ERP_TOOLS)
-    support = await make_agent(store, "support", "helper", ERP_TOOLS)
+    sales = await make_agent(gw, store, "sales", "order-bot", ERP_TOOLS)
+    support = await make_agent(gw, store, "support", "helper", ERP_TOOLS)
     for agent, calls in ((sales, ["SO-1001", "SO-1002"]), (support, ["SO-1003"])):
-        gw.admit(agent)
         async with mcp_session(gw.url, agent.token) as session:
             for order in calls:
                 await session.call_tool("erp__lookup_order", {"order_id": order})
@@ -172,8 +170,8 @@ async def test_tool_calls_are_listed_per_team(gw: Gateway, store: IdentityStore,
 
 
 async def test_approvals_api(gw: Gateway, store: IdentityStore) -> None:
-    sales = await make_agent(store, "sales", "order-bot", ERP_TOOLS)
-    support = await make_agent(store, "support", "helper", ERP_TOOLS)
+    sales = await make_agent(gw, store, "sales", "order-bot", ERP_TOOLS)
+    support = await make_agent(gw, store, "support", "helper", ERP_TOOLS)
     tools = ToolStore(store.engine)
 
     async def ask(agent: Any, n: int) -> str:
@@ -231,7 +229,7 @@ async def test_cli(gw: Gateway, store: IdentityStore, erp: ToolServer, tmp_path:
     dup = await m2a("tools", "add", "erp", erp.url)
     assert dup.exit_code == 1 and "already registered" in dup.output
 
-    agent = await make_agent(store, "sales", "order-bot", ERP_TOOLS)
+    agent = await make_agent(gw, store, "sales", "order-bot", ERP_TOOLS)
     a = agent.principal.agent
     assert a is not None
     approval = await ToolStore(store.engine).create_approval(
