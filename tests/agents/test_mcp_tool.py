@@ -42,6 +42,7 @@ from tests.agents.mcp_fixtures import (
     register,
     rude_server,
 )
+from tests.db_fixtures import Database, database  # noqa: F401 (a fixture)
 from tests.openai_shape import assert_openai_error
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -248,8 +249,12 @@ async def test_approval_by_an_approval_response_item(
 
 
 async def test_approval_by_the_admin_api_after_a_restart(
-    store: IdentityStore, tmp_path: Path, erp: ToolServer, engine: ScriptedEngine
+    database: Database,  # noqa: F811 (the fixture: SQLite and PostgreSQL)
+    tmp_path: Path,
+    erp: ToolServer,
+    engine: ScriptedEngine,
 ) -> None:
+    store = IdentityStore(await database.open())
     async with gateway(store, tmp_path / "home", engine.url) as gw1:
         agent = await agent_with_erp(gw1, store, erp)
         r1 = await client(gw1, agent.token).responses.create(model=MODEL, input=ASK, tools=[mcp()])

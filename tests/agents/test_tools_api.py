@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ from typer.testing import CliRunner
 
 from m2a.cli import app as cli_app
 from m2a.store.identity import IdentityStore
-from m2a.store.tools import ToolStore, now
+from m2a.store.tools import ToolStore, ToolStoreError, now
 from tests import gateway_fixtures
 from tests.agents.mcp_fixtures import (
     ADMIN,
@@ -34,6 +35,7 @@ from tests.agents.mcp_fixtures import (
     rude_server,
 )
 from tests.conftest import free_port
+from tests.db_fixtures import Database, database  # noqa: F401 (a fixture)
 from tests.openai_shape import assert_openai_error
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -253,3 +255,66 @@ async def test_cli(gw: Gateway, store: IdentityStore, erp: ToolServer, tmp_path:
     removed = await m2a("tools", "remove", "erp")
     assert removed.exit_code == 0 and (await gw.admin("GET", "/tools")).json() == []
     assert (await m2a("tools", "remove", "erp")).exit_code == 1
+
+
+async def test_the_store_on_sqlite_and_postgres(database: Database) -> None:  # noqa: F811 (the fixture)
+    """The tools' tables through ToolStore on both databases: conflicts, paging, one decision, one claim."""
+    tools = ToolStore(await database.open())
+    await tools.add_server("erp", "http://127.0.0.1:1/mcp", {"Authorization": "Bearer x"}, 5.0, "ERP")
+    with pytest.raises(ToolStoreError) as dup:
+        await tools.add_server("erp", "http://127.0.0.1:2/mcp", {}, 5.0)
+    assert dup.value.kind == "conflict"
+    got = await tools.get_server("erp")
+    assert (
+        got is not None and got.headers == {"Authorization": "Bearer x"} and got.created_at.tzinfo is not None
+    )
+    ids = [
+        await tools.record_call(
+            agent="spiffe://m2a.local/team/t/agent/a",
+            agent_id=1,
+            version=1,
+            team_id=team,
+            server="erp",
+            tool="lookup_order",
+            args_sha256="0" * 64,
+            status=status,
+            duration_ms=1.5,
+            via="mcp",
+        )  # fmt: skip
+        for team, status in ((1, "ok"), (1, "denied"), (2, "timeout"), (1, "error"))
+    ]
+    assert [c.id for c in await tools.list_calls(team_id=1)] == [ids[3], ids[1], ids[0]]
+    assert [c.id for c in await tools.list_calls(before=ids[2])] == [ids[1], ids[0]]
+    assert [c.status for c in await tools.list_calls(status="timeout")] == ["timeout"]
+    with pytest.raises(ValueError):
+        await tools.record_call(agent="a", server="erp", tool="t", args_sha256="", status="weird",
+                                duration_ms=0, via="mcp")  # fmt: skip
+
+    def approval(n: int, expires: Any) -> dict[str, Any]:
+        return dict(
+            id=f"mcpr_{n}", agent="spiffe://m2a.local/team/t/agent/a", team_id=1, server="erp",
+            tool="lookup_order", args_sha256="0" * 64, arguments="{}", response_id="resp_1",
+            expires_at=expires,
+        )  # fmt: skip
+
+    later = now() + timedelta(hours=1)
+    await tools.create_approval(**approval(1, later))
+    results = await asyncio.gather(
+        tools.decide("mcpr_1", True, "one"), tools.decide("mcpr_1", False, "two"), return_exceptions=True
+    )
+    assert sum(isinstance(r, ToolStoreError) for r in results) == 1  # one decision wins, the other is refused
+    decided = await tools.get_approval("mcpr_1")
+    assert decided is not None and decided.decided_by in ("one", "two")
+    if decided.status == "approved":
+        claims = await asyncio.gather(tools.claim("mcpr_1"), tools.claim("mcpr_1"))
+        assert sorted(claims) == [False, True]  # it runs once
+    else:
+        assert await tools.claim("mcpr_1") is False  # a denied call is never claimed
+    await tools.create_approval(**approval(2, now() - timedelta(seconds=1)))
+    stale = await tools.get_approval("mcpr_2")
+    assert stale is not None and stale.status == "expired"  # past its time, even before it is written
+    with pytest.raises(ToolStoreError):
+        await tools.decide("mcpr_2", True, "late")
+    assert [a.id for a in await tools.list_approvals(status="expired")] == ["mcpr_2"]
+    assert {a.id for a in await tools.list_approvals(response_id="resp_1")} == {"mcpr_1", "mcpr_2"}
+    assert await tools.remove_server("erp") is True and await tools.remove_server("erp") is False

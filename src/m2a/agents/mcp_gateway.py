@@ -45,6 +45,7 @@ logged and does not fail the call (it has run by then).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import json
@@ -193,20 +194,22 @@ class ToolGateway:
         self, principal: Principal, server: str | None = None
     ) -> list[tuple[ServerRecord, UpstreamTool]]:
         """The tools the agent may call that their servers offer now (``server``: only that one's)."""
-        out: list[tuple[ServerRecord, UpstreamTool]] = []
-        for name, allowed in (await self.grants(principal)).items():
-            if server is not None and name != server:
-                continue
+        grants = [(n, a) for n, a in (await self.grants(principal)).items() if server in (None, n)]
+
+        async def one(name: str, allowed: list[str]) -> list[tuple[ServerRecord, UpstreamTool]]:
             record = await self.registry.find(name)
             if record is None:
-                continue
+                return []
             try:
                 offered = await self.registry.tools(record)
             except ToolFailure as exc:
                 log.info("listing tools of %s failed: %s", name, exc.message)
-                continue
-            out += [(record, t) for t in offered if t.name in allowed]
-        return out
+                return []
+            return [(record, t) for t in offered if t.name in allowed]
+
+        # Servers are asked at once: a slow one costs its own timeout, not the sum of all of them.
+        found = await asyncio.gather(*(one(n, a) for n, a in grants))
+        return [pair for pairs in found for pair in pairs]
 
     async def call(
         self,
