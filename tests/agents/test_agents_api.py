@@ -416,6 +416,16 @@ async def test_bad_requests_get_openai_errors_never_a_5xx(gw: Gateway) -> None:
     assert_openai_error(await gw.call("DELETE", "/support/support-bot", gw.support), 405)
     huge = {"manifest": manifest_data(system_prompt="x" * (2 << 20))}
     assert_openai_error(await gw.call("POST", v, gw.support, json=huge), 413, "body_too_large")
+
+    async def chunked():  # no content-length: the limit must hold while reading
+        for _ in range(3):
+            yield b" " * (1 << 20)
+
+    assert_openai_error(
+        await gw.call("POST", v, gw.support, content=chunked(), headers={"content-type": "application/json"}),
+        413,
+        "body_too_large",
+    )
     long_prompt = {"manifest": manifest_data(system_prompt="x" * 100_001)}
     assert_openai_error(await gw.call("POST", v, gw.support, json=long_prompt), 400)
     assert len(await ok(await gw.call("GET", v, gw.support))) == 1

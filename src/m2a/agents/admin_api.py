@@ -45,6 +45,7 @@ from m2a.agents.registry import (
     VersionInfo,
 )
 from m2a.gateway.access import Access
+from m2a.gateway.body import buffer_body
 from m2a.gateway.errors import GatewayError, error_response
 from m2a.principal import Principal
 
@@ -382,13 +383,7 @@ def create_agents_api(registry: Registry, access: Access, docs: bool = True) -> 
                     403, "An agent's token cannot manage the agent registry; use an API key.",
                     code="agents_cannot_manage",
                 )  # fmt: skip
-            length = request.headers.get("content-length")
-            if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
-                raise GatewayError(
-                    413,
-                    f"Request body is larger than the limit of {MAX_BODY_BYTES} bytes.",
-                    code="body_too_large",
-                )
+            await buffer_body(request, MAX_BODY_BYTES)  # chunked bodies too
         except GatewayError as exc:
             return exc.response()
         request.state.principal = principal

@@ -33,6 +33,15 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+async def buffer_body(request: Request, limit: int) -> None:
+    """Read a body within ``limit`` (413 past it, chunked bodies included) and keep it on the
+    request, so a middleware can bound it before FastAPI reads it: ``request.body()`` and the app
+    behind a ``BaseHTTPMiddleware`` get the bytes read here."""
+    if request.method in ("GET", "HEAD", "DELETE", "OPTIONS") and "content-length" not in request.headers:
+        return
+    request._body = await read_body(request, limit)  # Starlette's own cache of the body
+
+
 def _too_deep() -> GatewayError:
     return GatewayError(
         400, f"The JSON body is nested more than {MAX_DEPTH} levels deep.", code="invalid_json"
