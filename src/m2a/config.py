@@ -418,6 +418,12 @@ class AgentsConfig(_Strict):
         default=24.0, gt=0, description="A new signing key this often; the old one stays in the JWKS."
     )
     trusted_issuers: list[TrustedIssuer] = Field(default_factory=list)
+    approval_timeout_s: float = Field(
+        default=3600.0,
+        gt=0,
+        le=30 * 86400,
+        description="How long an MCP tool call waiting for approval (an mcp_approval_request) may wait.",
+    )
 
 
 def default_home() -> Path:

@@ -36,7 +36,7 @@ from starlette.routing import Route
 from m2a.agents.extension import agents_extension
 from m2a.agents.manifest import parse_manifest
 from m2a.agents.registry import RedteamReport, Registry
-from m2a.config import GatewayConfig
+from m2a.config import AgentsConfig, GatewayConfig
 from m2a.gateway.app import create_app
 from m2a.principal import AgentRef, Principal
 from m2a.router.pool import Endpoint, Pool
@@ -248,7 +248,11 @@ def make_pool(engine_url: str) -> Pool:
 
 @contextlib.asynccontextmanager
 async def gateway(
-    store: IdentityStore, home: Path, engine_url: str = "http://127.0.0.1:9", **app_kw: Any
+    store: IdentityStore,
+    home: Path,
+    engine_url: str = "http://127.0.0.1:9",
+    agents: AgentsConfig | None = None,
+    **app_kw: Any,
 ) -> AsyncIterator[Gateway]:
     """The gateway with the agents extension (and so the MCP gateway) on a loopback port."""
     exporter = InMemorySpanExporter()
@@ -263,7 +267,7 @@ async def gateway(
         ledger=ledger,
         usage_store=store.engine,
         tracer=provider.get_tracer("test"),
-        extensions=[agents_extension()],
+        extensions=[agents_extension(agents)],
         **app_kw,
     )
     async with (

@@ -23,6 +23,7 @@ import pytest
 import pytest_asyncio
 from sqlalchemy import update
 
+from m2a.config import AgentsConfig
 from m2a.store.identity import IdentityStore
 from m2a.store.schema import ToolApprovalRow
 from m2a.store.tools import ToolStore, now
@@ -292,10 +293,14 @@ async def test_approval_by_the_admin_api_after_a_restart(
 
 
 async def test_an_expired_approval_never_runs(
-    gw: Gateway, store: IdentityStore, erp: ToolServer, engine: ScriptedEngine
+    store: IdentityStore, tmp_path: Path, erp: ToolServer, engine: ScriptedEngine
 ) -> None:
+    async with gateway(store, tmp_path / "home", engine.url, AgentsConfig(approval_timeout_s=90)) as gw:
+        await _expired_approval_never_runs(gw, store, erp)
+
+
+async def _expired_approval_never_runs(gw: Gateway, store: IdentityStore, erp: ToolServer) -> None:
     agent = await agent_with_erp(gw, store, erp)
-    gw.tools.approval_timeout_s = 90.0  # configurable (the extension's approval_timeout_s)
     c = client(gw, agent.token)
     r1 = await c.responses.create(model=MODEL, input=ASK, tools=[mcp()])
     ask = r1.output[-1]

@@ -52,7 +52,7 @@ class AgentsExtension:
         self.cfg = cfg
         self.registry = Registry(host.db, cfg.trust_domain) if host.db is not None else None
         # -- tools: /mcp, /admin/v1/tools|approvals|tool-calls, the Responses `mcp` tool (mcp_gateway.py)
-        self.tools = ToolsExtension(host) if host.db is not None else None
+        self.tools = ToolsExtension(host, cfg.approval_timeout_s) if host.db is not None else None
         # -- agent identity (agents/oauth.py): the token endpoint, its metadata and keys, the verifier
         self.identity = IdentityService(host, cfg) if host.identity is not None else None
 
