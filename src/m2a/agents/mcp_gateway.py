@@ -454,7 +454,8 @@ class ToolsExtension:
     """The MCP gateway in the gateway (``gateway/extensions.py``): ``/mcp``, the tools' admin API
     (``tools_api.py``) and the Responses ``mcp`` tool type (``mcp_tool.py``). It needs the store
     (``host.db``); the agents extension makes one when there is one. ``approval_timeout_s``: how long
-    an ``mcp_approval_request`` waits for its answer before it expires (default 1 h)."""
+    an ``mcp_approval_request`` waits for its answer before it expires (``agents.approval_timeout_s``,
+    default 1 h)."""
 
     def __init__(self, host: Any, approval_timeout_s: float = DEFAULT_APPROVAL_TIMEOUT_S) -> None:
         if host.db is None:

@@ -24,8 +24,8 @@ the agents layer. A tool ``{"type": "mcp", "server_label": ..., "allowed_tools":
   {"tool_names": [...]}, "always": {"tool_names": [...]}}`` (a tool in neither needs approval).
   A call that needs approval does not run: the output gets an ``mcp_approval_request`` (its id
   ``mcpr_…``), the row is stored in ``tool_approvals`` with the arguments, and the response ends
-  there (the model is not called again). The approval expires after the tools extension's
-  ``approval_timeout_s`` (default 1 h).
+  there (the model is not called again). The approval expires after ``agents.approval_timeout_s``
+  (default 1 h).
 - A call that may run goes through ``ToolGateway.call`` (``mcp_gateway.py``: the manifest checked
   again, the call recorded, counted in the ledger, an ``execute_tool`` span in the request's
   trace) and gives an ``mcp_call`` item with ``output``, or with ``error`` (OpenAI's shapes:
