@@ -234,7 +234,9 @@ class AgentDirectory:
             if expires is not None and expires <= _now():
                 return None
             # The store's own rule for a member key's principal (grants, priority, limits, guardrails).
-            return await IdentityStore._member(s, team, k.id, k.prefix, k.priority, k.guardrails, expires)
+            return await IdentityStore.member_principal(
+                s, team, k.id, k.prefix, k.priority, k.guardrails, expires
+            )
 
     async def key_guardrails(self, key_id: int) -> str | None:
         """The guardrail profile attached to the key itself (not its team's)."""

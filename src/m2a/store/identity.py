@@ -312,7 +312,7 @@ class IdentityStore:
                 )  # fmt: skip
             if team is None or team.deleted_at is not None:
                 return "team deleted"
-            return await self._member(s, team, k.id, k.prefix, k.priority, k.guardrails, expires)
+            return await self.member_principal(s, team, k.id, k.prefix, k.priority, k.guardrails, expires)
 
     async def team_principal(self, team_id: int) -> Principal | None:
         """The team's own principal, as a member key with no settings of its own would have it
@@ -322,10 +322,10 @@ class IdentityStore:
             team = await s.get(Team, team_id)
             if team is None or team.deleted_at is not None:
                 return None
-            return await self._member(s, team, 0, "internal", None, None, None)
+            return await self.member_principal(s, team, 0, "internal", None, None, None)
 
     @staticmethod
-    async def _member(
+    async def member_principal(
         s: AsyncSession,
         team: Team,
         key_id: int,
