@@ -1,9 +1,13 @@
 """The agents layer as a gateway extension (``gateway/extensions.py``): what ``m2a up`` plugs in.
 
 ``agents_extension(cfg)`` is the factory ``create_app(extensions=[...])`` takes. The
-``AgentsExtension`` it makes owns the registry (on the gateway's store) and serves the registry's
-admin API at ``/admin/v1/agents`` (``admin_api.py``). Identity comes next, in this same class: the
-OAuth routes go into ``routes()`` and the token verifier into ``start()`` (``host.access.tokens``).
+``AgentsExtension`` it makes owns, on the gateway's store:
+
+* the registry and its admin API at ``/admin/v1/agents`` (``admin_api.py``, credentials included);
+* agent identity (``oauth.py``): ``/oauth/token``, ``/.well-known/oauth-authorization-server`` and
+  ``/.well-known/jwks.json``, and the token verifier, set as ``host.access.tokens`` at start;
+* the MCP gateway (``mcp_gateway.py``): ``/mcp``, ``/admin/v1/tools|approvals|tool-calls`` and the
+  Responses API's ``mcp`` tool type.
 
 A gateway without a store (no teams, only the admin key) has no registry: the extension then serves
 nothing, and ``/admin/v1/agents`` is not there.
@@ -45,7 +49,7 @@ class Under(BaseRoute):
 
 
 class AgentsExtension:
-    """The registry and its admin API (later: agent identity, tokens, the MCP gateway)."""
+    """The registry and its admin API, agent identity and tokens, the MCP gateway."""
 
     def __init__(self, host: Host, cfg: AgentsConfig) -> None:
         self.host = host
