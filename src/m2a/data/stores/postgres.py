@@ -23,7 +23,7 @@ the approximate index instead. Measured here (2 shared cores), such a scan costs
 chunk: 8-15 ms at 10,000, where SQLite's numpy scan is faster but PostgreSQL's index is not needed.
 
 Above the cut-off the HNSW index (``vector_cosine_ops``, pgvector's defaults m=16,
-ef_construction=64) answers: ``hnsw.ef_search`` is ``ef_search`` (default 200) or twice the rank
+ef_construction=64) answers: ``hnsw.ef_search`` is ``ef_search`` (default 100) or twice the rank
 window if more, with pgvector's iterative scan (``strict_order``), so that chunks of other stores or
 of files the filter rejects are skipped instead of leaving too few results; should the walk still
 find fewer than the window (a store that is a small share of a large table, past
@@ -93,7 +93,7 @@ from m2a.data.stores.base import (
 log = logging.getLogger("m2a.data.stores.postgres")
 
 EXACT_MAX = 10_000  # candidates up to this many chunks: exact scan, above it the HNSW index
-EF_SEARCH = 200  # hnsw.ef_search at least this
+EF_SEARCH = 100  # hnsw.ef_search at least this
 MAX_SCAN_TUPLES = 20_000  # hnsw.max_scan_tuples: how far an iterative index scan goes (pgvector's default)
 HNSW_MAX_DIM = 2000  # pgvector's HNSW index on vector(n): n at most 2,000
 MAX_DIM = 16_000  # pgvector's vector(n)
@@ -413,6 +413,21 @@ class PostgresBackend(VectorBackend):
         self._want_index(dim)  # a large store and no index (yet): see that one is built
         return False
 
+    async def build_index(self, store_id: str) -> bool:
+        """Build the HNSW index of the store's table now, whatever the store's size, and wait for it
+        (a bulk load builds it once at the end, as pgvector advises); False when there is none to
+        build (no vectors yet, more than 2,000 dimensions, or another process is building it)."""
+        pool = await self._db()
+        row = await pool.fetchrow("SELECT dim FROM m2a_vs_stores WHERE store_id = $1", store_id)
+        if row is None:
+            raise StoreNotFound(store_id)
+        dim = row["dim"]
+        if dim is None or dim > HNSW_MAX_DIM:
+            return False
+        self._want_index(dim)
+        await self.wait_for_index()
+        return dim in self._ann
+
     async def wait_for_index(self) -> None:
         """Wait for the HNSW index builds this instance started (tests, benchmarks)."""
         while self._builds:
@@ -633,7 +648,25 @@ class PostgresBackend(VectorBackend):
             return await self._search(conn, store_id, q)
 
     async def _search(self, conn: asyncpg.Connection, store_id: str, q: SearchQuery) -> list[Hit]:
-        row = await conn.fetchrow("SELECT sid, dim, chunks FROM m2a_vs_stores WHERE store_id = $1", store_id)
+        use_kw = q.mode == "keyword" or (q.mode == "hybrid" and q.text is not None and q.weights[1] > 0)
+        terms = query_terms(q.text) if use_kw else []
+        # One round trip: the store, the index walk's settings (for this read transaction only) and
+        # the keyword query, one phrase per term, each term a parameter.
+        args = _Args(store_id, str(min(1000, max(self.ef_search, 2 * q.depth))), str(self.max_scan_tuples))
+        tsquery = "NULL"
+        if terms:
+            config = args.add(self.text_config)
+            tsquery = " || ".join(f"phraseto_tsquery({config}::regconfig, {args.add(t)})" for t in terms)
+        row = await conn.fetchrow(
+            "SELECT sid, dim, chunks, set_config('hnsw.ef_search', $2, true) AS ef, "
+            "set_config('hnsw.iterative_scan', 'strict_order', true) AS scan, "
+            # The index's order rather than a scan and a sort when the index is asked (the other
+            # statements of a search have no plan without their sort, so this changes only that).
+            "set_config('enable_sort', 'off', true) AS sort, "
+            f"set_config('hnsw.max_scan_tuples', $3, true) AS scan_max, ({tsquery})::text AS tsquery "
+            "FROM m2a_vs_stores WHERE store_id = $1",
+            *args.values,
+        )
         if row is None:
             raise StoreNotFound(store_id)
         sid, dim, total = int(row["sid"]), row["dim"], int(row["chunks"])
@@ -661,8 +694,12 @@ class PostgresBackend(VectorBackend):
             if q.vector is not None
             else []
         )
-        use_kw = q.mode == "keyword" or (q.mode == "hybrid" and q.text is not None and q.weights[1] > 0)
-        kw = await self._keyword_ranking(conn, table, sid, files, q) if use_kw else []
+        # No keyword list where the query has no term the configuration keeps (only common words).
+        kw = (
+            await self._keyword_ranking(conn, table, sid, files, row["tsquery"], q.depth)
+            if row["tsquery"]
+            else []
+        )
         if q.mode == "vector":
             ranked = [(c, vector_score(1.0 - d)) for c, d in vec]
         elif q.mode == "keyword":
@@ -723,21 +760,12 @@ class PostgresBackend(VectorBackend):
         where = "c.sid = $1" + ("" if files is None else " AND c.file_id = ANY($4::text[])")
         args: list[Any] = [sid, vector, depth] + ([] if files is None else [files])
         if candidates > self.exact_max and dim <= HNSW_MAX_DIM and await self._has_index(conn, dim):
-            ef = min(1000, max(self.ef_search, 2 * depth))
-            await conn.execute(
-                "SELECT set_config('hnsw.ef_search', $1, true), "
-                "set_config('hnsw.iterative_scan', 'strict_order', true), "
-                "set_config('hnsw.max_scan_tuples', $2, true), "
-                "set_config('enable_sort', 'off', true)",  # the index's order, not a scan and a sort
-                str(ef),
-                str(self.max_scan_tuples),
-            )
+            # The walk's settings were made with the store's row (``_search``).
             rows = await conn.fetch(
                 f"SELECT c.id, c.embedding <=> $2 AS d FROM {table} c WHERE {where} "
                 "ORDER BY c.embedding <=> $2 LIMIT $3",
                 *args,
             )
-            await conn.execute("SELECT set_config('enable_sort', 'on', true)")
             self.scans["index"] += 1
             if len(rows) >= depth:
                 return sorted(((int(r["id"]), float(r["d"])) for r in rows), key=lambda p: (p[1], p[0]))
@@ -754,17 +782,15 @@ class PostgresBackend(VectorBackend):
         return [(int(r["id"]), float(r["d"])) for r in rows]
 
     async def _keyword_ranking(
-        self, conn: asyncpg.Connection, table: str, sid: int, files: list[str] | None, q: SearchQuery
+        self,
+        conn: asyncpg.Connection,
+        table: str,
+        sid: int,
+        files: list[str] | None,
+        tsquery: str,
+        depth: int,
     ) -> list[tuple[int, float]]:
-        """(chunk id, rank) of the best ``q.depth`` chunks that match the query's terms, best first."""
-        terms = query_terms(q.text)
-        if not terms:
-            return []
-        args = _Args(self.text_config)
-        expr = " || ".join(f"phraseto_tsquery($1::regconfig, {args.add(t)})" for t in terms)
-        tsquery = await conn.fetchval(f"SELECT ({expr})::text", *args.values)
-        if not tsquery:  # only words the configuration drops
-            return []
+        """(chunk id, rank) of the best ``depth`` chunks that match ``tsquery``, best first."""
         where = "c.sid = $1 AND c.tsv @@ $2::tsquery" + (
             "" if files is None else " AND c.file_id = ANY($4::text[])"
         )
@@ -773,7 +799,7 @@ class PostgresBackend(VectorBackend):
             f"WHERE {where} ORDER BY r DESC, c.id LIMIT $3",
             sid,
             tsquery,
-            q.depth,
+            depth,
             *([] if files is None else [files]),
         )
         return [(int(r["id"]), float(r["r"])) for r in rows]
