@@ -130,6 +130,16 @@ async def test_list_and_call_items(
     assert len(chat_spans) == 2  # the model was called twice: for the call, and after it
     assert {format(s.context.trace_id, "032x") for s in [*chat_spans, span]} == {trace}
     assert row.trace_id == trace and seen["headers"]["traceparent"].split("-")[1] == trace
+    # one span over the agent's request, the caller's span its parent; model rounds and tool under it
+    (invoke,) = [s for s in gw.exporter.get_finished_spans() if s.name.startswith("invoke_agent ")]
+    assert agent.principal.agent is not None
+    assert invoke.name == f"invoke_agent {agent.principal.agent.name}"
+    assert invoke.parent.span_id == 0x00F067AA0BA902B7
+    assert invoke.attributes["gen_ai.agent.id"] == agent.spiffe_id
+    assert invoke.attributes["gen_ai.agent.name"] == agent.principal.agent.name
+    assert invoke.attributes["gen_ai.response.id"] == r.id == invoke.attributes["gen_ai.conversation.id"]
+    assert {s.parent.span_id for s in [*chat_spans, span]} == {invoke.context.span_id}
+    assert invoke.attributes["m2a.response.status"] == "completed"
 
     # a continuation does not list the tools again; the model still has them
     r2 = await client(gw, agent.token).responses.create(
@@ -140,6 +150,9 @@ async def test_list_and_call_items(
     )
     assert [o.type for o in r2.output] == ["mcp_call", "message"]
     assert json.loads(r2.output[0].output)["status"] == "paid"
+    invokes = [s for s in gw.exporter.get_finished_spans() if s.name.startswith("invoke_agent ")]
+    assert invokes[-1].attributes["gen_ai.response.id"] == r2.id
+    assert invokes[-1].attributes["gen_ai.conversation.id"] == r.id  # the chain's first response
 
 
 async def test_allowed_tools_narrow_and_refusals(

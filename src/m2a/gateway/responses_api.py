@@ -62,6 +62,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 from starlette.types import Receive, Scope, Send
 
+from m2a.gateway import responses_trace
 from m2a.gateway.body import parse_json, read_body
 from m2a.gateway.errors import GatewayError
 from m2a.gateway.extensions import Host
@@ -232,6 +233,8 @@ class Job:
     rounds: int = 0
     hosted_calls: int = 0
     cancelled: bool = False
+    conversation: str = ""  # the first response of its chain (this one's id for a new chain)
+    span: Any = None  # the request's span (responses_trace.py), when traced
     done: asyncio.Event = field(default_factory=asyncio.Event)
 
     def owns(self, name: str) -> bool:
@@ -259,6 +262,7 @@ class ResponsesAPI:
         self.access = host.access
         self.pipeline = host.pipeline
         self.pool = host.pool
+        self.tracer = host.tracer
         self.store: ResponseStore = store or (
             SQLResponses(host.db) if host.db is not None else MemoryResponses()
         )
@@ -306,6 +310,7 @@ class ResponsesAPI:
         req = validate_request(parse_json(body))
         owner = owner_of(principal)
         history: list[dict[str, Any]] = []
+        conversation: str | None = None
         model = req.model
         if req.previous_response_id is not None:
             prev = await self.store.get(req.previous_response_id, owner, "history")
@@ -317,10 +322,41 @@ class ResponsesAPI:
                     code="previous_response_not_found",
                 )
             history, model = prev.history, model or prev.model
+            conversation = prev.conversation
         if model is None:
             raise GatewayError(
                 400, "Missing required parameter: 'model'.", param="model", code="missing_required"
             )
+        span = None
+        if self.tracer is not None:  # one trace: this request, its model calls and tool calls
+            span = responses_trace.start(self.tracer, request, principal, model, bool(req.stream))
+            request = responses_trace.traced(request, span)
+        try:
+            job = await self._job(request, principal, req, owner, history, model)
+            job.conversation, job.span = conversation or job.draft.id, span
+            responses_trace.identify(span, job.draft.id, job.conversation)
+            resp = await (self._streamed(request, job) if req.stream else self._whole(request, job))
+        except GatewayError as exc:
+            responses_trace.end(span, exc.status, error=exc.code or "error")
+            raise
+        except BaseException as exc:
+            responses_trace.end(span, 500, error=type(exc).__name__)
+            raise
+        if not isinstance(resp, EventStream):  # a stream's span ends with the stream
+            d = job.draft
+            responses_trace.end(span, resp.status_code, d.status, (d.input_tokens, d.output_tokens))
+        return resp
+
+    async def _job(
+        self,
+        request: Request,
+        principal: Principal,
+        req: CreateRequest,
+        owner: str,
+        history: list[dict[str, Any]],
+        model: str,
+    ) -> Job:
+        """What making the response needs: its input read, tools set up, hosted calls resumed."""
         assert req.input is not None
         turn = read_input(req.input, known_calls(history), self._takes_images(model), _hosted_input)
         functions, hosted_specs = chat_tools(req.tools, HOSTED_TOOLS)
@@ -348,9 +384,7 @@ class ResponsesAPI:
                 if result.item is not None:
                     job.preface.append(result.item)
                 job.convo.extend(result.messages or [])
-        if req.stream:
-            return await self._streamed(request, job)
-        return await self._whole(request, job)
+        return job
 
     def _takes_images(self, model: str) -> bool:
         """Whether a model may get images: m2a's llama.cpp runner loads no vision projector, so a
@@ -452,6 +486,7 @@ class ResponsesAPI:
             model=draft.model,
             status=draft.status,
             previous_id=job.req.previous_response_id,
+            conversation_id=job.conversation or None,
             created_at=created,
             expires_at=created + self.retention,
             body=draft.snapshot(),
@@ -678,6 +713,7 @@ class EventStream(Response):
                 await out(emit.finished(draft))
             api.live.pop(draft.id, None)
             job.done.set()
+            responses_trace.end(job.span, 200, draft.status, (draft.input_tokens, draft.output_tokens))
         with contextlib.suppress(OSError):
             await send({"type": "http.response.body", "body": b"", "more_body": False})
 

@@ -63,6 +63,7 @@ class Record:
     body: dict[str, Any]
     input_items: list[dict[str, Any]]
     history: list[dict[str, Any]]
+    conversation_id: str | None = None  # the first response of its chain (None: this one)
 
     def size(self) -> int:
         """Bytes of its JSON parts, as stored (what the in-memory store counts)."""
@@ -83,6 +84,11 @@ class Found:
     body: dict[str, Any] | None = None
     input_items: list[dict[str, Any]] | None = None
     history: list[dict[str, Any]] | None = None
+    conversation_id: str | None = None  # the first response of its chain
+
+    @property
+    def conversation(self) -> str:
+        return self.conversation_id or self.id
 
 
 class ResponseStore(Protocol):
@@ -113,6 +119,7 @@ class SQLResponses:
             "model": rec.model,
             "status": rec.status,
             "previous_id": rec.previous_id,
+            "conversation_id": rec.conversation_id,
             "created_at": rec.created_at,
             "expires_at": rec.expires_at,
             "body": _dumps(rec.body),
@@ -127,14 +134,14 @@ class SQLResponses:
         if unknown:
             raise ValueError(f"no such part of a stored response: {sorted(unknown)}")
         t = StoredResponse
-        cols = [t.id, t.model, t.status, t.created_at, *(getattr(t, f) for f in fields)]
+        cols = [t.id, t.model, t.status, t.created_at, t.conversation_id, *(getattr(t, f) for f in fields)]
         q = select(*cols).where(t.id == response_id, t.owner == owner, t.expires_at > now())
         async with self.engine.connect() as conn:
             row = (await conn.execute(q)).first()
         if row is None:
             return None
-        parts = {f: json.loads(row[4 + i]) for i, f in enumerate(fields)}
-        return Found(row[0], row[1], row[2], _aware(row[3]), **parts)
+        parts = {f: json.loads(row[5 + i]) for i, f in enumerate(fields)}
+        return Found(row[0], row[1], row[2], _aware(row[3]), conversation_id=row[4], **parts)
 
     async def delete(self, response_id: str, owner: str) -> bool:
         t = StoredResponse
@@ -192,7 +199,7 @@ class MemoryResponses:
         rec = self._live(response_id, owner)
         if rec is None:
             return None
-        found = Found(rec.id, rec.model, rec.status, rec.created_at)
+        found = Found(rec.id, rec.model, rec.status, rec.created_at, conversation_id=rec.conversation_id)
         # Copies through JSON, as the database would give them: a caller's changes stay its own.
         return replace(found, **{f: json.loads(_dumps(getattr(rec, f))) for f in fields})
 

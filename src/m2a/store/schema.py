@@ -327,6 +327,7 @@ class StoredResponse(Base):
     model: Mapped[str] = mapped_column(String(256))
     status: Mapped[str] = mapped_column(String(16))  # completed, incomplete, failed, cancelled
     previous_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    conversation_id: Mapped[str | None] = mapped_column(String(64), nullable=True)  # its chain's first
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
     body: Mapped[str] = mapped_column(Text)  # the Response object, JSON
