@@ -437,7 +437,49 @@ async def sqlite_speed(n: int, data: SpeedData, dim: int) -> dict[str, float]:
     return result
 
 
-async def pg_speed(n: int, data: SpeedData, pg_url: str, index_memory_mb: int) -> dict[str, float]:
+async def build_index_within(
+    backend: VectorBackend, n: int, timeout_s: float | None
+) -> tuple[bool, float, float]:
+    """Build the store's HNSW index, printing its progress; give up after ``timeout_s`` (the
+    CONCURRENTLY build cancelled, its invalid index dropped). (built, seconds, share of tuples done)."""
+    from m2a.data.stores.postgres import PostgresBackend
+
+    assert isinstance(backend, PostgresBackend)
+    pool = await backend._db()
+    t0 = time.perf_counter()
+    build = asyncio.create_task(backend.build_index("speed"))
+    share = 0.0
+    while not build.done():
+        await asyncio.wait({build}, timeout=15)
+        row = await pool.fetchrow(
+            "SELECT phase, tuples_done, blocks_done, blocks_total FROM pg_stat_progress_create_index LIMIT 1"
+        )
+        elapsed = time.perf_counter() - t0
+        if row is not None:
+            share = row["tuples_done"] / n  # pgvector counts the tuples it has put in the graph
+            print(
+                f"  index build {elapsed:.0f} s: {row['phase']}, {row['tuples_done']} of {n} tuples, "
+                f"blocks {row['blocks_done']} of {row['blocks_total']}",
+                file=sys.stderr,
+            )
+        if timeout_s is not None and elapsed > timeout_s and not build.done():
+            for task in list(backend._builds.values()):
+                task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await build
+            await pool.execute("DROP INDEX CONCURRENTLY IF EXISTS m2a_vs_chunks_384_hnsw")
+            return False, elapsed, share
+    return bool(build.result()), time.perf_counter() - t0, 1.0
+
+
+async def pg_speed(
+    n: int,
+    data: SpeedData,
+    pg_url: str,
+    index_memory_mb: int,
+    ef_searches: tuple[int, ...],
+    index_timeout_s: float | None,
+) -> dict[str, float]:
     from m2a.data.stores.postgres import PostgresBackend
 
     async with pg_database(pg_url, f"m2a_bench_speed_{n}") as url:
@@ -448,34 +490,46 @@ async def pg_speed(n: int, data: SpeedData, pg_url: str, index_memory_mb: int) -
         try:
             insert_s = await load(loader, data)
             await loader.close()
-            t0 = time.perf_counter()
-            built = await backend.build_index("speed")
-            index_s = time.perf_counter() - t0
-            result: dict[str, float] = {
-                "chunks": n,
-                "insert_chunks_per_s": n / insert_s,
-                "index_build_s": index_s if built else float("nan"),
-            }
+            print(f"postgres {n}: loaded in {insert_s:.0f} s", file=sys.stderr)
+            built, index_s, share = await build_index_within(backend, n, index_timeout_s)
+            result: dict[str, float] = {"chunks": n, "insert_chunks_per_s": n / insert_s}
+            if built:
+                result["index_build_s"] = index_s
+            else:
+                result["index_stopped_s"], result["index_share_done"] = index_s, share
             print(
-                f"postgres {n}: loaded in {insert_s:.0f} s, index built in {index_s:.0f} s", file=sys.stderr
+                f"postgres {n}: index {'built' if built else 'stopped'} after {index_s:.0f} s",
+                file=sys.stderr,
             )
-            pool = await backend._db()
+            pool = await exact._db()
             await pool.execute("ANALYZE")
+            searcher = backend if built else exact  # without the index, exact scans (no rebuild mid-run)
             qs = data.queries
             t0 = time.perf_counter()
-            await backend.search("speed", qs[0][0], qs[0][1], k=10, mode="vector")
+            await searcher.search("speed", qs[0][0], qs[0][1], k=10, mode="vector")
             result["first_search_ms"] = 1000 * (time.perf_counter() - t0)
-            await timed_searches(backend, data, result)
+            await timed_searches(searcher, data, result)
             await timed_searches(exact, data, result, CASES[:1], "vector, exact scan")
-            found = 0
-            for qv, _ in qs:
-                a = await backend.search("speed", qv, None, k=10, mode="vector")
-                b = await exact.search("speed", qv, None, k=10, mode="vector")
-                found += len({h.chunk_id for h in a} & {h.chunk_id for h in b})
-            result["recall@10"] = found / (10 * len(qs))
-            result["index_walks"] = backend.scans["index"]
+            if built:
+                truth = [
+                    {h.chunk_id for h in await exact.search("speed", qv, None, k=10, mode="vector")}
+                    for qv, _ in qs
+                ]
+                default_ef = backend.ef_search
+                for ef in [default_ef, *(e for e in ef_searches if e != default_ef)]:
+                    backend.ef_search = ef
+                    label = f"vector, HNSW ef_search={ef}"
+                    if ef != default_ef:
+                        await timed_searches(backend, data, result, CASES[:1], label)
+                    found = 0
+                    for (qv, _), want in zip(qs, truth, strict=True):
+                        hits = await backend.search("speed", qv, None, k=10, mode="vector")
+                        found += len({h.chunk_id for h in hits} & want)
+                    result[f"{label} recall@10"] = found / (10 * len(qs))
+                backend.ef_search = default_ef
+                result["index_walks"] = backend.scans["index"]
             t0 = time.perf_counter()
-            await backend.add("speed", "extra", data.extra, {"shard": -1})
+            await searcher.add("speed", "extra", data.extra, {"shard": -1})
             result["insert_indexed_chunks_per_s"] = len(data.extra) / (time.perf_counter() - t0)
             result["db_mb"] = await pool.fetchval("SELECT pg_database_size(current_database())") / 1e6
         finally:
@@ -493,6 +547,8 @@ async def speed(
     backends: tuple[str, ...] = ("sqlite",),
     pg_url: str | None = None,
     index_memory_mb: int = 1024,
+    ef_searches: tuple[int, ...] = (),
+    index_timeout_s: float | None = None,
 ) -> list[dict[str, float]]:
     vocab = synthetic_vocabulary(np.random.default_rng(seed))
     rows: list[dict[str, float]] = []
@@ -506,7 +562,7 @@ async def speed(
                 result = await sqlite_speed(n, data, dim)
             else:
                 assert pg_url is not None
-                result = await pg_speed(n, data, pg_url, index_memory_mb)
+                result = await pg_speed(n, data, pg_url, index_memory_mb, ef_searches, index_timeout_s)
             rows.append(result)
             columns.append(f"{kind}, {n:,} chunks")
             print(
@@ -535,11 +591,21 @@ async def speed(
             )
             + " |"
         )
+    recalls: list[str] = []
+    for r in rows:
+        recalls += [k for k in r if k.endswith(" recall@10") and k not in recalls]
+    for key in recalls:
+        print(
+            f"| {key[:-10]}: recall@10 against the exact scan | "
+            + " | ".join(cell(r, key, "{:.3f}") for r in rows)
+            + " |"
+        )
     for label, key, fmt in [
-        ("HNSW recall@10 against the exact scan", "recall@10", "{:.3f}"),
         ("first search, ms", "first_search_ms", "{:.0f}"),
         ("insert (no embedding), chunks/s", "insert_chunks_per_s", "{:.0f}"),
         ("HNSW index build, s", "index_build_s", "{:.0f}"),
+        ("HNSW index build stopped after, s", "index_stopped_s", "{:.0f}"),
+        ("HNSW index build: share of tuples done when stopped", "index_share_done", "{:.2f}"),
         ("insert into the indexed store, chunks/s", "insert_indexed_chunks_per_s", "{:.0f}"),
         ("database, MB", "db_mb", "{:.0f}"),
     ]:
@@ -560,6 +626,8 @@ def main() -> None:
     ap.add_argument(
         "--index-memory-mb", type=int, default=1024, help="maintenance_work_mem of the HNSW build"
     )
+    ap.add_argument("--index-timeout", type=float, default=None, help="give up the HNSW build after S s")
+    ap.add_argument("--ef-search", type=int, nargs="*", default=[40, 200], help="HNSW walks to compare")
     ap.add_argument("-v", "--verbose", action="store_true", help="quality: list each query a mode misses")
     args = ap.parse_args()
     backends = ("sqlite", "postgres") if args.backend == "both" else (args.backend,)
@@ -569,7 +637,17 @@ def main() -> None:
             asyncio.run(quality(args.verbose, backends=backends, pg_url=url))
         if args.what in ("speed", "all"):
             asyncio.run(
-                speed(args.sizes, args.queries, args.dim, args.seed, backends, url, args.index_memory_mb)
+                speed(
+                    args.sizes,
+                    args.queries,
+                    args.dim,
+                    args.seed,
+                    backends,
+                    url,
+                    args.index_memory_mb,
+                    tuple(args.ef_search),
+                    args.index_timeout,
+                )
             )
 
 
