@@ -30,6 +30,11 @@ def database_url(url: str | None, home: Path) -> str:
 def _sqlite_pragmas(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA journal_mode=WAL")  # readers never wait for the writer
+    # No fsync per commit (one at each checkpoint): safe from corruption in WAL mode, and a commit
+    # survives the process dying; only a power cut or an OS crash may lose the last commits. A
+    # commit took 3.7 ms here with FULL and 0.09 ms with NORMAL — on the request path of every
+    # stored response. The ledger's own journal is written without fsync too.
+    cur.execute("PRAGMA synchronous=NORMAL")
     cur.execute("PRAGMA busy_timeout=5000")
     cur.execute("PRAGMA foreign_keys=ON")
     cur.close()
