@@ -172,14 +172,26 @@ class Setup:
     seconds: float
     per_step: dict[str, float]
     workers: int = 1
+    registry_agents: int = 0  # the first ones, through the registry (``seconds``); the rest copied
+    copy_seconds: float = 0.0
 
 
 def team_name(i: int) -> str:
     return f"t{i:02d}"
 
 
-async def register(home: Path, n_agents: int, n_teams: int, n_keyed: int, workers: int) -> Setup:
-    """Teams, API keys and agents (each version 1 in production, with a client secret) in the store."""
+MANIFEST = {
+    "card": {"name": "Order support", "description": "Answers order questions.", "version": "1.0.0"},
+    "models": [MODEL],
+    "system_prompt": INSTRUCTIONS,
+}
+
+
+async def register(
+    home: Path, n_agents: int, n_registry: int, n_teams: int, n_keyed: int, workers: int
+) -> Setup:
+    """Teams, API keys and agents (each version 1 in production, with a client secret) in the store:
+    the first ``n_registry`` through the registry, the others copied from those rows (``clone``)."""
     from m2a.agents.credentials import AgentDirectory
     from m2a.agents.manifest import parse_manifest
     from m2a.agents.registry import RedteamReport, Registry
@@ -197,32 +209,25 @@ async def register(home: Path, n_agents: int, n_teams: int, n_keyed: int, worker
         keys = [(await identity.create_key(team_name(i % n_teams), f"bench-{i}"))[0] for i in range(n_keyed)]
         agents: list[Agent | None] = [None] * n_agents
         spent = dict.fromkeys(("create", "promote", "secret", "key"), 0.0)
+        m = parse_manifest(MANIFEST)
+        gate = RedteamReport.model_validate(
+            {
+                "run": 1, "model": MODEL, "profile": None, "passed": True, "probes": 10,
+                "system_prompt_sha256": m.system_prompt_sha256(),
+                "verdicts": [{"category": "prompt_injection", "verdict": "pass", "rate": 0.0,
+                              "compared": 0.0, "limit": 0.25, "judged": 10}],
+            }
+        )  # fmt: skip
         started = time.perf_counter()
         next_i = 0
         done = 0
 
         async def one(i: int) -> None:
             team, name = team_name(i % n_teams), f"agent-{i:05d}"
-            m = parse_manifest(
-                {
-                    "card": {"name": f"Order support {i}", "description": "Answers order questions.",
-                             "version": "1.0.0"},
-                    "models": [MODEL],
-                    "system_prompt": INSTRUCTIONS,
-                }
-            )  # fmt: skip
             t0 = time.perf_counter()
             info, version = await registry.create(team, name, ["owner@example.org"], manifest=m)
             assert version is not None
             t1 = time.perf_counter()
-            gate = RedteamReport.model_validate(
-                {
-                    "run": 1, "model": MODEL, "profile": None, "passed": True, "probes": 10,
-                    "system_prompt_sha256": m.system_prompt_sha256(),
-                    "verdicts": [{"category": "prompt_injection", "verdict": "pass", "rate": 0.0,
-                                  "compared": 0.0, "limit": 0.25, "judged": 10}],
-                }
-            )  # fmt: skip
             await registry.promote(team, name, version.number, "tested", admin=True, redteam=gate)
             await registry.promote(team, name, version.number, "approved", admin=True)
             await registry.promote(team, name, version.number, "production", admin=True)
@@ -244,23 +249,106 @@ async def register(home: Path, n_agents: int, n_teams: int, n_keyed: int, worker
 
         async def worker() -> None:
             nonlocal next_i, done
-            while next_i < n_agents:
+            while next_i < n_registry:
                 i, next_i = next_i, next_i + 1
                 await one(i)
                 done += 1
-                if done % 500 == 0 or done == n_agents:
+                if done % 250 == 0 or done == n_registry:
                     el = time.perf_counter() - started
-                    say(f"[register] {done}/{n_agents} agents in {el:.0f}s ({done / el:.0f} agents/s)")
+                    say(f"[register] {done}/{n_registry} agents through the registry in {el:.0f}s"
+                        f" ({done / el:.1f} agents/s)")  # fmt: skip
 
         await asyncio.gather(*(worker() for _ in range(workers)))
         seconds = time.perf_counter() - started
+        t0 = time.perf_counter()
+        if n_agents > n_registry:
+            say(f"[register] copying {n_agents - n_registry} more agents from the registry's rows")
+            templates = {t: agents[t] for t in range(n_teams)}
+            await clone(db, templates, agents, n_registry, n_keyed)  # type: ignore[arg-type]
+        copied = time.perf_counter() - t0
     finally:
         await db.dispose()
-    return Setup([a for a in agents if a is not None], keys, seconds, spent, workers)
+    return Setup([a for a in agents if a is not None], keys, seconds, spent, workers, n_registry, copied)
+
+
+async def clone(
+    db: Any, templates: dict[int, Agent], agents: list[Agent | None], first: int, n_keyed: int
+) -> None:
+    """Agents ``first``… as copies of their team's template agent (registered through the registry):
+    the same rows in ``agents``, ``agent_versions``, ``agent_aliases`` and ``agent_events`` (ids,
+    name and times new), a new client secret each (and a public key below ``n_keyed``), in one
+    transaction. Step 2 issues tokens to random agents, so copies that were wrong would fail there."""
+    from datetime import UTC, datetime
+
+    from sqlalchemy import func, insert, select
+
+    from m2a.agents.credentials import SECRET_PREFIX, check_public_jwk, hash_secret
+    from m2a.agents.tokens import spiffe_id
+    from m2a.store.schema import AgentAliasRow, AgentCredentialRow, AgentEventRow, AgentRow, AgentVersionRow
+
+    A, V, L, E, C = (t.__table__ for t in (AgentRow, AgentVersionRow, AgentAliasRow, AgentEventRow,
+                                           AgentCredentialRow))  # fmt: skip
+    now = datetime.now(UTC)
+    async with db.begin() as conn:
+
+        async def rows(table: Any, agent_id: int) -> list[dict[str, Any]]:
+            q = select(table).where(table.c.agent_id == agent_id)
+            return [dict(r) for r in (await conn.execute(q)).mappings()]
+
+        tpl = {}
+        for t, agent in templates.items():
+            row = dict((await conn.execute(select(A).where(A.c.id == agent.agent_id))).mappings().one())
+            tpl[t] = (
+                row,
+                await rows(V, agent.agent_id),
+                await rows(L, agent.agent_id),
+                await rows(E, agent.agent_id),
+            )
+        ids = {}
+        for name, table in (("a", A), ("v", V), ("e", E)):
+            ids[name] = int((await conn.execute(select(func.max(table.c.id)))).scalar() or 0) + 1
+        out: dict[str, list[dict[str, Any]]] = {"a": [], "v": [], "l": [], "e": [], "c": []}
+        for i in range(first, len(agents)):
+            a, vs, ls, es = tpl[i % len(templates)]
+            team, name = team_name(i % len(templates)), f"agent-{i:05d}"
+            aid = ids["a"]
+            ids["a"] += 1
+            out["a"].append({**a, "id": aid, "name": name, "created_at": now})
+            vmap = {}
+            for v in vs:
+                vmap[v["id"]] = ids["v"]
+                out["v"].append({**v, "id": ids["v"], "agent_id": aid, "created_at": now})
+                ids["v"] += 1
+            out["l"] += [
+                {**x, "agent_id": aid, "version_id": vmap[x["version_id"]], "updated_at": now} for x in ls
+            ]
+            for e in es:
+                vid = vmap.get(e["version_id"], e["version_id"])
+                out["e"].append({**e, "id": ids["e"], "agent_id": aid, "version_id": vid, "at": now})
+                ids["e"] += 1
+            client_id = spiffe_id(TD, team, name)
+            secret = SECRET_PREFIX + secrets.token_urlsafe(32)
+            agent = Agent(i, team, name, aid, client_id, secret)
+            cred = {"agent_id": aid, "client_id": client_id, "created_at": now, "revoked_at": None}
+            out["c"].append(
+                {**cred, "kind": "secret", "secret_hash": hash_secret(secret), "public_jwk": None}
+            )
+            if i < n_keyed:
+                agent.private = ec.generate_private_key(ec.SECP256R1())
+                jwk = check_public_jwk(
+                    jwt.algorithms.ECAlgorithm.to_jwk(agent.private.public_key(), as_dict=True)
+                )
+                agent.kid = jwk["kid"]
+                out["c"].append({**cred, "kind": "jwk", "secret_hash": None, "public_jwk": json.dumps(jwk)})
+            agents[i] = agent
+        for key, table in (("a", A), ("v", V), ("l", L), ("e", E), ("c", C)):
+            if out[key]:
+                await conn.execute(insert(table), out[key])
 
 
 def cache_dir(args: argparse.Namespace) -> Path:
-    return args.cache / f"agents{args.agents}-teams{args.teams}-keyed{args.sessions}"
+    name = f"agents{args.agents}-registry{args.registry_agents}-teams{args.teams}-keyed{args.sessions}"
+    return args.cache / name
 
 
 def save_setup(setup: Setup, home: Path, where: Path, note: str) -> None:
@@ -278,6 +366,8 @@ def save_setup(setup: Setup, home: Path, where: Path, note: str) -> None:
         "seconds": setup.seconds,
         "per_step": setup.per_step,
         "workers": setup.workers,
+        "registry_agents": setup.registry_agents,
+        "copy_seconds": setup.copy_seconds,
         "keys": setup.keys,
         "agents": [
             {
@@ -302,7 +392,9 @@ def load_setup(home: Path, where: Path) -> tuple[Setup, str]:
         private = serialization.load_pem_private_key(pem.encode(), None) if pem else None
         assert private is None or isinstance(private, ec.EllipticCurvePrivateKey)
         agents.append(Agent(**a, private=private))
-    return Setup(agents, data["keys"], data["seconds"], data["per_step"], data["workers"]), data["note"]
+    setup = Setup(agents, data["keys"], data["seconds"], data["per_step"], data["workers"])
+    setup.registry_agents, setup.copy_seconds = data["registry_agents"], data["copy_seconds"]
+    return setup, data["note"]
 
 
 # -- profiles (--profile) -----------------------------------------------------------------------------
@@ -394,10 +486,23 @@ class Sample:
     first_error: str = ""
     seconds: float = 0.0
     cpu: float = 0.0  # the gateway's CPU seconds meanwhile
+    statuses: dict[int, int] = field(default_factory=dict)  # of the errors (0: no HTTP answer)
+
+    def error(self, status: int, body: bytes) -> None:
+        self.errors += 1
+        self.statuses[status] = self.statuses.get(status, 0) + 1
+        if not self.first_error:
+            self.first_error = f"HTTP {status}: {body[:300].decode(errors='replace')}"
+
+    def error_text(self) -> str:
+        kinds = ", ".join(f"{n}× {s or 'no answer'}" for s, n in sorted(self.statuses.items()))
+        return f"{self.errors} ({kinds})" if self.errors else "0"
 
     def add(self, other: Sample) -> None:
         self.latencies += other.latencies
         self.errors += other.errors
+        for k, n in other.statuses.items():
+            self.statuses[k] = self.statuses.get(k, 0) + n
         self.first_error = self.first_error or other.first_error
         self.seconds += other.seconds
         self.cpu += other.cpu
@@ -407,7 +512,7 @@ class Sample:
         per = f"{1e6 * self.cpu / n:.0f}" if n and self.cpu else "-"
         rate = n / self.seconds if self.seconds else 0.0
         p50, p99 = pct(self.latencies, 0.5), pct(self.latencies, 0.99)
-        cols = [*map(str, cells), f"{rate:.0f}", f"{p50:.2f}", f"{p99:.2f}", str(self.errors), per]
+        cols = [*map(str, cells), f"{rate:.0f}", f"{p50:.2f}", f"{p99:.2f}", self.error_text(), per]
         return "| " + " | ".join(cols) + " |"
 
 
@@ -438,10 +543,7 @@ async def drive(
             latency = time.perf_counter() - t0
             n += concurrency
             if status != 200:
-                sample.errors += 1
-                sample.first_error = (
-                    sample.first_error or f"HTTP {status}: {body[:300].decode(errors='replace')}"
-                )
+                sample.error(status, body)
                 continue
             sample.latencies.append(latency)
             if keep is not None and len(keep) < KEEP:
@@ -494,7 +596,7 @@ def issuance(
                 s = run(drive(token_request(root, pool, method, audience), c, args.seconds, pid, keep))
                 results.setdefault((method, c), Sample()).add(s)
                 say(f"[tokens] {method}, concurrency {c}, round {r + 1}/{args.rounds}:"
-                    f" {len(s.latencies) / s.seconds:.0f} tokens/s, {s.errors} errors")  # fmt: skip
+                    f" {len(s.latencies) / s.seconds:.0f} tokens/s, {s.error_text()} errors")  # fmt: skip
                 if s.errors:
                     say(f"[tokens]   first error: {s.first_error}")
     for method, pool in methods:
@@ -671,13 +773,18 @@ async def seed_turns(base: str, sessions: list[Session]) -> None:
         async def one(s: Session) -> None:
             async with sem:
                 headers = {"authorization": f"Bearer {s.token}", "content-type": "application/json"}
-                async with http.post(f"{base}/responses", data=responses_body(1, s), headers=headers) as r:
-                    body = await r.read()
-                    if r.status != 200:
-                        raise SystemExit(f"turn 1 of {s.agent.client_id}: HTTP {r.status} {body[:300]!r}")
-                    out = json.loads(body)
-                    s.seed = out["id"]
-                    s.seed_answer = out["output"][-1]["content"][0]["text"]
+                for attempt in range(5):  # a 503 (the store busy) says "try again"
+                    body1 = responses_body(1, s)
+                    async with http.post(f"{base}/responses", data=body1, headers=headers) as r:
+                        body = await r.read()
+                    if r.status == 200:
+                        break
+                    await asyncio.sleep(0.5 * (attempt + 1))
+                else:
+                    raise SystemExit(f"turn 1 of {s.agent.client_id}: HTTP {r.status} {body[:300]!r}")
+                out = json.loads(body)
+                s.seed = out["id"]
+                s.seed_answer = out["output"][-1]["content"][0]["text"]
 
         await asyncio.gather(*(one(s) for s in sessions))
 
@@ -695,9 +802,7 @@ def sessions_bench(
         for target in TARGETS:  # every session once per target: cold verifications stay out of the rounds
             s = run(drive_once(session_request(base, sessions, target), len(sessions)))
             if s.errors:
-                raise SystemExit(
-                    f"[sessions] warm-up of {target[0]}: {s.errors} errors; first: {s.first_error}"
-                )
+                say(f"[sessions] warm-up of {target[0]}: {s.error_text()} errors; first: {s.first_error}")
 
     warm()
     results: dict[tuple[int, str], Sample] = {}
@@ -715,7 +820,7 @@ def sessions_bench(
                 results.setdefault((c, target[0]), Sample()).add(s)
                 say(f"[sessions] concurrency {c}, round {r + 1}/{args.rounds}: {target[0]}:"
                     f" {len(s.latencies) / s.seconds:.0f} req/s, p50 {pct(s.latencies, 0.5):.2f} ms,"
-                    f" {s.errors} errors")  # fmt: skip
+                    f" {s.error_text()} errors")  # fmt: skip
                 if s.errors:
                     say(f"[sessions]   first error: {s.first_error}")
         if c == 1:
@@ -760,8 +865,7 @@ async def drive_once(request: Request, n: int) -> Sample:
             async with sem:
                 status, body = await request(http, i)
                 if status != 200:
-                    sample.errors += 1
-                    sample.first_error = sample.first_error or f"HTTP {status}: {body[:300]!r}"
+                    sample.error(status, body)
 
         await asyncio.gather(*(one(i) for i in range(n)))
     return sample
@@ -888,6 +992,13 @@ def main() -> None:
         return
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--agents", type=int, default=10_000, help="agents to register")
+    ap.add_argument(
+        "--registry-agents",
+        type=int,
+        default=1000,
+        metavar="N",
+        help="how many of them go through the registry (timed); the others are copies of their rows",
+    )
     ap.add_argument("--teams", type=int, default=10, help="teams the agents are spread over")
     ap.add_argument("--sessions", type=int, default=1000, help="concurrent agent sessions")
     ap.add_argument("--seconds", type=float, default=5.0, help="per round and target")
@@ -906,8 +1017,8 @@ def main() -> None:
     ap.add_argument(
         "--reuse",
         action="store_true",
-        help="start from the registered store an earlier run with the same --agents, --teams and"
-        " --sessions saved under --cache (registration is then not measured again)",
+        help="start from the registered store an earlier run with the same --agents, --registry-agents,"
+        " --teams and --sessions saved under --cache (registration is then not measured again)",
     )
     ap.add_argument(
         "--cache",
@@ -923,6 +1034,9 @@ def main() -> None:
         raise SystemExit("--sessions must be between 1 and --agents")
     if args.teams < 1:
         raise SystemExit("--teams must be at least 1")
+    args.registry_agents = min(args.registry_agents, args.agents)
+    if args.registry_agents < args.teams:
+        raise SystemExit("--registry-agents must be at least --teams (one registered agent per team)")
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, lambda *_: signal.raise_signal(signal.SIGINT))
     started = time.monotonic()
@@ -942,10 +1056,16 @@ def main() -> None:
     else:
         if args.reuse:
             say(f"[register] nothing saved in {cached} yet: registering")
-        say(f"[register] {args.agents} agents in {args.teams} teams, {args.sessions} of them with a key pair")
-        setup = run(register(args.home, args.agents, args.teams, args.sessions, args.register_workers))
+        say(f"[register] {args.agents} agents ({args.registry_agents} through the registry) in {args.teams}"
+            f" teams, {args.sessions} of them with a key pair")  # fmt: skip
+        setup = run(
+            register(
+                args.home, args.agents, args.registry_agents, args.teams, args.sessions, args.register_workers
+            )
+        )
         registered = f"registered in this run ({load_avg()} after it)"
         save_setup(setup, args.home, cached, f"{time.strftime('%Y-%m-%d %H:%M')} at {commit.stdout.strip()}")
+    n_reg = setup.registry_agents or len(setup.agents)
     out: list[str] = []
     out += [
         f"## Agents at scale — {time.strftime('%Y-%m-%d %H:%M')}, commit {commit.stdout.strip()}",
@@ -954,12 +1074,19 @@ def main() -> None:
         "",
         "### 1. Registration (registry and agent directory in process, SQLite; setup)",
         "",
-        f"{len(setup.agents)} agents ({args.teams} teams), each: create with version 1, promote to tested,"
-        f" approved, production, one client secret; {args.sessions} also a public key:"
-        f" **{setup.seconds:.1f} s, {len(setup.agents) / setup.seconds:.0f} agents/s**"
-        f" ({setup.workers} concurrent; {registered}). Time per agent: "
-        + ", ".join(f"{k} {1000 * v / len(setup.agents):.1f} ms" for k, v in setup.per_step.items())
-        + " (summed over the concurrent workers).",
+        f"{n_reg} agents through the registry ({args.teams} teams), each: create with version 1, promote"
+        f" to tested, approved, production, one client secret (the first {args.sessions} of all agents"
+        f" also a public key): **{setup.seconds:.1f} s, {n_reg / setup.seconds:.1f} agents/s**"
+        f" ({setup.workers} concurrent; {registered}); at that rate {len(setup.agents)} agents would take"
+        f" {len(setup.agents) * setup.seconds / n_reg:.0f} s. Time per agent: "
+        + ", ".join(f"{k} {1000 * v / n_reg:.1f} ms" for k, v in setup.per_step.items())
+        + " (summed over the concurrent workers)."
+        + (
+            f" The other {len(setup.agents) - n_reg} agents: copies of their team's first agent's rows"
+            f" (version, aliases, events; a new secret each) in {setup.copy_seconds:.1f} s."
+            if len(setup.agents) > n_reg
+            else ""
+        ),
     ]
     print("\n".join(out), flush=True)
 
