@@ -335,17 +335,30 @@ class SpeedData:
     extra: list[ChunkRecord]  # 1,000 more, for the insert rate into an indexed table
 
 
-def speed_data(n: int, n_queries: int, dim: int, seed: int, vocab: list[str]) -> SpeedData:
+def speed_data(
+    n: int, n_queries: int, dim: int, seed: int, vocab: list[str], vectors: str = "random"
+) -> SpeedData:
+    """``vectors``: ``random`` (Gaussian, no structure: the worst case for a graph index) or
+    ``clustered`` (around n/100 random centres, noise half a centre's scale per dimension; queries
+    drawn the same way), closer to embeddings, which have far fewer effective dimensions."""
     rng = np.random.default_rng([seed, n])
+    centres = rng.normal(size=(max(10, n // 100), dim))
+
+    def draw(m: int) -> np.ndarray:
+        if vectors == "random":
+            return rng.normal(size=(m, dim)).astype(np.float32)
+        picked = centres[rng.integers(0, len(centres), size=m)]
+        return (picked + 0.5 * rng.normal(size=(m, dim))).astype(np.float32)
+
     per_file = 1000
     files = []
     for f in range(0, n, per_file):
         m = min(per_file, n - f)
-        vecs = rng.normal(size=(m, dim)).astype(np.float32)
+        vecs = draw(m)
         recs = [ChunkRecord(i, 0, 0, " ".join(zipf_words(rng, vocab, 60)), vecs[i]) for i in range(m)]
         files.append((f"file-{f // per_file:05d}", recs, {"shard": (f // per_file) % 10}))
-    queries = [(rng.normal(size=dim).astype(np.float32), query_text(rng, vocab)) for _ in range(n_queries)]
-    vecs = rng.normal(size=(per_file, dim)).astype(np.float32)
+    queries = [(q, query_text(rng, vocab)) for q in draw(n_queries)]
+    vecs = draw(per_file)
     extra = [ChunkRecord(i, 0, 0, " ".join(zipf_words(rng, vocab, 60)), vecs[i]) for i in range(per_file)]
     return SpeedData(files, queries, extra)
 
@@ -549,13 +562,14 @@ async def speed(
     index_memory_mb: int = 1024,
     ef_searches: tuple[int, ...] = (),
     index_timeout_s: float | None = None,
+    vectors: str = "random",
 ) -> list[dict[str, float]]:
     vocab = synthetic_vocabulary(np.random.default_rng(seed))
     rows: list[dict[str, float]] = []
     columns: list[str] = []
     for n in sizes:
         t0 = time.perf_counter()
-        data = speed_data(n, n_queries, dim, seed, vocab)
+        data = speed_data(n, n_queries, dim, seed, vocab, vectors)
         print(f"{n} chunks generated in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
         for kind in backends:
             if kind == "sqlite":
@@ -575,7 +589,10 @@ async def speed(
     for r in rows:
         names += [k[:-4] for k in r if k.endswith(" p50") and k[:-4] not in names]
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-    print(f"\n{n_queries} sequential searches per row, k=10, dim {dim}; ms p50 / p99 (load average {load})")
+    print(
+        f"\n{n_queries} sequential searches per row, k=10, dim {dim}, {vectors} vectors; ms p50 / p99 "
+        f"(load average {load})"
+    )
     print("| search | " + " | ".join(columns) + " |")
     print("|---|" + "---|" * len(rows))
 
@@ -627,6 +644,7 @@ def main() -> None:
         "--index-memory-mb", type=int, default=1024, help="maintenance_work_mem of the HNSW build"
     )
     ap.add_argument("--index-timeout", type=float, default=None, help="give up the HNSW build after S s")
+    ap.add_argument("--vectors", choices=["random", "clustered"], default="random")
     ap.add_argument("--ef-search", type=int, nargs="*", default=[40, 200], help="HNSW walks to compare")
     ap.add_argument("-v", "--verbose", action="store_true", help="quality: list each query a mode misses")
     args = ap.parse_args()
@@ -647,6 +665,7 @@ def main() -> None:
                     args.index_memory_mb,
                     tuple(args.ef_search),
                     args.index_timeout,
+                    args.vectors,
                 )
             )
 
