@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ from m2a.config import DataConfig, GatewayConfig
 from m2a.data.stores import ChunkRecord, build_backend
 from m2a.gateway.access import ON_BEHALF_HEADER
 from m2a.gateway.app import create_app
+from m2a.principal import AgentRef
 from m2a.router.pool import Endpoint, Pool
 from m2a.store.data import DataStore
 from m2a.store.identity import IdentityStore, Principal
@@ -283,6 +284,58 @@ async def test_another_teams_objects_are_404(gw: GW, store: IdentityStore) -> No
     assert [x.id async for x in b.vector_stores.list()] == [mine.id]
     assert [x.id async for x in b.files.list()] == []
     assert (await a.vector_stores.retrieve(vs.id)).file_counts.completed == 1  # untouched
+
+
+async def test_an_agent_reads_only_the_stores_its_data_scopes_name(gw: GW, store: IdentityStore) -> None:
+    """An agent's principal carries its manifest's data_scopes (agents/verify.py); the data API
+    lets it read and search those stores only, and change nothing. The token here is a stand-in
+    (Access.tokens): the test is about the data API's rule, tests/agents/ about the real tokens."""
+    key_a = await team(store, "team-a")
+    a = gw.client(key_a)
+    open_vs = await a.vector_stores.create(name="handbook")
+    f = await uploaded(a, open_vs.id, "refunds.md", REFUNDS)
+    closed_vs = await a.vector_stores.create(name="payroll")
+    await uploaded(a, closed_vs.id, "rockets.md", ROCKETS)
+    team_a = await store.principal(key_a)
+    assert team_a is not None
+    agent = replace(
+        team_a, key_prefix="agent:1", agent=AgentRef("spiffe://m2a.local/team/team-a/agent/bot", 1, "bot"),
+        data_scopes=frozenset({open_vs.id}),
+    )  # fmt: skip
+    token = "eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJib3QifQ.c2ln"  # JWT-shaped: it goes to Access.tokens
+
+    async def verify(presented: str) -> Principal:
+        assert presented == token
+        return agent
+
+    gw.app.state.access.tokens = verify
+    bot = gw.client(token)
+    assert (await bot.vector_stores.retrieve(open_vs.id)).id == open_vs.id
+    hits = await bot.vector_stores.search(open_vs.id, query="refund of an invoice")
+    assert hits.data and hits.data[0].file_id == f.id
+    assert [x.id async for x in bot.vector_stores.files.list(open_vs.id)] == [f.id]
+    assert (await bot.vector_stores.files.retrieve(f.id, vector_store_id=open_vs.id)).id == f.id
+    assert [x.id async for x in bot.vector_stores.list()] == [open_vs.id]  # the other one is not listed
+    for call in (
+        bot.vector_stores.retrieve(closed_vs.id),
+        bot.vector_stores.search(closed_vs.id, query="rocket"),
+        bot.vector_stores.files.list(closed_vs.id),
+    ):
+        with pytest.raises(openai.NotFoundError):
+            await call
+    for call in (
+        bot.vector_stores.create(name="mine"),
+        bot.vector_stores.update(open_vs.id, name="x"),
+        bot.vector_stores.delete(open_vs.id),
+        bot.vector_stores.files.delete(f.id, vector_store_id=open_vs.id),
+        bot.files.list(),
+        bot.files.retrieve(f.id),
+        bot.files.create(file=("x.md", b"# x\n"), purpose="assistants"),
+    ):
+        with pytest.raises(openai.PermissionDeniedError) as err:
+            await call
+        assert err.value.code == "agent_read_only"
+    assert (await a.vector_stores.retrieve(open_vs.id)).file_counts.completed == 1  # untouched
 
 
 # ---------------------------------------------------------------------------- bad input

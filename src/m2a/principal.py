@@ -66,6 +66,7 @@ class Principal:
     limits: tuple[Limit, ...] = ()  # the team's quotas and the key's own
     guardrails: str | None = None  # the guardrail profile attached to the key, else to its team
     agent: AgentRef | None = None  # set when the caller is an agent (a token, not an API key)
+    data_scopes: frozenset[str] | None = None  # vector stores it may read; None: its team's, all
 
     @property
     def is_admin(self) -> bool:

@@ -11,6 +11,7 @@ import contextlib
 import json
 import time
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -114,6 +115,10 @@ async def test_an_agents_principal_is_its_team_narrowed_by_its_manifest() -> Non
     low = team_principal(priority="batch", priority_order=250)
     p = agent_principal(low, AGENT, version(priority="standard"), None)
     assert (p.priority, p.priority_order) == ("batch", 250)
+    # The vector stores it may read: its manifest's data scopes, none without (a key's are None: all).
+    assert team.data_scopes is None and p.data_scopes == frozenset()
+    p = agent_principal(team, AGENT, version(data_scopes=["vs_0123456789abcdef01234567"]), None)
+    assert p.data_scopes == frozenset({"vs_0123456789abcdef01234567"})
 
 
 async def test_a_delegated_principal_is_the_intersection_of_user_and_agent() -> None:
@@ -135,6 +140,10 @@ async def test_a_delegated_principal_is_the_intersection_of_user_and_agent() -> 
     assert p.key_id == 5 and p.key_prefix == "m2a-userkey"  # the user's key: its rows, its limits
     assert p.agent is not None and p.agent.subject == "m2a:key:5" and p.agent.agent_id == 7
     assert p.guardrails == actor.guardrails  # the user's key has no profile of its own
+    assert p.data_scopes == actor.data_scopes  # a key's holder brings no narrower scope
+    other = replace(actor, data_scopes=frozenset({"vs_a", "vs_b"}))
+    narrower = replace(actor, data_scopes=frozenset({"vs_b", "vs_c"}))
+    assert delegated_principal(narrower, None, other, "spiffe://x").data_scopes == frozenset({"vs_b"})
     assert delegated_principal(user, "default", actor, "u").guardrails == "default"  # the same one
     with pytest.raises(GuardrailConflict):
         delegated_principal(user, "strict", actor, "u")

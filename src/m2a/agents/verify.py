@@ -17,7 +17,8 @@ checks it; everything is then checked):
   the gateway and be the actor (or the subject) of a token exchange, and nothing more.
 
 The principal of an agent is its team's (``IdentityStore.team_principal``), narrowed by the
-version's manifest: models = the team's grants ∩ the manifest's ``models``; priority the
+version's manifest: models = the team's grants ∩ the manifest's ``models``; vector stores it may
+read = the manifest's ``data_scopes`` (``Principal.data_scopes``); priority the
 manifest's where it is not above the team's, else the team's; limits the team's plus the agent's
 own (``Limit(scope="agent", subject=<agent id>)``, counted per agent across versions); guardrails
 the manifest's profile, else the team's. ``key_prefix`` is ``agent:<id>`` (the ledger's key column),
@@ -107,6 +108,7 @@ def agent_principal(
         limits=team.limits + own,
         guardrails=m.guardrails or team.guardrails,
         agent=AgentRef(agent.spiffe_id, agent.agent_id, agent.name, version.number, version.id),
+        data_scopes=frozenset(m.data_scopes),  # the vector stores it may read, and no others
     )
 
 
@@ -147,6 +149,9 @@ def delegated_principal(subject: Principal, subject_own: str | None, actor: Prin
         limits=tuple(limits),
         guardrails=guardrails,
         agent=replace(actor.agent, subject=sub),
+        data_scopes=actor.data_scopes
+        if subject.data_scopes is None or actor.data_scopes is None
+        else actor.data_scopes & subject.data_scopes,
     )
 
 

@@ -207,9 +207,20 @@ class DataAPI:
 
     # -- helpers --------------------------------------------------------------------------------
 
-    async def _caller(self, request: Request) -> int:
+    async def _caller(self, request: Request, read: bool = False) -> int:
+        """The caller's team. A caller with data scopes (an agent: its manifest's ``data_scopes``)
+        may only read, search and list the vector stores those name: 403 for anything else (files,
+        writes), 404 for another store (``_store``)."""
         principal = await self.access.principal(request)
         self.svc.embedder.learn(request)
+        request.state.data_scopes = principal.data_scopes
+        if principal.data_scopes is not None and not read:
+            raise GatewayError(
+                403,
+                "An agent may only read and search the vector stores its manifest's data_scopes name; "
+                "files and changes need a key of its team.",
+                code="agent_read_only",
+            )
         return _team(principal)
 
     async def _json(self, request: Request) -> dict[str, Any]:
@@ -220,7 +231,8 @@ class DataAPI:
 
     async def _store(self, team: int, request: Request) -> VectorStoreRow:
         store_id = request.path_params["vector_store_id"]
-        row = await self.rows.store(team, store_id)
+        scopes = getattr(request.state, "data_scopes", None)
+        row = await self.rows.store(team, store_id) if scopes is None or store_id in scopes else None
         if row is None:
             raise _no_store(store_id)
         return row
@@ -356,17 +368,18 @@ class DataAPI:
         return JSONResponse(await self._store_json(row))
 
     async def list_stores(self, request: Request) -> Response:
-        team = await self._caller(request)
+        team = await self._caller(request, read=True)
         try:
             page = await self.rows.stores(team, paging(request))
         except CursorNotFound as exc:
             raise bad(str(exc), exc.param) from exc
         data = page_obj(page, lambda r: {"id": r.id})
-        data["data"] = [await self._store_json(r) for r in page.rows]
+        scopes = request.state.data_scopes  # an agent's page shows only the stores it may read
+        data["data"] = [await self._store_json(r) for r in page.rows if scopes is None or r.id in scopes]
         return JSONResponse(data)
 
     async def get_store(self, request: Request) -> Response:
-        team = await self._caller(request)
+        team = await self._caller(request, read=True)
         return JSONResponse(await self._store_json(await self._store(team, request)))
 
     async def modify_store(self, request: Request) -> Response:
@@ -396,7 +409,7 @@ class DataAPI:
     # -- search ---------------------------------------------------------------------------------
 
     async def search(self, request: Request) -> Response:
-        team = await self._caller(request)
+        team = await self._caller(request, read=True)
         row = await self._store(team, request)
         body = await self._json(request)
         query = body.get("query")
@@ -469,7 +482,7 @@ class DataAPI:
         return JSONResponse(vs_file_obj(row))
 
     async def _vs_list(self, request: Request, batch_id: str | None = None) -> Response:
-        team = await self._caller(request)
+        team = await self._caller(request, read=True)
         store = await self._store(team, request)
         if batch_id is not None and await self.rows.batch(team, store.id, batch_id) is None:
             raise GatewayError(404, f"No file batch found with id '{batch_id}'.", param="batch_id",
@@ -486,8 +499,8 @@ class DataAPI:
     async def list_vs_files(self, request: Request) -> Response:
         return await self._vs_list(request)
 
-    async def _vs_file(self, request: Request) -> tuple[int, Any]:
-        team = await self._caller(request)
+    async def _vs_file(self, request: Request, read: bool = False) -> tuple[int, Any]:
+        team = await self._caller(request, read)
         store = await self._store(team, request)
         file_id = request.path_params["file_id"]
         row = await self.rows.vs_file(team, store.id, file_id)
@@ -496,7 +509,7 @@ class DataAPI:
         return team, row
 
     async def get_vs_file(self, request: Request) -> Response:
-        _, row = await self._vs_file(request)
+        _, row = await self._vs_file(request, read=True)
         headers = {"openai-poll-after-ms": POLL_AFTER_MS} if row.status == "in_progress" else None
         return JSONResponse(vs_file_obj(row), headers=headers)
 
@@ -530,7 +543,7 @@ class DataAPI:
         return JSONResponse({"id": row.file_id, "object": "vector_store.file.deleted", "deleted": True})
 
     async def vs_file_content(self, request: Request) -> Response:
-        team, row = await self._vs_file(request)
+        team, row = await self._vs_file(request, read=True)
         meta = (await self.rows.files_by_id(team, [row.file_id])).get(row.file_id)
         data: list[dict[str, str]] = []
         if meta is not None:
@@ -580,8 +593,8 @@ class DataAPI:
             await self._queue(team, store.id, file_id, attrs, strategy, batch.id)
         return JSONResponse(batch_obj(batch, await self.rows.file_counts(store.id, batch.id)))
 
-    async def _batch(self, request: Request) -> Any:
-        team = await self._caller(request)
+    async def _batch(self, request: Request, read: bool = False) -> Any:
+        team = await self._caller(request, read)
         store = await self._store(team, request)
         batch_id = request.path_params["batch_id"]
         row = await self.rows.batch(team, store.id, batch_id)
@@ -591,7 +604,7 @@ class DataAPI:
         return team, row
 
     async def get_batch(self, request: Request) -> Response:
-        _, row = await self._batch(request)
+        _, row = await self._batch(request, read=True)
         obj = batch_obj(row, await self.rows.file_counts(row.vector_store_id, row.id))
         headers = {"openai-poll-after-ms": POLL_AFTER_MS} if obj["status"] == "in_progress" else None
         return JSONResponse(obj, headers=headers)
