@@ -26,14 +26,17 @@ Progress goes to stderr, the tables (markdown) to stdout. What it measures, in o
    claims, nothing cached) beside them. Target: under 50 µs warm.
 4. **Sessions**: ``--sessions`` agents get a token each (and keep their API key); requests go
    through the gateway at concurrency 1 (one client cycling through all sessions' credentials)
-   and ``--sessions`` (one client per session), rounds alternating over five targets: chat with
+   and ``--sessions`` (one client per session), rounds alternating over six targets: chat with
    the session's API key, chat with its agent token, ``/v1/responses`` with its agent token (turn
-   1: instructions + a question), and turn 2 both ways: chat with the whole two-turn history,
-   ``/v1/responses`` with ``previous_response_id`` of the session's own stored turn 1. Each
-   target is warmed first (every session once: its token's cold verification is not timed).
-   "Responses added p50" = p50(responses) − p50(chat), both with agent tokens (target < 2 ms);
-   "token vs key" = p50(chat, token) − p50(chat, key). The gateway's own CPU time per request
-   (psutil) is less disturbed by the load generator sharing the cores than latency is.
+   1: instructions + a question; once stored, the default, once with ``store: false``), and turn
+   2 both ways: chat with the whole two-turn history, ``/v1/responses`` with
+   ``previous_response_id`` of the session's own stored turn 1. Each target is warmed first
+   (every session once: its token's cold verification is not timed). "Responses added p50" =
+   p50(responses) − p50(chat), both with agent tokens (target < 2 ms), and the part of it that
+   storing the response costs (store: true − false); "token vs key" = p50(chat, token) −
+   p50(chat, key). The gateway's own CPU time per request (psutil) is less disturbed by the load
+   generator sharing the cores than latency is. At concurrency ``--sessions`` the gateway is
+   saturated: latency there is mostly queueing (about sessions / throughput).
 5. **Memory per stored response**: ``--responses`` responses as two-turn conversations (turn 2
    continues turn 1 by ``previous_response_id``) at concurrency 16 with agent tokens. The SQLite
    store is checkpointed before and after; the table is the growth of the ``responses`` table
@@ -731,19 +734,30 @@ def chat_body(turn: int, s: Session) -> bytes:
 
 
 def responses_body(turn: int, s: Session) -> bytes:
-    if turn == 1:
+    """Turn 1 or 2 of the session's conversation; turn 0 is turn 1 with ``store: false``."""
+    if turn in (0, 1):
         body = {"model": MODEL, "instructions": INSTRUCTIONS, "input": QUESTION_1, "max_output_tokens": 256}
+        if turn == 0:
+            body["store"] = False
     else:
         body = {"model": MODEL, "previous_response_id": s.seed, "input": QUESTION_2, "max_output_tokens": 256}
     return json.dumps(body).encode()
 
 
-TARGETS: list[tuple[str, str, str, int]] = [  # label, route, credential, turn
-    ("chat · API key", "chat", "key", 1),
-    ("chat · agent token", "chat", "token", 1),
-    ("responses · agent token", "responses", "token", 1),
-    ("chat, 2-turn history · agent token", "chat", "token", 2),
-    ("responses, previous_response_id · agent token", "responses", "token", 2),
+CHAT_KEY, CHAT, RESP, RESP_NOSTORE = (
+    "chat · API key",
+    "chat · agent token",
+    "responses · agent token",
+    ("responses, store: false · agent token"),
+)
+CHAT_2, RESP_2 = "chat, 2-turn history · agent token", "responses, previous_response_id · agent token"
+TARGETS: list[tuple[str, str, str, int]] = [  # label, route, credential, turn (0: turn 1 unstored)
+    (CHAT_KEY, "chat", "key", 1),
+    (CHAT, "chat", "token", 1),
+    (RESP, "responses", "token", 1),
+    (RESP_NOSTORE, "responses", "token", 0),
+    (CHAT_2, "chat", "token", 2),
+    (RESP_2, "responses", "token", 2),
 ]
 
 
@@ -846,9 +860,10 @@ def sessions_bench(
             return pct(x.latencies, 0.5) - pct(y.latencies, 0.5), cpu
 
         for what, a, b in (
-            ("agent token vs API key (chat)", TARGETS[1][0], TARGETS[0][0]),
-            ("Responses added, turn 1 (target < 2 ms)", TARGETS[2][0], TARGETS[1][0]),
-            ("Responses added, turn 2 (target < 2 ms)", TARGETS[4][0], TARGETS[3][0]),
+            ("agent token vs API key (chat)", CHAT, CHAT_KEY),
+            ("Responses added, turn 1 (target < 2 ms)", RESP, CHAT),
+            ("… of which storing it (store: true − false)", RESP, RESP_NOSTORE),
+            ("Responses added, turn 2 (target < 2 ms)", RESP_2, CHAT_2),
         ):
             d, cpu = diff(a, b)
             rows.append(f"| {c} | {what} | {d:+.2f} | {cpu:+.0f} |")
@@ -902,15 +917,15 @@ def db_usage(path: Path) -> tuple[int, int, int, int]:
     return pages * page, int(table or 0), rows, json_bytes
 
 
-async def conversations(base: str, sessions: list[Session], n: int, concurrency: int) -> tuple[int, float]:
-    """``n`` two-turn conversations (two stored responses each); errors and seconds."""
-    errors = 0
+async def conversations(base: str, sessions: list[Session], n: int, concurrency: int) -> tuple[Sample, float]:
+    """``n`` two-turn conversations (two stored responses each); their errors, and seconds."""
+    errors = Sample()
     next_i = 0
     t0 = time.perf_counter()
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
 
         async def worker() -> None:
-            nonlocal errors, next_i
+            nonlocal next_i
             while next_i < n:
                 i, next_i = next_i, next_i + 1
                 s = sessions[i % len(sessions)]
@@ -918,7 +933,7 @@ async def conversations(base: str, sessions: list[Session], n: int, concurrency:
                 async with http.post(f"{base}/responses", data=responses_body(1, s), headers=headers) as r:
                     body = await r.read()
                 if r.status != 200:
-                    errors += 1
+                    errors.error(r.status, body)
                     continue
                 first = json.loads(body)["id"]
                 turn2 = {
@@ -928,8 +943,9 @@ async def conversations(base: str, sessions: list[Session], n: int, concurrency:
                     "max_output_tokens": 256,
                 }
                 async with http.post(f"{base}/responses", json=turn2, headers=headers) as r:
-                    await r.read()
-                errors += r.status != 200
+                    body = await r.read()
+                if r.status != 200:
+                    errors.error(r.status, body)
                 if (i + 1) % 1000 == 0:
                     say(f"[memory] {i + 1}/{n} conversations")
 
@@ -948,15 +964,16 @@ def memory_bench(
     rss0 = rss_mib(pid)
     say(f"[memory] {n_conv} two-turn conversations ({2 * n_conv} responses) at concurrency 16")
     errors, secs = run(conversations(base, sessions, n_conv, 16))
-    if errors:
-        say(f"[memory] {errors} requests failed")
+    if errors.errors:
+        say(f"[memory] {errors.error_text()} requests failed; the first: {errors.first_error}")
     used1, table1, rows1, json1 = db_usage(db)
     rss1 = rss_mib(pid)
     n = rows1 - rows0
     per = 10_000 / max(1, n)
     rows = [
-        f"{n} responses stored ({n_conv} two-turn conversations, {errors} errors) in {secs:.1f} s"
-        f" ({2 * n_conv / secs:.0f} responses/s); answers of the mock: as in step 4.",
+        f"{n} responses stored ({n_conv} two-turn conversations) in {secs:.1f} s"
+        f" ({2 * n_conv / secs:.0f} responses/s), errors: {errors.error_text()};"
+        " the mock's answers as in step 4.",
         "",
         "| measure | before | after | growth | per response | per 10k responses |",
         "|---|---|---|---|---|---|",
