@@ -111,7 +111,8 @@ class TokenSource:
         raw = f"{quote_plus(client_id)}:{quote_plus(client_secret)}".encode()  # RFC 6749 §2.3.1
         self._basic = "Basic " + base64.b64encode(raw).decode()
         self._token: str | None = None
-        self._refresh_at = 0.0
+        self.expires_at = 0.0  # when the current token expires (by ``clock``)
+        self.refresh_at = 0.0  # when the next call fetches a new one
         self._lock: asyncio.Lock | None = None
         self.fetched = 0  # how many tokens this source has fetched
 
@@ -120,7 +121,7 @@ class TokenSource:
         if self._lock is None:
             self._lock = asyncio.Lock()
         async with self._lock:
-            if self._token is None or self.clock() >= self._refresh_at:
+            if self._token is None or self.clock() >= self.refresh_at:
                 await self._fetch()
             assert self._token is not None
             return self._token
@@ -147,7 +148,8 @@ class TokenSource:
             raise AgentError(f"the token endpoint refused: {error}: {why}".rstrip(": "))
         lifetime = float(body.get("expires_in", 300))
         self._token = str(body["access_token"])
-        self._refresh_at = self.clock() + lifetime - min(self.margin_s, lifetime / 2)
+        self.expires_at = self.clock() + lifetime
+        self.refresh_at = self.expires_at - min(self.margin_s, lifetime / 2)
         self.fetched += 1
 
 
@@ -270,7 +272,9 @@ class Answer:
     facts: str | None = None
     answer: str = ""
     response_id: str | None = None
-    tools_listed: list[str] = field(default_factory=list)
+    tools_listed: list[str] = field(default_factory=list)  # what m2a's /mcp offered this agent
+    hosted_items: list[str] = field(default_factory=list)  # --hosted-tools: the response's item types
+    hosted_tools: list[str] = field(default_factory=list)  # --hosted-tools: the tools m2a listed to the model
     error: str | None = None
 
     def as_json(self) -> dict[str, Any]:
@@ -353,9 +357,10 @@ class Agent:
         spec = {"type": "mcp", "server_label": self.manifest.server, "require_approval": "never"}
         r = await self._responses(traceparent, input=question, tools=[spec], max_tool_calls=2)
         answer.response_id, answer.answer = r.id, r.output_text.strip()
+        answer.hosted_items = [item.type for item in r.output]
         for item in r.output:
             if item.type == "mcp_list_tools":
-                answer.tools_listed = [f"{item.server_label}__{t.name}" for t in item.tools]
+                answer.hosted_tools = [f"{item.server_label}__{t.name}" for t in item.tools]
             elif item.type == "mcp_call" and item.output is not None and not item.error:
                 try:
                     record = json.loads(item.output)
