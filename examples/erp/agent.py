@@ -252,10 +252,14 @@ def _record_of(result: Any) -> tuple[Any, bool]:
         return text, False
 
 
-def _why(exc: BaseException) -> str:
-    """The first real cause inside an exception group (anyio wraps the transport's errors)."""
+def _leaf(exc: BaseException) -> BaseException:
+    """The first real cause inside exception groups (anyio wraps the transport's errors)."""
     while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
         exc = exc.exceptions[0]
+    return exc
+
+
+def _why(exc: BaseException) -> str:
     if isinstance(exc, httpx2.HTTPStatusError):
         return f"HTTP {exc.response.status_code}"
     return f"{type(exc).__name__}: {exc}"
@@ -336,10 +340,11 @@ class Agent:
                     raise AgentError(f"m2a offers this agent no tool {name} (it offers: "
                                      f"{', '.join(answer.tools_listed) or 'none'})")  # fmt: skip
                 result = await session.call_tool(name, arguments)
-        except AgentError:
-            raise
         except Exception as exc:  # the transport raises several kinds, inside exception groups
-            raise AgentError(f"m2a's /mcp failed: {_why(exc)}") from exc
+            leaf = _leaf(exc)
+            if isinstance(leaf, AgentError):  # ours: no tool, or no token (after a 401)
+                raise leaf from None
+            raise AgentError(f"m2a's /mcp failed: {_why(leaf)}") from exc
         record, failed = _record_of(result)
         answer.tool, answer.arguments, answer.record = name, arguments, record
         answer.facts = facts_of(tool, record)
