@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -34,12 +34,12 @@ from m2a.config import GatewayConfig, GuardrailProfile, GuardrailRule, Guardrail
 from m2a.gateway import responses_api
 from m2a.gateway.app import create_app
 from m2a.gateway.guards import Guards
-from m2a.gateway.responses_api import HostedResult, ToolContext, owner_of
+from m2a.gateway.responses_api import HostedResult, ToolContext, owner_of, stored_in
 from m2a.principal import AgentRef, Principal
 from m2a.router.pool import Endpoint, Pool
 from m2a.store.identity import IdentityStore
 from m2a.store.quotas import QuotaStore
-from m2a.store.responses import MemoryResponses, Record, SQLResponses
+from m2a.store.responses import MemoryResponses, Record, ResponseStore, SQLiteResponses, SQLResponses
 from m2a.store.schema import StoredResponse
 from tests import db_fixtures, gateway_fixtures
 from tests.conftest import free_port
@@ -901,7 +901,30 @@ async def test_retention_expires_and_prunes(engine: ScriptedEngine, store: Ident
 
 
 async def test_the_store_on_sqlite_and_postgresql(database: db_fixtures.Database) -> None:
-    s = SQLResponses(await database.open())
+    engine = await database.open()
+    await _store_contract(SQLResponses(engine))
+    if engine.dialect.name == "sqlite":  # the gateway's fast path on SQLite: the same table, the same rules
+        fast = stored_in(engine)
+        assert isinstance(fast, SQLiteResponses)
+        try:
+            await _store_contract(fast)
+            # Either path reads what the other wrote (times stored alike, so expiry compares alike).
+            t = datetime.now(UTC)
+            both = Record(
+                "resp_x", "o", 1, 2, None, MODEL, "completed", None, t, t + timedelta(hours=1),
+                {"id": "resp_x"}, [], [], conversation_id="resp_0",
+            )  # fmt: skip
+            await fast.put(both)
+            got = await SQLResponses(engine).get("resp_x", "o", "body")
+            assert got is not None and got.created_at == t and got.conversation == "resp_0"
+            await SQLResponses(engine).put(replace(both, id="resp_y", conversation_id=None))
+            got = await fast.get("resp_y", "o")
+            assert got is not None and got.created_at == t and got.conversation == "resp_y"
+        finally:
+            await fast.close()
+
+
+async def _store_contract(s: ResponseStore) -> None:
     t = datetime.now(UTC)
 
     def rec(rid: str, owner: str, expires: datetime) -> Record:

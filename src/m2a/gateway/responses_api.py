@@ -57,6 +57,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, Protocol
 
+from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
@@ -83,7 +84,14 @@ from m2a.gateway.responses_translate import (
     validate_request,
 )
 from m2a.principal import Principal
-from m2a.store.responses import MemoryResponses, Record, ResponseStore, SQLResponses, now
+from m2a.store.responses import (
+    MemoryResponses,
+    Record,
+    ResponseStore,
+    SQLiteResponses,
+    SQLResponses,
+    now,
+)
 
 log = logging.getLogger("m2a.gateway.responses")
 
@@ -186,6 +194,16 @@ def _renamed(exc: GatewayError) -> GatewayError:
     return exc
 
 
+def stored_in(db: AsyncEngine | None) -> ResponseStore:
+    """Where responses are kept: the store's database (its SQLite file through ``sqlite3`` itself,
+    the fast path: ``store/responses.py``), else this process's memory."""
+    if db is None:
+        return MemoryResponses()
+    if db.dialect.name == "sqlite" and db.url.database not in (None, "", ":memory:"):
+        return SQLiteResponses(db.url.database)
+    return SQLResponses(db)
+
+
 def inner_request(outer: Request, body: bytes) -> Request:
     """A ``POST /v1/chat/completions`` request with the caller's headers and ``body``; after the
     body it hears what the caller's connection says (a disconnect)."""
@@ -263,9 +281,7 @@ class ResponsesAPI:
         self.pipeline = host.pipeline
         self.pool = host.pool
         self.tracer = host.tracer
-        self.store: ResponseStore = store or (
-            SQLResponses(host.db) if host.db is not None else MemoryResponses()
-        )
+        self.store: ResponseStore = store or stored_in(host.db)
         self.retention = timedelta(hours=self.cfg.responses_retention_hours)
         self.live: dict[str, Job] = {}  # streams in progress in this process
         self._pruner: asyncio.Task[None] | None = None
@@ -290,6 +306,9 @@ class ResponsesAPI:
                 await self._pruner
         if self._writes:
             await asyncio.wait(set(self._writes), timeout=10)
+        closing = getattr(self.store, "close", None)
+        if closing is not None:
+            await closing()
 
     async def _prune_forever(self) -> None:
         every = max(1.0, min(PRUNE_EVERY_S, self.retention.total_seconds() / 4))
