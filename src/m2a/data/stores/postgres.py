@@ -276,7 +276,9 @@ class PostgresBackend(VectorBackend):
     ``exact_max``: up to this many candidate chunks a vector search scans them exactly, above it
     the HNSW index answers; ``ef_search``: the index walk's least candidate list; ``max_scan_tuples``:
     how many index entries a filtered walk visits at most before the exact scan takes over;
-    ``pool_size``: connections; ``text_config``: the full-text configuration (``english``)."""
+    ``pool_size``: connections; ``text_config``: the full-text configuration (``english``);
+    ``index_memory_mb``: ``maintenance_work_mem`` of an HNSW build (the graph should fit: about
+    2 KB a 384-dimension chunk, or the build slows down)."""
 
     def __init__(
         self,
