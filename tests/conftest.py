@@ -6,6 +6,7 @@ Starting vLLM costs one to two minutes on two cores, so the stack is started onc
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -32,6 +33,22 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def engine_ports(n: int = 40) -> int:
+    """A ``supervisor.base_port`` whose next ``n`` ports are free now, below Linux's ephemeral
+    range (from 32768), so no other socket's automatic port lands on an engine's while it starts."""
+    rng = random.Random()
+    for _ in range(200):
+        base = rng.randrange(20000, 32768 - n)
+        try:
+            for p in range(base, base + n):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", p))
+        except OSError:
+            continue
+        return base
+    raise RuntimeError(f"no {n} free ports in a row below 32768")
 
 
 @dataclass
@@ -155,7 +172,7 @@ def stack(
         ],
         "gateway": {"max_body_bytes": 1 << 20},
         "telemetry": {"otlp_endpoint": collector.url},  # besides the embedded store
-        "supervisor": {"base_port": 20000 + port % 20000, "restart_backoff_s": 0.5},
+        "supervisor": {"base_port": engine_ports(), "restart_backoff_s": 0.5},
     }
     proc = start_up(config, home, log, port)
     children: list[psutil.Process] = []

@@ -9,7 +9,17 @@ import time
 import httpx
 import pytest
 
-from tests.conftest import KEY, Stack, descendants, free_port, start_up, stop, wait_gone, wait_ready
+from tests.conftest import (
+    KEY,
+    Stack,
+    descendants,
+    engine_ports,
+    free_port,
+    start_up,
+    stop,
+    wait_gone,
+    wait_ready,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -52,7 +62,7 @@ def _small_stack(tmp_path, name: str, models: list[dict]) -> tuple:  # type: ign
     home = tmp_path / name
     log = tmp_path / f"{name}.log"
     port = free_port()
-    config = {"models": models, "supervisor": {"base_port": 30000 + port % 20000}}
+    config = {"models": models, "supervisor": {"base_port": engine_ports()}}
     proc = start_up(config, home, log, port)
     wait_ready(proc, f"http://127.0.0.1:{port}", log)
     return proc, log

@@ -15,7 +15,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import KEY, descendants, free_port, start_up, stop, wait_gone, wait_ready
+from tests.conftest import KEY, descendants, engine_ports, free_port, start_up, stop, wait_gone, wait_ready
 
 pytestmark = pytest.mark.e2e
 MODEL = "smollm2-135m-instruct"
@@ -28,7 +28,7 @@ def two_replicas(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     port = free_port()
     config = {
         "models": [{"name": MODEL, "replicas": 2, "max_model_len": 2048, "kv_cache_bytes": 128 << 20}],
-        "supervisor": {"base_port": 20000 + (port + 5000) % 20000},
+        "supervisor": {"base_port": engine_ports()},
     }
     proc = start_up(config, home, log, port)
     children = []
