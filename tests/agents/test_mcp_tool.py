@@ -139,6 +139,7 @@ async def test_list_and_call_items(
     assert invoke.attributes["gen_ai.agent.name"] == agent.principal.agent.name
     assert invoke.attributes["gen_ai.response.id"] == r.id == invoke.attributes["gen_ai.conversation.id"]
     assert {s.parent.span_id for s in [*chat_spans, span]} == {invoke.context.span_id}
+    assert {s.attributes["gen_ai.agent.id"] for s in chat_spans} == {agent.spiffe_id}  # who, on each
     assert invoke.attributes["m2a.response.status"] == "completed"
 
     # a continuation does not list the tools again; the model still has them

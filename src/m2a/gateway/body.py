@@ -37,7 +37,10 @@ async def buffer_body(request: Request, limit: int) -> None:
     """Read a body within ``limit`` (413 past it, chunked bodies included) and keep it on the
     request, so a middleware can bound it before FastAPI reads it: ``request.body()`` and the app
     behind a ``BaseHTTPMiddleware`` get the bytes read here."""
-    if request.method in ("GET", "HEAD", "DELETE", "OPTIONS") and "content-length" not in request.headers:
+    headers = request.headers
+    if request.method in ("GET", "HEAD", "OPTIONS", "DELETE") and not (
+        "content-length" in headers or "transfer-encoding" in headers
+    ):
         return
     request._body = await read_body(request, limit)  # Starlette's own cache of the body
 

@@ -67,6 +67,11 @@ def describe_request(
         "m2a.key_prefix": principal.key_prefix,
         "m2a.priority": principal.priority,
     }
+    if principal.agent is not None:  # an agent's token: who, in GenAI's terms
+        attrs["gen_ai.agent.id"] = principal.agent.spiffe_id
+        attrs["gen_ai.agent.name"] = principal.agent.name
+        if principal.agent.version is not None:
+            attrs["gen_ai.agent.version"] = str(principal.agent.version)
     for field, name in _REQUEST_ATTRS.items():
         value = payload.get(field)
         if isinstance(value, (int, float)) and not isinstance(value, bool):
