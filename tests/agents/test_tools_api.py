@@ -110,6 +110,22 @@ async def test_bad_registrations_are_400(gw: Gateway, body: dict[str, Any], para
     assert (await gw.admin("GET", "/tools")).json() == []
 
 
+async def test_a_body_past_the_limit_is_413_chunked_too(gw: Gateway) -> None:
+    big = {"name": "erp", "url": "http://127.0.0.1/mcp", "headers": {"X-Pad": "p" * (300 << 10)}}
+    assert_openai_error(await gw.admin("POST", "/tools", json=big), 413, "body_too_large")
+
+    async def chunked():  # no content-length: the limit must hold while reading
+        for _ in range(3):
+            yield b" " * (128 << 10)
+
+    resp = await gw.http.post(
+        "/admin/v1/tools", content=chunked(),
+        headers={"authorization": f"Bearer {ADMIN}", "content-type": "application/json"},
+    )  # fmt: skip
+    assert_openai_error(resp, 413, "body_too_large")
+    assert (await gw.admin("GET", "/tools")).json() == []
+
+
 async def test_who_may_use_the_api(gw: Gateway, store: IdentityStore, erp: ToolServer) -> None:
     await register(gw, "erp", erp.url)
     agent = await make_agent(gw, store, "sales", "order-bot", ERP_TOOLS)

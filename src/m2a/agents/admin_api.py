@@ -34,6 +34,7 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
 
+from m2a.agents.api_common import first_invalid, key_caller
 from m2a.agents.manifest import AGENT_NAME, MAX_SPONSORS, Manifest
 from m2a.agents.registry import (
     MAX_VERSION,
@@ -45,7 +46,6 @@ from m2a.agents.registry import (
     VersionInfo,
 )
 from m2a.gateway.access import Access
-from m2a.gateway.body import buffer_body
 from m2a.gateway.errors import GatewayError, error_response
 from m2a.principal import Principal
 
@@ -377,13 +377,10 @@ def create_agents_api(registry: Registry, access: Access, docs: bool = True) -> 
         if docs and request.url.path.removeprefix(request.scope.get("root_path", "")) == openapi:
             return await call_next(request)
         try:
-            principal = await access.principal(request)
-            if principal.agent is not None:
-                raise GatewayError(
-                    403, "An agent's token cannot manage the agent registry; use an API key.",
-                    code="agents_cannot_manage",
-                )  # fmt: skip
-            await buffer_body(request, MAX_BODY_BYTES)  # chunked bodies too
+            principal = await key_caller(
+                request, access, "An agent's token cannot manage the agent registry; use an API key.",
+                MAX_BODY_BYTES,
+            )  # fmt: skip
         except GatewayError as exc:
             return exc.response()
         request.state.principal = principal
@@ -399,14 +396,8 @@ def create_agents_api(registry: Registry, access: Access, docs: bool = True) -> 
 
     @api.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> Response:
-        errors = exc.errors()
-        first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
-        loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "path", "query")]
-        param = ".".join(loc) or None
-        msg = str(first.get("msg", "invalid request")).removeprefix("Value error, ")
-        if first.get("type") == "extra_forbidden":
-            msg = "unknown field"
-        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        param, msg, count = first_invalid(exc)
+        more = f" (and {count - 1} more)" if count > 1 else ""
         return error_response(400, f"{param}: {msg}{more}" if param else msg + more, param=param)
 
     @api.exception_handler(HTTPException)

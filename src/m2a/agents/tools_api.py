@@ -30,6 +30,7 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
 
+from m2a.agents.api_common import first_invalid, key_caller
 from m2a.agents.tools import MAX_TIMEOUT_S, ToolError, ToolFailure, ToolRegistry, masked
 from m2a.gateway.access import Access
 from m2a.gateway.errors import GatewayError, error_response
@@ -321,18 +322,8 @@ def create_tools_api(registry: ToolRegistry, store: ToolStore, access: Access) -
     async def authenticate_first(request: Request, call_next):  # type: ignore[no-untyped-def]
         """The key before anything else (FastAPI would parse a body first), and a bounded body."""
         try:
-            principal = await access.principal(request)
-            if principal.agent is not None:
-                raise GatewayError(
-                    403, "An agent's token cannot manage tools or approve tool calls; use an API key.",
-                    code="agents_cannot_manage",
-                )  # fmt: skip
-            length = request.headers.get("content-length")
-            if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
-                raise GatewayError(
-                    413, f"Request body is larger than the limit of {MAX_BODY_BYTES} bytes.",
-                    code="body_too_large",
-                )  # fmt: skip
+            refused = "An agent's token cannot manage tools or approve tool calls; use an API key."
+            principal = await key_caller(request, access, refused, MAX_BODY_BYTES)
         except GatewayError as exc:
             return exc.response()
         request.state.principal = principal
@@ -353,13 +344,7 @@ def create_tools_api(registry: ToolRegistry, store: ToolStore, access: Access) -
 
     @api.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> Response:
-        errors = exc.errors()
-        first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
-        loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "path", "query")]
-        param = ".".join(loc) or None
-        msg = str(first.get("msg", "invalid request")).removeprefix("Value error, ")
-        if first.get("type") == "extra_forbidden":
-            msg = "unknown field"
+        param, msg, _ = first_invalid(exc)
         return error_response(400, f"{param}: {msg}" if param else msg, param=param, code="invalid_request")
 
     @api.exception_handler(HTTPException)
