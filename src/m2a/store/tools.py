@@ -189,17 +189,8 @@ class ToolStore:
         limit: int = 100,
     ) -> list[CallRecord]:
         """Newest first; ``team_id`` None: every team's (the caller decides who may see what)."""
-        q = select(ToolCallRow)
-        if team_id is not None:
-            q = q.where(ToolCallRow.team_id == team_id)
-        if agent is not None:
-            q = q.where(ToolCallRow.agent == agent)
-        if server is not None:
-            q = q.where(ToolCallRow.server == server)
-        if status is not None:
-            q = q.where(ToolCallRow.status == status)
-        if response_id is not None:
-            q = q.where(ToolCallRow.response_id == response_id)
+        given = dict(team_id=team_id, agent=agent, server=server, status=status, response_id=response_id)
+        q = select(ToolCallRow).filter_by(**{k: v for k, v in given.items() if v is not None})
         if before is not None:
             q = q.where(ToolCallRow.id < before)
         q = q.order_by(ToolCallRow.id.desc()).limit(max(1, min(limit, MAX_PAGE)))
@@ -243,15 +234,8 @@ class ToolStore:
     ) -> list[ApprovalRecord]:
         """Newest first; ``team_id`` None: every team's; ``response_id``: those that response asked."""
         await self.expire()
-        q = select(ToolApprovalRow)
-        if status is not None:
-            q = q.where(ToolApprovalRow.status == status)
-        if team_id is not None:
-            q = q.where(ToolApprovalRow.team_id == team_id)
-        if agent is not None:
-            q = q.where(ToolApprovalRow.agent == agent)
-        if response_id is not None:
-            q = q.where(ToolApprovalRow.response_id == response_id)
+        given = dict(status=status, team_id=team_id, agent=agent, response_id=response_id)
+        q = select(ToolApprovalRow).filter_by(**{k: v for k, v in given.items() if v is not None})
         q = q.order_by(ToolApprovalRow.seq.desc()).limit(max(1, min(limit, MAX_PAGE)))
         async with self._session() as s:
             return [_approval(r) for r in await s.scalars(q)]
