@@ -19,7 +19,8 @@ from agents import Agent, ModelSettings, OpenAIResponsesModel, RunConfig, Runner
 
 from m2a.store.identity import IdentityStore
 from tests import gateway_fixtures
-from tests.test_responses_api import GW, MODEL, TIMEOUT, ScriptedEngine, serve, team
+from tests.scripted_engine import ScriptedEngine
+from tests.test_responses_api import GW, MODEL, TIMEOUT, serve, team
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 

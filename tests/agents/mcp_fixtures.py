@@ -15,7 +15,7 @@ import importlib.util
 import json
 import sys
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote_plus
@@ -45,6 +45,8 @@ from m2a.store.ledger import Ledger
 from m2a.store.schema import Usage
 from tests.agents.helpers import report
 from tests.live_app import live
+from tests.scripted_engine import ScriptedEngine as BaseScriptedEngine
+from tests.scripted_engine import message_text
 
 ROOT = Path(__file__).resolve().parents[2]
 ADMIN = "sk-tools-admin-" + "t" * 24
@@ -312,35 +314,18 @@ async def ledger_rows(store: IdentityStore, route: str = "/mcp", count: int = 1)
 
 
 # ---------------------------------------------------------------------------- a scripted chat engine
-def _text(content: Any) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "\n".join(p.get("text", "") for p in content if isinstance(p, dict))
-    return ""
-
-
-@dataclass
-class ScriptedEngine:
-    """A chat engine that calls a tool when the last message is the user's and tools are offered (the
-    one whose name the text mentions, else the first; the arguments: the first JSON object in the
-    text), answers "Tool said: <result>" after a tool message, "Echo: <text>" otherwise. It streams
-    the way vLLM does. Not a model: it lets a test tell what the gateway sent and what it made of it."""
-
-    requests: list[dict[str, Any]] = field(default_factory=list)
-    port: int = 0
-    _runner: Any = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
+class ScriptedEngine(BaseScriptedEngine):
+    """The scripted chat engine (tests/scripted_engine.py), choosing tools from the text: when the
+    last message is the user's and tools are offered it calls the one whose name the text mentions,
+    else the first, with the first JSON object in the text as its arguments; answers "Tool said:
+    <result>" after a tool message, "Echo: <text>" otherwise."""
 
     def decide(self, body: dict[str, Any]) -> tuple[str | None, list[dict[str, Any]], str]:
         messages = body["messages"]
         last = messages[-1]
         tools = body.get("tools") or []
         if tools and last["role"] == "user":
-            text = _text(last["content"])
+            text = message_text(last["content"])
             names = [t["function"]["name"] for t in tools]
             name = next((n for n in names if n in text), names[0])
             start, end = text.find("{"), text.rfind("}")
@@ -352,82 +337,5 @@ class ScriptedEngine:
             }
             return None, [call], "tool_calls"
         if last["role"] == "tool":
-            return f"Tool said: {_text(last['content'])}", [], "stop"
-        return f"Echo: {_text(last['content'])}", [], "stop"
-
-    async def _chat(self, request: Any) -> Any:
-        from aiohttp import web
-
-        body = await request.json()
-        self.requests.append(body)
-        content, calls, finish = self.decide(body)
-        usage = {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8}
-        if not body.get("stream"):
-            message: dict[str, Any] = {"role": "assistant", "content": content}
-            if calls:
-                message["tool_calls"] = calls
-            return web.json_response(
-                {
-                    "id": "chatcmpl-scripted",
-                    "object": "chat.completion",
-                    "created": 1700000000,
-                    "model": body["model"],
-                    "choices": [{"index": 0, "message": message, "finish_reason": finish}],
-                    "usage": usage,
-                }
-            )
-        resp = web.StreamResponse(headers={"content-type": "text/event-stream"})
-        await resp.prepare(request)
-
-        async def chunk(delta: dict[str, Any], reason: str | None = None) -> None:
-            payload = {
-                "id": "chatcmpl-scripted",
-                "object": "chat.completion.chunk",
-                "created": 1700000000,
-                "model": body["model"],
-                "choices": [{"index": 0, "delta": delta, "finish_reason": reason}],
-            }
-            await resp.write(f"data: {json.dumps(payload)}\n\n".encode())
-
-        await chunk({"role": "assistant", "content": ""})
-        for i in range(0, len(content or ""), 4):
-            await chunk({"content": (content or "")[i : i + 4]})
-        for j, call in enumerate(calls):
-            head = {
-                "index": j,
-                "id": call["id"],
-                "type": "function",
-                "function": {"name": call["function"]["name"]},
-            }
-            await chunk({"tool_calls": [{**head, "function": {**head["function"], "arguments": ""}}]})
-            await chunk(
-                {"tool_calls": [{"index": j, "function": {"arguments": call["function"]["arguments"]}}]}
-            )
-        await chunk({}, finish)
-        if (body.get("stream_options") or {}).get("include_usage"):
-            payload = {
-                "id": "chatcmpl-scripted",
-                "object": "chat.completion.chunk",
-                "choices": [],
-                "usage": usage,
-            }
-            await resp.write(f"data: {json.dumps(payload)}\n\n".encode())
-        await resp.write(b"data: [DONE]\n\n")
-        await resp.write_eof()
-        return resp
-
-    async def start(self) -> None:
-        from aiohttp import web
-
-        from tests.conftest import free_port
-
-        self.port = free_port()
-        app = web.Application()
-        app.router.add_post("/v1/chat/completions", self._chat)
-        self._runner = web.AppRunner(app, shutdown_timeout=2.0)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
+            return f"Tool said: {message_text(last['content'])}", [], "stop"
+        return f"Echo: {message_text(last['content'])}", [], "stop"
