@@ -44,8 +44,13 @@ def parse_duration(text: str) -> timedelta:
     return timedelta(**{_UNITS[match.group(2)]: float(match.group(1))})
 
 
-def run_store(config: Path | None, work: Callable[[Settings, AsyncEngine], Awaitable[T]]) -> T:
-    """Open the configured store, run ``work`` on it, and turn refusals into clear errors."""
+def run_store(
+    config: Path | None,
+    work: Callable[[Settings, AsyncEngine], Awaitable[T]],
+    refusals: tuple[type[Exception], ...] = (IdentityError,),
+) -> T:
+    """Open the configured store, run ``work`` on it, and turn refusals (exceptions of those types,
+    each with a ``message``) into clear errors."""
     try:
         settings = load_settings(config)
     except ConfigError as exc:
@@ -61,8 +66,8 @@ def run_store(config: Path | None, work: Callable[[Settings, AsyncEngine], Await
 
     try:
         return asyncio.run(go())
-    except IdentityError as exc:
-        err.print(f"[red]error:[/] {escape(exc.message)}")
+    except refusals as exc:
+        err.print(f"[red]error:[/] {escape(getattr(exc, 'message', str(exc)))}")
         raise typer.Exit(1) from exc
 
 

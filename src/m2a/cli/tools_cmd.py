@@ -14,7 +14,6 @@ server at its next call, and an approval as soon as the agent's response continu
 
 from __future__ import annotations
 
-import asyncio
 import getpass
 import json
 from collections.abc import Awaitable, Callable
@@ -28,8 +27,7 @@ from rich.table import Table
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from m2a.agents.tools import ToolError, ToolFailure, ToolRegistry, masked
-from m2a.config import ConfigError, load_settings
-from m2a.store.db import open_store
+from m2a.cli.identity_cmd import run_store
 from m2a.store.tools import APPROVAL_STATUSES, ApprovalRecord, ServerRecord, ToolStore, ToolStoreError
 
 tools_app = typer.Typer(no_args_is_help=True, help="MCP servers agents reach through m2a.")
@@ -43,25 +41,8 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 
 
 def run(config: Path | None, work: Callable[[AsyncEngine], Awaitable[T]]) -> T:
-    """Open the configured store, run ``work`` on it, and turn refusals into clear errors."""
-    try:
-        settings = load_settings(config)
-    except ConfigError as exc:
-        err.print(f"[red]error:[/] {escape(str(exc))}")
-        raise typer.Exit(2) from exc
-
-    async def go() -> T:
-        engine = await open_store(settings.database_url, settings.home)
-        try:
-            return await work(engine)
-        finally:
-            await engine.dispose()
-
-    try:
-        return asyncio.run(go())
-    except (ToolError, ToolStoreError) as exc:
-        err.print(f"[red]error:[/] {escape(exc.message)}")
-        raise typer.Exit(1) from exc
+    """Open the configured store, run ``work`` on it, and turn the tools' refusals into clear errors."""
+    return run_store(config, lambda _settings, engine: work(engine), (ToolError, ToolStoreError))
 
 
 def parse_headers(values: list[str] | None) -> dict[str, str]:
