@@ -426,6 +426,75 @@ class AgentsConfig(_Strict):
     )
 
 
+Tier = Literal["read", "write", "destructive"]
+ACTION_NAME = r"^[A-Za-z0-9_-]{1,64}$"
+
+
+class ActionConfig(_Strict):
+    """An action m2a itself executes for agents: an allow-listed HTTP endpoint or a sandboxed local
+    command. Agents see the actions as the tools of the built-in server ``actions`` (``/mcp``),
+    granted in their manifest like any MCP server's tools."""
+
+    name: str = Field(pattern=ACTION_NAME, description="The tool's name (actions__<name> on /mcp).")
+    kind: Literal["http", "command"]
+    description: str | None = None
+    tier: Tier = Field(default="write", description="read, write or destructive (needs a person's approval).")
+    input_schema: dict[str, Any] = Field(
+        default_factory=lambda: {"type": "object"}, description="The JSON Schema of its arguments."
+    )
+    # http: the arguments are the JSON body sent to exactly this URL (no other URL is reachable)
+    method: Literal["GET", "POST", "PUT", "PATCH", "DELETE"] = "POST"
+    url: str | None = Field(default=None, description="http: the endpoint (http:// or https://).")
+    headers: dict[str, str] = Field(default_factory=dict, description="http: m2a's headers for it.")
+    # command: argv as given (no shell); the arguments arrive as JSON on stdin
+    argv: list[str] = Field(default_factory=list, max_length=256, description="command: what runs.")
+    egress: list[str] = Field(
+        default_factory=list, description="command: host:port it may reach, through the egress proxy only."
+    )
+    timeout_s: float = Field(default=30.0, gt=0, le=3600)
+    cpu_s: int = Field(default=10, ge=1, le=3600, description="command: CPU seconds.")
+    memory_mb: int = Field(default=512, ge=16, le=65536, description="command: address space.")
+    max_procs: int = Field(default=64, ge=1, le=4096, description="command: processes (fork bombs stop here).")
+    max_output_bytes: int = Field(default=1 << 20, ge=1024, le=64 << 20)
+
+    @model_validator(mode="after")
+    def _kind(self) -> ActionConfig:
+        if self.kind == "http" and not (self.url or "").startswith(("http://", "https://")):
+            raise ValueError(f"action {self.name!r}: an http action needs url: http(s)://...")
+        if self.kind == "command" and not self.argv:
+            raise ValueError(f"action {self.name!r}: a command action needs argv: [program, args...]")
+        return self
+
+
+class TrustConfig(_Strict):
+    """Trusted execution: signed intents, Cedar policies, sandboxed executors, egress, the audit log."""
+
+    mode: Literal["enforce", "log_only"] = Field(
+        default="enforce", description="Policy decisions: enforce, or log_only (logged, never refused)."
+    )
+    policy_dir: Path | None = Field(
+        default=None, description="Cedar policy files (*.cedar); default <home>/policies."
+    )
+    intent_ttl_s: int = Field(default=30, ge=1, le=60, description="Intents expire within 60 s.")
+    checkpoint_every: int = Field(default=256, ge=1, description="A signed checkpoint per this many records.")
+    checkpoint_interval_s: float = Field(default=60.0, gt=0, description="...or this often when records came.")
+    actions: list[ActionConfig] = Field(default_factory=list)
+    sandbox: Literal["auto", "bwrap", "unshare", "none"] = Field(
+        default="auto", description="How commands are isolated; 'none' refuses to run commands."
+    )
+    egress_listen: str = Field(
+        default="127.0.0.1:0", description="host:port of the egress proxy (HTTP CONNECT); port 0: any."
+    )
+
+    @field_validator("actions")
+    @classmethod
+    def _unique_actions(cls, v: list[ActionConfig]) -> list[ActionConfig]:
+        names = [a.name for a in v]
+        if len(names) != len(set(names)):
+            raise ValueError("two actions have the same name")
+        return v
+
+
 def default_home() -> Path:
     return Path(user_data_dir("m2a", appauthor=False))
 
@@ -463,6 +532,7 @@ class Settings(_Strict):
     guardrails: GuardrailsConfig = Field(default_factory=GuardrailsConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     agents: AgentsConfig = Field(default_factory=AgentsConfig)
+    trust: TrustConfig = Field(default_factory=TrustConfig)
 
     @field_validator("models")
     @classmethod

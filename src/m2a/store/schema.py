@@ -1,7 +1,8 @@
 """Tables of the store: teams, API keys, model grants, a change counter, quotas, the usage ledger,
 guardrail profiles, the data services' files, vector stores, their files and file batches, and
 the agents: registry, versions, aliases, their history, signing keys and credentials, the
-Responses API's stored responses, and the tools: MCP servers, tool calls and approvals."""
+Responses API's stored responses, the tools: MCP servers, tool calls and approvals, and trusted
+execution: consumed intents, the hash-chained audit log and its checkpoints, Cedar policies."""
 
 from __future__ import annotations
 
@@ -352,6 +353,8 @@ class ToolServerRow(Base):
     description: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    tiers: Mapped[str | None] = mapped_column(Text, nullable=True)  # JSON {tool: read|write|destructive}
+    egress: Mapped[str | None] = mapped_column(Text, nullable=True)  # JSON [host:port]
 
 
 class ToolCallRow(Base):
@@ -401,3 +404,71 @@ class ToolApprovalRow(Base):
     decided_by: Mapped[str | None] = mapped_column(String(300), nullable=True)
     decided_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)  # ran once
+    tier: Mapped[str | None] = mapped_column(String(16), nullable=True)  # read, write, destructive
+
+
+# -- trusted execution: intents, the audit log, policies (trust/) ---------------------------------
+
+
+class IntentUseRow(Base):
+    """A signed intent an executor consumed: inserting its ``jti`` twice fails, so a replayed intent
+    is refused in every process sharing the store. Kept until it expires (then no copy is valid)."""
+
+    __tablename__ = "intent_uses"
+
+    jti: Mapped[str] = mapped_column(String(64), primary_key=True)
+    audience: Mapped[str] = mapped_column(String(128))  # the executor that consumed it
+    consumed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+
+
+class AuditRecordRow(Base):
+    """One record of the hash-chained audit log: ``hash`` = sha256 of ``prev_hash`` and the record's
+    canonical form (trust/audit.py); ``seq`` is gapless, assigned under the log's write lock."""
+
+    __tablename__ = "audit_records"
+
+    seq: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=False
+    )
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    kind: Mapped[str] = mapped_column(String(32), index=True)  # intent, decision, approval, receipt, ...
+    agent: Mapped[str | None] = mapped_column(String(256), nullable=True, index=True)  # SPIFFE id
+    team_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    trace_id: Mapped[str | None] = mapped_column(String(32), nullable=True, index=True)
+    body: Mapped[str] = mapped_column(Text)  # RFC 8785 canonical JSON of the record
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    hash: Mapped[str] = mapped_column(String(64))
+
+
+class AuditCheckpointRow(Base):
+    """A signed checkpoint: the Merkle root of every audit record up to ``seq`` (a compact JWS)."""
+
+    __tablename__ = "audit_checkpoints"
+
+    seq: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=False
+    )
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    root: Mapped[str] = mapped_column(String(64))
+    head_hash: Mapped[str] = mapped_column(String(64))  # the chain's hash at seq
+    kid: Mapped[str] = mapped_column(String(128))
+    signature: Mapped[str] = mapped_column(Text)  # compact JWS over {seq, root, head_hash, at}
+
+
+class PolicyRow(Base):
+    """A Cedar policy set for a scope (``global``, ``team:<name>``, ``agent:<team>/<name>``),
+    written through the admin API; files in the policy folder sit beside these."""
+
+    __tablename__ = "policies"
+    __table_args__ = (UniqueConstraint("scope", "name"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    scope: Mapped[str] = mapped_column(String(300), index=True)
+    name: Mapped[str] = mapped_column(String(64))
+    text: Mapped[str] = mapped_column(Text)  # Cedar
+    version: Mapped[int] = mapped_column(Integer)  # 1, 2, ... on each change
+    mode: Mapped[str | None] = mapped_column(String(16), nullable=True)  # log_only, enforce; None: global
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    updated_by: Mapped[str] = mapped_column(String(300))
