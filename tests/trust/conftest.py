@@ -6,10 +6,16 @@ tiny in-memory key source for pure unit tests (and for forging tokens with a key
 - ``keys`` / ``sqlite_keys``: ``m2a.agents.keys.SigningKeys`` on those stores (a ``KeySource``).
 - ``StaticKeys``: a ``KeySource`` over one generated P-256 key (``StaticKeys(kid="k1")``); its
   ``private`` key signs, ``jwks()`` publishes its public key.
+- ``jwks_server``: a real HTTP server on loopback serving ``.doc`` (a JWKS, change it at will) at
+  ``.url``, counting ``.hits``; ``.status`` other than 200 makes it fail.
 """
 
 from __future__ import annotations
 
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -64,3 +70,44 @@ async def sqlite_engine(tmp_path: Path) -> Any:
 @pytest.fixture
 async def sqlite_keys(sqlite_engine: AsyncEngine) -> SigningKeys:
     return SigningKeys(sqlite_engine)
+
+
+class JwksServer:
+    """A JWKS served over real HTTP from a thread (see the module docstring)."""
+
+    def __init__(self) -> None:
+        self.doc: dict[str, Any] = {"keys": []}
+        self.hits = 0
+        self.status = 200
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+                outer.hits += 1
+                body = json.dumps(outer.doc).encode() if outer.status == 200 else b"unavailable"
+                self.send_response(outer.status)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/.well-known/jwks.json"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def jwks_server() -> Iterator[JwksServer]:
+    server = JwksServer()
+    try:
+        yield server
+    finally:
+        server.stop()
