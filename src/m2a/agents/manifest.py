@@ -24,7 +24,6 @@ fields at the top level, beside three that describe the agent rather than the ve
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -43,6 +42,7 @@ from pydantic import (
 )
 
 from m2a.store.limits import NO_WINDOW, WINDOWS
+from m2a.trust.allowlist import check_entry as check_egress  # one rule for manifests and the proxy
 
 AGENT_NAME = r"^[a-z0-9][a-z0-9-]{0,62}$"  # a path segment of the SPIFFE id
 PROFILE_NAME = r"^[a-z0-9][a-z0-9_-]{0,63}$"  # as guardrail profiles are named
@@ -56,7 +56,6 @@ MAX_TEXT = 10_000
 MAX_SYSTEM_PROMPT = 100_000
 NO_NUL = r"^[^\x00]*$"
 AGENT_FIELDS = ("name", "team", "sponsors")  # in agent.yaml, beside the manifest's own
-_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
 
 Text = Annotated[str, Field(max_length=MAX_TEXT, pattern=NO_NUL)]
 Short = Annotated[str, Field(min_length=1, max_length=256, pattern=NO_NUL)]
@@ -89,40 +88,6 @@ def _version_text(v: Any) -> Any:
             f'the card\'s version is text: quote it in YAML (version: "{v}"), or 1.10 would read as 1.1'
         )
     return v
-
-
-def check_egress(entry: str) -> str:
-    """``host:port`` (a DNS name, ``*.`` + a DNS name, an IPv4 address or ``[IPv6]``), lower-cased."""
-    if not isinstance(entry, str) or not entry or len(entry) > 300:
-        raise ValueError("an egress entry is host:port, e.g. api.example.com:443")
-    if "://" in entry or "/" in entry:
-        raise ValueError(f"{entry!r}: write host:port, without a scheme or a path (api.example.com:443)")
-    host, sep, port = entry.strip().lower().rpartition(":")
-    if not sep or not host:
-        raise ValueError(f"{entry!r} is not host:port (e.g. api.example.com:443)")
-    if not port.isascii() or not port.isdigit() or not 1 <= int(port) <= 65535 or port != str(int(port)):
-        raise ValueError(f"{entry!r}: the port is a number from 1 to 65535")
-    if host.startswith("[") and host.endswith("]"):
-        try:
-            ip6 = ipaddress.IPv6Address(host[1:-1])
-        except ValueError as exc:
-            raise ValueError(f"{entry!r}: {host} is not an IPv6 address") from exc
-        return f"[{ip6.compressed}]:{int(port)}"
-    if ":" in host:
-        raise ValueError(f"{entry!r}: write an IPv6 address in brackets, [::1]:443")
-    if re.fullmatch(r"[0-9.]+", host):
-        try:
-            return f"{ipaddress.IPv4Address(host)}:{int(port)}"
-        except ValueError as exc:
-            raise ValueError(f"{entry!r}: {host} is not an IPv4 address") from exc
-    name = host.removeprefix("*.")
-    labels = name.split(".")
-    if len(name) > 253 or not all(_LABEL.fullmatch(label) for label in labels) or "*" in name:
-        raise ValueError(
-            f"{entry!r}: {host} is not a host name (letters, digits and '-' between dots; "
-            "a leading '*.' for subdomains; no scheme or path)"
-        )
-    return f"{host}:{int(port)}"
 
 
 Egress = Annotated[str, AfterValidator(check_egress)]
