@@ -703,3 +703,19 @@ async def test_open_unix_refuses_a_path_that_is_not_a_socket(tmp_path: Path) -> 
     assert path.read_text() == "x"
     await proxy.stop()
     assert os.path.exists(path)
+
+
+async def test_idle_tunnels_are_closed_and_the_connection_cap_holds() -> None:
+    async with (
+        echo_server() as echo,
+        rig([f"127.0.0.1:{echo.port}"], idle_timeout_s=0.3, max_connections=1) as r,
+    ):
+        reader, writer = await open_proxy(r)
+        assert (await ask(reader, writer, connect_head(f"127.0.0.1:{echo.port}")))[0] == 200
+        assert await asyncio.wait_for(reader.readexactly(6), 10) == b"HELLO\n"
+        status, _, _ = await refused(r, connect_head(f"127.0.0.1:{echo.port}"))  # a second connection
+        assert status == 503
+        assert await asyncio.wait_for(reader.read(), 10) == b""  # nothing moved for 0.3 s: closed
+        writer.close()
+        await settle(r, 2)
+        assert r.events[1].reason == "closed after 0.3 s idle" and r.events[1].allowed
