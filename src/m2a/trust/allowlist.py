@@ -57,6 +57,24 @@ def check_entry(entry: str) -> str:
     return f"{host}:{int(port)}"
 
 
+def parse_hostport(text: str) -> tuple[str, int] | None:
+    """``host:port`` or ``[v6]:port`` split into host (as written) and port, or None. The host is not
+    checked here: :func:`destination` does that."""
+    if text.startswith("["):
+        host, sep, rest = text.partition("]")
+        host += sep
+        if not sep or not rest.startswith(":"):
+            return None
+        port = rest[1:]
+    else:
+        host, sep, port = text.rpartition(":")
+        if not sep:
+            return None
+    if not host or not port.isascii() or not port.isdigit() or len(port) > 5:
+        return None
+    return host, int(port)
+
+
 def parse_ip(host: str) -> IPAddress | None:
     """The IP address ``host`` spells (IPv4 dotted, IPv6 bare or in brackets), or None for a name."""
     text = host[1:-1] if host.startswith("[") and host.endswith("]") else host
@@ -163,16 +181,22 @@ class AllowList:
     def allows(self, host: str, port: int) -> bool:
         """Whether ``host:port`` is allowed. An invalid host or port is never allowed."""
         dest = destination(host, port)
-        return dest is not None and self.allows_destination(dest)
+        return dest is not None and self.match(dest) is not None
 
     def allows_destination(self, dest: Destination) -> bool:
         """Whether a checked destination is allowed (see the module's rules)."""
+        return self.match(dest) is not None
+
+    def match(self, dest: Destination) -> str | None:
+        """The entry that allows ``dest`` (an exact one before a wildcard, the longest wildcard
+        first), or None."""
         if dest.ip is not None:
-            return self.names_ip(dest.ip, dest.port)
+            return str(dest) if self.names_ip(dest.ip, dest.port) else None
         name = str(dest.name)
         if (name, dest.port) in self._names:
-            return True
-        return any(port == dest.port and name.endswith(suffix) for suffix, port in self._suffixes)
+            return str(dest)
+        suffixes = [s for s, port in self._suffixes if port == dest.port and name.endswith(s)]
+        return f"*{max(suffixes, key=len)}:{dest.port}" if suffixes else None
 
     def names_ip(self, ip: IPAddress, port: int) -> bool:
         """Whether an entry names this IP address literally, with this port."""

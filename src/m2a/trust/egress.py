@@ -45,7 +45,7 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode, Tracer
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from m2a.trust.allowlist import AllowList, Destination, IPAddress, destination
+from m2a.trust.allowlist import AllowList, Destination, IPAddress, destination, parse_hostport
 
 log = logging.getLogger("m2a.trust.egress")
 
@@ -201,27 +201,10 @@ def _parse_head(raw: bytes) -> _Request:
     return _Request(match.group(1).decode("ascii"), match.group(2).decode("ascii"), headers)
 
 
-def _authority(text: str) -> tuple[str, int] | None:
-    """``host:port`` (``[v6]:port``) split, or None."""
-    if text.startswith("["):
-        host, sep, rest = text.partition("]")
-        host += sep
-        if not sep or not rest.startswith(":"):
-            return None
-        port = rest[1:]
-    else:
-        host, sep, port = text.rpartition(":")
-        if not sep:
-            return None
-    if not port.isascii() or not port.isdigit() or len(port) > 5:
-        return None
-    return host, int(port)
-
-
 def _target(req: _Request) -> tuple[Destination, str | None]:
     """The destination and, for a forwarded request, the origin-form path to send."""
     if req.method == "CONNECT":
-        parts = _authority(req.target)
+        parts = parse_hostport(req.target)
         dest = destination(*parts) if parts else None
         if dest is None:
             raise _Refusal(400, "CONNECT needs host:port (e.g. CONNECT api.example.com:443)")
@@ -235,7 +218,7 @@ def _target(req: _Request) -> tuple[Destination, str | None]:
     if "@" in netloc:
         raise _Refusal(400, "the URL's authority is host[:port], without credentials")
     bare = netloc.endswith("]") or (":" not in netloc and not netloc.startswith("["))
-    parts = (netloc, 80) if bare else _authority(netloc)
+    parts = (netloc, 80) if bare else parse_hostport(netloc)
     dest = destination(*parts) if parts else None
     if dest is None:
         raise _Refusal(400, "the URL's host is not a valid name or address, or its port is not a number")
