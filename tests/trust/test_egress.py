@@ -413,10 +413,10 @@ async def test_refused_destination_gets_403_and_nothing_is_connected() -> None:
 
 async def test_wildcard_entries_reach_resolution_only_for_subdomains() -> None:
     # *.example.test allows a.example.test (the proxy tries to resolve it: 502, the name does not
-    # exist) and refuses example.test itself before any lookup (403)
-    async with rig(["*.example.test:443"]) as r:
-        assert (await refused(r, connect_head("a.example.test:443")))[0] == 502
-        assert (await refused(r, connect_head("a.b.example.test:443")))[0] == 502
+    # exist; 504 where the resolver is slow to say so) and refuses example.test before any lookup
+    async with rig(["*.example.test:443"], connect_timeout_s=2) as r:
+        assert (await refused(r, connect_head("a.example.test:443")))[0] in (502, 504)
+        assert (await refused(r, connect_head("a.b.example.test:443")))[0] in (502, 504)
         assert (await refused(r, connect_head("example.test:443")))[0] == 403
         assert (await refused(r, connect_head("a.example.test:80")))[0] == 403
 
