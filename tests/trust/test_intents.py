@@ -13,7 +13,7 @@ from typing import Any
 
 import jwt
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 from typer.testing import CliRunner
 
@@ -225,6 +225,30 @@ async def test_admit_consumes_once_in_the_store(engine: AsyncEngine) -> None:
 
 
 @aio
+async def test_store_replay_holding_one_connection(engine: AsyncEngine) -> None:
+    keys = SigningKeys(engine)
+    jwks = await keys.jwks()
+    async with StoreReplay(engine, hold=True) as held, StoreReplay(engine, hold=True) as other:
+        first = await issue(keys)
+        await admit(first.token, ARGS, jwks=jwks, audience=AUD, issuer=ISS, replay=held)
+        for replay in (held, other, StoreReplay(engine)):
+            with pytest.raises(IntentError, match="replayed"):
+                await admit(first.token, ARGS, jwks=jwks, audience=AUD, issuer=ISS, replay=replay)
+        second = await issue(keys)
+        assert await other.consume(second.claims.jti, AUD, second.claims.exp)  # committed at once:
+        assert not await held.consume(second.claims.jti, AUD, second.claims.exp)  # seen by the other
+        if engine.dialect.name == "postgresql":  # the held connection dies: a new one takes over
+            assert held._conn is not None
+            pid = (await held._conn.execute(text("SELECT pg_backend_pid()"))).scalar_one()
+            async with engine.connect() as conn:
+                await conn.execute(text(f"SELECT pg_terminate_backend({int(pid)})"))
+            third = await issue(keys)
+            assert await held.consume(third.claims.jti, AUD, third.claims.exp)
+            assert not await held.consume(third.claims.jti, AUD, third.claims.exp)
+    assert held._conn is None and await uses(engine) == (3 if engine.dialect.name == "postgresql" else 2)
+
+
+@aio
 async def test_store_replay_prunes_only_long_expired_uses(sqlite_engine: AsyncEngine) -> None:
     now = time.time()
     replay = StoreReplay(sqlite_engine, clock=lambda: now)
@@ -288,9 +312,13 @@ async def _cli_setup(keys: SigningKeys, tmp_path: Path) -> tuple[SignedIntent, P
 
 @aio
 async def test_cli_verify_valid_intent(
-    sqlite_keys: SigningKeys, tmp_path: Path, jwks_server: JwksServer
+    sqlite_keys: SigningKeys, tmp_path: Path, jwks_server: JwksServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     signed, jwks, args = await _cli_setup(sqlite_keys, tmp_path)
+    monkeypatch.chdir(tmp_path)
+    res = runner.invoke(intents_app, ["verify", signed.token, "--jwks", "jwks.json", "--audience", AUD])
+    assert res.exit_code == 0, res.output  # a relative path
+    assert "(not checked: no --args)" in res.output
     res = runner.invoke(
         intents_app,
         [

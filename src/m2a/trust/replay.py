@@ -16,6 +16,8 @@ by then no copy of that intent verifies anywhere.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import inspect
 import sqlite3
 import threading
@@ -25,8 +27,8 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from sqlalchemy import delete, insert
-from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from m2a.store.schema import IntentUseRow
 from m2a.trust.verify import (
@@ -41,6 +43,7 @@ from m2a.trust.verify import (
 
 GRACE_S = 2 * MAX_LEEWAY_S  # a used jti outlives its intent's expiry by this much
 PRUNE_EVERY_S = 30.0
+_INSERT = insert(IntentUseRow)  # one statement, compiled once (parameters per call)
 
 
 @runtime_checkable
@@ -118,24 +121,80 @@ class SQLiteReplayCache:
 
 class StoreReplay:
     """Used jtis in m2a's store (``intent_uses``): one insert per intent, atomic across every
-    process sharing the store (SQLite or PostgreSQL); a duplicate key means replayed."""
+    process sharing the store (SQLite or PostgreSQL); a duplicate key means replayed.
 
-    def __init__(self, engine: AsyncEngine, clock: Any = time.time) -> None:
+    By default each consume takes a connection from the engine's pool (and gives it back): nothing
+    to close. ``hold=True`` keeps one autocommit connection for consumes instead (one round trip
+    each, no pool checkout, ping or BEGIN/COMMIT; consumes in this process take turns on it): call
+    ``close()`` (or use ``async with``) before the engine is disposed. A held connection that fails
+    is dropped and the insert tried once more on a new one; an insert whose first try did commit
+    is then refused as replayed, which fails closed.
+    """
+
+    def __init__(self, engine: AsyncEngine, clock: Any = time.time, *, hold: bool = False) -> None:
         self.engine = engine
         self.clock = clock
+        self.hold = hold
+        self._conn: AsyncConnection | None = None
+        self._lock = asyncio.Lock()
 
     async def consume(self, jti: str, audience: str, exp: int) -> bool:
         """Record ``jti`` as consumed by ``audience``; False when any process consumed it before."""
         now = datetime.fromtimestamp(self.clock(), UTC)
-        row = insert(IntentUseRow).values(
-            jti=jti, audience=audience, consumed_at=now, expires_at=datetime.fromtimestamp(exp, UTC)
-        )
+        row = {
+            "jti": jti,
+            "audience": audience,
+            "consumed_at": now,
+            "expires_at": datetime.fromtimestamp(exp, UTC),
+        }
+        if self.hold:
+            return await self._held_insert(row)
         try:
             async with self.engine.begin() as conn:
-                await conn.execute(row)
+                await conn.execute(_INSERT, row)
         except IntegrityError:
             return False
         return True
+
+    async def _held_insert(self, row: dict[str, Any]) -> bool:
+        async with self._lock:
+            for attempt in range(2):
+                if self._conn is None:
+                    self._conn = await self.engine.connect()
+                    await self._conn.execution_options(isolation_level="AUTOCOMMIT")
+                try:
+                    await self._conn.execute(_INSERT, row)
+                    return True
+                except IntegrityError:
+                    return False
+                except DBAPIError:
+                    await self._drop()
+                    if attempt == 1:
+                        raise
+                except BaseException:
+                    await self._drop()
+                    raise
+        raise AssertionError("unreachable")
+
+    async def _drop(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                await conn.invalidate()
+                await conn.close()
+
+    async def close(self) -> None:
+        """Give the held connection back (hold=True); consumes after this open a new one."""
+        async with self._lock:
+            conn, self._conn = self._conn, None
+            if conn is not None:
+                await conn.close()
+
+    async def __aenter__(self) -> StoreReplay:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
 
     async def prune(self) -> int:
         """Delete the jtis whose intents expired more than ``GRACE_S`` ago; how many."""
