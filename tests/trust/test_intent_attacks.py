@@ -389,6 +389,7 @@ async def test_garbage(ex: Executor) -> None:
         "", " ", "garbage", "a.b.c", "...", "..", f"{h}.{p}", f"{h}.{p}.{s}.{s}", f"{h}..{s}",
         f"{h}.{p}.!!!", f"{h}.%%%.{s}", "é.é.é", "x" * 100_000, f"{b64(b'[1,2]')}.{p}.{s}",
         f"{b64(b'not json')}.{p}.{s}", None, 42, b"bytes", ["list"], real + "\n\x00",
+        f"{b64(b'[' * 5000)}.{p}.{s}", f"{b64(json.dumps({'alg': 'ES256'}).encode())}x.{p}.{s}",
     ]  # fmt: skip
     for token in garbage:
         await ex.refused(token, "malformed")

@@ -324,7 +324,7 @@ def _header(token: Any) -> dict[str, Any]:
         raise IntentError("malformed", "an intent is a compact JWS: three base64url parts")
     try:
         header = json.loads(_segment(token.partition(".")[0], "header"))
-    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError, nesting
         raise IntentError("malformed", "the intent's header is not JSON") from exc
     if not isinstance(header, dict):
         raise IntentError("malformed", "the intent's header is not a JSON object")
