@@ -280,6 +280,7 @@ class AuditLog:
         self._ckpt_lock = asyncio.Lock()
         self._tree: _Tree | None = None
         self._known_ckpt = 0  # the newest checkpoint's seq this process has seen
+        self._known_kid: str | None = None  # and the key that signed it
         self._next_check = 0.0  # time.monotonic() of the next look at whether a checkpoint is due
 
     # -- appending -------------------------------------------------------------------------------
@@ -380,7 +381,12 @@ class AuditLog:
         if self.keys is None:
             return
         if seq - self._known_ckpt < self.every and time.monotonic() < self._next_check:
-            return
+            try:  # a rotated key re-anchors the log at once (the newest checkpoint stays verifiable)
+                rotated = self._known_kid is not None and (await self.keys.signer()).kid != self._known_kid
+            except Exception:
+                rotated = False
+            if not rotated:
+                return
         try:
             await self.maybe_checkpoint()
         except AuditError as exc:
@@ -413,7 +419,8 @@ class AuditLog:
                     ).first()
                     latest = (await conn.execute(select(_C).order_by(_C.c.seq.desc()).limit(1))).first()
                     covered = latest.seq if latest is not None else 0
-                    self._known_ckpt = max(self._known_ckpt, covered)
+                    if latest is not None and latest.seq >= self._known_ckpt:
+                        self._known_ckpt, self._known_kid = latest.seq, latest.kid
                     if head is None or head.seq <= covered:
                         return None
                     if not force and not await self._due(conn, head.seq, latest, signer.kid):
@@ -440,7 +447,7 @@ class AuditLog:
                 return None  # another process checkpointed this very seq a moment ago
             except SQLAlchemyError as exc:
                 raise AuditError(f"could not write an audit checkpoint: {type(exc).__name__}: {exc}") from exc
-            self._known_ckpt = head.seq
+            self._known_ckpt, self._known_kid = head.seq, kid
             return Checkpoint(head.seq, now, claims["root"], tree.head, kid, token)
 
     async def _due(self, conn: AsyncConnection, head: int, latest: Any, kid: str) -> bool:
@@ -483,10 +490,9 @@ class AuditLog:
 
     async def _fold(self, conn: AsyncConnection, upto: int, latest: Any) -> _Tree:
         """This process's tree advanced to record ``upto``, each record checked on the way."""
-        check = None
-        if self._tree is None:
-            self._tree, check = await self._start_tree(latest)
-        start = self._tree
+        start, check = self._tree, None
+        if start is None:  # kept only once the fold succeeds: a refused one starts over next time
+            start, check = await self._start_tree(latest)
         if start.tree.size > upto:
             raise AuditError(
                 f"the log ends at record {upto}, but record {start.tree.size} was signed already"
@@ -1049,7 +1055,7 @@ def _check_checkpoints(
 ) -> tuple[list[Problem], int, int]:
     """The checkpoints' problems, the highest seq a verified checkpoint vouches for, and how many
     could not be checked (keys retired)."""
-    end = t.S[-1] if len(t.S) else 0
+    end = max(t.S[-1] if len(t.S) else 0, max(t.L, default=0))  # renumbered rows keep their numbers
     first_record_problem = min((p.seq for p in record_problems), default=math.inf)
     problems: list[Problem] = []
     states: list[tuple[Any, str, str]] = []
