@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 from typing import Any
 
 import jwt
@@ -20,7 +21,7 @@ from typer.testing import CliRunner
 
 from m2a.agents.keys import SigningKeys
 from m2a.cli.audit_cmd import audit_app
-from m2a.trust.audit import CHECKPOINT_TYP, GENESIS, AuditLog, chain_hash
+from m2a.trust.audit import CHECKPOINT_TYP, GENESIS, PROBLEM_KINDS, AuditLog, chain_hash
 from tests.db_fixtures import Database
 from tests.trust.conftest import StaticKeys
 
@@ -352,3 +353,76 @@ async def test_record_one_re_chained_off_genesis(
     kinds = await problems(log, keys)
     assert kinds == [("edited", 1)], kinds
     assert GENESIS != "1" * 64
+
+
+async def tamper_once(engine: AsyncEngine, rnd: random.Random) -> str:
+    """One random change of the kinds above (a few of them at random seqs)."""
+    async with engine.connect() as conn:
+        stored = (await conn.execute(text("SELECT * FROM audit_records ORDER BY seq"))).all()
+    seqs = [r.seq for r in stored]
+    k = rnd.choice(seqs)
+    row = next(r for r in stored if r.seq == k)
+    what = rnd.choice(["edit", "rehash", "delete", "close", "swap", "move", "copy", "forge", "column"])
+    if what == "edit":
+        await sql(
+            engine, "UPDATE audit_records SET body = :b WHERE seq = :s", b=edited_body(row.body, n=-1), s=k
+        )
+    elif what == "rehash":
+        body = edited_body(row.body, n=-2)
+        new = chain_hash(row.prev_hash, body.encode())
+        await sql(engine, "UPDATE audit_records SET body = :b, hash = :h WHERE seq = :s", b=body, h=new, s=k)
+    elif what in ("delete", "close"):
+        m = rnd.randint(1, 3)
+        await sql(engine, "DELETE FROM audit_records WHERE seq >= :a AND seq < :b", a=k, b=k + m)
+        if what == "close":
+            await renumber(engine, k + m, -m)
+    elif what == "swap":
+        j = rnd.choice([s for s in seqs if s != k])
+        await sql(engine, "UPDATE audit_records SET seq = -1 WHERE seq = :a", a=k)
+        await sql(engine, "UPDATE audit_records SET seq = :a WHERE seq = :b", a=k, b=j)
+        await sql(engine, "UPDATE audit_records SET seq = :b WHERE seq = -1", b=j)
+    elif what == "move":
+        await sql(
+            engine, "UPDATE audit_records SET seq = :n WHERE seq = :a", n=max(seqs) + rnd.randint(1, 5), a=k
+        )
+    elif what == "column":
+        await sql(engine, "UPDATE audit_records SET trace_id = 'x' WHERE seq = :a", a=k)
+    else:
+        doc = json.loads(row.body)
+        body, prev = row.body, row.prev_hash
+        if what == "forge":
+            await renumber(engine, k, 1)
+            doc.update(seq=rnd.choice([k, k + 1, k + 5, 10**6, 1]), body={"forged": True})
+            body, prev = rfc8785.dumps(doc).decode(), rnd.choice([row.prev_hash, "1" * 64, row.hash])
+        await sql(
+            engine,
+            "INSERT INTO audit_records (seq, at, kind, agent, team_id, trace_id, body, prev_hash, hash) "
+            "VALUES (:s, :at, :kind, :agent, :team, :trace, :body, :prev, :hash)",
+            s=k if what == "forge" else max(seqs) + 1,
+            at=row.at,
+            kind=row.kind,
+            agent=row.agent,
+            team=row.team_id,
+            trace=row.trace_id,
+            body=body,
+            prev=prev,
+            hash=chain_hash(prev, body.encode()) if what == "forge" else row.hash,
+        )
+    return f"{what} {k}"
+
+
+@aio
+async def test_random_tampering_is_always_reported_and_never_breaks_verify(
+    sqlite_engine: AsyncEngine,
+) -> None:
+    keys = StaticKeys()
+    jwks = await keys.jwks()
+    for seed in range(24):
+        await sql(sqlite_engine, "DELETE FROM audit_records")
+        await sql(sqlite_engine, "DELETE FROM audit_checkpoints")
+        await build(sqlite_engine, keys)
+        rnd = random.Random(seed)
+        done = [await tamper_once(sqlite_engine, rnd) for _ in range(rnd.randint(1, 3))]
+        report = await AuditLog(sqlite_engine, None, issuer=ISS).verify(jwks)
+        assert not report.ok, (seed, done)
+        assert all(p.kind in PROBLEM_KINDS and p.detail and p.seq >= 1 for p in report.problems), (seed, done)

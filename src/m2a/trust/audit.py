@@ -854,7 +854,7 @@ def _classify(t: _Scan) -> list[Problem]:
             nxt = L[i + 1] if i + 1 < n else None
             if t.p(i) == last_hash():
                 role[i] = _FORGED  # says it is a later record, yet chains straight after the last one
-            elif nxt is None or nxt in (num + 1, -1):
+            elif nxt is None or nxt > num or nxt == -1:  # the rows after go on from it: a gap
                 for lo, hi in _without(expect, num, ahead):
                     gaps.add(lo, hi)
                 role[i], last, expect = _PLACED, i, num + 1
