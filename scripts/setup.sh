@@ -33,6 +33,12 @@ if [ "$ENGINE" = cpu ]; then
   $PIP uninstall --yes torchvision torchaudio torchcodec >/dev/null 2>&1 || true
 fi
 
+# bubblewrap: the sandbox for local commands (m2a falls back to its own namespaces without it)
+if ! command -v bwrap >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  step "installing bubblewrap (the sandbox for agents' local commands)"
+  apt-get install -y -qq bubblewrap >/dev/null 2>&1 || echo "bubblewrap not installed: commands use m2a's own sandbox"
+fi
+
 step "checking the install"
 .venv/bin/python -c "import vllm, llama_cpp, transformers, m2a; print('m2a', m2a.__version__, '| vllm', vllm.__version__, '| llama_cpp', llama_cpp.__version__)"
 printf '\nready: run `.venv/bin/m2a up` (or activate with `. .venv/bin/activate`)\n'

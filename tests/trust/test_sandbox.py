@@ -481,7 +481,9 @@ async def test_as_an_unprivileged_user(name, open_dir):
         f"    r2 = await b.run(['sh', '-c', 'b(){{ b|b& }};b; sleep 30 # {marker}'], limits=lim)\n"
         "    r3 = await b.run(['sh', '-c', 'ulimit -p'], limits=lim)\n"
         "    r4 = await b.run(['/usr/bin/no-such-program-m2a'], limits=lim)\n"
+        "    r5 = await b.run(['grep', '-E', '^Cap(Prm|Eff)', '/proc/1/status'], limits=lim)\n"
         "    out = [r1.stdout.decode(), r1.exit_code, r2.killed, r3.stdout.decode(), r4.exit_code]\n"
+        "    out.append(r5.stdout.decode())\n"
         "    print(json.dumps(out))\n"
         "asyncio.run(main())\n"
     )
@@ -503,8 +505,10 @@ async def test_as_an_unprivileged_user(name, open_dir):
     if proc.returncode != 0 and b"SandboxUnavailable" in stderr:
         pytest.skip(stderr.decode().strip().splitlines()[-1])
     assert proc.returncode == 0, stderr.decode()
-    out, code, bomb, nproc, missing = json.loads(stdout)
+    out, code, bomb, nproc, missing, pid1_caps = json.loads(stdout)
     assert missing == 127
+    # the sandbox's pid 1 has the command's uid: it must hold no capability the command could take
+    assert [line.split()[1] for line in pid1_caps.splitlines()] == ["0000000000000000"] * 2, pid1_caps
     assert out.splitlines()[:2] == ["65534", "hi"] and "Read-only file system" in out
     assert code == 0 and bomb == "timeout"
     assert int(nproc) == 24 + (1 if name == "bwrap" else 2)  # the sandbox's own pid 1 (and nsinit) count

@@ -49,6 +49,7 @@ MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 32, 4096, 16384, 1 << 18
 MS_NOATIME, MS_NODIRATIME, MS_RELATIME = 1024, 2048, 1 << 21
 MNT_DETACH = 2
 PR_SET_PDEATHSIG = 1
+PR_SET_DUMPABLE = 4
 _PIVOT_ROOT = {"x86_64": 155, "aarch64": 41, "riscv64": 41, "ppc64le": 203, "s390x": 217, "armv7l": 218}
 _RLIMITS = {
     "cpu": resource.RLIMIT_CPU,
@@ -216,6 +217,13 @@ def _loopback_up() -> None:
         fcntl.ioctl(s, siocsifflags, struct.pack("16sH22x", b"lo", flags | iff_up))
 
 
+def _drop_caps() -> None:
+    """Give up every capability (effective, permitted, inheritable) for good."""
+    header = struct.pack("=Ii", 0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3, this process
+    data = bytes(24)  # two {effective, permitted, inheritable} words, all zero
+    _check(_libc.capset(header, data), "capset")
+
+
 def _report(fd: int, doc: dict) -> None:
     with contextlib.suppress(OSError):
         os.write(fd, (json.dumps(doc) + "\n").encode())
@@ -282,10 +290,15 @@ def _pid1(spec: dict, status_fd: int, lifeline: int) -> None:
     except (OSError, SetupError) as e:
         _report(status_fd, {"error": f"sandbox setup: {e}"})
         os._exit(125)
+    userns = spec.get("drop_to") is None
+    if userns:  # the command needs no capability: neither it nor pid 1 keeps any
+        _drop_caps()
     pid = os.fork()
     if pid == 0:
         _command(spec, status_fd)
     os.close(status_fd)
+    if not userns:
+        _drop_caps()  # root: the command's process dropped to its uid with these; pid 1 only reaps
     code = 125
     while True:
         try:
@@ -321,6 +334,9 @@ def main(spec_fd: int) -> None:
                 f.write(f"65534 {uid} 1\n")
             with open("/proc/self/gid_map", "w") as f:
                 f.write(f"65534 {gid} 1\n")
+        # the command will have the same uid as this process and its pid 1 (which hold the
+        # namespace's capabilities): not dumpable, it cannot ptrace them nor read their memory
+        _check(_libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0), "prctl(DUMPABLE)")
     except (OSError, SetupError) as e:
         _report(status_fd, {"error": f"namespaces: {e}"})
         sys.exit(125)
