@@ -92,7 +92,7 @@ from typing import Any, TextIO
 
 import jwt
 import rfc8785
-from sqlalchemy import Select, insert, select, text, update
+from sqlalchemy import Select, func, insert, select, text, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -319,21 +319,22 @@ class AuditLog:
         await self._after_append(pending.entries[-1].seq)
         return pending.entries
 
-    async def _take_lock(self, conn: AsyncConnection) -> None:
+    async def _locked_head(self, conn: AsyncConnection) -> Any:
+        """Take the log's write lock, then read the last record (seq, hash, at; None when empty)."""
         if conn.dialect.name == "postgresql":
             await conn.execute(text(f"SELECT pg_advisory_xact_lock({_PG_LOCK})"))
-        else:  # a write statement first: SQLite's write lock, held until commit (others wait on it)
-            await conn.execute(update(AuditRecordRow).where(text("1 = 0")).values(seq=AuditRecordRow.seq))
+            last = select(_R.c.seq, _R.c.hash, _R.c.at).order_by(_R.c.seq.desc()).limit(1)
+            return (await conn.execute(last)).first()
+        # SQLite: a write statement first takes the database's write lock, held until commit (others
+        # wait on it); this one writes nothing new and returns the last record, one round trip.
+        newest = select(func.max(_R.c.seq)).scalar_subquery()
+        touch = update(_R).where(_R.c.seq == newest).values(seq=_R.c.seq)
+        return (await conn.execute(touch.returning(_R.c.seq, _R.c.hash, _R.c.at))).first()
 
     async def _write(self, groups: list[list[_Prepared]]) -> list[list[AuditEntry]]:
         try:
             async with self.engine.begin() as conn:
-                await self._take_lock(conn)
-                head = (
-                    await conn.execute(
-                        select(_R.c.seq, _R.c.hash, _R.c.at).order_by(_R.c.seq.desc()).limit(1)
-                    )
-                ).first()
+                head = await self._locked_head(conn)
                 now = datetime.now(UTC)
                 seq, prev, at = 0, GENESIS, now
                 if head is not None:
