@@ -802,9 +802,6 @@ class UnshareBackend(Backend):
             status_fd=status_r,
         )
 
-    def _exec_failed(self, stderr: bytes) -> bool:
-        return False
-
 
 @register_backend("none")
 class NoneBackend(Backend):
