@@ -529,3 +529,31 @@ async def test_appends_per_second_smoke(sqlite_engine: AsyncEngine) -> None:
     assert time.perf_counter() > started
     report = await log.verify(None)
     assert report.ok and report.records == 1000 and report.checkpoints >= 3
+
+
+@aio
+async def test_the_cli_checks_old_checkpoints_against_a_saved_jwks(
+    database: Database, tmp_path: Path
+) -> None:
+    """Checkpoints signed by a key the store no longer publishes: unverifiable, not forged, until a
+    JWKS kept from back then is given."""
+    retired = StaticKeys()
+    log = AuditLog(await database.open(), retired, issuer=ISS, checkpoint_every=3)
+    for i in range(7):
+        await log.append("receipt", {"n": i})
+    env = cli_env(database)
+    result = await asyncio.to_thread(CliRunner().invoke, audit_app, ["verify"], env=env)
+    assert result.exit_code == 0, result.output
+    assert "intact: 7 records, 2 checkpoints" in result.output and "vouch for no records" in result.output
+    assert "2 checkpoints were signed by keys m2a has since retired" in result.output
+    saved = tmp_path / "jwks.json"
+    saved.write_text(json.dumps(await retired.jwks()))
+    result = await asyncio.to_thread(
+        CliRunner().invoke, audit_app, ["verify", "--jwks", str(saved), "--json"], env=env
+    )
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.output)
+    assert (doc["ok"], doc["verified_seq"], doc["unverifiable"]) == (True, 6, 0)
+    saved.write_text("[]")
+    result = await asyncio.to_thread(CliRunner().invoke, audit_app, ["verify", "--jwks", str(saved)], env=env)
+    assert result.exit_code == 2 and "not a JWKS" in result.output
