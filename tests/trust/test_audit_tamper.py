@@ -426,3 +426,19 @@ async def test_random_tampering_is_always_reported_and_never_breaks_verify(
         report = await AuditLog(sqlite_engine, None, issuer=ISS).verify(jwks)
         assert not report.ok, (seed, done)
         assert all(p.kind in PROBLEM_KINDS and p.detail and p.seq >= 1 for p in report.problems), (seed, done)
+
+
+@aio
+async def test_bodies_that_are_not_records(sqlite_engine: AsyncEngine) -> None:
+    keys = StaticKeys()
+    log = await build(sqlite_engine, keys, 6)
+    for seq, body in (
+        (2, "not json"),
+        (3, '{"seq": 1e400}'),
+        (4, json.dumps({"seq": 10**30, "at": "x"})),
+        (5, "[]"),
+    ):
+        await sql(sqlite_engine, "UPDATE audit_records SET body = :b WHERE seq = :s", b=body, s=seq)
+    report = await log.verify(await keys.jwks())
+    assert [(p.kind, p.seq) for p in report.problems] == [("edited", s) for s in (2, 2, 3, 3, 4, 4, 5, 5)]
+    assert "not an audit record" in report.problems[1].detail

@@ -169,8 +169,10 @@ class _Scan:
             seq, at_text = d["seq"], d["at"]
             if not isinstance(seq, int) or isinstance(seq, bool) or not isinstance(at_text, str):
                 raise TypeError("seq or at of the wrong type")
+            if not 0 < seq < 2**62:
+                raise ValueError("seq out of range")
             at = _timestamp(at_text)
-        except (ValueError, TypeError, KeyError) as exc:
+        except (ValueError, TypeError, KeyError, OverflowError, OSError) as exc:
             self.edited(i, r.seq, f"its body is not an audit record ({type(exc).__name__})")
             return -1, math.nan
         column_at = iso(aware(r.at))
