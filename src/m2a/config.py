@@ -454,7 +454,9 @@ class ActionConfig(_Strict):
     timeout_s: float = Field(default=30.0, gt=0, le=3600)
     cpu_s: int = Field(default=10, ge=1, le=3600, description="command: CPU seconds.")
     memory_mb: int = Field(default=512, ge=16, le=65536, description="command: address space.")
-    max_procs: int = Field(default=64, ge=1, le=4096, description="command: processes (fork bombs stop here).")
+    max_procs: int = Field(
+        default=64, ge=1, le=4096, description="command: processes (fork bombs stop here)."
+    )
     max_output_bytes: int = Field(default=1 << 20, ge=1024, le=64 << 20)
 
     @model_validator(mode="after")
@@ -469,6 +471,9 @@ class ActionConfig(_Strict):
 class TrustConfig(_Strict):
     """Trusted execution: signed intents, Cedar policies, sandboxed executors, egress, the audit log."""
 
+    enabled: bool = Field(
+        default=True, description="Every agent's tool call takes the trusted path (off: calls go straight)."
+    )
     mode: Literal["enforce", "log_only"] = Field(
         default="enforce", description="Policy decisions: enforce, or log_only (logged, never refused)."
     )
@@ -477,7 +482,9 @@ class TrustConfig(_Strict):
     )
     intent_ttl_s: int = Field(default=30, ge=1, le=60, description="Intents expire within 60 s.")
     checkpoint_every: int = Field(default=256, ge=1, description="A signed checkpoint per this many records.")
-    checkpoint_interval_s: float = Field(default=60.0, gt=0, description="...or this often when records came.")
+    checkpoint_interval_s: float = Field(
+        default=60.0, gt=0, description="...or this often when records came."
+    )
     actions: list[ActionConfig] = Field(default_factory=list)
     sandbox: Literal["auto", "bwrap", "unshare", "none"] = Field(
         default="auto", description="How commands are isolated; 'none' refuses to run commands."

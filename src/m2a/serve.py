@@ -246,7 +246,7 @@ async def run_up(
         guards=guards,
         data=settings.data,
         home=settings.home,
-        extensions=[agents_extension(settings.agents)],
+        extensions=[agents_extension(settings.agents, settings.trust)],
     )
     gw = settings.gateway
     server = _Server(uvicorn.Config(app, host=gw.host, port=gw.port, log_level="warning", access_log=False))

@@ -36,7 +36,7 @@ from starlette.routing import Route
 from m2a.agents.extension import agents_extension
 from m2a.agents.manifest import parse_manifest
 from m2a.agents.registry import RedteamReport, Registry
-from m2a.config import AgentsConfig, GatewayConfig
+from m2a.config import AgentsConfig, GatewayConfig, TrustConfig
 from m2a.gateway.app import create_app
 from m2a.principal import AgentRef, Principal
 from m2a.router.pool import Endpoint, Pool
@@ -254,11 +254,13 @@ async def gateway(
     home: Path,
     engine_url: str = "http://127.0.0.1:9",
     agents: AgentsConfig | None = None,
+    trust: TrustConfig | None = None,
     **app_kw: Any,
 ) -> AsyncIterator[Gateway]:
     """The gateway with the agents extension (and so the MCP gateway) on a loopback port."""
     exporter = InMemorySpanExporter()
     provider = TracerProvider()
+    trust = trust or TrustConfig(policy_dir=home / "policies")  # never a user's own policy folder
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     ledger = Ledger(store.engine, home / "ledger", flush_s=0.05)
     app = create_app(
@@ -269,7 +271,7 @@ async def gateway(
         ledger=ledger,
         usage_store=store.engine,
         tracer=provider.get_tracer("test"),
-        extensions=[agents_extension(agents)],
+        extensions=[agents_extension(agents, trust)],
         **app_kw,
     )
     async with (

@@ -72,7 +72,7 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import Receive, Scope, Send
 
 from m2a.agents.manifest import Manifest, parse_manifest
-from m2a.agents.tools import SEPARATOR, ToolFailure, ToolRegistry, UpstreamTool
+from m2a.agents.tools import ACTIONS_SERVER, SEPARATOR, ToolFailure, ToolRegistry, UpstreamTool
 from m2a.gateway.errors import GatewayError
 from m2a.principal import AgentRef, Principal
 from m2a.store.ledger import Ledger
@@ -85,7 +85,7 @@ MCP_PATH = "/mcp"
 LEDGER_ROUTE = "/mcp"
 PRINCIPAL_KEY = "m2a.principal"  # where the endpoint leaves the caller in the ASGI scope
 MANIFEST_TTL_S = 2.0
-HTTP_STATUS = {"ok": 200, "error": 502, "timeout": 504, "denied": 403}
+HTTP_STATUS = {"ok": 200, "error": 502, "timeout": 504, "denied": 403, "pending": 202}
 _PROPAGATOR = TraceContextTextMapPropagator()
 
 
@@ -148,11 +148,14 @@ class Manifests:
 class CallOutcome:
     """How one call ended: ``result`` is the server's (ok, or its own error result), else ``error``."""
 
-    status: str  # ok, error, denied, timeout
+    status: str  # ok, error, denied, timeout, pending (waits for a person's approval: ``approval``)
     result: types.CallToolResult | None
     error: str | None
     duration_ms: float
     call_id: str
+    approval: Any = None  # the ApprovalRecord a pending call waits for
+    receipt: str | None = None  # the signed receipt (a JWS) of what ran, under trusted execution
+    refused_by: str | None = None  # denied: "manifest" (not this agent's tool) or "trust" (policy, intent)
 
     def text(self) -> str:
         """The result as text for a model: its text contents (or its structured content), or the error."""
@@ -176,12 +179,14 @@ class ToolGateway:
         manifests: Manifests,
         ledger: Ledger | None = None,
         tracer: Tracer | None = None,
+        trust: Any = None,  # the agents layer's Trust (agents/trust_wiring.py): every call's trusted path
     ) -> None:
         self.registry = registry
         self.store = store
         self.manifests = manifests
         self.ledger = ledger
         self.tracer = tracer
+        self.trust = trust
 
     async def grants(self, principal: Principal) -> dict[str, list[str]]:
         """Server → tool names the agent's manifest allows (none for a principal without an agent)."""
@@ -197,6 +202,10 @@ class ToolGateway:
         grants = [(n, a) for n, a in (await self.grants(principal)).items() if server in (None, n)]
 
         async def one(name: str, allowed: list[str]) -> list[tuple[ServerRecord, UpstreamTool]]:
+            if name == ACTIONS_SERVER and self.trust is not None:  # m2a's own actions (trust.actions)
+                return [
+                    (self.trust.actions_record, t) for t in self.trust.action_tools() if t.name in allowed
+                ]
             record = await self.registry.find(name)
             if record is None:
                 return []
@@ -222,19 +231,50 @@ class ToolGateway:
         call_id: str | None = None,
         parent: otel_context.Context | None = None,
         response_id: str | None = None,
+        approval: Any = None,
+        arguments_text: str | None = None,
     ) -> CallOutcome:
-        """Run one call if the manifest allows it (``args_digest`` must accept ``arguments``)."""
+        """Run one call if the manifest allows it (``args_digest`` must accept ``arguments``).
+
+        Under trusted execution (``trust``), the call goes the trusted path (``trust/actions.py``:
+        policy, approval for destructive tools, a signed intent its executor admits once, a signed
+        receipt, the audit log); ``approval`` is one the caller claimed for it already."""
         digest = args_digest(arguments)
         call_id = call_id or new_call_id()
         agent = principal.agent
         allowed = agent is not None and tool in (await self.grants(principal)).get(server, [])
-        record = await self.registry.find(server) if allowed else None
+        record = await self._record_of(server, tool) if allowed else None
         ledger_id = self._ledger_begin(principal, server, tool)
         span = self._span(principal, server, tool, call_id, parent)
         started = time.perf_counter()
         result: types.CallToolResult | None = None
+        pending, receipt = None, None
         if agent is None or record is None:
             status, error = "denied", f"the tool '{tool}' of '{server}' is not available to this agent"
+        elif self.trust is not None:
+            carrier = {}
+            if span is not None:
+                _PROPAGATOR.inject(carrier, context=trace.set_span_in_context(span, otel_context.Context()))
+            done = await self.trust.run(
+                principal, record, tool, arguments or {}, call_id=call_id, span=span, carrier=carrier,
+                response_id=response_id, approval=approval, arguments_text=arguments_text,
+            )  # fmt: skip
+            status, error, pending = (
+                done.status,
+                done.error,
+                done.approval if done.status == "pending" else None,
+            )
+            if pending is not None:
+                error = (
+                    f"This {tool} call is destructive and waits for a person's approval: {pending.id} "
+                    f"(expires {pending.expires_at.isoformat()}). Call again with the same arguments "
+                    "once it is approved."
+                )
+            receipt = done.receipt.token if done.receipt is not None else None
+            if done.execution is not None and isinstance(done.execution.result, types.CallToolResult):
+                result = done.execution.result
+            elif done.execution is not None and done.execution.result is not None:
+                result = _as_result(done.execution.result, done.status != "ok")
         else:
             carrier: dict[str, str] = {}
             if span is not None:
@@ -269,7 +309,17 @@ class ToolGateway:
             )
         except Exception:  # the call has run: its result still goes back; the failure is logged
             log.exception("could not record the tool call %s (%s/%s)", call_id, server, tool)
-        return CallOutcome(status, result, error, duration_ms, call_id)
+        refused_by = (
+            None if status != "denied" else ("manifest" if agent is None or record is None else "trust")
+        )
+        return CallOutcome(status, result, error, duration_ms, call_id, pending, receipt, refused_by)
+
+    async def _record_of(self, server: str, tool: str) -> ServerRecord | None:
+        if server == ACTIONS_SERVER:  # never a registered server's name (tools.check_name refuses it)
+            return (
+                self.trust.actions_record if self.trust is not None and self.trust.has_action(tool) else None
+            )
+        return await self.registry.find(server)
 
     # -- its records ---------------------------------------------------------------------------
 
@@ -339,6 +389,14 @@ class ToolGateway:
                 span.set_status(Status(StatusCode.ERROR, (error or status)[:200]))
             span.end()
         return format(ctx.trace_id, "032x") if ctx.is_valid else None
+
+
+def _as_result(value: Any, is_error: bool) -> types.CallToolResult:
+    """An action's result (JSON: an HTTP answer, a command's output) as an MCP tool result."""
+    return types.CallToolResult(
+        content=[types.TextContent(text=json.dumps(value, ensure_ascii=False))],
+        structured_content=value if isinstance(value, dict) else None, is_error=is_error,
+    )  # fmt: skip
 
 
 # -- the /mcp endpoint ---------------------------------------------------------------------------
@@ -434,8 +492,8 @@ class McpEndpoint:
         outcome = await self.gateway.call(
             principal, parts[0], parts[1], params.arguments, via="mcp", parent=parent
         )
-        if outcome.status == "denied":
-            raise refused
+        if outcome.status == "denied" and outcome.refused_by != "trust":
+            raise refused  # not this agent's tool: the same answer as for one that exists nowhere
         if outcome.result is not None:
             return outcome.result
         return types.CallToolResult(content=[types.TextContent(text=outcome.text())], is_error=True)
@@ -464,6 +522,7 @@ class ToolsExtension:
             raise ValueError("approval_timeout_s must be positive")
         self.host = host
         self.approval_timeout_s = float(approval_timeout_s)
+        self.trust: Any = None  # set by the agents extension when trusted execution is on
         self.store = ToolStore(host.db)
         self.registry = ToolRegistry(self.store)
         self.gateway = ToolGateway(self.registry, self.store, Manifests(host.db), host.ledger, host.tracer)
@@ -473,7 +532,7 @@ class ToolsExtension:
         from m2a.agents.extension import Under  # the agents extension imports this module
         from m2a.agents.tools_api import PREFIXES, create_tools_api
 
-        api = create_tools_api(self.registry, self.store, self.host.access)
+        api = create_tools_api(self.registry, self.store, self.host.access, self.trust)
         return [mcp_route(self.endpoint), *(Under(prefix, api) for prefix in PREFIXES)]
 
     async def start(self) -> None:

@@ -180,14 +180,29 @@ class McpToolset:
             return HostedResult(
                 item, f"This call waits for a person's approval ({approval.id}); it has not run.", stop=True
             )
-        outcome = await self._run(tool, args)
+        outcome = await self._run(tool, args, arguments=arguments)
+        if outcome.status == "pending" and outcome.approval is not None:  # destructive: a person decides
+            item = {
+                "type": "mcp_approval_request",
+                "id": outcome.approval.id,
+                "server_label": self.label,
+                "name": tool,
+                "arguments": arguments,
+            }
+            return HostedResult(
+                item, f"This call waits for a person's approval ({outcome.approval.id}); it has not run.",
+                stop=True,
+            )  # fmt: skip
         return HostedResult(self._outcome_item(tool, arguments, outcome), self._model_text(outcome))
 
     async def _ask(self, tool: str, args: dict[str, Any], arguments: str) -> ApprovalRecord:
         agent = self.principal.agent
         assert agent is not None
         created = now()
+        trust = self.tools.trust
+        tier = await trust.tier(self.server, tool) if trust is not None else None
         return await self.tools.store.create_approval(
+            tier=tier,
             id=_id("mcpr_"),
             agent=agent.spiffe_id,
             agent_id=agent.agent_id,
@@ -202,10 +217,14 @@ class McpToolset:
             expires_at=created + timedelta(seconds=self.tools.approval_timeout_s),
         )
 
-    async def _run(self, tool: str, args: dict[str, Any], item_id: str | None = None) -> CallOutcome:
+    async def _run(
+        self, tool: str, args: dict[str, Any], item_id: str | None = None, approval: Any = None,
+        arguments: str | None = None,
+    ) -> CallOutcome:  # fmt: skip
         return await self.tools.gateway.call(
             self.principal, self.label, tool, args, via="responses", call_id=item_id or _id("mcp_"),
-            parent=self._parent, response_id=self.ctx.response_id,
+            parent=self._parent, response_id=self.ctx.response_id, approval=approval,
+            arguments_text=arguments,
         )  # fmt: skip
 
     def _call_item(
@@ -238,6 +257,9 @@ class McpToolset:
             }
         elif o.status == "denied":
             error = {"type": "http_error", "code": 403, "message": o.error or "not allowed"}
+        elif o.status == "pending":
+            aid = o.approval.id if o.approval is not None else "?"
+            error = {"type": "http_error", "code": 403, "message": f"waits for a person's approval ({aid})"}
         else:
             error = {"type": "http_error", "code": 502, "message": o.error or "the tool server failed"}
         return self._call_item(tool, arguments, None, error, id=o.call_id, **extra)
@@ -270,6 +292,13 @@ class McpToolset:
         for rid, (i, item, found) in answered.items():
             param = f"input.{i}.approval_request_id"
             approve = item["approve"] is True
+            if found.status == "pending" and approve and found.tier == "destructive":
+                # trusted execution: a destructive call needs a person, never the agent's own yes
+                results.append(self._not_run(found, (
+                    f"The call {found.id} did not run: it is destructive and waits for a person's "
+                    f"approval (m2a approvals approve {found.id}); the agent cannot approve it itself."
+                )))  # fmt: skip
+                continue
             if found.status == "pending":
                 by = f"agent {agent.spiffe_id} (mcp_approval_response)"
                 try:
@@ -321,7 +350,7 @@ class McpToolset:
             args = json.loads(found.arguments)
         except ValueError:
             args = {}
-        outcome = await self._run(found.tool, args if isinstance(args, dict) else {})
+        outcome = await self._run(found.tool, args if isinstance(args, dict) else {}, approval=found)
         item = self._outcome_item(found.tool, found.arguments, outcome, approval_request_id=found.id)
         text = self._model_text(outcome)
         return HostedResult(item, text, messages=self._messages(found, outcome.call_id, text))

@@ -46,6 +46,7 @@ log = logging.getLogger("m2a.agents.tools")
 
 SERVER_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 SEPARATOR = "__"  # between server and tool in the MCP endpoint's tool names
+ACTIONS_SERVER = "actions"  # m2a's own actions (trust/executors.py): no registered server takes the name
 AGENT_HEADER = "x-m2a-agent"
 DEFAULT_TIMEOUT_S = 30.0
 MAX_TIMEOUT_S = 600.0
@@ -110,6 +111,10 @@ def check_name(name: str) -> str:
             f"without '{SEPARATOR}' (got {name!r})",
             param="name",
         )
+    if name == ACTIONS_SERVER:
+        raise ToolError(
+            "invalid", f"'{ACTIONS_SERVER}' is m2a's own server (the actions of trust.actions)", param="name"
+        )
     return name
 
 
@@ -164,6 +169,38 @@ def check_headers(headers: dict[str, str] | None) -> dict[str, str]:
     return out
 
 
+TIERS = ("read", "write", "destructive")
+
+
+def check_tiers(tiers: dict[str, str] | None) -> dict[str, str]:
+    """Tool name → risk tier, as an admin sets them (they outrank the server's own annotations)."""
+    tiers = tiers or {}
+    if not isinstance(tiers, dict) or len(tiers) > 1000:
+        raise ToolError("invalid", "tiers: at most 1000 entries of tool name to tier", param="tiers")
+    for tool, tier in tiers.items():
+        if not isinstance(tool, str) or not 0 < len(tool) <= 256 or "\x00" in tool:
+            raise ToolError("invalid", f"tiers: {tool!r} is not a tool name", param="tiers")
+        if tier not in TIERS:
+            raise ToolError(
+                "invalid", f"tiers: the tier of {tool!r} is one of {', '.join(TIERS)}", param="tiers"
+            )
+    return dict(tiers)
+
+
+def tier_of(server: ServerRecord, tool: UpstreamTool | None, name: str) -> str:
+    """A tool's risk tier: the admin's (``tiers``), else the server's annotations (``readOnlyHint``
+    true: read; ``destructiveHint`` true: destructive), else write. The annotations are the server's
+    own say (MCP calls them hints): set ``tiers`` for any tool whose tier matters."""
+    if name in server.tiers:
+        return server.tiers[name]
+    hints = (tool.annotations or {}) if tool is not None else {}
+    if hints.get("destructiveHint") is True and hints.get("readOnlyHint") is not True:
+        return "destructive"
+    if hints.get("readOnlyHint") is True:
+        return "read"
+    return "write"
+
+
 def check_timeout(timeout_s: float | None) -> float:
     if timeout_s is None:
         return DEFAULT_TIMEOUT_S
@@ -213,6 +250,7 @@ class ToolRegistry:
         headers: dict[str, str] | None = None,
         timeout_s: float | None = None,
         description: str | None = None,
+        tiers: dict[str, str] | None = None,
     ) -> ServerRecord:
         if description is not None and (len(description) > 2000 or "\x00" in description):
             raise ToolError("invalid", "the description is at most 2000 characters", param="description")
@@ -223,6 +261,7 @@ class ToolRegistry:
                 check_headers(headers),
                 check_timeout(timeout_s),
                 description,
+                check_tiers(tiers),
             )
         except ToolStoreError as exc:
             raise ToolError(exc.kind, exc.message, param="name") from exc

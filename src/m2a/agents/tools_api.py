@@ -68,6 +68,9 @@ class ServerIn(BaseModel):
     )
     timeout_s: float | None = Field(default=None, gt=0, le=MAX_TIMEOUT_S, description="Default 30 s.")
     description: str | None = Field(default=None, max_length=2000, pattern=NO_NUL)
+    tiers: dict[str, Literal["read", "write", "destructive"]] = Field(
+        default_factory=dict, description="Tool name → risk tier (destructive: needs a person's approval)."
+    )
 
 
 class ServerOut(BaseModel):
@@ -76,6 +79,7 @@ class ServerOut(BaseModel):
     headers: dict[str, str] = Field(description="Header names; every value shows as ***.")
     timeout_s: float
     description: str | None
+    tiers: dict[str, str] = Field(default_factory=dict)
     created_at: datetime
     updated_at: datetime
 
@@ -109,6 +113,7 @@ class ApprovalOut(BaseModel):
     decided_by: str | None
     decided_at: datetime | None
     used: bool = Field(description="Whether the approved call has run (it runs once).")
+    tier: str | None = Field(default=None, description="read, write or destructive (trusted execution).")
 
 
 class CallOut(BaseModel):
@@ -132,7 +137,7 @@ class CallOut(BaseModel):
 def server_out(s: ServerRecord) -> ServerOut:
     return ServerOut(
         name=s.name, url=s.url, headers=masked(s.headers), timeout_s=s.timeout_s, description=s.description,
-        created_at=s.created_at, updated_at=s.updated_at,
+        created_at=s.created_at, updated_at=s.updated_at, tiers=s.tiers,
     )  # fmt: skip
 
 
@@ -145,7 +150,7 @@ def approval_out(a: ApprovalRecord) -> ApprovalOut:
         id=a.id, agent=a.agent, agent_version=a.version, team_id=a.team_id, server=a.server, tool=a.tool,
         arguments=arguments, args_sha256=a.args_sha256, status=a.status, reason=a.reason,
         response_id=a.response_id, created_at=a.created_at, expires_at=a.expires_at, decided_by=a.decided_by,
-        decided_at=a.decided_at, used=a.used_at is not None,
+        decided_at=a.decided_at, used=a.used_at is not None, tier=a.tier,
     )  # fmt: skip
 
 
@@ -220,7 +225,11 @@ async def list_servers(_: Admin, registry: Reg) -> list[ServerOut]:
 @tools_router.post(TOOLS, response_model=ServerOut, status_code=201)
 async def add_server(body: ServerIn, _: Admin, registry: Reg) -> ServerOut:
     """Register an MCP server (streamable HTTP) under a name agents' manifests use."""
-    return server_out(await registry.add(body.name, body.url, body.headers, body.timeout_s, body.description))
+    return server_out(
+        await registry.add(
+            body.name, body.url, body.headers, body.timeout_s, body.description, dict(body.tiers)
+        )
+    )
 
 
 @tools_router.get(TOOLS + "/{name}", response_model=ServerOut)
@@ -265,26 +274,38 @@ async def show_approval(approval_id: ApprovalId, p: Caller, store: Store) -> App
 
 
 async def _decide(
-    store: ToolStore, p: Principal, approval_id: str, approve: bool, body: DecisionIn | None
+    request: Request, store: ToolStore, p: Principal, approval_id: str, approve: bool, body: DecisionIn | None
 ) -> ApprovalOut:
-    await _approval(store, p, approval_id)  # 404 for another team's
+    found = await _approval(store, p, approval_id)  # 404 for another team's
+    trust = getattr(request.app.state, "trust", None)
+    if trust is not None:  # trusted execution: Cedar's `approve` says who may decide (destructive: admins)
+        decision = await trust.may_approve(p, found)
+        if not decision.allowed:
+            raise GatewayError(
+                403,
+                f"This key may not decide approval '{approval_id}' ({found.tier or 'write'} tier): "
+                "no policy permits it"
+                + (f" ({', '.join(decision.policy_ids)})" if decision.policy_ids else "")
+                + ". Destructive actions need an admin's approval unless a policy says otherwise.",
+                code="approver_not_allowed",
+            )
     reason = body.reason if body is not None else None
     return approval_out(await store.decide(approval_id, approve, decider(p), reason))
 
 
 @tools_router.post(APPROVALS + "/{approval_id}/approve", response_model=ApprovalOut)
 async def approve(
-    approval_id: ApprovalId, p: Caller, store: Store, body: DecisionIn | None = None
+    request: Request, approval_id: ApprovalId, p: Caller, store: Store, body: DecisionIn | None = None
 ) -> ApprovalOut:
     """Let the call run (once, when the agent's response continues)."""
-    return await _decide(store, p, approval_id, True, body)
+    return await _decide(request, store, p, approval_id, True, body)
 
 
 @tools_router.post(APPROVALS + "/{approval_id}/deny", response_model=ApprovalOut)
 async def deny(
-    approval_id: ApprovalId, p: Caller, store: Store, body: DecisionIn | None = None
+    request: Request, approval_id: ApprovalId, p: Caller, store: Store, body: DecisionIn | None = None
 ) -> ApprovalOut:
-    return await _decide(store, p, approval_id, False, body)
+    return await _decide(request, store, p, approval_id, False, body)
 
 
 @tools_router.get(CALLS, response_model=list[CallOut])
@@ -305,8 +326,9 @@ async def list_calls(
     return [call_out(c) for c in found]
 
 
-def create_tools_api(registry: ToolRegistry, store: ToolStore, access: Access) -> FastAPI:
-    """The API over ``registry`` and ``store`` for the callers ``access`` authenticates."""
+def create_tools_api(registry: ToolRegistry, store: ToolStore, access: Access, trust: Any = None) -> FastAPI:
+    """The API over ``registry`` and ``store`` for the callers ``access`` authenticates; ``trust``
+    (``agents/trust_wiring.py``) decides who may approve, when trusted execution is on."""
     api = FastAPI(
         title="m2a tools API",
         version="1",
@@ -317,6 +339,7 @@ def create_tools_api(registry: ToolRegistry, store: ToolStore, access: Access) -
     )
     api.state.registry = registry
     api.state.store = store
+    api.state.trust = trust
 
     @api.middleware("http")
     async def authenticate_first(request: Request, call_next):  # type: ignore[no-untyped-def]

@@ -17,10 +17,13 @@ from m2a.catalog.sources import SourceError
 from m2a.cli.agents_cmd import agents_app
 from m2a.cli.config_cmd import config_app
 from m2a.cli.data_cmd import data_app
+from m2a.cli.egress_cmd import egress_app
 from m2a.cli.guardrails_cmd import guardrails_app
 from m2a.cli.identity_cmd import keys_app, teams_app
+from m2a.cli.intents_cmd import intents_app
 from m2a.cli.metal_cmd import metal
 from m2a.cli.models_cmd import interrupt_on_sigterm, models_app
+from m2a.cli.policies_cmd import policies_app
 from m2a.cli.redteam_cmd import redteam_app
 from m2a.cli.sim_cmd import sim
 from m2a.cli.tools_cmd import approvals_app, tools_app
@@ -43,6 +46,9 @@ app.add_typer(data_app, name="data")
 app.add_typer(agents_app, name="agents")
 app.add_typer(tools_app, name="tools")
 app.add_typer(approvals_app, name="approvals")
+app.add_typer(policies_app, name="policies")
+app.add_typer(intents_app, name="intents")
+app.add_typer(egress_app, name="egress")
 app.command("usage")(usage)
 app.command("sim")(sim)
 app.command("metal")(metal)

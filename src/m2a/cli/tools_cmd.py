@@ -101,11 +101,20 @@ def tools_add(
         float | None, typer.Option("--timeout", help="Seconds one call may take (30).")
     ] = None,
     description: Annotated[str | None, typer.Option(help="What the server is for.")] = None,
+    tier: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--tier", help="TOOL=read|write|destructive (destructive: a person approves); repeatable."
+        ),
+    ] = None,
     config: ConfigOpt = None,
 ) -> None:
     """Register an MCP server."""
     headers = parse_headers(header)
-    s = run(config, lambda db: ToolRegistry(ToolStore(db)).add(name, url, headers, timeout, description))
+    tiers = dict(t.partition("=")[::2] for t in tier or [])
+    s = run(
+        config, lambda db: ToolRegistry(ToolStore(db)).add(name, url, headers, timeout, description, tiers)
+    )
     names = ", ".join(s.headers) or "no headers"
     out.print(
         f"registered MCP server [bold]{escape(s.name)}[/] at {escape(s.url)} "

@@ -13,7 +13,7 @@ replayed approval never runs the call twice.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
 from m2a.store.schema import ToolApprovalRow, ToolCallRow, ToolServerRow
 
-CALL_STATUSES = ("ok", "error", "denied", "timeout")
+CALL_STATUSES = ("ok", "error", "denied", "timeout", "pending")  # pending: waits for an approval
 APPROVAL_STATUSES = ("pending", "approved", "denied", "expired")
 MAX_PAGE = 1000
 
@@ -55,6 +55,7 @@ class ServerRecord:
     description: str | None
     created_at: datetime
     updated_at: datetime
+    tiers: dict[str, str] = field(default_factory=dict)  # tool → read|write|destructive, set by an admin
 
 
 @dataclass(frozen=True)
@@ -96,12 +97,13 @@ class ApprovalRecord:
     decided_by: str | None
     decided_at: datetime | None
     used_at: datetime | None
+    tier: str | None = None  # read, write, destructive (trusted execution); None: not known
 
 
 def _server(r: ToolServerRow) -> ServerRecord:
     return ServerRecord(
         r.name, r.url, json.loads(r.headers or "{}"), r.timeout_s, r.description,
-        _aware(r.created_at), _aware(r.updated_at),  # type: ignore[arg-type]
+        _aware(r.created_at), _aware(r.updated_at), json.loads(r.tiers or "{}"),  # type: ignore[arg-type]
     )  # fmt: skip
 
 
@@ -121,7 +123,7 @@ def _approval(r: ToolApprovalRow, at: datetime | None = None) -> ApprovalRecord:
     return ApprovalRecord(
         r.id, r.agent, r.agent_id, r.version, r.team_id, r.server, r.tool, r.args_sha256, r.arguments,
         status, r.reason, r.response_id, _aware(r.created_at), expires, r.decided_by,  # type: ignore[arg-type]
-        _aware(r.decided_at), _aware(r.used_at),
+        _aware(r.decided_at), _aware(r.used_at), r.tier,
     )  # fmt: skip
 
 
@@ -135,12 +137,18 @@ class ToolStore:
     # -- servers -------------------------------------------------------------------------------
 
     async def add_server(
-        self, name: str, url: str, headers: dict[str, str], timeout_s: float, description: str | None = None
+        self,
+        name: str,
+        url: str,
+        headers: dict[str, str],
+        timeout_s: float,
+        description: str | None = None,
+        tiers: dict[str, str] | None = None,
     ) -> ServerRecord:
         at = now()
         row = ToolServerRow(
             name=name, url=url, headers=json.dumps(headers), timeout_s=timeout_s, description=description,
-            created_at=at, updated_at=at,
+            created_at=at, updated_at=at, tiers=json.dumps(tiers) if tiers else None,
         )  # fmt: skip
         try:
             async with self._session.begin() as s:
@@ -267,6 +275,21 @@ class ToolStore:
         if not won:
             raise ToolStoreError("conflict", f"approval '{approval_id}' is {found.status}, not pending")
         return found
+
+    async def find_open(self, agent: str, server: str, tool: str, args_sha256: str) -> ApprovalRecord | None:
+        """The newest approval of this very call (agent, tool, arguments' digest) still of use: pending,
+        or approved and not yet run; None when there is none (decided against, expired or used)."""
+        q = (
+            select(ToolApprovalRow)
+            .filter_by(agent=agent, server=server, tool=tool, args_sha256=args_sha256)
+            .where(ToolApprovalRow.status.in_(("pending", "approved")), ToolApprovalRow.used_at.is_(None))
+            .order_by(ToolApprovalRow.seq.desc())
+            .limit(1)
+        )
+        async with self._session() as s:
+            row = await s.scalar(q)
+        found = _approval(row) if row is not None else None
+        return found if found is not None and found.status in ("pending", "approved") else None
 
     async def claim(self, approval_id: str) -> bool:
         """Take an approved call to run it: true for exactly one caller, never for an unapproved one."""
