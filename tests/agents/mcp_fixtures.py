@@ -181,6 +181,7 @@ async def make_agent(
     tools: list[dict[str, Any]],
     *,
     new_team: bool = True,
+    extra: dict[str, Any] | None = None,
 ) -> Agent:
     """A team (with the model granted and a member key) and an agent with version 1 of a manifest,
     tested, with an access token from ``gw``'s token endpoint."""
@@ -189,7 +190,7 @@ async def make_agent(
         await store.grant(team, MODEL)
     key = (await store.create_key(team, f"{team}-key"))[0]
     registry = Registry(store.engine)
-    manifest = parse_manifest(agent_manifest(tools))
+    manifest = parse_manifest({**agent_manifest(tools), **(extra or {})})  # extra: egress, data_scopes...
     info, version = await registry.create(team, name, ["owner@example.com"], manifest=manifest)
     assert version is not None
     gate = RedteamReport.model_validate(report(manifest))

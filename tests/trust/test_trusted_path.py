@@ -65,10 +65,11 @@ class Endpoint:
         self.seen: list[dict[str, Any]] = []
 
         async def handle(request: Request) -> JSONResponse:
-            self.seen.append({"headers": dict(request.headers), "body": await request.json()})
+            raw = await request.body()
+            self.seen.append({"headers": dict(request.headers), "body": json.loads(raw) if raw else None})
             return JSONResponse({"refunded": True})
 
-        self.app = Starlette(routes=[Route("/refund", handle, methods=["POST"])])
+        self.app = Starlette(routes=[Route("/refund", handle, methods=["GET", "POST"])])
 
 
 @pytest_asyncio.fixture(loop_scope="session")
@@ -332,3 +333,62 @@ async def test_admin_key_is_not_needed_for_reads_but_policies_are_team_scoped(
         assert glob.status_code == 403
         assert b.token
         assert ADMIN
+
+
+FETCH = (
+    "import json,sys,urllib.request\n"
+    "url=json.load(sys.stdin)['url']\n"
+    "try:\n"
+    "    print(urllib.request.urlopen(url, timeout=10).read().decode())\n"
+    "except Exception as e:\n"
+    "    print('refused', getattr(e, 'code', type(e).__name__)); sys.exit(3)\n"
+)
+
+
+async def test_a_sandboxed_command_reaches_only_its_allow_list_through_the_proxy(
+    store: IdentityStore, tmp_path: Path, endpoint: tuple[Endpoint, str]
+) -> None:
+    from m2a.trust.sandbox import SandboxUnavailable, detect
+
+    try:
+        detect("auto")
+    except SandboxUnavailable as exc:
+        pytest.skip(f"no sandbox here: {exc}")
+    ep, url = endpoint
+    allowed = url.removeprefix("http://")  # 127.0.0.1:<port>
+    blocked = Endpoint()
+    async with live(blocked.app, 30.0) as other_url:
+        action = ActionConfig(
+            name="fetch",
+            kind="command",
+            tier="read",
+            argv=[sys.executable, "-I", "-c", FETCH],
+            egress=[allowed],
+        )
+        cfg = TrustConfig(policy_dir=tmp_path / "policies", actions=[action])
+        async with gateway(store, tmp_path / "home", trust=cfg) as gw:
+            agent = await make_agent(
+                gw,
+                store,
+                "ops",
+                "fetcher",
+                [{"server": "actions", "tools": ["fetch"]}],
+                extra={"egress": [allowed]},
+            )
+            async with mcp_session(gw.url, agent.token) as session:
+                ok = await session.call_tool("actions__fetch", {"url": f"{url}/refund"})
+                no = await session.call_tool("actions__fetch", {"url": f"{other_url}/refund"})
+            records = await gw.tools.trust.audit.show(kind="egress", limit=100)
+    assert not ok.is_error, text_of(ok)
+    assert json.loads(text_of(ok))["exit_code"] == 0
+    assert no.is_error and "refused 403" in json.loads(text_of(no))["stdout"]
+    assert not blocked.seen  # the refused destination saw nothing
+    egress = [
+        r["body"].get("body", r["body"]) if isinstance(r["body"], dict) else json.loads(r["body"])
+        for r in records
+    ]
+    assert {(e["port"], e["allowed"]) for e in egress} == {
+        (int(allowed.rpartition(":")[2]), True),
+        (int(other_url.rpartition(":")[2]), False),
+    }
+    assert all(r["agent"] == agent.spiffe_id for r in records)

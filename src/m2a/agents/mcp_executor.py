@@ -3,7 +3,10 @@
 The server and the tool are the intent's (``tool.server``, ``tool.name``), found in the registry of
 MCP servers m2a knows, never taken from the caller; the arguments it is handed were checked against
 the intent's digest when it was admitted. The server gets ``x-m2a-agent`` (the intent's subject) and
-the ``execute_tool`` span's ``traceparent``, as before trusted execution; its result is passed on.
+the ``execute_tool`` span's ``traceparent``, as before trusted execution, and ``x-m2a-intent``: the
+signed intent itself, so a server that wants to can verify offline, with m2a's JWKS, that m2a
+decided this very call (``m2a.trust.verify.verify_intent``, audience ``m2a:executor:mcp``) and refuse
+a replay (``m2a.trust.replay.SQLiteReplayCache``). Its result is passed on.
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ from m2a.trust.executors import Execution, Executor, register_executor
 from m2a.trust.replay import StoreReplay
 from m2a.trust.signing import KeySource
 from m2a.trust.verify import Intent
+
+INTENT_HEADER = "x-m2a-intent"  # the signed intent, for a server that verifies it itself (m2a.trust.verify)
 
 
 class McpExecutor(Executor):
@@ -30,8 +35,9 @@ class McpExecutor(Executor):
             return Execution("error", error=f"the tool server '{intent.tool.server}' is not registered")
         try:
             result = await self.registry.call(
-                record, intent.tool.name, arguments, agent=intent.sub, traceparent=hints.get("carrier") or {}
-            )
+                record, intent.tool.name, arguments, agent=intent.sub,
+                traceparent={**(hints.get("carrier") or {}), INTENT_HEADER: hints.get("token", "")},
+            )  # fmt: skip
         except ToolFailure as exc:
             return Execution(exc.status, error=exc.message)
         status = "error" if result.is_error else "ok"

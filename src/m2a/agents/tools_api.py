@@ -290,7 +290,10 @@ async def _decide(
                 code="approver_not_allowed",
             )
     reason = body.reason if body is not None else None
-    return approval_out(await store.decide(approval_id, approve, decider(p), reason))
+    decided = await store.decide(approval_id, approve, decider(p), reason)
+    if trust is not None:
+        await trust.record_decision(decided, approve)
+    return approval_out(decided)
 
 
 @tools_router.post(APPROVALS + "/{approval_id}/approve", response_model=ApprovalOut)

@@ -210,6 +210,16 @@ class Trust:
         )  # fmt: skip
         return decision
 
+    async def record_decision(self, decided: ApprovalRecord, approve: bool) -> None:
+        """An approval decided (through the API): its audit record."""
+        await self.audit.append(
+            "approval_decided",
+            {"approval": decided.id, "approved": approve, "decided_by": decided.decided_by,
+             "tool": {"server": decided.server, "name": decided.tool}, "args_sha256": decided.args_sha256,
+             "tier": decided.tier},
+            agent=decided.agent, team_id=decided.team_id,
+        )  # fmt: skip
+
     async def _team_name(self, team_id: int | None) -> str | None:
         if team_id is None:
             return None

@@ -15,6 +15,7 @@ import m2a.cli.agent_identity_cmd  # noqa: F401  (adds `m2a agents token` and `m
 from m2a import __version__
 from m2a.catalog.sources import SourceError
 from m2a.cli.agents_cmd import agents_app
+from m2a.cli.audit_cmd import audit_app
 from m2a.cli.config_cmd import config_app
 from m2a.cli.data_cmd import data_app
 from m2a.cli.egress_cmd import egress_app
@@ -49,6 +50,7 @@ app.add_typer(approvals_app, name="approvals")
 app.add_typer(policies_app, name="policies")
 app.add_typer(intents_app, name="intents")
 app.add_typer(egress_app, name="egress")
+app.add_typer(audit_app, name="audit")
 app.command("usage")(usage)
 app.command("sim")(sim)
 app.command("metal")(metal)

@@ -29,6 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from m2a.agents.tools import ToolError, ToolFailure, ToolRegistry, masked
 from m2a.cli.identity_cmd import run_store
 from m2a.store.tools import APPROVAL_STATUSES, ApprovalRecord, ServerRecord, ToolStore, ToolStoreError
+from m2a.trust.audit import AuditLog
 
 tools_app = typer.Typer(no_args_is_help=True, help="MCP servers agents reach through m2a.")
 approvals_app = typer.Typer(no_args_is_help=True, help="Tool calls waiting for a person's approval.")
@@ -212,18 +213,38 @@ def approvals_list(
     if as_json:
         print(json.dumps([_approval_json(a) for a in found], indent=2))
         return
-    table = Table("id", "agent", "tool", "arguments", "status", "expires")
+    table = Table("id", "agent", "tool", "tier", "arguments", "status", "expires")
     for a in found:
         args = a.arguments if len(a.arguments) <= 60 else a.arguments[:57] + "..."
         agent = a.agent.rsplit("/team/", 1)[-1] + (f" v{a.version}" if a.version else "")
         table.add_row(
-            a.id, agent, f"{a.server}/{a.tool}", args, a.status, f"{a.expires_at:%Y-%m-%d %H:%M:%S}"
+            a.id,
+            agent,
+            f"{a.server}/{a.tool}",
+            a.tier or "-",
+            args,
+            a.status,
+            f"{a.expires_at:%Y-%m-%d %H:%M:%S}",
         )
     out.print(table)
 
 
 def _decide(approval_id: str, approve: bool, reason: str | None, config: Path | None) -> ApprovalRecord:
-    return run(config, lambda db: ToolStore(db).decide(approval_id, approve, _decider(), reason))
+    """Decide on the store as its operator (whoever may open the store decides as an admin would),
+    and append the decision to the audit log (unsigned here: the gateway's next checkpoint covers it)."""
+
+    async def work(db: AsyncEngine) -> ApprovalRecord:
+        decided = await ToolStore(db).decide(approval_id, approve, _decider(), reason)
+        await AuditLog(db, None, issuer="m2a-cli").append(
+            "approval_decided",
+            {"approval": decided.id, "approved": approve, "decided_by": decided.decided_by,
+             "tool": {"server": decided.server, "name": decided.tool}, "args_sha256": decided.args_sha256,
+             "tier": decided.tier},
+            agent=decided.agent, team_id=decided.team_id,
+        )  # fmt: skip
+        return decided
+
+    return run(config, work)
 
 
 @approvals_app.command("approve")
