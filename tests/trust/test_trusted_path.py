@@ -8,6 +8,8 @@ destructive calls wait for a person allowed to approve them. Each refusal runs n
 from __future__ import annotations
 
 import json
+import secrets
+import string
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -392,3 +394,41 @@ async def test_a_sandboxed_command_reaches_only_its_allow_list_through_the_proxy
         (int(other_url.rpartition(":")[2]), False),
     }
     assert all(r["agent"] == agent.spiffe_id for r in records)
+
+
+async def test_the_tool_rail_refuses_a_secret_in_the_arguments_and_signs_its_findings(
+    store: IdentityStore, tmp_path: Path, endpoint: tuple[Endpoint, str]
+) -> None:
+    ep, url = endpoint
+    async with gateway(store, tmp_path / "home", trust=trust_cfg(tmp_path, url)) as gw:
+        strict = await make_agent(
+            gw,
+            store,
+            "sales",
+            "careful",
+            [{"server": "actions", "tools": ["refund"]}],
+            extra={"guardrails": "strict"},
+        )
+        relaxed = await make_agent(
+            gw,
+            store,
+            "sales",
+            "relaxed",
+            [{"server": "actions", "tools": ["refund"]}],
+            new_team=False,
+            extra={"guardrails": "default"},
+        )
+        leaked = {
+            "order_id": "SO-1001",
+            "note": "use the token ghp_" + "".join(secrets.choice(string.ascii_letters) for _ in range(36)),
+        }
+        async with mcp_session(gw.url, strict.token) as session:
+            refused = await session.call_tool("actions__refund", leaked)
+        assert refused.is_error and "refused by guardrails" in text_of(refused)
+        assert not ep.seen  # nothing ran
+        async with mcp_session(gw.url, relaxed.token) as session:  # the default profile masks, not refuses
+            ran = await session.call_tool("actions__refund", leaked)
+        assert not ran.is_error, text_of(ran)
+        (seen,) = ep.seen
+        intent = jwt.decode(seen["headers"]["x-m2a-intent"], options={"verify_signature": False})
+        assert {"detector": "secrets", "action": "redact"} in intent["guardrails"]

@@ -72,7 +72,7 @@ class AgentsExtension:
             self.trust = Trust(
                 trust, host.db, self.identity.keys, self.identity.issuer, self.tools.registry,
                 self.tools.store, self.tools.gateway.manifests, home=host.home, tracer=host.tracer,
-                approval_timeout_s=cfg.approval_timeout_s,
+                approval_timeout_s=cfg.approval_timeout_s, guards=host.guards,
                 tokens=lambda token: access.tokens(token),  # type: ignore[misc]  # set at start
             )  # fmt: skip
             self.tools.gateway.trust = self.trust

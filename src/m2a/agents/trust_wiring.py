@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -73,6 +74,7 @@ class Trust:
         tracer: Any = None,
         approval_timeout_s: float = 3600.0,
         tokens: Callable[[str], Awaitable[Principal]] | None = None,
+        guards: Any = None,
     ) -> None:
         self.cfg = cfg
         self.db = db
@@ -81,6 +83,7 @@ class Trust:
         self.registry = registry
         self.manifests = manifests
         self.tokens = tokens
+        self.guards = guards  # the gateway's Guards: the caller's profile's tool rail over the arguments
         self.actions = {a.name: a for a in cfg.actions}
         policy_dir = cfg.policy_dir or (home / "policies" if home is not None else None)
         self.policy = PolicyEngine(db, policy_dir, cfg.mode)
@@ -171,10 +174,12 @@ class Trust:
         arguments_text: str | None = None,
     ) -> ActionOutcome:
         executor = self.actions[tool].kind if record.name == ACTIONS_SERVER else "mcp"
+        guardrails, blocked = await self._tool_rail(principal, arguments)
         call = ActionCall(
             principal=principal, server=record.name, tool=tool, arguments=arguments,
             tier=await self.tier(record, tool), executor=executor, call_id=call_id, granted=True,
             arguments_text=arguments_text, response_id=response_id, approval=approval,
+            guardrails=guardrails, blocked=blocked,
         )  # fmt: skip
         hints = {
             "carrier": carrier,
@@ -185,6 +190,31 @@ class Trust:
         except Exception:  # fail closed: nothing ran that was not recorded
             log.exception("the trusted path failed for %s/%s (call %s)", record.name, tool, call_id)
             return ActionOutcome("error", "m2a could not run this action through its trusted path")
+
+    async def _tool_rail(
+        self, principal: Principal, arguments: dict[str, Any]
+    ) -> tuple[tuple[tuple[str, str], ...], str | None]:
+        """The caller's guardrail profile's ``tool`` rules over the arguments (as JSON text): the
+        findings as (detector, action), and why it refuses (a ``block`` finding), or None."""
+        if self.guards is None:
+            return (), None
+        try:
+            policies = self.guards.for_request(principal, "")
+        except Exception as exc:  # a profile that is attached but missing: fail closed
+            return (), f"guardrail profile unavailable: {getattr(exc, 'message', exc)}"
+        text = json.dumps(arguments, ensure_ascii=False)
+        found: list[tuple[str, str]] = []
+        blocked = None
+        for policy in policies:
+            if not policy.applies("tool"):
+                continue
+            verdict = await policy.acheck("tool", text)
+            found += [(f.detector, "block") for f in verdict.blocked]
+            found += [(f.detector, "redact") for f in verdict.redacted]
+            found += [(f.detector, "flag") for f in verdict.flagged]
+            if verdict.decision == "deny" and blocked is None:
+                blocked = verdict.reason or "denied"
+        return tuple(dict.fromkeys(found)), blocked
 
     async def may_approve(self, approver: Principal, approval: ApprovalRecord) -> Decision:
         """Whether this key may decide this approval (Cedar's ``approve``; always enforced)."""

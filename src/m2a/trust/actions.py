@@ -69,7 +69,8 @@ class ActionCall:
     executor: str
     call_id: str
     granted: bool = True
-    guardrails: tuple[str, ...] = ()
+    guardrails: tuple[tuple[str, str], ...] = ()  # (detector, action) of the tool rail's findings
+    blocked: str | None = None  # why a guardrail refused the call (then nothing is decided or run)
     arguments_text: str | None = None  # as the model wrote them, kept with a pending approval
     response_id: str | None = None
     approval: ApprovalRecord | None = None
@@ -133,6 +134,12 @@ class ActionPath:
             "tier": call.tier,
         }
 
+        if call.blocked is not None:  # 0. the tool rail refused the arguments: nothing to decide
+            guard = [{"detector": d, "action": a} for d, a in call.guardrails]
+            body = {**base, "guardrails": guard, "blocked": call.blocked}
+            await self.audit.append("decision", body, **where)
+            return ActionOutcome("denied", f"refused by guardrails ({call.blocked})")
+
         # 1. decide
         with self._child(span, f"m2a.policy {call.tool}") as s:
             decision = await self.policy.decide_call(
@@ -148,7 +155,7 @@ class ActionPath:
                     tier=call.tier,
                     granted=call.granted,
                     arguments=call.arguments,
-                    guardrails=call.guardrails,
+                    guardrails=tuple(sorted({d for d, _ in call.guardrails})),
                 )
             )
             _decision_attrs(s, decision)
@@ -184,7 +191,7 @@ class ActionPath:
                     "version": decision.policy_version,
                     "mode": decision.mode,
                 },
-                guardrails=[{"detector": g, "action": "flag"} for g in call.guardrails],
+                guardrails=[{"detector": d, "action": a} for d, a in call.guardrails],
                 approval=approval.id if approval is not None else None,
                 trace_id=_trace_id(span),
             )
