@@ -472,3 +472,47 @@ class PolicyRow(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     updated_by: Mapped[str] = mapped_column(String(300))
+
+
+# -- the web console: sessions, and daily usage kept as the ledger grows (console/) ---------------
+
+
+class ConsoleSessionRow(Base):
+    """A signed-in browser: the cookie carries the id, the table its sha256. ``bearer_enc`` is the
+    key or token it signed in with, encrypted (AES-GCM, console/sessions.py), so the console can call
+    m2a's APIs as that principal; it is never rendered."""
+
+    __tablename__ = "console_sessions"
+
+    id_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    key_id: Mapped[int | None] = mapped_column(Integer, nullable=True, index=True)
+    subject: Mapped[str] = mapped_column(String(300))  # who, for display: a key prefix, an agent
+    team_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    admin: Mapped[bool] = mapped_column(Boolean, default=False)
+    bearer_enc: Mapped[str] = mapped_column(Text)
+    csrf: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    last_seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class UsageDailyRow(Base):
+    """Usage summed per UTC day, team, key and model, kept up to date as ledger rows are written, so
+    usage by day stays fast on a ledger of millions of rows. 0 stands for "none" in ``team_id`` and
+    ``key_id`` (so the primary key holds no NULLs)."""
+
+    __tablename__ = "usage_daily"
+
+    day: Mapped[str] = mapped_column(String(10), primary_key=True)  # YYYY-MM-DD (UTC)
+    team_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    key_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    model: Mapped[str] = mapped_column(String(256), primary_key=True)
+    team: Mapped[str | None] = mapped_column(String(64), nullable=True)  # as last recorded
+    requests: Mapped[int] = mapped_column(BigInteger, default=0)
+    errors: Mapped[int] = mapped_column(BigInteger, default=0)
+    input_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    output_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    cached_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    cost: Mapped[float] = mapped_column(Float, default=0.0)
+    duration_ms: Mapped[float] = mapped_column(Float, default=0.0)  # summed: mean = / requests
