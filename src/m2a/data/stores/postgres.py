@@ -98,7 +98,8 @@ MAX_SCAN_TUPLES = 20_000  # hnsw.max_scan_tuples: how far an iterative index sca
 HNSW_MAX_DIM = 2000  # pgvector's HNSW index on vector(n): n at most 2,000
 MAX_DIM = 16_000  # pgvector's vector(n)
 INSERT_BATCH = 1000  # chunks per INSERT statement
-_LOCK_SCHEMA = 7265677  # pg_advisory_xact_lock key while creating tables (the store's own is 7265676)
+_LOCK_SCHEMA = 7265679  # pg_advisory_xact_lock key while creating tables (the store's own is 7265676,
+# signing keys' 7265677, the audit log's 7265690)
 _LOCK_INDEX = 7265678  # pg_try_advisory_lock (key, dim) while building a table's HNSW index
 
 _SCHEMA = """
