@@ -296,7 +296,8 @@ class Trust:
 
     async def start(self) -> None:
         host, _, port = self.cfg.egress_listen.rpartition(":")
-        await self.proxy.start(host.strip("[]") or "127.0.0.1", int(port or 0))
+        bound = await self.proxy.start(host.strip("[]") or "127.0.0.1", int(port or 0))
+        log.info("egress proxy (HTTP CONNECT) for agents at %s:%s", *bound)
         await self.policy.reload()
         self._task = asyncio.create_task(self._background())
 
