@@ -129,12 +129,17 @@ class Trust:
         )
 
     def routes(self, access: Any, docs: bool = True) -> list[Any]:
-        """``/admin/v1/policies`` (``trust/policies_api.py``)."""
+        """``/admin/v1/policies`` (``trust/policies_api.py``) and ``/admin/v1/audit`` (``audit_api.py``)."""
         from m2a.agents.extension import Under  # the extension imports this module
         from m2a.store.policies import PolicyStore
+        from m2a.trust.audit_api import PREFIX as AUDIT
+        from m2a.trust.audit_api import create_audit_api
         from m2a.trust.policies_api import PREFIX, create_policies_api
 
-        return [Under(PREFIX, create_policies_api(self.policy, PolicyStore(self.db), access, docs))]
+        return [
+            Under(PREFIX, create_policies_api(self.policy, PolicyStore(self.db), access, docs)),
+            Under(AUDIT, create_audit_api(self.audit, access)),  # /admin/v1/audit (read only)
+        ]
 
     # -- the MCP gateway's questions -------------------------------------------------------------
 

@@ -523,8 +523,11 @@ class AuditLog:
         kind: str | None,
         since: datetime | None,
         until: datetime | None,
+        team_id: int | None = None,
     ) -> Select[Any]:
         q = select(_R)
+        if team_id is not None:
+            q = q.where(_R.c.team_id == team_id)
         if agent is not None:
             q = q.where(_R.c.agent == agent)
         if trace_id is not None:
@@ -547,11 +550,12 @@ class AuditLog:
         until: datetime | None = None,
         limit: int = 100,
         after_seq: int | None = None,
+        team_id: int | None = None,
     ) -> list[dict[str, Any]]:
         """Records matching every filter given, in seq order: the first ``limit`` after ``after_seq``,
-        or (without it) the newest ``limit``. ``until`` is exclusive."""
+        or (without it) the newest ``limit``. ``until`` is exclusive; ``team_id``: one team's records."""
         limit = max(1, min(limit, 10_000))
-        q = self._filtered(agent, trace_id, kind, since, until)
+        q = self._filtered(agent, trace_id, kind, since, until, team_id)
         async with self.engine.connect() as conn:
             if after_seq is not None:
                 rows = (
