@@ -39,6 +39,12 @@ if ! command -v bwrap >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-ge
   apt-get install -y -qq bubblewrap >/dev/null 2>&1 || echo "bubblewrap not installed: commands use m2a's own sandbox"
 fi
 
+# chromium: the headless browser the web console's tests drive (Playwright's wheel brings none)
+if ! [ -x /usr/bin/chromium ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  step "installing chromium (the browser the web console's tests drive)"
+  apt-get install -y -qq chromium >/dev/null 2>&1 || echo "chromium not installed: the console's browser tests skip"
+fi
+
 step "checking the install"
 .venv/bin/python -c "import vllm, llama_cpp, transformers, m2a; print('m2a', m2a.__version__, '| vllm', vllm.__version__, '| llama_cpp', llama_cpp.__version__)"
 printf '\nready: run `.venv/bin/m2a up` (or activate with `. .venv/bin/activate`)\n'
