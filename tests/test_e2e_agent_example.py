@@ -49,7 +49,7 @@ TEAM = "sales-ops"
 AGENT = "erp-assistant"
 SPIFFE = f"spiffe://m2a.local/team/{TEAM}/agent/{AGENT}"
 ERP_BEARER = "erp-demo-credential-" + "k" * 12  # m2a's credential for the ERP (`m2a tools add --header`)
-MANIFEST_TOOLS = {"erp__lookup_order", "erp__invoice_status", "erp__customer_orders"}  # agent.yaml's
+MANIFEST_TOOLS = {"erp__lookup_order", "erp__invoice_status", "erp__customer_orders", "erp__cancel_order"}
 # A small probe selection, so the 135M model is attacked in about a minute: the categories that
 # matter for an agent with a system prompt and tool data, two probes each, planted values seeded.
 PROBES = [
@@ -175,7 +175,7 @@ def walk(stack: Stack, erp: Erp) -> Walk:
     bearer = f"Authorization=Bearer {ERP_BEARER}"
     m2a(env, "tools", "add", "erp", erp.url, "--header", bearer, "--timeout", "30")
     shown = m2a(env, "tools", "show", "erp", "--json").stdout
-    assert "find_customer" in shown and ERP_BEARER not in shown  # the server's four tools; no secret
+    assert "find_customer" in shown and ERP_BEARER not in shown  # the server's five tools; no secret
     m2a(env, "teams", "create", TEAM)
     m2a(env, "models", "grant", TEAM, MODEL)
     team_key = m2a(env, "keys", "create", TEAM, "--name", "erp-assistant-ci").stdout.strip()
@@ -257,7 +257,7 @@ def test_the_agent_answers_with_the_record_its_tool_gave(walk: Walk, asked: dict
     order, invoice = asked["answers"]
     assert order["error"] is None and order["path"] == "mcp" and order["tool"] == "erp__lookup_order"
     assert order["arguments"] == {"order_id": "SO-1001"} and order["record"] == SO_1001
-    assert set(order["tools_listed"]) == MANIFEST_TOOLS  # the manifest's, not the server's four
+    assert set(order["tools_listed"]) == MANIFEST_TOOLS  # the manifest's, not the server's five
     assert order["answer"] and order["response_id"].startswith("resp_")
     for fact in ("SO-1001", "cordless drill", "EUR 1188.00", "shipped", "Acme Tools GmbH", "INV-5001"):
         assert fact in order["facts"], (fact, order["facts"])

@@ -84,7 +84,7 @@ async def test_list_shows_only_the_manifest_tools(gw: Gateway, store: IdentitySt
     async with mcp_session(gw.url, agent.token) as session:
         listed = await session.list_tools()
     names = sorted(t.name for t in listed.tools)
-    assert names == ["erp__invoice_status", "erp__lookup_order"]  # the ERP offers four
+    assert names == ["erp__invoice_status", "erp__lookup_order"]  # the ERP offers five
     lookup = next(t for t in listed.tools if t.name == "erp__lookup_order")
     assert "order" in (lookup.description or "") and "order_id" in lookup.input_schema["properties"]
     async with mcp_session(gw.url, other.token) as session:
@@ -271,7 +271,7 @@ async def test_the_erp_example_runs_as_a_script(gw: Gateway, store: IdentityStor
         await register(gw, "erp", url, headers={"Authorization": f"Bearer {ERP_SECRET}"})
         tools = await gw.admin("GET", "/tools/erp/tools")
         assert sorted(t["name"] for t in tools.json()) == [
-            "customer_orders", "find_customer", "invoice_status", "lookup_order",
+            "cancel_order", "customer_orders", "find_customer", "invoice_status", "lookup_order",
         ]  # fmt: skip
         agent = await make_agent(gw, store, "sales", "order-bot", ERP_TOOLS)
         async with mcp_session(gw.url, agent.token) as session:

@@ -70,7 +70,7 @@ async def test_register_list_show_remove(gw: Gateway, erp: ToolServer) -> None:
         assert ERP_SECRET not in resp.text and "acme" not in resp.text  # never shown back
     assert [s["name"] for s in listed.json()] == ["erp"] and shown.json()["url"] == erp.url
     assert sorted(t["name"] for t in offered.json()) == [
-        "customer_orders", "find_customer", "invoice_status", "lookup_order",
+        "cancel_order", "customer_orders", "find_customer", "invoice_status", "lookup_order",
     ]  # fmt: skip
     assert erp.seen[-1]["headers"]["authorization"] == f"Bearer {ERP_SECRET}"  # used, though not shown
     assert_openai_error(

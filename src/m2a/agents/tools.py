@@ -324,7 +324,7 @@ class ToolRegistry:
                     page = await session.list_tools(params=params)
                     for t in page.tools:
                         annotations = (
-                            t.annotations.model_dump(mode="json", exclude_none=True)
+                            t.annotations.model_dump(mode="json", by_alias=True, exclude_none=True)
                             if t.annotations
                             else None
                         )
