@@ -30,6 +30,7 @@ from typing import Any
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from m2a.store import usage_daily
 from m2a.store.schema import Usage
 
 log = logging.getLogger("m2a.store.ledger")
@@ -166,14 +167,25 @@ class Ledger:
     # -- the database --------------------------------------------------------------------------
 
     async def _upsert(self, rows: list[dict[str, Any]]) -> None:
+        """Store rows, and keep the daily rollup equal to them in the same transaction: a new request
+        id is inserted; one stored already (a replayed journal) replaces its row, and the rollup
+        takes the old row out before adding the new one (``usage_daily``)."""
         if not rows:
             return
+        rows = list({r["request_id"]: r for r in rows}.values())  # one row per request, the last
         stmt = self._insert(Usage)
         update = {c: stmt.excluded[c] for c in rows[0] if c != "request_id"}
-        stmt = stmt.on_conflict_do_update(index_elements=["request_id"], set_=update)
+        upsert = stmt.on_conflict_do_update(index_elements=["request_id"], set_=update)
+        fresh = stmt.on_conflict_do_nothing(index_elements=["request_id"]).returning(Usage.request_id)
         async with self.engine.begin() as conn:
             for i in range(0, len(rows), 500):
-                await conn.execute(stmt, rows[i : i + 500])
+                chunk = rows[i : i + 500]
+                inserted = set((await conn.execute(fresh, chunk)).scalars())
+                again = [r for r in chunk if r["request_id"] not in inserted]
+                old = await usage_daily.old_rows(conn, [r["request_id"] for r in again])
+                if again:
+                    await conn.execute(upsert, again)
+                await usage_daily.add(conn, chunk, old)
 
     async def flush(self) -> int:
         """Write finished records to the database; how many."""

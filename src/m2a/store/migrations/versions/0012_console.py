@@ -53,7 +53,7 @@ def upgrade() -> None:
         f"SELECT {keys}, MAX(team), COUNT(*), "
         "SUM(CASE WHEN status = 'ok' THEN 0 ELSE 1 END), SUM(input_tokens), SUM(output_tokens), "
         "SUM(cached_tokens), SUM(COALESCE(cost, 0)), SUM(COALESCE(duration_ms, 0)) "
-        f"FROM usage WHERE finished_at IS NOT NULL GROUP BY {keys}"
+        f"FROM usage GROUP BY {keys}"
     )
 
 
