@@ -390,6 +390,8 @@ ADMIN_PATHS = {
     "/v1/keys": {"get", "post"},
     "/v1/keys/{key_id}": {"delete"},
     "/v1/quotas": {"get"},
+    "/v1/quotas/usage": {"get"},
+    "/v1/overview": {"get"},
     "/v1/teams/{team}/quotas": {"put", "delete"},
     "/v1/usage": {"get"},
     "/v1/guardrails/profiles": {"get"},

@@ -21,6 +21,7 @@ import uvicorn
 from m2a.agents.extension import agents_extension
 from m2a.catalog.importer import check_reference, import_model
 from m2a.config import ModelConfig, Settings
+from m2a.console.extension import console_extension
 from m2a.engines.base import EngineSpec
 from m2a.engines.registry import choose
 from m2a.engines.supervisor import Supervisor
@@ -246,7 +247,7 @@ async def run_up(
         guards=guards,
         data=settings.data,
         home=settings.home,
-        extensions=[agents_extension(settings.agents, settings.trust)],
+        extensions=[agents_extension(settings.agents, settings.trust), console_extension()],
     )
     gw = settings.gateway
     server = _Server(uvicorn.Config(app, host=gw.host, port=gw.port, log_level="warning", access_log=False))

@@ -198,6 +198,14 @@ class Access:
                     self._cache.popitem(last=False)
         return found
 
+    def derived_key(self, purpose: bytes, length: int = 32) -> bytes:
+        """A secret for ``purpose`` derived from the admin key (HKDF-SHA256): the same in every
+        gateway process with that key, and the admin key itself never leaves this object."""
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+        return HKDF(algorithm=hashes.SHA256(), length=length, salt=None, info=purpose).derive(self._admin)
+
     async def is_admin(self, request: Request) -> bool:
         """Whether the request carries a valid admin key (never raises: for optional detail)."""
         if bearer_token(request) is None:

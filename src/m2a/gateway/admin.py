@@ -20,7 +20,9 @@ from m2a.config import Price
 from m2a.gateway.access import Access
 from m2a.gateway.admin_access import authorize, caller
 from m2a.gateway.admin_guardrails import guardrails_router
+from m2a.gateway.admin_overview import Overview, overview_router
 from m2a.gateway.admin_usage import usage_router
+from m2a.gateway.counters import Counters
 from m2a.gateway.errors import GatewayError, error_response
 from m2a.gateway.guards import Guards
 from m2a.principal import Principal
@@ -114,10 +116,14 @@ def create_admin_api(
     served: Callable[[], list[str]] = list,
     docs: bool = True,
     guards: Guards | None = None,
+    counters: Counters | None = None,
+    overview: Overview | None = None,
 ) -> FastAPI:
     """The admin API; ``served`` names the models this gateway serves (grants of others need
     ``force``); ``docs`` serves the OpenAPI document and its page without a key (False: none);
-    ``guards`` are the gateway's guardrail profiles (default: built-in and stored ones)."""
+    ``guards`` are the gateway's guardrail profiles (default: built-in and stored ones);
+    ``counters`` the quota counters (``/v1/quotas/usage``), ``overview`` what
+    ``/v1/overview`` reads (``admin_overview.py``)."""
     api = FastAPI(
         title="m2a admin API",
         version="1",
@@ -245,7 +251,9 @@ def create_admin_api(
         changed()
         return next(_key(k) for k in await store.list_keys() if k.id == key_id)
 
-    api.include_router(usage_router(access, QuotaStore(store.engine), usage, prices or {}))
+    api.include_router(usage_router(access, QuotaStore(store.engine), usage, prices or {}, counters))
+    if overview is not None:
+        api.include_router(overview_router(overview))
     guardrails = GuardrailStore(store.engine)
     api.include_router(guardrails_router(access, guards or Guards(store=guardrails), guardrails))
     return api

@@ -2,9 +2,12 @@
 
 Quotas are for admins. Usage is for admins (any team) and for team keys (their own team only:
 a team key asking for another team's usage gets 403, and its rows never include other teams).
+``/v1/quotas/usage`` (what is used of each limit in its current window, from the gateway's own
+counters) follows the usage rule: admins any team, a team key its own.
 (No ``from __future__ import annotations``: FastAPI reads the annotations at runtime.)
 """
 
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Literal
 
@@ -15,8 +18,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from m2a.config import Price
 from m2a.gateway.access import Access
 from m2a.gateway.admin_access import caller
+from m2a.gateway.counters import Counters
 from m2a.gateway.errors import GatewayError
-from m2a.principal import Principal
+from m2a.gateway.quota import Quotas, window_bounds
+from m2a.principal import Limit, Principal
 from m2a.store.identity import MAX_ID
 from m2a.store.limits import MAX_LIMIT, NO_WINDOW
 from m2a.store.quotas import QuotaInfo, QuotaStore
@@ -53,6 +58,14 @@ class QuotaOut(BaseModel):
     created_at: datetime
 
 
+class QuotaUseOut(QuotaOut):
+    used: int | None = Field(
+        description="Used in the current window (concurrency: in flight now); "
+        "null where this gateway keeps no counters."
+    )
+    resets_at: datetime | None = Field(description="When the current window ends; null for concurrency.")
+
+
 class UsageOut(BaseModel):
     group: str | None
     model: str
@@ -75,8 +88,13 @@ def _quota(q: QuotaInfo) -> QuotaOut:
 
 
 def usage_router(
-    access: Access, quotas: QuotaStore, usage: AsyncEngine | None, prices: dict[str, Price]
+    access: Access,
+    quotas: QuotaStore,
+    usage: AsyncEngine | None,
+    prices: dict[str, Price],
+    counters: Counters | None = None,
 ) -> APIRouter:
+    """``counters``: the gateway's quota counters (what ``/v1/quotas/usage`` reads)."""
     router = APIRouter()
 
     Caller = Annotated[Principal, Depends(caller)]
@@ -86,6 +104,27 @@ def usage_router(
     @router.get("/v1/quotas", response_model=list[QuotaOut])
     async def list_quotas(_: Admin, team: Team | None = None) -> list[QuotaOut]:
         return [_quota(q) for q in await quotas.list(team)]
+
+    @router.get("/v1/quotas/usage", response_model=list[QuotaUseOut])
+    async def quota_usage(p: Caller, team: Team | None = None) -> list[QuotaUseOut]:
+        """Each limit with what is used of it now; team keys see their own team's only."""
+        if not p.is_admin:
+            if team is not None and team != p.team:
+                raise GatewayError(403, "A team key sees its own team's quotas only.", code="not_your_team")
+            if p.team is None:
+                raise GatewayError(403, "This key belongs to no team.", code="not_your_team")
+            team = p.team
+        now = time.time()
+        out = []
+        for q in await quotas.list(team):
+            scope, subject = ("key", q.key_id) if q.key_id is not None else ("team", q.team_id)
+            lim = Limit(scope, subject, q.metric, q.window, q.limit)
+            concurrency = q.metric == "concurrency"
+            key = f"{scope}:{subject}:concurrency" if concurrency else Quotas.counter_key(lim, now)
+            used = await counters.value(key) if counters is not None else None
+            resets = None if concurrency else datetime.fromtimestamp(window_bounds(q.window, now)[1], UTC)
+            out.append(QuotaUseOut(**_quota(q).model_dump(), used=used, resets_at=resets))
+        return out
 
     @router.put("/v1/teams/{team}/quotas", response_model=list[QuotaOut])
     async def set_quotas(team: str, body: QuotasIn, _: Admin) -> list[QuotaOut]:

@@ -295,6 +295,7 @@ def create_app(
         routes += ext.routes()
     if identity is not None:
         from m2a.gateway.admin import create_admin_api  # FastAPI loads only where teams exist
+        from m2a.gateway.admin_overview import Overview
 
         admin_api = create_admin_api(
             identity,
@@ -304,6 +305,8 @@ def create_app(
             served=pool.models,
             docs=cfg.admin_docs,
             guards=guards,
+            counters=quotas.counters,
+            overview=Overview(pool, load.pages, replica_status),
         )
         routes.append(Mount("/admin", app=admin_api))
     app = Starlette(

@@ -26,6 +26,7 @@ class QuotaInfo:
     window: str
     limit: int
     created_at: datetime
+    team_id: int = 0  # the team's identity (what the gateway's counters are keyed by)
 
 
 def check(metric: str, window: str, limit: int) -> None:
@@ -101,4 +102,7 @@ class QuotaStore:
             if team is not None:
                 q = q.where(Quota.team_id == (await self.identity._team(s, team)).id)
             rows = (await s.execute(q.order_by(Team.name, Quota.key_id, Quota.metric, Quota.window))).all()
-            return [QuotaInfo(name, r.key_id, r.metric, r.window, r.limit, r.created_at) for r, name in rows]
+            return [
+                QuotaInfo(name, r.key_id, r.metric, r.window, r.limit, r.created_at, r.team_id)
+                for r, name in rows
+            ]
