@@ -83,6 +83,8 @@ async def test_admin_reads_every_record_with_filters_and_paging(api: Api) -> Non
     assert [r["seq"] for r in (await api.get(trace_id=TRACE)).json()] == [1]
     assert [r["seq"] for r in (await api.get(limit=2)).json()] == [3, 4]  # the newest two
     assert [r["seq"] for r in (await api.get(after=1, limit=2)).json()] == [2, 3]  # paging on
+    assert [r["seq"] for r in (await api.get(before=4, limit=2)).json()] == [2, 3]  # paging back
+    assert [r["seq"] for r in (await api.get(before=2)).json()] == [1]
     assert (await api.get(since="2000-01-01T00:00:00", until="2000-01-02T00:00:00")).json() == []
 
 

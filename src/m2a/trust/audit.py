@@ -551,11 +551,15 @@ class AuditLog:
         limit: int = 100,
         after_seq: int | None = None,
         team_id: int | None = None,
+        before_seq: int | None = None,
     ) -> list[dict[str, Any]]:
         """Records matching every filter given, in seq order: the first ``limit`` after ``after_seq``,
-        or (without it) the newest ``limit``. ``until`` is exclusive; ``team_id``: one team's records."""
+        or (without it) the newest ``limit`` (below ``before_seq`` when given: paging back). ``until``
+        is exclusive; ``team_id``: one team's records."""
         limit = max(1, min(limit, 10_000))
         q = self._filtered(agent, trace_id, kind, since, until, team_id)
+        if before_seq is not None:
+            q = q.where(_R.c.seq < before_seq)
         async with self.engine.connect() as conn:
             if after_seq is not None:
                 rows = (

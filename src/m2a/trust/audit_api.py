@@ -4,8 +4,9 @@ Served through the agents extension (``agents/trust_wiring.py: Trust.routes``) w
 execution is on. It reads ``trust/audit.py``'s records, the way ``m2a audit show`` does on the store:
 
 - ``GET /admin/v1/audit`` (``?kind=``, ``?agent=<SPIFFE id>``, ``?trace_id=``, ``?since=`` and
-  ``?until=`` as ISO 8601 times, ``until`` exclusive; ``?limit=`` 1-1000, default 100; ``?after=<seq>``):
-  the newest matching records in seq order, or the first ``limit`` after ``after`` (to page on). Each
+  ``?until=`` as ISO 8601 times, ``until`` exclusive; ``?limit=`` 1-1000, default 100; ``?after=<seq>``,
+  ``?before=<seq>``): the newest matching records in seq order (below ``before``: paging back), or the
+  first ``limit`` after ``after`` (paging on). Each
   record is what ``m2a audit export`` writes: seq, at, kind, agent, team_id, trace_id, body,
   prev_hash, hash. Bodies hold digests, names and ids, never secrets (``audit.py``).
 
@@ -88,11 +89,12 @@ async def list_records(
     until: datetime | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     after: Annotated[int | None, Query(ge=0, le=2**62)] = None,
+    before: Annotated[int | None, Query(ge=1, le=2**62)] = None,
 ) -> list[dict[str, Any]]:
-    """Audit records, newest ``limit`` (or the first after ``after``), in seq order."""
+    """Audit records, newest ``limit`` (below ``before``; or the first after ``after``), in seq order."""
     return await log.show(
         agent=agent, trace_id=trace_id, kind=kind, since=_aware(since), until=_aware(until), limit=limit,
-        after_seq=after, team_id=_team_scope(p),
+        after_seq=after, before_seq=before, team_id=_team_scope(p),
     )  # fmt: skip
 
 
