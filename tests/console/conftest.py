@@ -88,7 +88,10 @@ class Browser:
     async def signin(self, key: str) -> httpx.Response:
         """Sign in with ``key`` (the sign-in form first, as a browser would); the answer (303 on success)."""
         await self.get("/console/signin")
-        return await self.post("/console/signin", {"key": key})
+        resp = await self.post("/console/signin", {"key": key})
+        if resp.status_code == 303:
+            self.csrf = None  # the sign-in form's token; the session's comes with its first page
+        return resp
 
     @property
     def cookie(self) -> str | None:

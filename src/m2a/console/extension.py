@@ -16,6 +16,7 @@ import time
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import httpx
 from jinja2 import Environment, FileSystemLoader, select_autoescape
@@ -211,7 +212,12 @@ class ConsoleExtension:
 
     def _endpoint(self, p: Page) -> Any:
         async def endpoint(request: Request) -> Response:
-            return await self._serve(p, request)
+            try:
+                return await self._serve(p, request)
+            except HTTPException:
+                raise
+            except Exception as exc:  # answered here: Starlette's 500 handler would re-raise it
+                return await self._unexpected(request, exc)
 
         return endpoint
 
@@ -224,7 +230,10 @@ class ConsoleExtension:
             session = None
         if p.who != "public" and (session is None or principal is None):
             had_cookie = COOKIE in request.cookies
-            target = COOKIE_PATH + "/signin" + ("?notice=session-ended" if had_cookie else "")
+            query = {"notice": "session-ended"} if had_cookie else {}
+            if request.method == "GET" and request.url.path != COOKIE_PATH + "/":
+                query["next"] = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+            target = COOKIE_PATH + "/signin" + (f"?{urlencode(query)}" if query else "")
             out: Response = RedirectResponse(target, status_code=303)
             if had_cookie:
                 clear_session_cookie(out, request)

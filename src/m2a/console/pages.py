@@ -24,10 +24,11 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 from markupsafe import Markup, escape
 from starlette.datastructures import FormData
@@ -126,6 +127,16 @@ def by_name(name: str) -> Page:
     raise KeyError(f"no console page named {name!r}")
 
 
+def page_url(name: str, **params: Any) -> str:
+    """The URL of the page ``name`` (see ``Ctx.url``)."""
+    target = by_name(name).url
+    for key in [k for k in params if "{" + k + "}" in target or "{" + k + ":" in target]:
+        value = quote(str(params.pop(key)), safe="")
+        target = re.sub(r"\{" + re.escape(key) + r"(:[^}]*)?\}", lambda _m, v=value: v, target)
+    query = {k: v for k, v in params.items() if v is not None}
+    return target + ("?" + urlencode(query) if query else "")
+
+
 def nav_for(principal: Principal | None) -> list[Page]:
     return sorted(
         (p for p in PAGES if p.nav and p.who != "public" and p.allows(principal)), key=lambda p: p.order
@@ -182,10 +193,9 @@ class Ctx:
 
     # -- answering -----------------------------------------------------------------------------
     def url(self, name: str, **params: Any) -> str:
-        """The URL of the page ``name``, with query ``params`` (None values left out)."""
-        target = by_name(name).url
-        query = {k: v for k, v in params.items() if v is not None}
-        return target + ("?" + urlencode(query) if query else "")
+        """The URL of the page ``name``: ``params`` fill its path's ``{names}`` (quoted), the rest
+        (None values left out) go in the query."""
+        return page_url(name, **params)
 
     def csrf_field(self) -> Markup:
         """The hidden CSRF input every POST form carries (``{{ csrf_field() }}`` in templates)."""
@@ -203,7 +213,7 @@ class Ctx:
             "principal": self.principal,
             "is_admin": self.is_admin,
             "csrf_field": self.csrf_field,
-            "url": self.url,
+            "url": page_url,
             "notice": NOTICES.get(notice or ""),
             "error": None,
             **self.extra,

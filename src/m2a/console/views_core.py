@@ -25,10 +25,10 @@ NOTICES["signed-in"] = "You are signed in."
 
 def safe_next(target: str | None) -> str:
     """Where to go after signing in: a console path only (never another site, never //host)."""
-    if target and target.startswith(COOKIE_PATH + "/") and not target.startswith("//") and "\\" not in target:
-        if not target.startswith(COOKIE_PATH + "/signin"):
-            return target
-    return COOKIE_PATH + "/"
+    home = COOKIE_PATH + "/"
+    if not target or not target.startswith(home) or "\\" in target or ".." in target:
+        return home
+    return home if target.startswith(COOKIE_PATH + "/signin") else target
 
 
 @page("signin", "/signin", "Sign in", "signin.html", who="public", nav=False)
