@@ -10,12 +10,18 @@ marked ``completed`` with its ``usage_bytes``. Any failure marks it ``failed`` w
 ``{"code": "unsupported_file" | "invalid_file" | "server_error", "message": ...}``: nothing here
 raises to a caller.
 
-Restart: ``start()`` queues every row left ``in_progress`` (a gateway killed mid-job) again, after
-deleting that file's chunks from the backend, so no file is half indexed and reported completed.
+**The lease.** A job first claims its row for this process (``lease_owner``, ``lease_until``:
+``LEASE_S`` ahead) and renews it while it works (``LEASE_S / 3``); only the process holding the
+lease may finish the row. So gateways sharing one store (PostgreSQL) never work the same file at
+once, and one never re-queues another's live job: ``start()`` — and a sweep every ``LEASE_S / 2``
+— queue only rows nobody leases, or whose lease ran out (the process that held it died or hangs).
+A recovered job deletes that file's chunks from the backend before it starts again, so no file is
+half indexed and reported completed. A job that finds its lease taken over stops without touching
+the chunks (they are the new holder's now).
+
 A job checks between embedding batches that its row is still its attempt and in progress; a file
 detached, deleted or cancelled meanwhile, or a store deleted, ends the job without a trace (its
-chunks removed). One gateway process works a queue; several processes on one database would each
-re-queue the others' jobs at start-up (the PostgreSQL backend will need a lease for that).
+chunks removed).
 
 It may import ``m2a.data``, ``m2a.store``; never the gateway (the embedder is passed in).
 """
@@ -26,8 +32,10 @@ import asyncio
 import contextlib
 import json
 import logging
+import secrets
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from m2a.data.chunking import ApproxTokenizer, ChunkingError, Tokenizer, chunk, chunking_strategy
 from m2a.data.files import FileBlobs
@@ -38,6 +46,7 @@ from m2a.store.data import DataStore
 log = logging.getLogger("m2a.data.ingest")
 
 EMBED_BATCH = 64  # chunks per embeddings request
+LEASE_S = 60.0  # a job's lease on its row; renewed every third of it while the job runs
 
 
 class EmbedError(Exception):
@@ -58,10 +67,15 @@ class Job:
     store_id: str
     file_id: str
     attempt: int
+    recovered: bool = False  # queued from the store (a dead process's, or never started): chunks may be stale
 
 
 class _Gone(Exception):
     """The job's row changed under it (detached, cancelled, re-attached, store deleted)."""
+
+
+class _Lost(Exception):
+    """Another process holds the job's lease now (this one was too slow to renew it): leave it be."""
 
 
 def _error(code: str, message: str) -> dict[str, str]:
@@ -80,7 +94,10 @@ class Ingestor:
         tokenizer: Tokenizer | None = None,
         limits: ParseLimits | None = None,
         batch: int = EMBED_BATCH,
+        lease_s: float = LEASE_S,
     ) -> None:
+        self.owner = secrets.token_hex(16)  # this process's name on the leases it takes
+        self.lease_s = lease_s
         self.rows = rows
         self.backend = backend
         self.blobs = blobs
@@ -91,17 +108,35 @@ class Ingestor:
         self._n = workers
         self._queue: asyncio.Queue[Job] = asyncio.Queue()
         self._workers: list[asyncio.Task[None]] = []
+        self._queued: set[tuple[str, str, int]] = set()  # jobs queued or running here
 
     async def start(self) -> None:
-        """Queue again what a previous process left in progress (its chunks dropped first), then work."""
-        for row in await self.rows.in_progress():
-            with contextlib.suppress(StoreNotFound):
-                await self.backend.delete_file(row.vector_store_id, row.file_id)
-            self.submit(row.vector_store_id, row.file_id, row.attempt)
+        """Queue what no live process works (a dead one's jobs: their chunks dropped first), then work,
+        sweeping for more every half lease."""
+        await self.sweep()
         self._workers = [asyncio.create_task(self._work()) for _ in range(self._n)]
+        self._workers.append(asyncio.create_task(self._sweeper()))
 
-    def submit(self, store_id: str, file_id: str, attempt: int) -> None:
-        self._queue.put_nowait(Job(store_id, file_id, attempt))
+    async def sweep(self) -> int:
+        """Queue the jobs nobody leases (not already queued here); how many."""
+        n = 0
+        for row in await self.rows.unleased():
+            if (row.vector_store_id, row.file_id, row.attempt) not in self._queued:
+                self.submit(row.vector_store_id, row.file_id, row.attempt, recovered=True)
+                n += 1
+        return n
+
+    async def _sweeper(self) -> None:
+        while True:
+            await asyncio.sleep(self.lease_s / 2)
+            try:
+                await self.sweep()
+            except Exception:  # the store is away: the next sweep tries again
+                log.exception("the ingestion sweep failed")
+
+    def submit(self, store_id: str, file_id: str, attempt: int, *, recovered: bool = False) -> None:
+        self._queued.add((store_id, file_id, attempt))
+        self._queue.put_nowait(Job(store_id, file_id, attempt, recovered))
 
     async def idle(self) -> None:
         """Wait until every queued job is done (tests, and a graceful drain)."""
@@ -125,17 +160,43 @@ class Ingestor:
             except Exception:  # run() handles its own failures; this is a bug: keep the worker alive
                 log.exception("ingestion job %s/%s crashed", job.store_id, job.file_id)
             finally:
+                self._queued.discard((job.store_id, job.file_id, job.attempt))
                 self._queue.task_done()
 
     async def _check(self, job: Job) -> None:
+        if await self.rows.renew(job.store_id, job.file_id, job.attempt, self.owner, self.lease_s):
+            return
         if await self.rows.job(job.store_id, job.file_id, job.attempt) is None:
             raise _Gone
+        raise _Lost
+
+    async def _heartbeat(self, job: Job) -> None:
+        """Renew the lease while a long step (parsing, embedding, writing) runs."""
+        while True:
+            await asyncio.sleep(self.lease_s / 3)
+            with contextlib.suppress(Exception):  # a failed renewal shows at the next _check
+                await self.rows.renew(job.store_id, job.file_id, job.attempt, self.owner, self.lease_s)
 
     async def run(self, job: Job) -> None:
-        """One job, start to end: completed, failed, or (its row gone) nothing left behind."""
+        """One job, start to end: completed, failed, or (its row gone) nothing left behind; nothing at
+        all when another process holds its lease."""
+        if not await self.rows.claim(job.store_id, job.file_id, job.attempt, self.owner, self.lease_s):
+            return  # finished, changed, or another live process works it
         row = await self.rows.job(job.store_id, job.file_id, job.attempt)
         if row is None:
             return
+        heartbeat = asyncio.create_task(self._heartbeat(job))
+        try:
+            await self._run(job, row)
+        finally:
+            heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await heartbeat
+
+    async def _run(self, job: Job, row: Any) -> None:
+        if job.recovered:  # a dead process may have left this file's chunks half written
+            with contextlib.suppress(StoreNotFound):
+                await self.backend.delete_file(job.store_id, job.file_id)
         usage = 0
         error: dict[str, str] | None = None
         try:
@@ -166,6 +227,11 @@ class Ingestor:
         except _Gone:
             await self._discard(job)
             return
+        except _Lost:
+            log.warning(
+                "ingestion of %s into %s: another process took the job over", job.file_id, job.store_id
+            )
+            return
         except ParseError as exc:
             msg = str(exc)
             code = "unsupported_file" if msg.startswith("unsupported file type") else "invalid_file"
@@ -183,13 +249,26 @@ class Ingestor:
             log.exception("ingestion of %s into %s failed", job.file_id, job.store_id)
             error = _error("server_error", "an internal error stopped the ingestion; it has been logged")
         if error is not None:
-            if not await self.rows.finish(job.store_id, job.file_id, job.attempt, "failed", 0, error):
-                await self._discard(job)
+            if not await self.rows.finish(
+                job.store_id, job.file_id, job.attempt, "failed", 0, error, owner=self.owner
+            ):
+                await self._lost_or_discard(job)
             return
-        if await self.rows.finish(job.store_id, job.file_id, job.attempt, "completed", usage):
+        if await self.rows.finish(
+            job.store_id, job.file_id, job.attempt, "completed", usage, owner=self.owner
+        ):
             await self._settle_usage(job.store_id)
-        else:  # detached, cancelled or re-attached while the chunks went in
-            await self._discard(job)
+        else:  # detached, cancelled or re-attached while the chunks went in (or taken over)
+            await self._lost_or_discard(job)
+
+    async def _lost_or_discard(self, job: Job) -> None:
+        holder = await self.rows.lease_of(job.store_id, job.file_id, job.attempt)
+        if holder is not None and holder != self.owner:
+            log.warning(
+                "ingestion of %s into %s: another process took the job over", job.file_id, job.store_id
+            )
+            return  # its chunks are the new holder's
+        await self._discard(job)
 
     async def _discard(self, job: Job) -> None:
         """Remove what this job may have written, unless a newer attempt owns the file now."""
@@ -197,8 +276,10 @@ class Ingestor:
             with contextlib.suppress(StoreNotFound):
                 await self.backend.delete_store(job.store_id)
             return
-        current = await self.rows.current_attempt(job.store_id, job.file_id)
-        if current is None or current == job.attempt:
+        state = await self.rows.file_state(job.store_id, job.file_id)
+        # detached, or this very attempt cancelled: its chunks go. Not when another process finished
+        # this attempt (completed, failed: the chunks are its), nor when a newer attempt owns the file.
+        if state is None or (state[0] == job.attempt and state[1] in ("cancelled", "in_progress")):
             with contextlib.suppress(StoreNotFound):
                 await self.backend.delete_file(job.store_id, job.file_id)
         await self._settle_usage(job.store_id)

@@ -16,10 +16,10 @@ import json
 import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
-from sqlalchemy import Select, delete, func, select, update
+from sqlalchemy import Select, delete, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from m2a.store.schema import DataFile, VectorStoreFileBatchRow, VectorStoreFileRow, VectorStoreRow
@@ -311,6 +311,7 @@ class DataStore:
             row.chunking_strategy = _dumps(chunking)
             row.usage_bytes = 0
             row.attempt = (row.attempt or 0) + 1
+            row.lease_owner, row.lease_until = None, None  # a new attempt: whoever takes it first
             await s.execute(
                 update(VectorStoreRow).where(VectorStoreRow.id == store_id).values(last_active_at=now())
             )
@@ -393,10 +394,67 @@ class DataStore:
     # -- the ingestion queue --------------------------------------------------------------------
 
     async def in_progress(self) -> list[VectorStoreFileRow]:
-        """Every job not finished, oldest first (a restarted gateway queues them again)."""
+        """Every job not finished, oldest first."""
         async with self._session() as s:
             q = select(VectorStoreFileRow).where(VectorStoreFileRow.status == "in_progress")
             return list((await s.execute(q.order_by(VectorStoreFileRow.seq))).scalars())
+
+    async def unleased(self) -> list[VectorStoreFileRow]:
+        """Jobs not finished that no live process works: never leased, or its lease ran out (the
+        process that held it died or hangs) — what a gateway queues at start and on its sweeps."""
+        at = now()
+        async with self._session() as s:
+            q = select(VectorStoreFileRow).where(
+                VectorStoreFileRow.status == "in_progress",
+                or_(VectorStoreFileRow.lease_until.is_(None), VectorStoreFileRow.lease_until < at),
+            )
+            return list((await s.execute(q.order_by(VectorStoreFileRow.seq))).scalars())
+
+    def _leased(self, store_id: str, file_id: str, attempt: int) -> Any:
+        return (
+            VectorStoreFileRow.vector_store_id == store_id,
+            VectorStoreFileRow.file_id == file_id,
+            VectorStoreFileRow.attempt == attempt,
+            VectorStoreFileRow.status == "in_progress",
+        )
+
+    async def claim(self, store_id: str, file_id: str, attempt: int, owner: str, lease_s: float) -> bool:
+        """Take the job for ``owner`` until ``lease_s`` from now: true for one process at a time — when
+        nobody holds it, the lease ran out, or ``owner`` holds it already (a renewal)."""
+        at = now()
+        async with self._session() as s, s.begin():
+            done = await s.execute(
+                update(VectorStoreFileRow)
+                .where(
+                    *self._leased(store_id, file_id, attempt),
+                    or_(
+                        VectorStoreFileRow.lease_owner.is_(None),
+                        VectorStoreFileRow.lease_owner == owner,
+                        VectorStoreFileRow.lease_until < at,
+                    ),
+                )
+                .values(lease_owner=owner, lease_until=at + timedelta(seconds=lease_s))
+            )
+            return bool(done.rowcount)
+
+    async def renew(self, store_id: str, file_id: str, attempt: int, owner: str, lease_s: float) -> bool:
+        """Extend ``owner``'s lease; false when the job changed or another process took it over."""
+        async with self._session() as s, s.begin():
+            done = await s.execute(
+                update(VectorStoreFileRow)
+                .where(*self._leased(store_id, file_id, attempt), VectorStoreFileRow.lease_owner == owner)
+                .values(lease_until=now() + timedelta(seconds=lease_s))
+            )
+            return bool(done.rowcount)
+
+    async def lease_of(self, store_id: str, file_id: str, attempt: int) -> str | None:
+        """Who holds the job's lease (None: nobody, or the job is not this attempt in progress)."""
+        async with self._session() as s:
+            return (
+                await s.execute(
+                    select(VectorStoreFileRow.lease_owner).where(*self._leased(store_id, file_id, attempt))
+                )
+            ).scalar()
 
     async def job(self, store_id: str, file_id: str, attempt: int) -> VectorStoreFileRow | None:
         """The job's row while it is still this attempt and in progress."""
@@ -412,16 +470,17 @@ class DataStore:
                 )
             ).scalar()
 
-    async def current_attempt(self, store_id: str, file_id: str) -> int | None:
-        """The attempt of the file's row in the store, whatever its status (None: not attached)."""
+    async def file_state(self, store_id: str, file_id: str) -> tuple[int, str] | None:
+        """The attempt and status of the file's row in the store (None: not attached)."""
         async with self._session() as s:
-            return (
+            row = (
                 await s.execute(
-                    select(VectorStoreFileRow.attempt).where(
+                    select(VectorStoreFileRow.attempt, VectorStoreFileRow.status).where(
                         VectorStoreFileRow.vector_store_id == store_id, VectorStoreFileRow.file_id == file_id
                     )
                 )
-            ).scalar()
+            ).first()
+            return (row[0], row[1]) if row is not None else None
 
     async def finish(
         self,
@@ -431,21 +490,21 @@ class DataStore:
         status: str,
         usage_bytes: int = 0,
         last_error: dict[str, str] | None = None,
+        owner: str | None = None,
     ) -> bool:
-        """End the job (only if it is still this attempt and in progress); whether it was."""
+        """End the job (only if it is still this attempt and in progress, and, given an ``owner``,
+        still leased to it); whether it was."""
+        held = () if owner is None else (VectorStoreFileRow.lease_owner == owner,)
         async with self._session() as s, s.begin():
             done = await s.execute(
                 update(VectorStoreFileRow)
-                .where(
-                    VectorStoreFileRow.vector_store_id == store_id,
-                    VectorStoreFileRow.file_id == file_id,
-                    VectorStoreFileRow.attempt == attempt,
-                    VectorStoreFileRow.status == "in_progress",
-                )
+                .where(*self._leased(store_id, file_id, attempt), *held)
                 .values(
                     status=status,
                     usage_bytes=usage_bytes,
                     last_error=_dumps(last_error) if last_error else None,
+                    lease_owner=None,
+                    lease_until=None,
                 )
             )
             return bool(done.rowcount)

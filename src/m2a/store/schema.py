@@ -195,6 +195,8 @@ class VectorStoreFileRow(Base):
     usage_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     attempt: Mapped[int] = mapped_column(Integer, default=0)  # bumped by every (re)queue: stale jobs lose
+    lease_owner: Mapped[str | None] = mapped_column(String(64), nullable=True)  # the process working it
+    lease_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
 
 class VectorStoreFileBatchRow(Base):
