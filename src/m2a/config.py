@@ -502,6 +502,48 @@ class TrustConfig(_Strict):
         return v
 
 
+class TokenPrice(_Strict):
+    """Dollars per million tokens, input and output: an external API's list price, or m2a's own."""
+
+    input_per_million: float = Field(ge=0)
+    output_per_million: float = Field(ge=0)
+
+    def cost(self, input_tokens: int, output_tokens: int) -> float:
+        return (input_tokens * self.input_per_million + output_tokens * self.output_per_million) / 1e6
+
+
+class ServingCost(_Strict):
+    """What serving a model here costs: its hardware by the hour (divided by the throughput the
+    ledger measured), or a price per million tokens."""
+
+    hardware_cost_per_hour: float | None = Field(
+        default=None, ge=0, description="Dollars per hour of one replica's hardware (amortized, power in)."
+    )
+    price_per_million: TokenPrice | None = Field(
+        default=None, description="Or a set price per million tokens (used when no hardware cost is given)."
+    )
+
+    @model_validator(mode="after")
+    def _one_cost(self) -> ServingCost:
+        if self.hardware_cost_per_hour is None and self.price_per_million is None:
+            raise ValueError("give hardware_cost_per_hour or price_per_million")
+        return self
+
+
+class EconomicsConfig(_Strict):
+    """Token economics (the console's page): serving tokens here beside buying them from an API."""
+
+    serving: dict[str, ServingCost] = Field(
+        default_factory=dict,
+        description="By model name, or by engine kind (vllm, llamacpp, remote) for models without "
+        "an entry of their own; other models are costed at their chargeback `price`.",
+    )
+    external_prices: dict[str, TokenPrice] = Field(
+        default_factory=dict,
+        description="What the same tokens would cost at external APIs, by a name of your choice.",
+    )
+
+
 def default_home() -> Path:
     return Path(user_data_dir("m2a", appauthor=False))
 
@@ -540,6 +582,7 @@ class Settings(_Strict):
     data: DataConfig = Field(default_factory=DataConfig)
     agents: AgentsConfig = Field(default_factory=AgentsConfig)
     trust: TrustConfig = Field(default_factory=TrustConfig)
+    economics: EconomicsConfig = Field(default_factory=EconomicsConfig)
 
     @field_validator("models")
     @classmethod

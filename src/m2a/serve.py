@@ -247,7 +247,10 @@ async def run_up(
         guards=guards,
         data=settings.data,
         home=settings.home,
-        extensions=[agents_extension(settings.agents, settings.trust), console_extension()],
+        extensions=[
+            agents_extension(settings.agents, settings.trust),
+            console_extension(economics=settings.economics),
+        ],
     )
     gw = settings.gateway
     server = _Server(uvicorn.Config(app, host=gw.host, port=gw.port, log_level="warning", access_log=False))

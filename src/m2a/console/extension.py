@@ -28,6 +28,7 @@ from starlette.routing import BaseRoute, Match, Mount, NoMatchFound, Route, get_
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from m2a.config import EconomicsConfig
 from m2a.console import filters
 from m2a.console.api import ApiClient, ApiError, make_http
 from m2a.console.pages import PAGES, Ctx, Page, load_views
@@ -112,8 +113,9 @@ class _Headers:
 class ConsoleExtension:
     """The console's pages and sessions on the gateway's store (module docstring)."""
 
-    def __init__(self, host: Host, idle_s: float = IDLE_S) -> None:
+    def __init__(self, host: Host, idle_s: float = IDLE_S, economics: EconomicsConfig | None = None) -> None:
         self.host = host
+        self.economics = economics or EconomicsConfig()  # the Token economics page's prices and costs
         load_views()
         self.templates = make_templates()
         self.sessions = (
@@ -295,6 +297,7 @@ async def _no_view(ctx: Ctx) -> Any:  # the error page's Page: never routed
 _ERROR_PAGE = Page("error", "/-error", "Error", "error.html", _no_view, who="public", nav=False)
 
 
-def console_extension(idle_s: float = IDLE_S) -> ExtensionFactory:
-    """The factory for ``create_app(extensions=[...])``; ``idle_s``: how long an unused session lives."""
-    return lambda host: ConsoleExtension(host, idle_s)
+def console_extension(idle_s: float = IDLE_S, economics: EconomicsConfig | None = None) -> ExtensionFactory:
+    """The factory for ``create_app(extensions=[...])``; ``idle_s``: how long an unused session lives;
+    ``economics``: the config's ``economics`` (Token economics)."""
+    return lambda host: ConsoleExtension(host, idle_s, economics)

@@ -21,7 +21,9 @@ from m2a.gateway.access import Access
 from m2a.gateway.admin_access import authorize, caller
 from m2a.gateway.admin_guardrails import guardrails_router
 from m2a.gateway.admin_overview import Overview, overview_router
+from m2a.gateway.admin_traces import traces_router
 from m2a.gateway.admin_usage import usage_router
+from m2a.gateway.admin_usage_daily import daily_router
 from m2a.gateway.counters import Counters
 from m2a.gateway.errors import GatewayError, error_response
 from m2a.gateway.guards import Guards
@@ -29,6 +31,7 @@ from m2a.principal import Principal
 from m2a.store.guardrails import GuardrailStore
 from m2a.store.identity import MAX_ID, IdentityError, IdentityStore, KeyInfo, TeamInfo
 from m2a.store.quotas import QuotaStore
+from m2a.telemetry.store import TraceStore
 
 Priority = Literal["critical", "standard", "batch"]
 # What the database can hold: PostgreSQL text cannot contain NUL, ids are 32-bit, grants 256 chars.
@@ -116,12 +119,14 @@ def create_admin_api(
     served: Callable[[], list[str]] = list,
     docs: bool = True,
     guards: Guards | None = None,
+    traces: TraceStore | None = None,
     counters: Counters | None = None,
     overview: Overview | None = None,
 ) -> FastAPI:
     """The admin API; ``served`` names the models this gateway serves (grants of others need
     ``force``); ``docs`` serves the OpenAPI document and its page without a key (False: none);
-    ``guards`` are the gateway's guardrail profiles (default: built-in and stored ones);
+    ``guards`` are the gateway's guardrail profiles (default: built-in and stored ones); ``traces``
+    the trace store (``/v1/traces``);
     ``counters`` the quota counters (``/v1/quotas/usage``), ``overview`` what
     ``/v1/overview`` reads (``admin_overview.py``)."""
     api = FastAPI(
@@ -252,6 +257,8 @@ def create_admin_api(
         return next(_key(k) for k in await store.list_keys() if k.id == key_id)
 
     api.include_router(usage_router(access, QuotaStore(store.engine), usage, prices or {}, counters))
+    api.include_router(daily_router(usage))
+    api.include_router(traces_router(traces))
     if overview is not None:
         api.include_router(overview_router(overview))
     guardrails = GuardrailStore(store.engine)

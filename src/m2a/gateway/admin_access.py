@@ -21,6 +21,9 @@ TABLE: dict[str, str] = {
     "/docs/oauth2-redirect": OPEN,
     "/v1/whoami": ANY_KEY,
     "/v1/usage": ANY_KEY,
+    "/v1/usage/daily": ANY_KEY,  # a team key: its own team's rows only
+    "/v1/traces": ANY_KEY,  # a team key: its own team's traces, and only their spans
+    "/v1/traces/spans": ANY_KEY,
     "/v1/quotas/usage": ANY_KEY,  # a team key: its own team's limits and what is used of them
     "/v1/overview": ANY_KEY,  # a team key: its team's models only, no devices
     # /v1/guardrails/... (profiles, attachments, check): not listed, so admin keys only; a team key

@@ -305,6 +305,7 @@ def create_app(
             served=pool.models,
             docs=cfg.admin_docs,
             guards=guards,
+            traces=trace_store,
             counters=quotas.counters,
             overview=Overview(pool, load.pages, replica_status),
         )
