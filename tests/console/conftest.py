@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -137,14 +137,20 @@ class Console:
 
 
 @contextlib.asynccontextmanager
-async def console_gateway(home: Path, **app_kw: Any) -> AsyncIterator[Console]:
-    """The gateway with the console and agents extensions on a loopback port (see the docstring)."""
+async def console_gateway(
+    home: Path, endpoints: Sequence[Endpoint] = (), **app_kw: Any
+) -> AsyncIterator[Console]:
+    """The gateway with the console and agents extensions on a loopback port (see the docstring);
+    ``endpoints``: more replicas in its pool (a simulator's, say); ``console``: console_extension's
+    keyword arguments; the rest goes to ``create_app``."""
     db = await open_store(None, home)
     store = IdentityStore(db)
     engine = ScriptedEngine()
     await engine.start()
     pool = Pool()
     pool.add(Endpoint(f"{MODEL}-0", MODEL, engine.url, task="chat", engine="remote", healthy=True))
+    for ep in endpoints:
+        pool.add(ep)
     trace_store = TraceStore(home / "traces.db")
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(StoreExporter(trace_store)))

@@ -81,7 +81,21 @@ class Replica:
             "last_error": self.last_error,
             "stage": self.stage,
             "log": str(self.log_path) if self.spec.managed else None,
+            "device": device_of(self.spec),
         }
+
+
+def device_of(spec: EngineSpec) -> str:
+    """Where a replica runs, for the console: ``nvidia:0``, ``gpu``, ``cpu (cores 0-1)``, ``remote``."""
+    if not spec.managed:
+        return "remote"
+    gpus = spec.env.get("CUDA_VISIBLE_DEVICES")
+    if gpus:
+        return ", ".join(f"nvidia:{g.strip()}" for g in gpus.split(",") if g.strip())
+    if "--n_gpu_layers" in (spec.argv or []):
+        return "gpu"
+    cores = spec.env.get("VLLM_CPU_OMP_THREADS_BIND")
+    return f"cpu (cores {cores})" if cores and cores not in ("auto", "all") else "cpu"
 
 
 class Supervisor:
