@@ -63,8 +63,12 @@ gives ``data-confirm`` on forms, ``data-copy`` buttons, ``table.sortable`` and `
 CSS classes: ``card``, ``stats``, ``table-wrap``, ``n`` (numeric cell), ``bar`` (``<div class="bar">
 <span class="w40"></span></div>``, steps of 5), ``notice``, ``error``, ``help``, ``badge``.
 
-**Tests**: ``tests/console/conftest.py`` — the ``console`` fixture (a live gateway with the console
-and agents extensions, a SQLite store, a scripted chat engine serving model ``alpha``, a ledger
-and a trace store) and ``Browser`` (an httpx client keeping cookies: ``signin(key)``, ``get``,
-``post(path, data)`` adding the page's CSRF token).
+**Tests**: ``tests/console/conftest.py`` — the ``console`` fixture (``console_gateway(home,
+endpoints=..., console={...}, **create_app_kw)`` for your own: a live gateway with the console and
+agents extensions, a SQLite store, a scripted chat engine serving ``alpha``, a ledger and a trace
+store fed by a real tracer). ``console.team(name, models)`` makes a team and returns a member key,
+``console.chat(key)`` sends a request through the gateway, ``console.api(method, path, key)`` calls
+the API as a script would. ``console.browser()`` is a ``Browser`` (httpx keeping cookies, sending
+a same-origin ``Origin``): ``signin(key)``, ``get(path)``, ``post(path, data)`` (adds the page's CSRF
+token; ``csrf=False`` or a string to test refusals), ``seen`` (every HTML page it got: grep it).
 """
