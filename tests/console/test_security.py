@@ -117,7 +117,9 @@ async def test_a_post_without_or_with_a_wrong_token_changes_nothing(console: Con
         {"sec-fetch-site": "same-site"},
     ],
 )
-async def test_a_cross_site_post_is_refused_even_with_the_token(console: Console, headers: dict[str, str]) -> None:
+async def test_a_cross_site_post_is_refused_even_with_the_token(
+    console: Console, headers: dict[str, str]
+) -> None:
     browser = console.browser()
     await browser.signin(console.admin_key)
     await browser.get("/console/teams")
@@ -133,7 +135,9 @@ async def test_same_origin_fetch_metadata_is_accepted(console: Console) -> None:
     browser = console.browser()
     await browser.signin(console.admin_key)
     await browser.get("/console/teams")
-    resp = await browser.post("/console/teams/create", {"name": "viafetch"}, headers={"sec-fetch-site": "same-origin"})
+    resp = await browser.post(
+        "/console/teams/create", {"name": "viafetch"}, headers={"sec-fetch-site": "same-origin"}
+    )
     assert resp.status_code == 303
 
 

@@ -27,7 +27,9 @@ async def rows(console: Console) -> list[ConsoleSessionRow]:
 
 
 def set_cookie_header(resp: httpx.Response) -> str:
-    return next(v for k, v in resp.headers.multi_items() if k == "set-cookie" and v.startswith("m2a_console="))
+    return next(
+        v for k, v in resp.headers.multi_items() if k == "set-cookie" and v.startswith("m2a_console=")
+    )
 
 
 async def until_signed_out(browser: Browser) -> httpx.Response:
@@ -162,7 +164,9 @@ async def test_idle_window_slides_and_sessions_expire(console: Console) -> None:
     assert console.admin_key not in repr(loaded)
     async with console.store.engine.begin() as conn:  # last used two minutes ago: the window slides
         old = datetime.now(UTC) - timedelta(minutes=2)
-        await conn.execute(update(ConsoleSessionRow).values(last_seen_at=old, expires_at=old + timedelta(hours=1)))
+        await conn.execute(
+            update(ConsoleSessionRow).values(last_seen_at=old, expires_at=old + timedelta(hours=1))
+        )
     slid = await sessions.load(sid)
     assert slid is not None and slid.expires_at > datetime.now(UTC) + timedelta(minutes=59)
     assert await sessions.load("not-a-session") is None
