@@ -66,6 +66,8 @@ def same_origin(request: Request) -> bool:
             or request.headers.get("referer") is None
             or _same_host(request.headers["referer"], request)
         )
+    if origin == "null" and site == "same-origin":
+        return True  # a form post under Referrer-Policy: no-referrer: browsers send "Origin: null"
     return _same_host(origin, request)
 
 
