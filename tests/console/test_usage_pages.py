@@ -259,3 +259,27 @@ async def test_economics_hardware_price_and_chargeback() -> None:
 async def test_daily_total_helpers() -> None:
     t = DailyTotal(None, None, None, None, None, None, "m", 4, 1, 10, 20, 0, 1.0, 400.0)
     assert t.tokens == 30 and t.avg_duration_ms == 100.0
+
+
+async def test_the_economics_config() -> None:
+    from pydantic import ValidationError
+
+    from m2a.config import Settings
+
+    s = Settings.model_validate(
+        {
+            "economics": {
+                "serving": {"vllm": {"hardware_cost_per_hour": 2.4}},
+                "external_prices": {"api": {"input_per_million": 0.15, "output_per_million": 0.6}},
+            }
+        }
+    )
+    assert s.economics.serving["vllm"].hardware_cost_per_hour == 2.4
+    assert s.economics.external_prices["api"].cost(1_000_000, 1_000_000) == pytest.approx(0.75)
+    for bad in (
+        {"serving": {"m": {}}},
+        {"external_prices": {"api": {"input_per_million": -1, "output_per_million": 0}}},
+    ):
+        with pytest.raises(ValidationError):
+            Settings.model_validate({"economics": bad})
+    assert Settings().economics == EconomicsConfig()
