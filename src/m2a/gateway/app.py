@@ -157,9 +157,11 @@ def create_app(
     extended = [make(host) for make in extensions]
     data_service = None
     if identity is not None and home is not None:
+        from m2a.gateway import file_search_tool
         from m2a.gateway.data_api import DataAPI, DataService
 
         data_service = DataService(data or DataConfig(), home, identity, access, self_url, pool)
+        file_search_tool.register()  # /v1/responses' file_search tool, over these vector stores
 
     def openai_route(path: str) -> Callable[[Request], Awaitable[Response]]:
         engine_path, task = ROUTES[path]

@@ -36,12 +36,14 @@ Decisions:
   process the same way; a response that has ended cannot be cancelled (400), as in OpenAI's API
   for non-background responses. A stream in progress can be retrieved (``in_progress``) in the
   process serving it.
-- **Hosted tools.** ``HOSTED_TOOLS`` maps a tool type (``mcp``, later ``file_search``) to a factory
+- **Hosted tools.** ``HOSTED_TOOLS`` maps a tool type (``mcp``, ``file_search``) to a factory
   that, given the request's tool spec, offers the model functions and runs their calls
   server-side: the model is called again with the results until it answers or calls a client
   function (``MAX_ROUNDS``, ``max_tool_calls``). Until a type is registered, a tool of that type is
-  a 400 naming it. ``HOSTED_ITEMS`` turns a hosted tool's items sent back as input into chat
-  messages.
+  a 400 naming it; a function name offered twice (a client function and a hosted tool's, two hosted
+  tools of one kind) is a 400 too. ``HOSTED_ITEMS`` turns a hosted tool's items sent back as input
+  into chat messages. A toolset with ``annotate(text)`` gives each output message's text its
+  ``output_text`` annotations (``file_search``'s ``file_citation``s), whole and streamed.
 """
 
 from __future__ import annotations
@@ -116,6 +118,10 @@ class ToolContext:
     previous_response_id: str | None = None  # the response this one continues
     input_items: list[dict[str, Any]] = field(default_factory=list)  # this request's input items
     response_id: str | None = None  # the id of the response being made
+    # -- what the response is made with (file_search: guardrails, ``include``, earlier sources) --
+    model: str | None = None  # the model that answers (its guardrail profile applies too)
+    include: list[str] = field(default_factory=list)  # the request's ``include``
+    history: list[dict[str, Any]] = field(default_factory=list)  # the chat so far, this input included
 
 
 @dataclass
@@ -144,6 +150,8 @@ class HostedToolset(Protocol):
     # Optional: ``async def resume(self) -> list[HostedResult]``, calls this request's input lets run
     # before the model's first round (an approved MCP call); each result's item comes first in the
     # output, its ``messages`` join the conversation.
+    # Optional: ``def annotate(self, text: str) -> list[dict[str, Any]]``, the annotations of an output
+    # message's text (``file_citation``s with their ``index`` in it), asked once the text is whole.
 
 
 HostedTool = Callable[[dict[str, Any], ToolContext], Awaitable[HostedToolset]]
@@ -260,6 +268,15 @@ class Job:
 
     def toolset(self, name: str) -> HostedToolset | None:
         return next((ts for ts in self.toolsets if ts.owns(name)), None)
+
+    def annotations(self, text: str) -> list[dict[str, Any]]:
+        """An output message's annotations: what the hosted tools give its text, by index."""
+        notes: list[dict[str, Any]] = []
+        for ts in self.toolsets:
+            annotate = getattr(ts, "annotate", None)
+            if annotate is not None:
+                notes += annotate(text)
+        return sorted(notes, key=lambda n: n.get("index", 0) if isinstance(n.get("index"), int) else 0)
 
     def payload(self, stream: bool) -> dict[str, Any]:
         messages = self.convo
@@ -384,12 +401,24 @@ class ResponsesAPI:
         if len(convo) > MAX_HISTORY_MESSAGES:
             raise self._too_long(req, f"more than {MAX_HISTORY_MESSAGES} messages")
         draft = Draft(req, model)
-        toolsets = [
-            await HOSTED_TOOLS[spec["type"]](
-                spec, ToolContext(principal, request, i, req.previous_response_id, turn.items, draft.id)
-            )
-            for i, spec in hosted_specs
-        ]
+
+        def context(i: int) -> ToolContext:
+            return ToolContext(
+                principal, request, i, req.previous_response_id, turn.items, draft.id,
+                model=model, include=list(req.include or ()), history=convo,
+            )  # fmt: skip
+
+        toolsets = [await HOSTED_TOOLS[spec["type"]](spec, context(i)) for i, spec in hosted_specs]
+        names = {f["function"]["name"] for f in functions}
+        for (i, _), ts in zip(hosted_specs, toolsets, strict=True):
+            for f in ts.functions:
+                name = f["function"]["name"]
+                if name in names:
+                    raise GatewayError(
+                        400, f"tools.{i}: the function name '{name}' is offered twice in this request.",
+                        param=f"tools.{i}", code="invalid_request",
+                    )  # fmt: skip
+                names.add(name)
         offered = offered + [f for ts in toolsets for f in ts.functions]
         job = Job(
             req, principal, owner, draft, req.instructions, convo, turn, offered,
@@ -446,7 +475,7 @@ class ResponsesAPI:
                 answer = None
             r = answer_round(answer)
             draft.add_usage(r.usage or estimated(job.sent, r))
-            draft.output += round_items(r, job.owns)
+            draft.output += round_items(r, job.owns, job.annotations)
             job.convo.append(r.assistant())
             if r.error is not None or not await self._run_hosted(job, r, None):
                 break
@@ -699,7 +728,7 @@ class EventStream(Response):
             inner: Response | None = self.first
             r = Round()
             while inner is not None:
-                rs = RoundStream(draft, emit, job.owns)
+                rs = RoundStream(draft, emit, job.owns, job.annotations)
                 left = await self._relay(inner, rs, scope, receive, out)
                 await out(rs.close())
                 r = rs.result

@@ -4,7 +4,12 @@ A streamed response is ``response.created`` and ``response.in_progress`` (the Re
 no output yet), then per output item: ``response.output_item.added``; for a message
 ``response.content_part.added``, ``response.output_text.delta`` …, ``response.output_text.done``,
 ``response.content_part.done``; for a function call ``response.function_call_arguments.delta`` …,
-``response.function_call_arguments.done``; then ``response.output_item.done``. It ends with
+``response.function_call_arguments.done``; then ``response.output_item.done``. A message's
+annotations (a hosted tool's citations, ``RoundStream(annotate=...)``) are known once its text is
+whole: each is a ``response.output_text.annotation.added`` event just before
+``response.output_text.done``. A hosted tool's item comes whole once its call has run (added, the
+call's own phase events where OpenAI has them, ``CALL_PHASES``: ``response.file_search_call.in_progress``,
+``.searching``, ``.completed``; done). It ends with
 ``response.completed``, ``response.incomplete`` or ``response.failed`` carrying the whole Response
 object (an ``error`` event first where the model call failed). Every event is ``event: <type>`` and
 ``data: <json>``, as OpenAI sends them; there is no ``[DONE]``.
@@ -36,9 +41,20 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from m2a.gateway.responses_translate import Draft, Round, ToolCall, function_call_item, message_item, new_id
+from m2a.gateway.responses_translate import (
+    Annotate,
+    Draft,
+    Round,
+    ToolCall,
+    function_call_item,
+    message_item,
+    new_id,
+)
 
 MAX_EVENT_BYTES = 8 << 20
+# A hosted call item's own events between added and done, as OpenAI streams them (the last one only
+# when the call completed): what the item's ``status`` went through.
+CALL_PHASES: dict[str, tuple[str, ...]] = {"file_search_call": ("in_progress", "searching", "completed")}
 _EVENT_END = re.compile(rb"\r?\n\r?\n")
 
 
@@ -69,12 +85,21 @@ class EventWriter:
         return out + self(kind, response=draft.snapshot())
 
     def item(self, draft: Draft, item: dict[str, Any]) -> bytes:
-        """A whole item at once (a hosted tool's), added and done."""
+        """A whole item at once (a hosted tool's), added and done (with its phases between)."""
         index = len(draft.output)
         draft.output.append(item)
-        return self("response.output_item.added", output_index=index, item=item) + self(
-            "response.output_item.done", output_index=index, item=item
-        )
+        kind = item.get("type")
+        phases = CALL_PHASES.get(kind) if isinstance(kind, str) else None
+        if not phases:
+            return self("response.output_item.added", output_index=index, item=item) + self(
+                "response.output_item.done", output_index=index, item=item
+            )
+        out = self("response.output_item.added", output_index=index, item={**item, "status": "in_progress"})
+        for phase in phases:
+            if phase == "completed" and item.get("status") != "completed":
+                break
+            out += self(f"response.{kind}.{phase}", output_index=index, item_id=item.get("id"))
+        return out + self("response.output_item.done", output_index=index, item=item)
 
 
 @dataclass
@@ -92,10 +117,13 @@ class _Call:
 class RoundStream:
     """One model call's chat SSE stream, translated into the response's events."""
 
-    def __init__(self, draft: Draft, emit: EventWriter, hosted: Callable[[str], bool]) -> None:
+    def __init__(
+        self, draft: Draft, emit: EventWriter, hosted: Callable[[str], bool], annotate: Annotate | None = None
+    ) -> None:
         self.draft = draft
         self.emit = emit
         self.hosted = hosted
+        self.annotate = annotate  # a message's text → its annotations (hosted tools' citations)
         self.result = Round()
         self.chunks = 0  # chat events with choices: the output count where the engine sends no usage
         self._buf = b""
@@ -206,12 +234,18 @@ class RoundStream:
             return b""
         self._msg = None
         text = "".join(self._msg_text)
-        done = message_item(text, status, item["id"])
+        notes = self.annotate(text) if self.annotate is not None and text else []
+        done = message_item(text, status, item["id"], notes)
         self.draft.output[index] = done
         part = done["content"][0]
         ids = {"item_id": done["id"], "output_index": index, "content_index": 0}
+        added = b"".join(
+            self.emit("response.output_text.annotation.added", **ids, annotation_index=i, annotation=note)
+            for i, note in enumerate(notes)
+        )
         return (
-            self.emit("response.output_text.done", **ids, text=text, logprobs=[])
+            added
+            + self.emit("response.output_text.done", **ids, text=text, logprobs=[])
             + self.emit("response.content_part.done", **ids, part=part)
             + self.emit("response.output_item.done", output_index=index, item=done)
         )

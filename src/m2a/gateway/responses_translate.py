@@ -27,8 +27,9 @@ Request → chat (decisions):
   acted on (chat engines have no such knobs). ``background``, ``conversation`` and ``prompt``
   (features of OpenAI's platform m2a does not have) are refused with a 400.
 
-Chat → Response: the answer's text is a ``message`` item with one ``output_text`` part (``annotations:
-[]``), each tool call a ``function_call`` item (``call_id`` is the chat tool call's id); usage as
+Chat → Response: the answer's text is a ``message`` item with one ``output_text`` part (its
+``annotations`` are those the request's hosted tools give its text, ``file_search``'s citations, else
+``[]``), each tool call a ``function_call`` item (``call_id`` is the chat tool call's id); usage as
 ``input_tokens`` / ``output_tokens`` / ``total_tokens`` with ``cached_tokens`` and
 ``reasoning_tokens`` details; ``finish_reason`` ``length`` → ``incomplete`` (``max_output_tokens``),
 ``content_filter`` → ``incomplete`` (``content_filter``), else ``completed``. Ids are ``resp_…``,
@@ -497,13 +498,19 @@ def chat_payload(
 # ---------------------------------------------------------------- output
 
 
-def message_item(text: str, status: str = "completed", item_id: str | None = None) -> dict[str, Any]:
+def message_item(
+    text: str,
+    status: str = "completed",
+    item_id: str | None = None,
+    annotations: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    part = {"type": "output_text", "text": text, "annotations": annotations or [], "logprobs": []}
     return {
         "type": "message",
         "id": item_id or new_id("msg_"),
         "status": status,
         "role": "assistant",
-        "content": [{"type": "output_text", "text": text, "annotations": [], "logprobs": []}],
+        "content": [part],
     }
 
 
@@ -584,11 +591,19 @@ def answer_round(answer: Any) -> Round:
     return r
 
 
-def round_items(r: Round, hosted: Callable[[str], bool]) -> list[dict[str, Any]]:
-    """The output items of a whole round (hosted tool calls excepted: their items come from the tool)."""
+Annotate = Callable[[str], list[dict[str, Any]]]  # a message's text → its output_text annotations
+
+
+def round_items(
+    r: Round, hosted: Callable[[str], bool], annotate: Annotate | None = None
+) -> list[dict[str, Any]]:
+    """The output items of a whole round (hosted tool calls excepted: their items come from the tool);
+    ``annotate`` gives a message's annotations (a hosted tool's citations)."""
     items: list[dict[str, Any]] = []
     if r.text or not r.calls:
-        items.append(message_item(r.text or "", r.item_status))
+        text = r.text or ""
+        notes = annotate(text) if annotate is not None and text else None
+        items.append(message_item(text, r.item_status, annotations=notes))
     items += [function_call_item(c.id, c.name, c.arguments) for c in r.calls if not hosted(c.name)]
     return items
 
