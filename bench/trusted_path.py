@@ -1,6 +1,6 @@
 """Trusted execution (issue 14): what the trusted path costs an agent's MCP tool call.
 
-    .venv/bin/python bench/trusted_path.py [--rounds 3] [--calls 100] [--calls8 160]
+    .venv/bin/python bench/trusted_path.py [--rounds 3] [--calls 80] [--calls8 120]
         [--postgres-url postgresql://postgres@127.0.0.1:5432/test] [--no-postgres]
         [--keep DIR] [--src DIR]
 
@@ -35,12 +35,13 @@ four; the order id varies per call (different arguments, different digests).
 Rounds (``--rounds``) interleave the variants, in a rotated order each round, at concurrency 1
 (``--calls`` calls) and then 8 (``--calls8``), each cell after an untimed warm-up, so machine noise
 hits them alike. Per variant and concurrency: calls/s, p50/p95/p99 latency, errors, and the CPU
-time per call of the gateway process and of the ERP process (psutil; less disturbed by the noise
-than latency). Then what the trusted variants left in their stores: audit records per call (by
-kind), checkpoints, ``intent_uses`` rows (consumed intents are pruned once expired, so the table
-stays at about the last minute's calls), and ``m2a audit verify`` run on each store once its gateway
-has stopped. Progress goes to stderr, the tables (markdown) to stdout. Exits 1 if any call failed
-(or an audit log does not verify).
+time per call of the gateway process, of the PostgreSQL backends serving (d)'s database, and of the
+ERP process (psutil; less disturbed by the noise than latency). Then what the trusted variants
+left in their stores: audit records per call (by kind), checkpoints, ``intent_uses`` rows (a used
+jti is pruned 120 s after its intent expired, so the table holds about the last 2.5 minutes of
+calls), and ``m2a audit verify`` run on each store once its gateway has stopped. Progress goes to
+stderr, the tables (markdown) to stdout. Exits 1 if any call failed (or an audit log does not
+verify).
 """
 
 from __future__ import annotations
@@ -109,6 +110,24 @@ def cpu_s(pid: int | None) -> float:
     return t.user + t.system
 
 
+def pg_cpu(db: str | None) -> dict[int, float]:
+    """CPU seconds of each PostgreSQL backend serving database ``db`` (on this machine), by pid."""
+    out: dict[int, float] = {}
+    if db is None:
+        return out
+    for p in psutil.process_iter(["cmdline"]):
+        with contextlib.suppress(psutil.Error):
+            if any(f" {db} " in f"{part} " for part in p.info["cmdline"] or ()):
+                t = p.cpu_times()
+                out[p.pid] = t.user + t.system
+    return out
+
+
+def pg_spent(before: dict[int, float], after: dict[int, float]) -> float:
+    """CPU seconds the backends spent between two ``pg_cpu`` readings (new ones from zero)."""
+    return sum(cpu - before.get(pid, 0.0) for pid, cpu in after.items())
+
+
 # -- the variants ------------------------------------------------------------------------------------
 
 
@@ -121,6 +140,7 @@ class Variant:
     pid: int | None = None  # the gateway process (None: the tool itself)
     home: Path | None = None
     db_url: str | None = None  # None: SQLite in home
+    pg_db: str | None = None  # the PostgreSQL database's name (its backends' CPU is counted)
     root: str | None = None  # the gateway's base URL
     client: tuple[str, str] | None = None  # client id, secret
     token: str | None = None
@@ -145,6 +165,7 @@ class Sample:
     seconds: float = 0.0
     m2a_cpu: float = 0.0
     erp_cpu: float = 0.0
+    db_cpu: float = 0.0  # PostgreSQL's backends
 
     def add(self, other: Sample) -> None:
         self.latencies += other.latencies
@@ -153,6 +174,7 @@ class Sample:
         self.seconds += other.seconds
         self.m2a_cpu += other.m2a_cpu
         self.erp_cpu += other.erp_cpu
+        self.db_cpu += other.db_cpu
 
     @property
     def calls(self) -> int:
@@ -363,7 +385,7 @@ async def cell(v: Variant, concurrency: int, n: int, erp_pid: int) -> Sample:
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as http:
         await asyncio.gather(*(one_call(http, v, i) for i in range(2 * concurrency)))
         counter = itertools.count()
-        m2a0, erp0, t0 = cpu_s(v.pid), cpu_s(erp_pid), time.perf_counter()
+        db0, m2a0, erp0, t0 = pg_cpu(v.pg_db), cpu_s(v.pid), cpu_s(erp_pid), time.perf_counter()
 
         async def worker() -> None:
             while (i := next(counter)) < n:
@@ -379,6 +401,7 @@ async def cell(v: Variant, concurrency: int, n: int, erp_pid: int) -> Sample:
         sample.seconds = time.perf_counter() - t0
         sample.m2a_cpu = cpu_s(v.pid) - m2a0
         sample.erp_cpu = cpu_s(erp_pid) - erp0
+        sample.db_cpu = pg_spent(db0, pg_cpu(v.pg_db))
     return sample
 
 
@@ -429,18 +452,19 @@ def tables(variants: list[Variant], results: dict[tuple[str, int], Sample], conc
     print("\n### Latency and throughput of one `tools/call` (lookup_order)\n")
     print(
         "| variant | concurrency | calls | calls/s | p50 ms | p95 ms | p99 ms | errors "
-        "| m2a CPU ms/call | ERP CPU ms/call |"
+        "| m2a CPU ms/call | PostgreSQL CPU ms/call | ERP CPU ms/call |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for c in concs:
         for v in variants:
             s = results[(v.key, c)]
             per = max(1, s.calls)
             m2a = "–" if v.pid is None else ms(1000 * s.m2a_cpu / per)
+            db = "–" if v.pg_db is None else ms(1000 * s.db_cpu / per)
             print(
                 f"| ({v.key}) {v.label} | {c} | {s.calls} | {s.calls / s.seconds:.0f}"
                 f" | {ms(pct(s.latencies, 0.5))} | {ms(pct(s.latencies, 0.95))}"
-                f" | {ms(pct(s.latencies, 0.99))} | {s.errors} | {m2a}"
+                f" | {ms(pct(s.latencies, 0.99))} | {s.errors} | {m2a} | {db}"
                 f" | {ms(1000 * s.erp_cpu / per)} |"
             )
     by = {v.key: v for v in variants}
@@ -451,15 +475,15 @@ def tables(variants: list[Variant], results: dict[tuple[str, int], Sample], conc
         ("d", "c", "PostgreSQL over SQLite (trusted)"),
     ]
     print("\n### What each layer adds\n")
-    print("| concurrency | difference | p50 ms | p99 ms | calls/s | m2a CPU ms/call |")
+    print("| concurrency | difference | p50 ms | p99 ms | calls/s | m2a + PostgreSQL CPU ms/call |")
     print("|---|---|---|---|---|---|")
     for c in concs:
         for hi, lo, what in pairs:
             if hi not in by or lo not in by:
                 continue
             s, b = results[(hi, c)], results[(lo, c)]
-            base_cpu = 0.0 if by[lo].pid is None else b.m2a_cpu / max(1, b.calls)  # (a): m2a's all of it
-            cpu = f"{1000 * (s.m2a_cpu / max(1, s.calls) - base_cpu):+.2f}"
+            base_cpu = 0.0 if by[lo].pid is None else (b.m2a_cpu + b.db_cpu) / max(1, b.calls)  # (a): none
+            cpu = f"{1000 * ((s.m2a_cpu + s.db_cpu) / max(1, s.calls) - base_cpu):+.2f}"
             rate = f"{s.calls / s.seconds:.0f} vs {b.calls / b.seconds:.0f}"
             print(
                 f"| {c} | ({hi}) − ({lo}): {what} | {pct(s.latencies, 0.5) - pct(b.latencies, 0.5):+.2f}"
@@ -491,7 +515,7 @@ async def measure(
                 say(
                     f"[round {r + 1}/{args.rounds}] c={c} ({v.key}) {v.label}: {s.calls} calls, "
                     f"{s.calls / s.seconds:.0f}/s, p50 {pct(s.latencies, 0.5):.2f} ms, "
-                    f"p99 {pct(s.latencies, 0.99):.2f} ms, {s.errors} errors{tail}"
+                    f"p99 {pct(s.latencies, 0.99):.2f} ms, {s.errors} errors, {s.seconds:.1f} s{tail}"
                 )
     return results
 
@@ -499,8 +523,8 @@ async def measure(
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=3, help="Rounds over all variants (default 3).")
-    ap.add_argument("--calls", type=int, default=100, help="Calls per variant and round at concurrency 1.")
-    ap.add_argument("--calls8", type=int, default=160, help="Calls per variant and round at concurrency 8.")
+    ap.add_argument("--calls", type=int, default=80, help="Calls per variant and round at concurrency 1.")
+    ap.add_argument("--calls8", type=int, default=120, help="Calls per variant and round at concurrency 8.")
     ap.add_argument(
         "--postgres-url",
         default=os.environ.get("M2A_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"),
@@ -570,6 +594,7 @@ def main() -> int:
                 up.pid,
                 home,
                 db_url,
+                pg_name if pg else None,
                 up.root,
                 client,
                 trusted=trusted,
