@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import jwt
 import pytest
 import rfc8785
 
@@ -284,6 +285,12 @@ def test_the_erp_saw_m2a_and_the_agent_id_never_the_agents_token(walk: Walk, erp
         assert call["headers"]["authorization"] == f"Bearer {ERP_BEARER}"  # m2a's credential
     for request in erp.requests():  # no request of any kind carried the agent's token or secret
         for name, value in request["headers"].items():
+            if name == "x-m2a-intent":  # m2a's signed intent for this very call (trusted execution)
+                header = jwt.get_unverified_header(value)
+                claims = jwt.decode(value, options={"verify_signature": False})
+                assert header["typ"] == "m2a-intent+jwt" and claims["aud"] == "m2a:executor:mcp"
+                assert claims["sub"] == SPIFFE and claims["tool"]["server"] == "erp"
+                continue
             assert not (value.count(".") == 2 and "eyJ" in value), (name, "a JWT reached the tool server")
             assert walk.client_secret not in value and walk.team_key not in value and KEY not in value
     traceparents = {c["headers"]["traceparent"].split("-")[1] for c in erp.calls()}
