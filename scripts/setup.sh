@@ -33,16 +33,24 @@ if [ "$ENGINE" = cpu ]; then
   $PIP uninstall --yes torchvision torchaudio torchcodec >/dev/null 2>&1 || true
 fi
 
+# Debian packages, as root only, never failing the setup: once as the package lists are, once more
+# after refreshing them (a fresh machine's lists may be stale)
+apt_quiet() {
+  [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 || return 1
+  apt-get install -y -qq "$@" >/dev/null 2>&1 && return 0
+  apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq "$@" >/dev/null 2>&1
+}
+
 # bubblewrap: the sandbox for local commands (m2a falls back to its own namespaces without it)
-if ! command -v bwrap >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+if ! command -v bwrap >/dev/null 2>&1; then
   step "installing bubblewrap (the sandbox for agents' local commands)"
-  apt-get install -y -qq bubblewrap >/dev/null 2>&1 || echo "bubblewrap not installed: commands use m2a's own sandbox"
+  apt_quiet bubblewrap || echo "bubblewrap not installed: commands use m2a's own sandbox"
 fi
 
 # chromium: the headless browser the web console's tests drive (Playwright's wheel brings none)
-if ! [ -x /usr/bin/chromium ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+if ! [ -x /usr/bin/chromium ]; then
   step "installing chromium (the browser the web console's tests drive)"
-  apt-get install -y -qq chromium >/dev/null 2>&1 || echo "chromium not installed: the console's browser tests skip"
+  apt_quiet chromium || echo "chromium not installed: the console's browser tests skip (fail under CI)"
 fi
 
 step "checking the install"
