@@ -39,6 +39,15 @@ What one agent sees there is its own: the endpoint is one per agent by its token
 A tool call costs no tokens and counts against no quota here; a failure to write its records is
 logged and does not fail the call (it has run by then).
 
+**Trusted execution** (``trust_wiring.py``, on by default): an allowed call then takes the trusted
+path of ``trust/actions.py`` instead of going straight to the server — the tool rail of the agent's
+guardrails, a Cedar decision, a person's approval for a destructive tool, a signed intent that the
+``mcp`` executor (``mcp_executor.py``) admits once before it calls the server (which also receives
+the intent as ``x-m2a-intent``), a signed receipt and the audit log. A refusal there is an error
+*result* naming why (the agent knows the tool exists: its manifest grants it), a destructive call
+waiting for approval one naming the approval (status ``pending``). The server ``actions`` is m2a's
+own: its tools are the configured ``trust.actions`` (HTTP endpoints, sandboxed commands).
+
 ``ToolsExtension`` plugs this into the gateway (through the agents layer's extension): the
 ``/mcp`` route, the admin API of ``tools_api.py`` and the Responses ``mcp`` tool type.
 """
