@@ -43,7 +43,7 @@ from opentelemetry.trace import Span, Status, StatusCode, Tracer
 
 from m2a.principal import Principal
 from m2a.store.tools import ApprovalRecord, ToolStore, now
-from m2a.trust.audit import AuditLog
+from m2a.trust.audit import AuditItem, AuditLog
 from m2a.trust.executors import Execution, Executor
 from m2a.trust.intents import IntentIssuer, SignedIntent, args_digest
 from m2a.trust.policy import CallRequest, Decision, PolicyEngine
@@ -159,14 +159,21 @@ class ActionPath:
                 )
             )
             _decision_attrs(s, decision)
-        await self.audit.append("decision", {**base, "decision": _decision_json(decision)}, **where)
+        # The decision's record goes with the intent's, in one write (before anything runs), or alone
+        # when the path stops here or waits.
+        decided: AuditItem | None = AuditItem(
+            "decision", {**base, "decision": _decision_json(decision)}, **where
+        )
         if not decision.allowed:
+            await self.audit.append_many([decided])
             why = ", ".join(decision.policy_ids) or "no policy permits it"
             return ActionOutcome("denied", f"refused by policy ({why})", decision=decision)
 
         # 2. approve (destructive)
         approval: ApprovalRecord | None = None
         if call.tier == "destructive":
+            await self.audit.append_many([decided])
+            decided = None
             approval, waiting = await self._approval(call, digest, base, where)
             if waiting is not None:
                 return ActionOutcome(
@@ -199,7 +206,7 @@ class ActionPath:
                 s.set_attribute("m2a.intent.jti", signed.claims.jti)
                 s.set_attribute("m2a.intent.digest", signed.digest)
                 s.set_attribute("m2a.intent.audience", executor.audience)
-        await self.audit.append(
+        intended = AuditItem(
             "intent",
             {
                 **base,
@@ -211,6 +218,7 @@ class ActionPath:
             },
             **where,
         )
+        await self.audit.append_many([i for i in (decided, intended) if i is not None])
 
         # 4. execute
         started = time.time()
