@@ -102,6 +102,16 @@ class UpstreamTool:
         )
 
 
+CLIENT_MARGIN_S = 5.0  # the HTTP client's timeouts sit past the call's bound, which decides
+
+
+def _timed_out(exc: BaseException) -> bool:
+    """Whether ``exc`` is, or a group holding only, the HTTP client's timeout."""
+    if isinstance(exc, BaseExceptionGroup):
+        return bool(exc.exceptions) and all(_timed_out(e) for e in exc.exceptions)
+    return isinstance(exc, httpx2.TimeoutException)
+
+
 @functools.cache
 def _tls() -> ssl.SSLContext:
     """One SSL context (the system's CA bundle) for every upstream MCP client: building one per
@@ -297,7 +307,7 @@ class ToolRegistry:
     @contextlib.asynccontextmanager
     async def _session(self, server: ServerRecord, extra: dict[str, str]) -> AsyncIterator[ClientSession]:
         headers = {"user-agent": "m2a-mcp-gateway", **server.headers, **extra}
-        timeout = httpx2.Timeout(server.timeout_s)
+        timeout = httpx2.Timeout(server.timeout_s + CLIENT_MARGIN_S)  # the call's own bound (_bounded) rules
         async with (
             httpx2.AsyncClient(headers=headers, timeout=timeout, trust_env=False, verify=_tls()) as http,
             streamable_http_client(server.url, http_client=http) as (read, write),
@@ -320,6 +330,10 @@ class ToolRegistry:
         except MCPError as exc:
             raise ToolFailure("error", f"the MCP server '{server.name}' refused: {exc}"[:400]) from exc
         except Exception as exc:  # a dead, rude or garbage-speaking server: never past this point
+            if _timed_out(exc):  # the HTTP client's own timeout, maybe inside the SDK's task group
+                raise ToolFailure(
+                    "timeout", f"the MCP server '{server.name}' did not answer within {server.timeout_s:g}s"
+                ) from exc
             log.info("MCP server %s failed: %s", server.name, _short(exc))
             raise ToolFailure("error", f"the MCP server '{server.name}' failed: {_short(exc)}") from exc
 
