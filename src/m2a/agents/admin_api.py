@@ -34,7 +34,6 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
 
-from m2a.agents.api_common import first_invalid, key_caller
 from m2a.agents.manifest import AGENT_NAME, MAX_SPONSORS, Manifest
 from m2a.agents.registry import (
     MAX_VERSION,
@@ -47,6 +46,7 @@ from m2a.agents.registry import (
 )
 from m2a.gateway.access import Access
 from m2a.gateway.errors import GatewayError, error_response
+from m2a.gateway.keyed_api import first_invalid, key_caller
 from m2a.principal import Principal
 
 PREFIX = "/admin/v1/agents"

@@ -26,14 +26,12 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request, Response
-from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field
-from starlette.exceptions import HTTPException
 
-from m2a.agents.api_common import first_invalid, key_caller
 from m2a.agents.tools import MAX_TIMEOUT_S, ToolError, ToolFailure, ToolRegistry, masked
 from m2a.gateway.access import Access
 from m2a.gateway.errors import GatewayError, error_response
+from m2a.gateway.keyed_api import keyed_api
 from m2a.principal import Principal
 from m2a.store.tools import (
     APPROVAL_STATUSES,
@@ -329,55 +327,28 @@ async def list_calls(
     return [call_out(c) for c in found]
 
 
+def _tool_error(exc: ToolError) -> Response:
+    code = {"not_found": "tool_server_not_found", "conflict": "conflict"}.get(exc.kind, "invalid_request")
+    return error_response(_STATUS.get(exc.kind, 400), exc.message, param=exc.param, code=code)
+
+
+def _store_error(exc: ToolStoreError) -> Response:
+    return error_response(_STATUS.get(exc.kind, 400), exc.message, code=exc.kind)
+
+
 def create_tools_api(registry: ToolRegistry, store: ToolStore, access: Access, trust: Any = None) -> FastAPI:
     """The API over ``registry`` and ``store`` for the callers ``access`` authenticates; ``trust``
     (``agents/trust_wiring.py``) decides who may approve, when trusted execution is on."""
-    api = FastAPI(
+    api = keyed_api(
         title="m2a tools API",
-        version="1",
         description="MCP servers, tool-call approvals and tool calls of an m2a gateway.",
-        docs_url=None,
-        redoc_url=None,
-        openapi_url=None,
+        access=access,
+        agents_refused="An agent's token cannot manage tools or approve tool calls; use an API key.",
+        max_body=MAX_BODY_BYTES,
+        errors={ToolError: _tool_error, ToolStoreError: _store_error},
     )
     api.state.registry = registry
     api.state.store = store
     api.state.trust = trust
-
-    @api.middleware("http")
-    async def authenticate_first(request: Request, call_next):  # type: ignore[no-untyped-def]
-        """The key before anything else (FastAPI would parse a body first), and a bounded body."""
-        try:
-            refused = "An agent's token cannot manage tools or approve tool calls; use an API key."
-            principal = await key_caller(request, access, refused, MAX_BODY_BYTES)
-        except GatewayError as exc:
-            return exc.response()
-        request.state.principal = principal
-        return await call_next(request)
-
-    @api.exception_handler(GatewayError)
-    async def _gateway_error(request: Request, exc: GatewayError) -> Response:
-        return exc.response()
-
-    @api.exception_handler(ToolError)
-    async def _tool_error(request: Request, exc: ToolError) -> Response:
-        code = {"not_found": "tool_server_not_found", "conflict": "conflict"}.get(exc.kind, "invalid_request")
-        return error_response(_STATUS.get(exc.kind, 400), exc.message, param=exc.param, code=code)
-
-    @api.exception_handler(ToolStoreError)
-    async def _store_error(request: Request, exc: ToolStoreError) -> Response:
-        return error_response(_STATUS.get(exc.kind, 400), exc.message, code=exc.kind)
-
-    @api.exception_handler(RequestValidationError)
-    async def _invalid(request: Request, exc: RequestValidationError) -> Response:
-        param, msg, _ = first_invalid(exc)
-        return error_response(400, f"{param}: {msg}" if param else msg, param=param, code="invalid_request")
-
-    @api.exception_handler(HTTPException)
-    async def _http(request: Request, exc: HTTPException) -> Response:
-        if exc.status_code == 404:
-            return error_response(404, f"Unknown path {request.url.path}.", code="unknown_url")
-        return error_response(exc.status_code, str(exc.detail))
-
     api.include_router(tools_router)
     return api

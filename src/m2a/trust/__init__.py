@@ -12,7 +12,9 @@ way out is m2a's egress proxy (``egress.py``), which enforces each agent's and t
 ``netpol.py`` writes the Kubernetes NetworkPolicies for clusters.
 
 This room sits in the agents layer, below ``agents/`` (which calls it from the MCP gateway): it
-imports ``config``, ``principal``, ``store/`` and ``telemetry/``, never ``agents/`` or ``gateway/``.
+imports ``config``, ``principal``, ``store/`` and ``telemetry/`` — and its two admin APIs
+(``policies_api.py``, ``audit_api.py``) the gateway's ``keyed_api``, access and errors — never
+``agents/``.
 It signs with whatever ``signing.KeySource`` it is given (the agents layer passes its signing keys,
 so intents, receipts and checkpoints verify against the same JWKS as agent tokens).
 """

@@ -19,14 +19,11 @@ refused (403 ``agents_cannot_manage``). Nothing here writes. Errors are OpenAI's
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response
-from fastapi.exceptions import RequestValidationError
+from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from pydantic import BaseModel
-from starlette.exceptions import HTTPException
 
-from m2a.agents.api_common import first_invalid, key_caller
 from m2a.gateway.access import Access
-from m2a.gateway.errors import GatewayError, error_response
+from m2a.gateway.keyed_api import keyed_api
 from m2a.principal import Principal
 from m2a.trust.audit import AuditLog
 
@@ -100,42 +97,14 @@ async def list_records(
 
 def create_audit_api(log: AuditLog, access: Access) -> FastAPI:
     """The read-only API over ``log`` for the callers ``access`` authenticates."""
-    api = FastAPI(
+    api = keyed_api(
         title="m2a audit API",
-        version="1",
         description="The tamper-evident audit log of an m2a gateway (read only). Send an API key as Bearer.",
-        docs_url=None,
-        redoc_url=None,
-        openapi_url=None,
+        access=access,
+        agents_refused="An agent's token cannot read the audit log; use an API key.",
+        max_body=MAX_BODY_BYTES,
+        statuses={405: ("The audit log is read only.", "method_not_allowed")},
     )
     api.state.log = log
-
-    @api.middleware("http")
-    async def authenticate_first(request: Request, call_next):  # type: ignore[no-untyped-def]
-        try:
-            refused = "An agent's token cannot read the audit log; use an API key."
-            principal = await key_caller(request, access, refused, MAX_BODY_BYTES)
-        except GatewayError as exc:
-            return exc.response()
-        request.state.principal = principal
-        return await call_next(request)
-
-    @api.exception_handler(GatewayError)
-    async def _gateway_error(request: Request, exc: GatewayError) -> Response:
-        return exc.response()
-
-    @api.exception_handler(RequestValidationError)
-    async def _invalid(request: Request, exc: RequestValidationError) -> Response:
-        param, msg, _ = first_invalid(exc)
-        return error_response(400, f"{param}: {msg}" if param else msg, param=param, code="invalid_request")
-
-    @api.exception_handler(HTTPException)
-    async def _http(request: Request, exc: HTTPException) -> Response:
-        if exc.status_code == 404:
-            return error_response(404, f"Unknown path {request.url.path}.", code="unknown_url")
-        if exc.status_code == 405:
-            return error_response(405, "The audit log is read only.", code="method_not_allowed")
-        return error_response(exc.status_code, str(exc.detail))
-
     api.include_router(audit_router)
     return api

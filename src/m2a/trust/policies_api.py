@@ -24,13 +24,11 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request, Response
-from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field, model_validator
-from starlette.exceptions import HTTPException
 
-from m2a.agents.api_common import first_invalid, key_caller
 from m2a.gateway.access import Access
 from m2a.gateway.errors import GatewayError, error_response
+from m2a.gateway.keyed_api import keyed_api
 from m2a.principal import Principal
 from m2a.store.policies import (
     MAX_TEXT,
@@ -320,54 +318,26 @@ async def delete_policy(path: PolicyPath, p: Caller, store: Store, engine: Engin
     return Response(status_code=204)
 
 
+def _store_error(exc: PolicyStoreError) -> Response:
+    return error_response(_STATUS.get(exc.kind, 400), exc.message, code=exc.kind)
+
+
 def create_policies_api(
     engine: PolicyEngine, store: PolicyStore, access: Access, docs: bool = True
 ) -> FastAPI:
     """The API over ``engine`` and ``store`` for the callers ``access`` authenticates; ``docs`` serves
     its OpenAPI document (``/admin/v1/policies/openapi.json``) without a key."""
     openapi = f"{PREFIX}/openapi.json"
-    api = FastAPI(
+    api = keyed_api(
         title="m2a policies API",
-        version="1",
         description="Cedar policies of an m2a gateway's trusted execution. Send an API key as Bearer.",
-        docs_url=None,
-        redoc_url=None,
+        access=access,
+        agents_refused="An agent's token cannot manage policies; use an API key.",
+        max_body=MAX_BODY_BYTES,
         openapi_url=openapi if docs else None,
+        errors={PolicyStoreError: _store_error},
     )
     api.state.engine = engine
     api.state.store = store
-
-    @api.middleware("http")
-    async def authenticate_first(request: Request, call_next):  # type: ignore[no-untyped-def]
-        """The key before anything else (FastAPI would parse a body first), and a bounded body."""
-        if docs and request.method == "GET" and request.url.path == openapi:
-            return await call_next(request)
-        try:
-            refused = "An agent's token cannot manage policies; use an API key."
-            principal = await key_caller(request, access, refused, MAX_BODY_BYTES)
-        except GatewayError as exc:
-            return exc.response()
-        request.state.principal = principal
-        return await call_next(request)
-
-    @api.exception_handler(GatewayError)
-    async def _gateway_error(request: Request, exc: GatewayError) -> Response:
-        return exc.response()
-
-    @api.exception_handler(PolicyStoreError)
-    async def _store_error(request: Request, exc: PolicyStoreError) -> Response:
-        return error_response(_STATUS.get(exc.kind, 400), exc.message, code=exc.kind)
-
-    @api.exception_handler(RequestValidationError)
-    async def _invalid(request: Request, exc: RequestValidationError) -> Response:
-        param, msg, _ = first_invalid(exc)
-        return error_response(400, f"{param}: {msg}" if param else msg, param=param, code="invalid_request")
-
-    @api.exception_handler(HTTPException)
-    async def _http(request: Request, exc: HTTPException) -> Response:
-        if exc.status_code == 404:
-            return error_response(404, f"Unknown path {request.url.path}.", code="unknown_url")
-        return error_response(exc.status_code, str(exc.detail))
-
     api.include_router(policies_router)
     return api
