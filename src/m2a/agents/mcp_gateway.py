@@ -56,7 +56,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import json
 import logging
 import secrets
@@ -65,7 +64,6 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-import rfc8785
 from mcp import types
 from mcp.server.lowlevel import Server
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
@@ -87,6 +85,7 @@ from m2a.principal import AgentRef, Principal
 from m2a.store.ledger import Ledger
 from m2a.store.schema import AgentRow, AgentVersionRow
 from m2a.store.tools import ServerRecord, ToolStore
+from m2a.trust.verify import args_digest  # the one digest of a call's arguments (intents use it too)
 
 log = logging.getLogger("m2a.agents.mcp")
 
@@ -96,14 +95,6 @@ PRINCIPAL_KEY = "m2a.principal"  # where the endpoint leaves the caller in the A
 MANIFEST_TTL_S = 2.0
 HTTP_STATUS = {"ok": 200, "error": 502, "timeout": 504, "denied": 403, "pending": 202}
 _PROPAGATOR = TraceContextTextMapPropagator()
-
-
-def args_digest(arguments: Any) -> str:
-    """sha256 (hex) of the RFC 8785 canonical JSON of a call's arguments; ValueError if it has none."""
-    try:
-        return hashlib.sha256(rfc8785.dumps(arguments if arguments is not None else {})).hexdigest()
-    except (rfc8785.CanonicalizationError, TypeError, ValueError, OverflowError, RecursionError) as exc:
-        raise ValueError(f"the arguments are not JSON that RFC 8785 can canonicalize: {exc}") from exc
 
 
 def new_call_id() -> str:

@@ -169,31 +169,24 @@ class McpToolset:
                 item, f"The tool was not called: its arguments must be a JSON object ({exc})."
             )
         if self.needs_approval(tool):
-            approval = await self._ask(tool, args, arguments)
-            item = {
-                "type": "mcp_approval_request",
-                "id": approval.id,
-                "server_label": self.label,
-                "name": tool,
-                "arguments": arguments,
-            }
-            return HostedResult(
-                item, f"This call waits for a person's approval ({approval.id}); it has not run.", stop=True
-            )
+            return self._waiting(tool, arguments, (await self._ask(tool, args, arguments)).id)
         outcome = await self._run(tool, args, arguments=arguments)
         if outcome.status == "pending" and outcome.approval is not None:  # destructive: a person decides
-            item = {
-                "type": "mcp_approval_request",
-                "id": outcome.approval.id,
-                "server_label": self.label,
-                "name": tool,
-                "arguments": arguments,
-            }
-            return HostedResult(
-                item, f"This call waits for a person's approval ({outcome.approval.id}); it has not run.",
-                stop=True,
-            )  # fmt: skip
+            return self._waiting(tool, arguments, outcome.approval.id)
         return HostedResult(self._outcome_item(tool, arguments, outcome), self._model_text(outcome))
+
+    def _waiting(self, tool: str, arguments: str, approval_id: str) -> HostedResult:
+        """The call does not run: an ``mcp_approval_request`` item, and the response ends there."""
+        item = {
+            "type": "mcp_approval_request",
+            "id": approval_id,
+            "server_label": self.label,
+            "name": tool,
+            "arguments": arguments,
+        }
+        return HostedResult(
+            item, f"This call waits for a person's approval ({approval_id}); it has not run.", stop=True
+        )
 
     async def _ask(self, tool: str, args: dict[str, Any], arguments: str) -> ApprovalRecord:
         agent = self.principal.agent

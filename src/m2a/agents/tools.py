@@ -43,6 +43,7 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 
 from m2a.store.tools import ServerRecord, ToolStore, ToolStoreError
+from m2a.trust.policy_schema import TIERS
 
 log = logging.getLogger("m2a.agents.tools")
 
@@ -103,6 +104,11 @@ class UpstreamTool:
 
 
 CLIENT_MARGIN_S = 5.0  # the HTTP client's timeouts sit past the call's bound, which decides
+
+
+def _no_answer(server: ServerRecord) -> ToolFailure:
+    message = f"the MCP server '{server.name}' did not answer within {server.timeout_s:g}s"
+    return ToolFailure("timeout", message)
 
 
 def _timed_out(exc: BaseException) -> bool:
@@ -186,9 +192,6 @@ def check_headers(headers: dict[str, str] | None) -> dict[str, str]:
             )  # fmt: skip
         out[name] = value
     return out
-
-
-TIERS = ("read", "write", "destructive")
 
 
 def check_tiers(tiers: dict[str, str] | None) -> dict[str, str]:
@@ -322,18 +325,14 @@ class ToolRegistry:
             async with asyncio.timeout(server.timeout_s):
                 return await work
         except TimeoutError as exc:
-            raise ToolFailure(
-                "timeout", f"the MCP server '{server.name}' did not answer within {server.timeout_s:g}s"
-            ) from exc
+            raise _no_answer(server) from exc
         except ToolFailure:
             raise
         except MCPError as exc:
             raise ToolFailure("error", f"the MCP server '{server.name}' refused: {exc}"[:400]) from exc
         except Exception as exc:  # a dead, rude or garbage-speaking server: never past this point
             if _timed_out(exc):  # the HTTP client's own timeout, maybe inside the SDK's task group
-                raise ToolFailure(
-                    "timeout", f"the MCP server '{server.name}' did not answer within {server.timeout_s:g}s"
-                ) from exc
+                raise _no_answer(server) from exc
             log.info("MCP server %s failed: %s", server.name, _short(exc))
             raise ToolFailure("error", f"the MCP server '{server.name}' failed: {_short(exc)}") from exc
 

@@ -39,7 +39,7 @@ from m2a.config import TrustConfig
 from m2a.principal import AgentRef, Principal
 from m2a.store.schema import Team
 from m2a.store.tools import ApprovalRecord, ServerRecord, ToolStore
-from m2a.trust.actions import ActionCall, ActionOutcome, ActionPath
+from m2a.trust.actions import ActionCall, ActionOutcome, ActionPath, decided_item
 from m2a.trust.allowlist import AllowList
 from m2a.trust.audit import AuditLog
 from m2a.trust.egress import EgressEvent, EgressIdentity, EgressProxy
@@ -252,13 +252,7 @@ class Trust:
 
     async def record_decision(self, decided: ApprovalRecord, approve: bool) -> None:
         """An approval decided (through the API): its audit record."""
-        await self.audit.append(
-            "approval_decided",
-            {"approval": decided.id, "approved": approve, "decided_by": decided.decided_by,
-             "tool": {"server": decided.server, "name": decided.tool}, "args_sha256": decided.args_sha256,
-             "tier": decided.tier},
-            agent=decided.agent, team_id=decided.team_id,
-        )  # fmt: skip
+        await self.audit.append_many([decided_item(decided, approve)])
 
     async def _team_name(self, team_id: int | None) -> str | None:
         if team_id is None:

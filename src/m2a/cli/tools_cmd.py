@@ -29,6 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from m2a.agents.tools import ToolError, ToolFailure, ToolRegistry, masked
 from m2a.cli.identity_cmd import run_store
 from m2a.store.tools import APPROVAL_STATUSES, ApprovalRecord, ServerRecord, ToolStore, ToolStoreError
+from m2a.trust.actions import decided_item
 from m2a.trust.audit import AuditLog
 
 tools_app = typer.Typer(no_args_is_help=True, help="MCP servers agents reach through m2a.")
@@ -235,13 +236,7 @@ def _decide(approval_id: str, approve: bool, reason: str | None, config: Path | 
 
     async def work(db: AsyncEngine) -> ApprovalRecord:
         decided = await ToolStore(db).decide(approval_id, approve, _decider(), reason)
-        await AuditLog(db, None, issuer="m2a-cli").append(
-            "approval_decided",
-            {"approval": decided.id, "approved": approve, "decided_by": decided.decided_by,
-             "tool": {"server": decided.server, "name": decided.tool}, "args_sha256": decided.args_sha256,
-             "tier": decided.tier},
-            agent=decided.agent, team_id=decided.team_id,
-        )  # fmt: skip
+        await AuditLog(db, None, issuer="m2a-cli").append_many([decided_item(decided, approve)])
         return decided
 
     return run(config, work)

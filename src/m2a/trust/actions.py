@@ -47,12 +47,12 @@ from m2a.trust.audit import AuditItem, AuditLog
 from m2a.trust.executors import Execution, Executor
 from m2a.trust.intents import IntentIssuer, SignedIntent, args_digest
 from m2a.trust.policy import CallRequest, Decision, PolicyEngine
+from m2a.trust.policy_schema import TIERS
 from m2a.trust.receipts import SignedReceipt, result_digest, sign_receipt
 from m2a.trust.verify import IntentError
 
 log = logging.getLogger("m2a.trust.actions")
 
-TIERS = ("read", "write", "destructive")
 
 
 @dataclass(frozen=True)
@@ -364,6 +364,19 @@ class _NoSpan:
 
     def __exit__(self, *exc: object) -> None:
         return None
+
+
+def decided_item(decided: ApprovalRecord, approve: bool) -> AuditItem:
+    """The audit record of an approval decided (through the admin API, or by the CLI on the store)."""
+    body = {
+        "approval": decided.id,
+        "approved": approve,
+        "decided_by": decided.decided_by,
+        "tool": {"server": decided.server, "name": decided.tool},
+        "args_sha256": decided.args_sha256,
+        "tier": decided.tier,
+    }
+    return AuditItem("approval_decided", body, decided.agent, decided.team_id)
 
 
 def _by_person(a: ApprovalRecord) -> bool:
