@@ -13,6 +13,7 @@ only what both its action and its agent may), bridged into the sandbox (``bridge
 from __future__ import annotations
 
 import secrets
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -93,6 +94,10 @@ class CommandExecutor(Executor):
             status, error = "error", f"the command {why}"
         return Execution(status, result=result, error=error, digest_of=result,
                          detail={"exit_code": done.exit_code})  # fmt: skip
+
+
+    async def close(self) -> None:
+        shutil.rmtree(self.sockets, ignore_errors=True)  # the per-run sockets' folder
 
 
 register_executor("command", CommandExecutor)
