@@ -534,3 +534,135 @@ async def test_vllm_truncates_long_chunks_instead_of_refusing(
             assert (await uploaded(c, vs.id, "refunds.md", REFUNDS)).status == "completed"
         [req] = [r for r in engine.requests if r.path == "/v1/embeddings"]
         assert {k: v for k, v in req.json.items() if k == "truncate_prompt_tokens"} == extra
+
+
+# ---------------------------------------------------------------------------- storage quota, expiry
+def _admin() -> dict[str, str]:
+    return {"authorization": f"Bearer {ADMIN}"}
+
+
+async def _storage_quota(gw: GW, team_name: str, limit: int, **extra: Any) -> httpx.Response:
+    body = {"limits": [{"metric": "storage_bytes", "limit": limit}], **extra}
+    return await gw.http.put(f"/admin/v1/teams/{team_name}/quotas", headers=_admin(), json=body)
+
+
+async def test_storage_quota_holds_the_teams_usage_bytes(
+    gw: GW, engine: FakeEngine, store: IdentityStore
+) -> None:
+    """A team's ``storage_bytes`` quota: a file that would pass it fails (before its chunks are
+    embedded, so no tokens are spent on it), attaching to a full team is 429, the quota's use is what
+    the team's stores hold, and requests' admission ignores it."""
+    key = await team(store, "team-s")
+    c = gw.client(key)
+    vs = await c.vector_stores.create(name="s")
+    first = await uploaded(c, vs.id, "refunds.md", REFUNDS)
+    assert first.status == "completed" and first.usage_bytes > 0
+
+    # Room for 10 more bytes: the next file's text alone does not fit.
+    limit = first.usage_bytes + 10
+    resp = await _storage_quota(gw, "team-s", limit)
+    assert resp.status_code == 200, resp.text
+    embeds = sum(r.path.endswith("/embeddings") for r in engine.requests)
+    second = await uploaded(c, vs.id, "rockets.md", ROCKETS)
+    assert second.status == "failed" and second.last_error.code == "insufficient_quota"
+    assert f"quota of {limit}" in second.last_error.message
+    assert sum(r.path.endswith("/embeddings") for r in engine.requests) == embeds  # nothing embedded
+    res = await c.vector_stores.search(vs.id, query="rocket engine liquid oxygen")
+    assert all("rocket" not in h.content[0].text.lower() for h in res.data)
+
+    # The quota's use is what the stores hold; a team key sees it too.
+    usage = await gw.http.get("/admin/v1/quotas/usage", params={"team": "team-s"}, headers=_admin())
+    [row] = [q for q in usage.json() if q["metric"] == "storage_bytes"]
+    assert row["used"] == first.usage_bytes and row["window"] == "-" and row["resets_at"] is None
+
+    # Full: attaching is refused at once.
+    resp = await _storage_quota(gw, "team-s", first.usage_bytes)
+    assert resp.status_code == 200
+    f = await c.files.create(file=("rockets.md", ROCKETS), purpose="assistants")
+    with pytest.raises(openai.RateLimitError) as err:
+        await c.vector_stores.files.create(vector_store_id=vs.id, file_id=f.id)
+    assert err.value.code == "insufficient_quota" and "storage_bytes" in err.value.message
+    with pytest.raises(openai.RateLimitError):
+        await c.vector_stores.file_batches.create(vector_store_id=vs.id, file_ids=[f.id])
+    with pytest.raises(openai.RateLimitError):
+        await c.vector_stores.create(name="more", file_ids=[f.id])
+    # Not a request limit: embeddings (and searches) go on.
+    assert (await c.embeddings.create(model=EMBED, input="still served")).data
+    # Deleting the file frees the room.
+    await c.files.delete(first.id)
+    vf = await uploaded(c, vs.id, "rockets.md", ROCKETS)
+    assert vf.status == "completed"
+
+
+async def test_storage_quota_is_a_teams_windowless_limit(gw: GW, store: IdentityStore) -> None:
+    await team(store, "team-w")
+    key_id = (await store.list_keys())[-1].id
+    for limit, code in (
+        ({"metric": "storage_bytes", "window": "day", "limit": 10}, "storage_bytes has no window"),
+        ({"metric": "storage_bytes", "limit": -1}, None),
+    ):
+        resp = await gw.http.put("/admin/v1/teams/team-w/quotas", headers=_admin(), json={"limits": [limit]})
+        assert resp.status_code == 400, resp.text
+        if code:
+            assert code in resp.json()["error"]["message"]
+    resp = await _storage_quota(gw, "team-w", 10, key_id=key_id)
+    assert resp.status_code == 400 and "team's limit" in resp.json()["error"]["message"]
+
+
+async def _age(store: IdentityStore, store_id: str, days: float) -> None:
+    """Move the store's last activity ``days`` back (as if nobody had used it since)."""
+    from datetime import UTC, datetime, timedelta
+
+    from sqlalchemy import update
+
+    from m2a.store.schema import VectorStoreRow
+
+    async with store.engine.begin() as conn:
+        await conn.execute(
+            update(VectorStoreRow)
+            .where(VectorStoreRow.id == store_id)
+            .values(last_active_at=datetime.now(UTC) - timedelta(days=days))
+        )
+
+
+async def test_an_expired_store_is_refused_and_its_chunks_dropped(gw: GW, store: IdentityStore) -> None:
+    c = gw.client(await team(store, "team-e"))
+    vs = await c.vector_stores.create(name="e", expires_after={"anchor": "last_active_at", "days": 1})
+    keep = await c.vector_stores.create(name="keep", expires_after={"anchor": "last_active_at", "days": 7})
+    vf = await uploaded(c, vs.id, "refunds.md", REFUNDS)
+    await uploaded(c, keep.id, "refunds.md", REFUNDS)
+    assert vf.status == "completed"
+    assert (await c.vector_stores.search(vs.id, query="refund of an invoice")).data
+    await _age(store, vs.id, 1.5)
+    await _age(store, keep.id, 1.5)
+
+    got = await c.vector_stores.retrieve(vs.id)
+    assert got.status == "expired" and got.expires_at is not None
+    assert got.expires_at == got.last_active_at + 86400
+    assert (await c.vector_stores.retrieve(keep.id)).status == "completed"
+    f = await c.files.create(file=("rockets.md", ROCKETS), purpose="assistants")
+    for call in (
+        c.vector_stores.search(vs.id, query="refund of an invoice"),
+        c.vector_stores.files.create(vector_store_id=vs.id, file_id=f.id),
+        c.vector_stores.file_batches.create(vector_store_id=vs.id, file_ids=[f.id]),
+        c.vector_stores.update(vs.id, expires_after={"anchor": "last_active_at", "days": 30}),
+    ):
+        with pytest.raises(openai.BadRequestError) as err:
+            await call
+        assert err.value.code == "vector_store_expired" and vs.id in err.value.message
+    renamed = await c.vector_stores.update(vs.id, name="old")  # name and metadata may still change
+    assert renamed.name == "old" and renamed.status == "expired"
+
+    # The sweep marks it for good and drops its chunks; the other store keeps its own.
+    await gw.app.state.data.ingestor.sweep()
+    got = await c.vector_stores.retrieve(vs.id)
+    assert got.status == "expired" and got.usage_bytes == 0
+    backend = gw.app.state.data.backend
+    assert await backend.search(keep.id, None, "refund", 5, mode="keyword")
+    from m2a.data.stores.base import StoreNotFound
+
+    with pytest.raises(StoreNotFound):
+        await backend.search(vs.id, None, "refund", 5, mode="keyword")
+    assert await gw.app.state.data.ingestor.sweep() == 0  # marked once
+    # Deleting it works as for any store.
+    assert (await c.vector_stores.delete(vs.id)).deleted

@@ -107,9 +107,11 @@ async def test_quotas_set_show_clear(database: Database) -> None:
     r = await cli(
         "quotas", "set", "research",
         "--tokens", "200000/day", "--tokens", "20000/minute", "--requests", "60/minute", "--concurrency", "8",
+        "--storage-bytes", "1000000",
     )  # fmt: skip
     assert "limits set for team research" in r.output
     assert "200000 tokens/day, 20000 tokens/minute, 60 requests/minute, 8 concurrent" in r.output
+    assert "1000000 bytes stored" in r.output
     r = await cli("quotas", "set", "research", "--key", str(key.id), "--cost", "12.5/month")
     assert f"limits set for key {key.id} of team research: $12.5/month" in r.output
 
@@ -124,6 +126,7 @@ async def test_quotas_set_show_clear(database: Database) -> None:
             ("research", None, "tokens", "minute", 20_000),
             ("research", None, "requests", "minute", 60),
             ("research", None, "concurrency", "-", 8),
+            ("research", None, "storage_bytes", "-", 1_000_000),
             ("research", key.id, "cost", "month", 12_500_000),
         ],
         key=str,
@@ -135,11 +138,12 @@ async def test_quotas_set_show_clear(database: Database) -> None:
         "60 requests/minute",
         "8 concurrent",
         "$12.5/month",
+        "1000000 bytes stored",
     ):
         assert text in r.stdout
-    assert r.stdout.count("all") == 4 and str(key.id) in r.stdout
+    assert r.stdout.count("all") == 5 and str(key.id) in r.stdout
 
-    principal = await store.lookup(plain)
+    principal = await store.lookup(plain)  # storage is not a request's limit: admission never sees it
     assert isinstance(principal, Principal)
     assert sorted((x.scope, x.metric, x.window, x.limit) for x in principal.limits) == [
         ("key", "cost", "month", 12_500_000),
@@ -156,6 +160,7 @@ async def test_quotas_set_show_clear(database: Database) -> None:
     ) == [
         ("concurrency", "-", 8),
         ("requests", "minute", 60),
+        ("storage_bytes", "-", 1_000_000),
         ("tokens", "day", 300_000),
         ("tokens", "minute", 20_000),
     ]
@@ -164,7 +169,7 @@ async def test_quotas_set_show_clear(database: Database) -> None:
     r = await cli("quotas", "clear", "research", "--key", str(key.id))
     assert "removed 1 limit(s)" in r.output
     r = await cli("quotas", "show", "--json")
-    assert sorted(q["metric"] for q in json.loads(r.stdout)) == ["concurrency", "requests"]
+    assert sorted(q["metric"] for q in json.loads(r.stdout)) == ["concurrency", "requests", "storage_bytes"]
 
 
 async def test_quotas_refusals(database: Database) -> None:

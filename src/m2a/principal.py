@@ -26,6 +26,8 @@ class Limit:
         who = f"team '{team}'" if self.scope == "team" else f"key {self.subject}"
         if self.metric == "concurrency":
             return f"{self.limit} concurrent requests for {who}"
+        if self.metric == "storage_bytes":
+            return f"{self.limit} bytes in the vector stores of {who}"
         amount = (
             f"${self.limit / 1e6:.2f}"
             if self.metric == "cost"

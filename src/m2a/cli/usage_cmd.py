@@ -23,7 +23,9 @@ from m2a.store.limits import NO_WINDOW, WINDOWS
 from m2a.store.quotas import QuotaStore
 from m2a.store.usage import BUCKETS, GROUPS, priced, usage_rows
 
-quotas_app = typer.Typer(no_args_is_help=True, help="Token, request, cost and concurrency limits.")
+quotas_app = typer.Typer(
+    no_args_is_help=True, help="Token, request, cost, concurrency and vector-storage limits."
+)
 _LIMIT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmKM]?)\s*/\s*(minute|hour|day|month|min|h|d|mo)\s*$")
 _WINDOW_ALIASES = {"min": "minute", "h": "hour", "d": "day", "mo": "month"}
 
@@ -60,6 +62,9 @@ def quotas_set(
     requests: Annotated[list[str] | None, typer.Option(help="Requests per window, e.g. 60/minute.")] = None,
     cost: Annotated[list[str] | None, typer.Option(help="Dollars per window, e.g. 50/month.")] = None,
     concurrency: Annotated[int | None, typer.Option(help="Requests in flight at once.", min=0)] = None,
+    storage_bytes: Annotated[
+        int | None, typer.Option(help="Bytes the team's vector stores may hold (their usage_bytes).", min=0)
+    ] = None,
     key: Annotated[int | None, typer.Option("--key", help="Limit one key of the team, by id.")] = None,
     config: ConfigOpt = None,
 ) -> None:
@@ -73,6 +78,8 @@ def quotas_set(
     )
     if concurrency is not None:
         limits.append(("concurrency", NO_WINDOW, concurrency))
+    if storage_bytes is not None:
+        limits.append(("storage_bytes", NO_WINDOW, storage_bytes))
     if not limits:
         raise typer.BadParameter("name at least one limit: --tokens, --requests, --cost, --concurrency …")
     run_store(config, lambda _s, db: QuotaStore(db).set(team, limits, key))
@@ -83,6 +90,8 @@ def quotas_set(
 def _describe(metric: str, window: str, limit: int) -> str:
     if metric == "concurrency":
         return f"{limit} concurrent"
+    if metric == "storage_bytes":
+        return f"{limit} bytes stored"
     amount = f"${limit / 1e6:g}" if metric == "cost" else f"{limit} {metric.replace('_', ' ')}"
     return f"{amount}/{window}"
 

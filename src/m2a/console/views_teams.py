@@ -26,6 +26,7 @@ METRICS = {
     "requests": "requests",
     "cost": "cost (micro-dollars)",
     "concurrency": "concurrent requests",
+    "storage_bytes": "vector storage (bytes)",
 }
 WINDOWS = ("minute", "hour", "day", "month")
 
@@ -201,7 +202,7 @@ async def ungrant(ctx: Ctx) -> Response:
 async def set_quota(ctx: Ctx) -> Response:
     assert ctx.api is not None
     team, metric = team_of(ctx), ctx.field("metric")
-    window = "-" if metric == "concurrency" else ctx.field("window")
+    window = "-" if metric in ("concurrency", "storage_bytes") else ctx.field("window")
     try:
         amount = int(ctx.field("limit").replace(",", "").replace("_", ""))
     except ValueError:

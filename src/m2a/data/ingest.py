@@ -7,7 +7,8 @@ workers (asyncio tasks). A job reads the file's bytes, parses them (``parse``), 
 ``/v1/embeddings``, so embeddings are routed, metered and counted against the owning team), and
 replaces the file's chunks in the backend at once (``VectorBackend.add``); only then is the row
 marked ``completed`` with its ``usage_bytes``. Any failure marks it ``failed`` with ``last_error``
-``{"code": "unsupported_file" | "invalid_file" | "server_error", "message": ...}``: nothing here
+``{"code": "unsupported_file" | "invalid_file" | "insufficient_quota" | "server_error",
+"message": ...}``: nothing here
 raises to a caller.
 
 **The lease.** A job first claims its row for this process (``lease_owner``, ``lease_until``:
@@ -18,6 +19,15 @@ once, and one never re-queues another's live job: ``start()`` — and a sweep ev
 A recovered job deletes that file's chunks from the backend before it starts again, so no file is
 half indexed and reported completed. A job that finds its lease taken over stops without touching
 the chunks (they are the new holder's now).
+
+**Storage.** Before a file's chunks are embedded (its text's bytes), and again before they are
+written (text and vectors: what ``usage_bytes`` will count), the team's stores plus the file must
+fit its ``storage_bytes`` quota, or the file fails with ``last_error`` ``insufficient_quota`` (no
+tokens spent on a file that cannot be kept). Files ingested at once each see the others' bytes only
+once those are written, so together they may pass the quota by at most what they hold.
+
+**Expiry.** Each sweep also marks the stores past their ``expires_at`` expired (``expire_due``) and
+drops their chunks from the backend.
 
 A job checks between embedding batches that its row is still its attempt and in progress; a file
 detached, deleted or cancelled meanwhile, or a store deleted, ends the job without a trace (its
@@ -40,7 +50,7 @@ from typing import Any
 from m2a.data.chunking import ApproxTokenizer, ChunkingError, Tokenizer, chunk, chunking_strategy
 from m2a.data.files import FileBlobs
 from m2a.data.parse import ParseError, ParseLimits, parse
-from m2a.data.stores.base import ChunkRecord, DimensionMismatch, StoreNotFound, VectorBackend
+from m2a.data.stores.base import ChunkRecord, DimensionMismatch, StoreNotFound, VectorBackend, record_bytes
 from m2a.store.data import DataStore
 
 log = logging.getLogger("m2a.data.ingest")
@@ -72,6 +82,10 @@ class Job:
 
 class _Gone(Exception):
     """The job's row changed under it (detached, cancelled, re-attached, store deleted)."""
+
+
+class _OverQuota(Exception):
+    """The file would take the team's vector stores past their ``storage_bytes`` quota."""
 
 
 class _Lost(Exception):
@@ -118,7 +132,12 @@ class Ingestor:
         self._workers.append(asyncio.create_task(self._sweeper()))
 
     async def sweep(self) -> int:
-        """Queue the jobs nobody leases (not already queued here); how many."""
+        """Drop the chunks of stores that expired; queue the jobs nobody leases (not already queued
+        here): how many."""
+        for store_id in await self.rows.expire_due():
+            with contextlib.suppress(StoreNotFound):
+                await self.backend.delete_store(store_id)
+            log.info("vector store %s expired: its chunks are dropped", store_id)
         n = 0
         for row in await self.rows.unleased():
             if (row.vector_store_id, row.file_id, row.attempt) not in self._queued:
@@ -211,6 +230,7 @@ class Ingestor:
             parsed = await asyncio.to_thread(parse, data, meta.filename, None, self.limits)
             strategy = chunking_strategy(json.loads(row.chunking_strategy))
             chunks = await asyncio.to_thread(chunk, parsed.text, self.tokenizer, strategy)
+            await self._fits(row.team_id, sum(record_bytes(c.text, 0) for c in chunks))
             vectors: list[list[float]] = []
             for i in range(0, len(chunks), self.batch):
                 await self._check(job)
@@ -223,6 +243,7 @@ class Ingestor:
             records = [
                 ChunkRecord(c.index, c.start, c.end, c.text, v) for c, v in zip(chunks, vectors, strict=True)
             ]
+            await self._fits(row.team_id, sum(record_bytes(r.text, len(r.vector)) for r in records))
             usage = await self.backend.add(job.store_id, job.file_id, records, json.loads(row.attributes))
         except _Gone:
             await self._discard(job)
@@ -238,6 +259,8 @@ class Ingestor:
             error = _error(code, msg)
         except ChunkingError as exc:
             error = _error("invalid_file", str(exc))
+        except _OverQuota as exc:
+            error = _error("insufficient_quota", str(exc))
         except EmbedError as exc:
             error = _error("server_error", exc.message)
         except DimensionMismatch as exc:
@@ -260,6 +283,17 @@ class Ingestor:
             await self._settle_usage(job.store_id)
         else:  # detached, cancelled or re-attached while the chunks went in (or taken over)
             await self._lost_or_discard(job)
+
+    async def _fits(self, team_id: int, needed: int) -> None:
+        limit = await self.rows.storage_quota(team_id)
+        if limit is None:
+            return
+        used = await self.rows.team_usage_bytes(team_id)
+        if used + needed > limit:
+            raise _OverQuota(
+                f"This file needs {needed} bytes of vector storage and the team's stores hold {used} of "
+                f"their storage_bytes quota of {limit}: delete files or stores, or ask an admin for more."
+            )
 
     async def _lost_or_discard(self, job: Job) -> None:
         holder = await self.rows.lease_of(job.store_id, job.file_id, job.attempt)

@@ -28,6 +28,7 @@ from m2a.gateway.counters import Counters
 from m2a.gateway.errors import GatewayError, error_response
 from m2a.gateway.guards import Guards
 from m2a.principal import Principal
+from m2a.store.data import DataStore
 from m2a.store.guardrails import GuardrailStore
 from m2a.store.identity import MAX_ID, IdentityError, IdentityStore, KeyInfo, TeamInfo
 from m2a.store.quotas import QuotaStore
@@ -256,7 +257,10 @@ def create_admin_api(
         changed()
         return next(_key(k) for k in await store.list_keys() if k.id == key_id)
 
-    api.include_router(usage_router(access, QuotaStore(store.engine), usage, prices or {}, counters))
+    storage_used = DataStore(store.engine).team_usage_bytes
+    api.include_router(
+        usage_router(access, QuotaStore(store.engine), usage, prices or {}, counters, storage_used)
+    )
     api.include_router(daily_router(usage))
     api.include_router(traces_router(traces))
     if overview is not None:

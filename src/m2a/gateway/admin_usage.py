@@ -8,6 +8,7 @@ counters) follows the usage rule: admins any team, a team key its own.
 """
 
 import time
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Literal
 
@@ -23,12 +24,14 @@ from m2a.gateway.errors import GatewayError
 from m2a.gateway.quota import Quotas, window_bounds
 from m2a.principal import Limit, Principal
 from m2a.store.identity import MAX_ID
-from m2a.store.limits import MAX_LIMIT, NO_WINDOW
+from m2a.store.limits import MAX_LIMIT, NO_WINDOW, STORAGE
 from m2a.store.quotas import QuotaInfo, QuotaStore
 from m2a.store.usage import priced, usage_rows
 
 NO_NUL = r"^[^\x00]*$"
-Metric = Literal["tokens", "input_tokens", "output_tokens", "requests", "cost", "concurrency"]
+Metric = Literal[
+    "tokens", "input_tokens", "output_tokens", "requests", "cost", "concurrency", "storage_bytes"
+]
 Window = Literal["minute", "hour", "day", "month", "-"]
 
 
@@ -36,10 +39,13 @@ class LimitIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     metric: Metric
     window: Window = Field(
-        default=NO_WINDOW, description="'-' for concurrency, else minute, hour, day, month."
+        default=NO_WINDOW, description="'-' for concurrency and storage_bytes, else minute, hour, day, month."
     )
     limit: int = Field(
-        ge=0, le=MAX_LIMIT, description="Tokens, requests or concurrent requests; cost in micro-dollars."
+        ge=0,
+        le=MAX_LIMIT,
+        description="Tokens, requests or concurrent requests; cost in micro-dollars; storage_bytes: what "
+        "the team's vector stores may hold (their usage_bytes).",
     )
 
 
@@ -60,7 +66,7 @@ class QuotaOut(BaseModel):
 
 class QuotaUseOut(QuotaOut):
     used: int | None = Field(
-        description="Used in the current window (concurrency: in flight now); "
+        description="Used in the current window (concurrency: in flight now; storage_bytes: held now); "
         "null where this gateway keeps no counters."
     )
     resets_at: datetime | None = Field(description="When the current window ends; null for concurrency.")
@@ -93,8 +99,10 @@ def usage_router(
     usage: AsyncEngine | None,
     prices: dict[str, Price],
     counters: Counters | None = None,
+    storage_used: Callable[[int], Awaitable[int]] | None = None,
 ) -> APIRouter:
-    """``counters``: the gateway's quota counters (what ``/v1/quotas/usage`` reads)."""
+    """``counters``: the gateway's quota counters (what ``/v1/quotas/usage`` reads);
+    ``storage_used``: a team's vector-store bytes, by team id."""
     router = APIRouter()
 
     Caller = Annotated[Principal, Depends(caller)]
@@ -119,6 +127,10 @@ def usage_router(
         for q in await quotas.list(team):
             scope, subject = ("key", q.key_id) if q.key_id is not None else ("team", q.team_id)
             lim = Limit(scope, subject, q.metric, q.window, q.limit)
+            if q.metric == STORAGE:
+                used = await storage_used(q.team_id) if storage_used is not None else None
+                out.append(QuotaUseOut(**_quota(q).model_dump(), used=used, resets_at=None))
+                continue
             concurrency = q.metric == "concurrency"
             key = f"{scope}:{subject}:concurrency" if concurrency else Quotas.counter_key(lim, now)
             used = await counters.value(key) if counters is not None else None

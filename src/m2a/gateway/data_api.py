@@ -60,6 +60,7 @@ from m2a.gateway.data_shapes import (
     batch_obj,
     expires_after,
     file_obj,
+    live,
     metadata,
     page_obj,
     paging,
@@ -169,6 +170,21 @@ def _no_file(file_id: str, param: str = "file_id") -> GatewayError:
 def _no_store(store_id: str) -> GatewayError:
     return GatewayError(404, f"No vector store found with id '{store_id}'.", param="vector_store_id",
                         code="not_found")  # fmt: skip
+
+
+async def storage_room(rows: DataStore, team: int) -> None:
+    """429 when the team's vector stores already hold its ``storage_bytes`` quota."""
+    limit = await rows.storage_quota(team)
+    if limit is None:
+        return
+    used = await rows.team_usage_bytes(team)
+    if used >= limit:
+        raise GatewayError(
+            429,
+            f"The team's vector stores hold {used} bytes of their storage_bytes quota of {limit}: delete "
+            "files or stores, or ask an admin for more, before adding files.",
+            code="insufficient_quota",
+        )
 
 
 class DataAPI:
@@ -361,6 +377,8 @@ class DataAPI:
         owned = await self.rows.files_by_id(team, file_ids)
         if missing := [f for f in file_ids if f not in owned]:
             raise _no_file(missing[0], "file_ids")
+        if file_ids:
+            await storage_room(self.rows, team)
         row = await self.rows.create_store(team, name, meta, expiry)
         await self.svc.backend.create_store(row.id)
         for file_id in dict.fromkeys(file_ids):
@@ -392,6 +410,7 @@ class DataAPI:
         if "metadata" in body:
             changes["metadata"] = metadata(body["metadata"])
         if "expires_after" in body:
+            live(row)  # an expired store's chunks are gone: a new policy cannot bring them back
             changes["expires_after"] = expires_after(body["expires_after"])
         updated = await self.rows.update_store(team, row.id, **changes)
         if updated is None:
@@ -410,7 +429,7 @@ class DataAPI:
 
     async def search(self, request: Request) -> Response:
         team = await self._caller(request, read=True)
-        row = await self._store(team, request)
+        row = live(await self._store(team, request))
         body = await self._json(request)
         query = body.get("query")
         queries = [query] if isinstance(query, str) else query
@@ -470,7 +489,7 @@ class DataAPI:
 
     async def attach(self, request: Request) -> Response:
         team = await self._caller(request)
-        store = await self._store(team, request)
+        store = live(await self._store(team, request))
         body = await self._json(request)
         file_id = body.get("file_id")
         if not isinstance(file_id, str):
@@ -478,6 +497,7 @@ class DataAPI:
         attrs, strategy = self._attach_fields(body)
         if await self.rows.file(team, file_id) is None:
             raise _no_file(file_id)
+        await storage_room(self.rows, team)
         row = await self._queue(team, store.id, file_id, attrs, strategy)
         return JSONResponse(vs_file_obj(row))
 
@@ -560,7 +580,7 @@ class DataAPI:
 
     async def create_batch(self, request: Request) -> Response:
         team = await self._caller(request)
-        store = await self._store(team, request)
+        store = live(await self._store(team, request))
         body = await self._json(request)
         file_ids, files = body.get("file_ids"), body.get("files")
         if (file_ids is None) == (files is None):
@@ -588,6 +608,7 @@ class DataAPI:
         owned = await self.rows.files_by_id(team, [f for f, _, _ in items])
         if missing := [f for f, _, _ in items if f not in owned]:
             raise _no_file(missing[0], "file_ids")
+        await storage_room(self.rows, team)
         batch = await self.rows.create_batch(team, store.id)
         for file_id, attrs, strategy in items:
             await self._queue(team, store.id, file_id, attrs, strategy, batch.id)

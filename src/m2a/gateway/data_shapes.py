@@ -1,5 +1,5 @@
 """OpenAI's objects for the data services, made from the store's rows, and the checks of their
-request fields (``metadata``, ``expires_after``, paging parameters).
+request fields (``metadata``, ``expires_after``, paging parameters); ``live`` refuses an expired store.
 
 Objects as the ``openai`` package's types: ``FileObject``, ``VectorStore``, ``VectorStoreFile``,
 ``VectorStoreFileBatch``, and list pages ``{"object": "list", "data", "first_id", "last_id",
@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from starlette.requests import Request
 
 from m2a.gateway.errors import GatewayError
-from m2a.store.data import Page, Paging, aware
+from m2a.store.data import Page, Paging, aware, is_expired
+from m2a.store.data import expires_at as expires_at_of
 from m2a.store.schema import DataFile, VectorStoreFileBatchRow, VectorStoreFileRow, VectorStoreRow
 
 PURPOSES = (
@@ -56,9 +57,10 @@ def file_obj(row: DataFile) -> dict[str, Any]:
 
 def store_obj(row: VectorStoreRow, counts: Mapping[str, int]) -> dict[str, Any]:
     expires_after = json.loads(row.expires_after) if row.expires_after else None
-    expires_at = ts(row.last_active_at) + expires_after["days"] * DAY_S if expires_after else None
+    end = expires_at_of(row)
+    expires_at = ts(end) if end is not None else None
     status = "in_progress" if counts.get("in_progress") else "completed"
-    if expires_at is not None and expires_at <= datetime.now(UTC).timestamp():
+    if is_expired(row):
         status = "expired"
     return {
         "id": row.id,
@@ -73,6 +75,21 @@ def store_obj(row: VectorStoreRow, counts: Mapping[str, int]) -> dict[str, Any]:
         "last_active_at": ts(row.last_active_at),
         "metadata": json.loads(row.meta or "{}"),
     }
+
+
+def live(row: VectorStoreRow) -> VectorStoreRow:
+    """The store, unless it expired (400: searching or adding files to it is refused)."""
+    if is_expired(row):
+        end = expires_at_of(row)
+        when = f" on {end:%Y-%m-%d %H:%M} UTC" if end is not None else ""
+        raise GatewayError(
+            400,
+            f"Vector store '{row.id}' expired{when} (its expires_after policy): it cannot be searched "
+            "or given files any more, and its chunks are dropped. Create a new vector store with its files.",
+            param="vector_store_id",
+            code="vector_store_expired",
+        )
+    return row
 
 
 def vs_file_obj(row: VectorStoreFileRow) -> dict[str, Any]:

@@ -77,6 +77,7 @@ from m2a.data.filters import Filter, FilterError, compile_filter
 from m2a.data.ingest import EmbedError
 from m2a.data.search import DEFAULT_RESULTS, MAX_RESULTS, SearchError, SearchQuery
 from m2a.data.stores import StoreNotFound
+from m2a.gateway.data_shapes import live
 from m2a.gateway.errors import GatewayError
 from m2a.gateway.responses_api import HostedResult, ToolContext, register_hosted_tool
 from m2a.guardrails.base import Context, Finding
@@ -628,11 +629,13 @@ async def file_search_tool(spec: dict[str, Any], ctx: ToolContext) -> FileSearch
         )
     for store_id in parsed.store_ids:
         allowed = p.data_scopes is None or store_id in p.data_scopes
-        if not allowed or await svc.rows.store(p.team_id, store_id) is None:
+        row = await svc.rows.store(p.team_id, store_id) if allowed else None
+        if row is None:
             raise GatewayError(
                 404, f"No vector store found with id '{store_id}'.",
                 param=f"{where}.vector_store_ids", code="not_found",
             )  # fmt: skip
+        live(row)
     guards: Guards | None = getattr(state, "guards", None)
     policies = guards.for_request(p, ctx.model) if guards is not None and ctx.model else []
     responses = getattr(state, "responses", None)

@@ -8,6 +8,13 @@ creation), over each table's integer ``seq``. A vector-store file is the durable
 changes nothing unless the row is still that attempt's and still ``in_progress`` (a file detached,
 cancelled or re-attached meanwhile stays as the API left it). The bytes of files are not here
 (``m2a.data.files`` keeps them on disk) nor are chunks (the vector backend keeps them).
+
+**Expiry.** A store with ``expires_after`` ``{"anchor": "last_active_at", "days": N}`` is expired
+once N days passed without activity (``expires_at``); from then on nothing revives it: ``expire_due``
+marks it ``status = "expired"`` for good (its files still in progress cancelled, its ``usage_bytes``
+zero: the ingestion sweep drops its chunks), and ``touch_store`` no longer moves its
+``last_active_at``. **Storage.** A team's storage is the sum of its stores' ``usage_bytes``
+(``team_usage_bytes``), held against its ``storage_bytes`` quota (``storage_quota``).
 """
 
 from __future__ import annotations
@@ -22,9 +29,12 @@ from typing import Any, TypeVar
 from sqlalchemy import Select, delete, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from m2a.store.schema import DataFile, VectorStoreFileBatchRow, VectorStoreFileRow, VectorStoreRow
+from m2a.store.limits import STORAGE
+from m2a.store.schema import DataFile, Quota, VectorStoreFileBatchRow, VectorStoreFileRow, VectorStoreRow
 
 STATUSES = ("in_progress", "completed", "cancelled", "failed")
+EXPIRED = "expired"
+DAY = timedelta(days=1)
 R = TypeVar("R")
 
 
@@ -35,6 +45,21 @@ def now() -> datetime:
 def aware(t: datetime) -> datetime:
     """SQLite hands timezone-aware columns back naive (in UTC)."""
     return t.replace(tzinfo=UTC) if t.tzinfo is None else t
+
+
+def expires_at(row: VectorStoreRow) -> datetime | None:
+    """When the store expires (or expired): ``days`` after its last activity; None without a policy."""
+    if not row.expires_after:
+        return None
+    return aware(row.last_active_at) + json.loads(row.expires_after)["days"] * DAY
+
+
+def is_expired(row: VectorStoreRow, at: datetime | None = None) -> bool:
+    """Marked expired, or past its ``expires_at`` (not swept yet)."""
+    if row.status == EXPIRED:
+        return True
+    end = expires_at(row)
+    return end is not None and end <= (at or now())
 
 
 def new_id(prefix: str) -> str:
@@ -244,7 +269,8 @@ class DataStore:
                 row.meta = _dumps(changes["metadata"])
             if "expires_after" in changes:
                 row.expires_after = _dumps(changes["expires_after"]) if changes["expires_after"] else None
-            row.last_active_at = now()
+            if not is_expired(row):
+                row.last_active_at = now()
         return row
 
     async def delete_store(self, team_id: int, store_id: str) -> bool:
@@ -259,11 +285,72 @@ class DataStore:
             return True
 
     async def touch_store(self, store_id: str, usage_bytes: int | None = None) -> None:
-        values: dict[str, Any] = {"last_active_at": now()}
-        if usage_bytes is not None:
-            values["usage_bytes"] = usage_bytes
+        """Note activity (and the store's ``usage_bytes``); an expired store stays as it is."""
         async with self._session() as s, s.begin():
-            await s.execute(update(VectorStoreRow).where(VectorStoreRow.id == store_id).values(**values))
+            row = (await s.execute(select(VectorStoreRow).where(VectorStoreRow.id == store_id))).scalar()
+            if row is None:
+                return
+            if not is_expired(row):
+                row.last_active_at = now()
+                if usage_bytes is not None:
+                    row.usage_bytes = usage_bytes
+            elif usage_bytes is not None and row.status != EXPIRED:
+                row.usage_bytes = usage_bytes  # expired, chunks not dropped yet: they still count
+
+    async def expire_due(self) -> list[str]:
+        """Mark every store past its ``expires_at`` expired (once: the ids this call marked), cancel
+        its files in progress and zero its ``usage_bytes``; the caller drops its chunks."""
+        at = now()
+        async with self._session() as s:
+            rows = (
+                await s.execute(
+                    select(VectorStoreRow).where(
+                        VectorStoreRow.expires_after.is_not(None), VectorStoreRow.status != EXPIRED
+                    )
+                )
+            ).scalars()
+            due = [r.id for r in rows if is_expired(r, at)]
+        marked = []
+        for store_id in due:
+            async with self._session() as s, s.begin():
+                done = await s.execute(
+                    update(VectorStoreRow)
+                    .where(VectorStoreRow.id == store_id, VectorStoreRow.status != EXPIRED)
+                    .values(status=EXPIRED, usage_bytes=0)
+                )
+                if not done.rowcount:
+                    continue  # another process marked it first
+                await s.execute(
+                    update(VectorStoreFileRow)
+                    .where(
+                        VectorStoreFileRow.vector_store_id == store_id,
+                        VectorStoreFileRow.status == "in_progress",
+                    )
+                    .values(status="cancelled", lease_owner=None, lease_until=None)
+                )
+                marked.append(store_id)
+        return marked
+
+    async def team_usage_bytes(self, team_id: int) -> int:
+        """What the team's vector stores hold (their ``usage_bytes``), all together."""
+        async with self._session() as s:
+            used = await s.execute(
+                select(func.coalesce(func.sum(VectorStoreRow.usage_bytes), 0)).where(
+                    VectorStoreRow.team_id == team_id
+                )
+            )
+            return int(used.scalar() or 0)
+
+    async def storage_quota(self, team_id: int) -> int | None:
+        """The team's ``storage_bytes`` limit (the lowest, should there be several); None: no limit."""
+        async with self._session() as s:
+            found = await s.execute(
+                select(func.min(Quota.limit)).where(
+                    Quota.team_id == team_id, Quota.key_id.is_(None), Quota.metric == STORAGE
+                )
+            )
+            value = found.scalar()
+            return None if value is None else int(value)
 
     async def file_counts(self, store_id: str, batch_id: str | None = None) -> dict[str, int]:
         """Files per status (every status present, and ``total``), of a store or of one of its batches."""

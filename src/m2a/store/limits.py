@@ -9,17 +9,26 @@ from m2a.principal import Limit
 from m2a.store.schema import Quota
 
 # Token metrics count the engine's usage numbers; cost is in micro-dollars (prices from the config).
-METRICS = ("tokens", "input_tokens", "output_tokens", "requests", "cost", "concurrency")
+# storage_bytes is what a team's vector stores hold (their usage_bytes): a team limit, no window,
+# checked by the data services (attaching a file, ingesting it), never by a request's admission.
+STORAGE = "storage_bytes"
+METRICS = ("tokens", "input_tokens", "output_tokens", "requests", "cost", "concurrency", STORAGE)
+WINDOWLESS = ("concurrency", STORAGE)
 WINDOWS = {"minute": 60, "hour": 3600, "day": 86400, "month": 30 * 86400}  # month: calendar, UTC
-NO_WINDOW = "-"  # concurrency has none
+NO_WINDOW = "-"  # concurrency and storage have none
 MAX_LIMIT = 2**62
 
 
 async def limits_for(s: AsyncSession, team_id: int, key_id: int) -> tuple[Limit, ...]:
-    """The team's limits and the key's own, for the principal of ``key_id``."""
+    """The team's limits and the key's own that a request's admission checks, for the principal of
+    ``key_id`` (not ``storage_bytes``: the data services read that one)."""
     rows = (
         await s.execute(
-            select(Quota).where(Quota.team_id == team_id, (Quota.key_id.is_(None)) | (Quota.key_id == key_id))
+            select(Quota).where(
+                Quota.team_id == team_id,
+                (Quota.key_id.is_(None)) | (Quota.key_id == key_id),
+                Quota.metric != STORAGE,
+            )
         )
     ).scalars()
     return tuple(

@@ -14,7 +14,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from m2a.store.identity import IdentityError, IdentityStore, now
-from m2a.store.limits import MAX_LIMIT, METRICS, NO_WINDOW, WINDOWS
+from m2a.store.limits import MAX_LIMIT, METRICS, NO_WINDOW, STORAGE, WINDOWLESS, WINDOWS
 from m2a.store.schema import ApiKey, Quota, Team
 
 
@@ -32,9 +32,9 @@ class QuotaInfo:
 def check(metric: str, window: str, limit: int) -> None:
     if metric not in METRICS:
         raise IdentityError("invalid", f"metric must be one of {', '.join(METRICS)}, not {metric!r}")
-    if metric == "concurrency":
+    if metric in WINDOWLESS:
         if window != NO_WINDOW:
-            raise IdentityError("invalid", "concurrency has no window")
+            raise IdentityError("invalid", f"{metric} has no window")
     elif window not in WINDOWS:
         raise IdentityError("invalid", f"window must be one of {', '.join(WINDOWS)}, not {window!r}")
     if not 0 <= limit <= MAX_LIMIT:
@@ -58,6 +58,10 @@ class QuotaStore:
         """Set (replace) each ``(metric, window, limit)`` of the team, or of one of its keys."""
         for metric, window, limit in limits:
             check(metric, window, limit)
+            if metric == STORAGE and key_id is not None:
+                raise IdentityError(
+                    "invalid", "storage_bytes is a team's limit: vector stores belong to teams"
+                )
         async with self.identity._session() as s, s.begin():
             row = await self.identity._team(s, team)
             await self._key_of(s, row, key_id)
