@@ -512,12 +512,17 @@ async def test_a_replica_that_resets_the_connection_fails_over(engine: FakeEngin
     async with Resetter() as dying:
         pool = make_pool(endpoint(dying.url, id="dying"), endpoint(engine.url, id="live"))
         async with serve_gateway(pool) as gw, http_client(gw) as client:
-            for _ in range(4):
-                resp = await client.post("/v1/chat/completions", json={"model": CHAT, "messages": HELLO})
+            # Ties between the two replicas are broken at random, so a few requests may all land on
+            # "live" first: send (distinct prompts, no prefix affinity) until "dying" was tried.
+            sent = 0
+            while dying.hits == 0 and sent < 32:
+                msgs = [{"role": "user", "content": f"hello {sent}"}]
+                resp = await client.post("/v1/chat/completions", json={"model": CHAT, "messages": msgs})
+                sent += 1
                 assert resp.status_code == 200, resp.text
                 assert resp.headers["x-m2a-replica"] == "live"
             assert dying.hits >= 1  # it was tried, so failover really happened
-            assert len(engine.requests) == 4
+            assert len(engine.requests) == sent
             assert all(ep.inflight == 0 for ep in pool.all())
 
 
