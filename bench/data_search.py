@@ -1,7 +1,7 @@
 """Vector store search: retrieval quality on the labelled set, and search latency at scale, on the
 SQLite and PostgreSQL + pgvector backends.
 
-    .venv/bin/python bench/data_search.py quality [-v] [--backend sqlite|postgres|both]
+    .venv/bin/python bench/data_search.py quality [-v] [--backend sqlite|postgres|both] [--set catalog]
     .venv/bin/python bench/data_search.py speed [--sizes 10000 100000] [--queries 300] [--backend ...]
     .venv/bin/python bench/data_search.py speed --backend postgres --sizes 1000000
     .venv/bin/python bench/data_search.py all
@@ -20,7 +20,9 @@ weights (``search.auto_weights``) and with plain 1:1 reciprocal rank fusion. Sco
 documents in the first 5, MRR@10 the mean of 1/rank of the first relevant one within 10. Rows per
 query kind: ``keyword`` (part numbers, error codes, setting names), ``paraphrase`` (few or no words
 in common with the answer), ``natural``. Two query sets: ``queries.jsonl``, on which the default
-weights were chosen, and ``queries_holdout.jsonl``, written after that choice.
+weights were chosen, and ``queries_holdout.jsonl``, written after that choice. ``--set catalog``: the
+same on ``tests/data/retrieval/catalog/`` (an item master, error codes, tickets, invoices, settings and
+procedures with many near-identical identifiers; made by ``bench/make_catalog_set.py``).
 
 speed: N chunks of synthetic text (words drawn from a Zipf law over a 20,000-word vocabulary whose
 most frequent words are English stopwords, about 60 words a chunk) with random unit vectors of 384
@@ -67,6 +69,7 @@ MODES = ("vector", "keyword", "hybrid")
 VARIANTS = {"vector": ("vector", None), "keyword": ("keyword", None), "hybrid": ("hybrid", None),
             "hybrid 1:1": ("hybrid", (1.0, 1.0))}  # fmt: skip
 QUERY_SETS = ("queries.jsonl", "queries_holdout.jsonl")
+DATA_SETS = {"default": DATA, "catalog": DATA / "catalog"}  # quality --set NAME: a folder of the same files
 
 
 def minilm_folder() -> Path:
@@ -118,8 +121,9 @@ async def quality(
     sets: tuple[str, ...] = QUERY_SETS,
     backends: tuple[str, ...] = ("sqlite",),
     pg_url: str | None = None,
+    data: Path = DATA,
 ) -> dict[str, dict]:
-    docs = load_jsonl(DATA / "docs.jsonl")
+    docs = load_jsonl(data / "docs.jsonl")
     folder = minilm_folder()
     t0 = time.perf_counter()
     model = MiniLM(folder)
@@ -135,7 +139,7 @@ async def quality(
     for kind in backends:
         async with bench_backend(kind, pg_url, "quality") as backend:
             out.update(
-                await _quality_on(kind, backend, docs, per_doc, vectors, model, n_chunks, sets, verbose)
+                await _quality_on(kind, backend, docs, per_doc, vectors, model, n_chunks, sets, verbose, data)
             )
     return out
 
@@ -150,6 +154,7 @@ async def _quality_on(
     n_chunks: int,
     sets: tuple[str, ...],
     verbose: bool,
+    data: Path = DATA,
 ) -> dict[str, dict]:
     out: dict[str, dict] = {}
     row = 0
@@ -160,7 +165,7 @@ async def _quality_on(
             row += 1
         await backend.add("bench", d["id"], recs, {"topic": d["topic"]})
     for name in sets:
-        queries = load_jsonl(DATA / name)
+        queries = load_jsonl(data / name)
         qvecs = model([q["query"] for q in queries])
         sums: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
         for q, qv in zip(queries, qvecs, strict=True):
@@ -179,7 +184,8 @@ async def _quality_on(
                     sums[kind][f"{variant}:mrr@10"].append(rr)
                 if verbose and recall < 1.0:
                     print(f"  {variant:<10} miss {q['id']} [{q['kind']}] {q['query']!r} -> {ranked[:5]}")
-        out[f"{backend_name}: {name}"] = _report(f"{backend_name}: {name}", len(docs), n_chunks, sums)
+        label = f"{backend_name}: {name}" if data == DATA else f"{backend_name}: {data.name}/{name}"
+        out[label] = _report(label, len(docs), n_chunks, sums)
     return out
 
 
@@ -647,12 +653,13 @@ def main() -> None:
     ap.add_argument("--vectors", choices=["random", "clustered"], default="random")
     ap.add_argument("--ef-search", type=int, nargs="*", default=[40, 200], help="HNSW walks to compare")
     ap.add_argument("-v", "--verbose", action="store_true", help="quality: list each query a mode misses")
+    ap.add_argument("--set", choices=list(DATA_SETS), default="default", help="quality: the labelled set")
     args = ap.parse_args()
     backends = ("sqlite", "postgres") if args.backend == "both" else (args.backend,)
     with contextlib.ExitStack() as stack:
         url = stack.enter_context(pg_server(args.postgres_url)) if "postgres" in backends else None
         if args.what in ("quality", "all"):
-            asyncio.run(quality(args.verbose, backends=backends, pg_url=url))
+            asyncio.run(quality(args.verbose, backends=backends, pg_url=url, data=DATA_SETS[args.set]))
         if args.what in ("speed", "all"):
             asyncio.run(
                 speed(
