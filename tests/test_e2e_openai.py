@@ -305,3 +305,44 @@ def test_team_keys_from_the_cli_are_enforced_by_the_gateway(stack: Stack) -> Non
         time.sleep(0.1)
     else:
         pytest.fail("a revoked key still worked after 10 s")
+
+
+# -- files and vector stores, with real MiniLM vectors from vLLM --------------------------------
+
+GARDEN = (
+    b"Tomato seedlings want a deep soak early every morning while the weather stays hot; a layer of "
+    b"straw mulch keeps the soil damp between waterings, and the beds get compost twice a season."
+)
+NETWORK = (
+    b"The edge firewall drops every outbound connection except HTTPS on port 443. Site-to-site VPN "
+    b"tunnels renew their certificates each month, and DNS records are changed only by the on-call."
+)
+
+
+def test_vector_store_search_finds_the_file_a_paraphrase_means(stack: Stack) -> None:
+    m2a(stack, "teams", "create", "handbook")
+    config = str(stack.home / "test-config.yaml")
+    m2a(stack, "models", "grant", "handbook", "all-minilm-l6-v2", "--config", config)  # data.embedding_model
+    key = m2a(stack, "keys", "create", "handbook", "--name", "files").strip()
+    team = OpenAI(base_url=stack.base_url, api_key=key, max_retries=0, timeout=120)
+
+    store = team.vector_stores.create(name="handbook")
+    ids: dict[str, str] = {}
+    for name, text in (("garden.txt", GARDEN), ("network.txt", NETWORK)):
+        vf = team.vector_stores.files.upload_and_poll(
+            vector_store_id=store.id, file=(name, text), poll_interval_ms=200, max_wait_seconds=120
+        )
+        assert vf.status == "completed", vf.last_error
+        assert vf.usage_bytes > 0
+        ids[name] = vf.id
+    assert team.vector_stores.retrieve(store.id).file_counts.completed == 2
+
+    # Neither query shares a content word with its file: only the embeddings can tell them apart.
+    for query, want, text in (
+        ("how frequently should vegetable plants be irrigated in summer", "garden.txt", GARDEN),
+        ("which internet traffic is allowed to leave the office", "network.txt", NETWORK),
+    ):
+        hits = team.vector_stores.search(store.id, query=query, max_num_results=2).data
+        assert [h.filename for h in hits][0] == want, [(h.filename, h.score) for h in hits]
+        assert hits[0].file_id == ids[want]
+        assert hits[0].content[0].text.strip() in text.decode()
