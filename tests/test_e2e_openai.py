@@ -334,6 +334,9 @@ def test_vector_store_search_finds_the_file_a_paraphrase_means(stack: Stack) -> 
         )
         assert vf.status == "completed", vf.last_error
         assert vf.usage_bytes > 0
+        # auto chunks fit MiniLM's window (256 tokens, less [CLS] and [SEP]), so each is embedded whole
+        assert vf.chunking_strategy.static.max_chunk_size_tokens == 254
+        assert vf.chunking_strategy.static.chunk_overlap_tokens == 127
         ids[name] = vf.id
     assert team.vector_stores.retrieve(store.id).file_counts.completed == 2
 

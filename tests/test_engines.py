@@ -131,6 +131,12 @@ def test_vllm_embed_on_cpu() -> None:
     assert "--enable-auto-tool-choice" not in argv and "--tool-call-parser" not in argv
     assert flag(argv, "--kv-cache-memory-bytes") == str(256 << 20)
     assert spec.env["VLLM_CPU_OMP_THREADS_BIND"] == "0"  # one core: mostly idle
+    assert flag(argv, "--dtype") == "float32"  # not vLLM-CPU's float16 cast (4.5x slower here)
+    own = ModelConfig(name="minilm", extra_args=["--dtype", "bfloat16"])
+    argv = VllmEngine().spec(own, manifest(task="embed"), 18101, 0, CPU8).argv
+    assert argv is not None and argv.count("--dtype") == 1 and flag(argv, "--dtype") == "bfloat16"
+    chat = VllmEngine().spec(ModelConfig(name="smol"), manifest(), 18101, 0, CPU8).argv
+    assert chat is not None and "--dtype" not in chat
 
 
 def test_vllm_task_from_config_wins_over_manifest() -> None:

@@ -33,6 +33,7 @@ import asyncio
 import contextlib
 import json
 import logging
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -124,6 +125,24 @@ class DataService:
             limits=ParseLimits(max_bytes=cfg.max_file_bytes),
             tokenizer=self._tokenizer(),
         )
+
+    def max_chunk_tokens(self) -> int | None:
+        """The embedding model's window in tokens, less its two special tokens, where an engine
+        names its folder (sentence-transformers' ``max_seq_length``, else ``max_position_embeddings``):
+        an ``auto`` chunk longer than that would be embedded only in part."""
+        for ep in self._endpoints():
+            if not (ep.tokenizer and ep.tokenizer.startswith("hf:")):
+                continue
+            folder = Path(ep.tokenizer[3:])
+            for name, key in (("sentence_bert_config.json", "max_seq_length"),
+                              ("config.json", "max_position_embeddings")):  # fmt: skip
+                try:
+                    value = json.loads((folder / name).read_text()).get(key)
+                except (OSError, ValueError, AttributeError):
+                    continue
+                if isinstance(value, int) and value > 16:
+                    return value - 2
+        return None
 
     def _endpoints(self) -> list[Any]:
         return self.pool.endpoints(self.cfg.embedding_model) if self.pool is not None else []
@@ -256,13 +275,16 @@ class DataAPI:
     async def _store_json(self, row: VectorStoreRow) -> dict[str, Any]:
         return store_obj(row, await self.rows.file_counts(row.id))
 
-    @staticmethod
-    def _attach_fields(body: dict[str, Any], prefix: str = "") -> tuple[dict[str, Any], dict[str, Any]]:
+    def _attach_fields(self, body: dict[str, Any], prefix: str = "") -> tuple[dict[str, Any], dict[str, Any]]:
         try:
             attributes = validate_attributes(body.get("attributes"), prefix + "attributes")
             strategy = chunking_strategy(body.get("chunking_strategy"), prefix + "chunking_strategy")
         except (FilterError, ChunkingError) as exc:
             raise bad(str(exc), exc.param) from exc
+        window = self.svc.max_chunk_tokens() if strategy.type == "auto" else None
+        if window is not None and window < strategy.max_chunk_size_tokens:
+            # auto means chunks the embedding model sees whole: reported as the static values used
+            strategy = replace(strategy, max_chunk_size_tokens=window, chunk_overlap_tokens=window // 2)
         return attributes, strategy.as_openai()
 
     async def _settle(self, store_id: str) -> None:
