@@ -442,13 +442,18 @@ async def test_a_dead_replica_fails_over_to_a_live_one(engine: FakeEngine) -> No
     dead_url = f"http://127.0.0.1:{free_port()}/v1"  # healthy in the pool, but nothing listens there
     pool = make_pool(endpoint(dead_url, id="dead"), endpoint(engine.url, id="live"))
     async with serve_gateway(pool) as gw, http_client(gw) as client:
-        for _ in range(6):
-            resp = await client.post("/v1/chat/completions", json={"model": CHAT, "messages": HELLO})
+        # Ties are broken at random: send (distinct prompts) until the dead replica was tried.
+        sent, failed = 0, 0.0
+        while failed < 1 and sent < 32:
+            msgs = [{"role": "user", "content": f"hello {sent}"}]
+            resp = await client.post("/v1/chat/completions", json={"model": CHAT, "messages": msgs})
+            sent += 1
             assert resp.status_code == 200, resp.text
             assert resp.headers["x-m2a-replica"] == "live"
-        assert len(engine.requests) == 6
+            failed = await metric(client, "m2a_upstream_errors_total", model=CHAT, replica="dead")
+        assert len(engine.requests) == sent
         # The dead replica was tried (and failed) at least once, so failover really happened.
-        assert await metric(client, "m2a_upstream_errors_total", model=CHAT, replica="dead") >= 1
+        assert failed >= 1
         assert all(ep.inflight == 0 for ep in pool.all())
 
 

@@ -23,7 +23,7 @@ from m2a.agents.manifest import (
     parse_agent_file,
     parse_manifest,
 )
-from m2a.store.limits import METRICS
+from m2a.store.limits import REQUEST_METRICS
 
 CARD = {
     "name": "Support bot",
@@ -158,7 +158,7 @@ def test_other_fields_are_checked() -> None:
 
 
 def test_the_limit_metrics_are_the_quota_metrics() -> None:
-    assert set(get_args(Metric)) == set(METRICS)
+    assert set(get_args(Metric)) == set(REQUEST_METRICS)  # an agent's limits bind its requests
     assert AgentLimit(metric="cost", window="month", limit=5_000_000).window == "month"
 
 

@@ -98,6 +98,21 @@ def open_backend(cfg: DataConfig, home: Path, identity: IdentityStore) -> Vector
     return build_backend("postgres", url=url)
 
 
+WINDOW_FILES = (("sentence_bert_config.json", "max_seq_length"), ("config.json", "max_position_embeddings"))
+
+
+def _window(folder: Path) -> int | None:
+    """The model's window less its two special tokens, from its folder (None: not said there)."""
+    for name, key in WINDOW_FILES:
+        try:
+            value = json.loads((folder / name).read_text()).get(key)
+        except (OSError, ValueError, AttributeError):
+            continue
+        if isinstance(value, int) and value > 16:
+            return value - 2
+    return None
+
+
 class DataService:
     """The rows, the bytes, the vector backend, the embedder and the ingestion queue, for one gateway."""
 
@@ -125,23 +140,18 @@ class DataService:
             limits=ParseLimits(max_bytes=cfg.max_file_bytes),
             tokenizer=self._tokenizer(),
         )
+        self._windows: dict[str, int | None] = {}
 
     def max_chunk_tokens(self) -> int | None:
         """The embedding model's window in tokens, less its two special tokens, where an engine
         names its folder (sentence-transformers' ``max_seq_length``, else ``max_position_embeddings``):
         an ``auto`` chunk longer than that would be embedded only in part."""
         for ep in self._endpoints():
-            if not (ep.tokenizer and ep.tokenizer.startswith("hf:")):
-                continue
-            folder = Path(ep.tokenizer[3:])
-            for name, key in (("sentence_bert_config.json", "max_seq_length"),
-                              ("config.json", "max_position_embeddings")):  # fmt: skip
-                try:
-                    value = json.loads((folder / name).read_text()).get(key)
-                except (OSError, ValueError, AttributeError):
-                    continue
-                if isinstance(value, int) and value > 16:
-                    return value - 2
+            if ep.tokenizer and ep.tokenizer.startswith("hf:"):
+                if ep.tokenizer not in self._windows:  # read once per folder
+                    self._windows[ep.tokenizer] = _window(Path(ep.tokenizer[3:]))
+                if self._windows[ep.tokenizer] is not None:
+                    return self._windows[ep.tokenizer]
         return None
 
     def _endpoints(self) -> list[Any]:

@@ -14,6 +14,7 @@ from m2a.store.schema import Quota
 STORAGE = "storage_bytes"
 METRICS = ("tokens", "input_tokens", "output_tokens", "requests", "cost", "concurrency", STORAGE)
 WINDOWLESS = ("concurrency", STORAGE)
+REQUEST_METRICS = tuple(m for m in METRICS if m != STORAGE)  # what a request's admission counts
 WINDOWS = {"minute": 60, "hour": 3600, "day": 86400, "month": 30 * 86400}  # month: calendar, UTC
 NO_WINDOW = "-"  # concurrency and storage have none
 MAX_LIMIT = 2**62
