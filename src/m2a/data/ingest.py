@@ -285,10 +285,10 @@ class Ingestor:
             await self._lost_or_discard(job)
 
     async def _fits(self, team_id: int, needed: int) -> None:
-        limit = await self.rows.storage_quota(team_id)
-        if limit is None:
+        held = await self.rows.storage(team_id)
+        if held is None:
             return
-        used = await self.rows.team_usage_bytes(team_id)
+        used, limit = held
         if used + needed > limit:
             raise _OverQuota(
                 f"This file needs {needed} bytes of vector storage and the team's stores hold {used} of "

@@ -203,10 +203,10 @@ def _no_store(store_id: str) -> GatewayError:
 
 async def storage_room(rows: DataStore, team: int) -> None:
     """429 when the team's vector stores already hold its ``storage_bytes`` quota."""
-    limit = await rows.storage_quota(team)
-    if limit is None:
+    held = await rows.storage(team)
+    if held is None:
         return
-    used = await rows.team_usage_bytes(team)
+    used, limit = held
     if used >= limit:
         raise GatewayError(
             429,

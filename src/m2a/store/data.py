@@ -14,7 +14,7 @@ once N days passed without activity (``expires_at``); from then on nothing reviv
 marks it ``status = "expired"`` for good (its files still in progress cancelled, its ``usage_bytes``
 zero: the ingestion sweep drops its chunks), and ``touch_store`` no longer moves its
 ``last_active_at``. **Storage.** A team's storage is the sum of its stores' ``usage_bytes``
-(``team_usage_bytes``), held against its ``storage_bytes`` quota (``storage_quota``).
+(``team_usage_bytes``), held against its ``storage_bytes`` quota (``storage``).
 """
 
 from __future__ import annotations
@@ -331,26 +331,31 @@ class DataStore:
                 marked.append(store_id)
         return marked
 
+    @staticmethod
+    async def _used(s: AsyncSession, team_id: int) -> int:
+        used = await s.execute(
+            select(func.coalesce(func.sum(VectorStoreRow.usage_bytes), 0)).where(
+                VectorStoreRow.team_id == team_id
+            )
+        )
+        return int(used.scalar() or 0)
+
     async def team_usage_bytes(self, team_id: int) -> int:
         """What the team's vector stores hold (their ``usage_bytes``), all together."""
         async with self._session() as s:
-            used = await s.execute(
-                select(func.coalesce(func.sum(VectorStoreRow.usage_bytes), 0)).where(
-                    VectorStoreRow.team_id == team_id
-                )
-            )
-            return int(used.scalar() or 0)
+            return await self._used(s, team_id)
 
-    async def storage_quota(self, team_id: int) -> int | None:
-        """The team's ``storage_bytes`` limit (the lowest, should there be several); None: no limit."""
+    async def storage(self, team_id: int) -> tuple[int, int] | None:
+        """What the team's stores hold and its ``storage_bytes`` limit (the lowest, should there be
+        several), in one session; None when the team has no such limit."""
         async with self._session() as s:
             found = await s.execute(
                 select(func.min(Quota.limit)).where(
                     Quota.team_id == team_id, Quota.key_id.is_(None), Quota.metric == STORAGE
                 )
             )
-            value = found.scalar()
-            return None if value is None else int(value)
+            limit = found.scalar()
+            return None if limit is None else (await self._used(s, team_id), int(limit))
 
     async def file_counts(self, store_id: str, batch_id: str | None = None) -> dict[str, int]:
         """Files per status (every status present, and ``total``), of a store or of one of its batches."""
