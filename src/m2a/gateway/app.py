@@ -18,6 +18,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
+from starlette.types import Receive, Scope, Send
 
 from m2a.config import DataConfig, GatewayConfig, GuardrailsConfig
 from m2a.gateway.access import Access
@@ -59,6 +60,35 @@ ROUTES: dict[str, tuple[str, str]] = {
 }
 
 
+class GatewayApp(Starlette):
+    """Starlette, with the OpenAI routes of ``ROUTES`` taken straight to the request pipeline.
+
+    A POST to one of them skips the routing table and the exception middleware layers (the hot
+    path, once per request); its errors get the same OpenAI-shaped answers those layers give.
+    Everything else (other methods, other paths) passes through Starlette as usual.
+    """
+
+    fast: dict[str, Callable[[Request], Awaitable[Response]]] = {}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        handler = self.fast.get(scope["path"]) if scope["type"] == "http" else None
+        if handler is None or scope["method"] != "POST":
+            await super().__call__(scope, receive, send)
+            return
+        scope["app"] = self
+        request = Request(scope, receive, send)
+        try:
+            response = await handler(request)
+        except GatewayError as exc:
+            response = exc.response()
+        except Exception:
+            log.exception("unexpected error on %s", scope["path"])
+            response = error_response(
+                500, "The gateway hit an internal error; it has been logged.", code="internal_error"
+            )
+        await response(scope, receive, send)
+
+
 def create_app(
     pool: Pool,
     key: str,
@@ -83,7 +113,7 @@ def create_app(
     home: Path | None = None,
     self_url: str | None = None,
     extensions: Sequence[ExtensionFactory] = (),
-) -> Starlette:
+) -> GatewayApp:
     """The gateway for the models in ``pool``, for callers with the admin ``key`` or a team key.
 
     ``replica_status`` (from whoever runs the engines) adds per-replica detail to ``/readyz``;
@@ -312,7 +342,7 @@ def create_app(
             overview=Overview(pool, load.pages, replica_status),
         )
         routes.append(Mount("/admin", app=admin_api))
-    app = Starlette(
+    app = GatewayApp(
         routes=routes,
         lifespan=lifespan,
         exception_handlers={
@@ -321,6 +351,7 @@ def create_app(
             Exception: on_unexpected,
         },
     )
+    app.fast = {p: openai_route(p) for p in ROUTES}
     app.state.metrics = metrics
     app.state.pool = pool
     app.state.access = access

@@ -191,7 +191,7 @@ class Forwarder:
             ep.inflight += 1
             try:
                 resp = await self.upstream.session.post(
-                    ep.base_url + out.engine_path,
+                    self.upstream.url(ep.base_url, out.engine_path),
                     data=out.body_for(ep),
                     headers=self._headers(request, ep, out.request_id, span or out.span),
                 )
@@ -253,8 +253,9 @@ class Forwarder:
 
         headers = {"x-request-id": request_id, "x-m2a-replica": ep.id}
         if not stream or resp.status != 200:
+            traced = out.span is not None and out.span.is_recording()  # finish reasons: for the trace
             return await self._whole(
-                request, resp, model, headers, finish, reasons if out.span else None, out.on_answer
+                request, resp, model, headers, finish, reasons if traced else None, out.on_answer
             )
         tap = StreamTap(out.strip_usage)
 

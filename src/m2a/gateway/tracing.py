@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
@@ -41,7 +40,8 @@ _REQUEST_ATTRS = {
 
 def start_request(tracer: Tracer, request: Request, route: str) -> Span:
     """The request's server span, continuing the caller's trace if it sent one."""
-    parent = _PROPAGATOR.extract(request.headers)
+    # Most requests carry no trace context: only parse one that is there.
+    parent = _PROPAGATOR.extract(request.headers) if "traceparent" in request.headers else None
     operation = OPERATIONS.get(route, "chat")
     return tracer.start_span(
         operation,
@@ -91,8 +91,13 @@ def child(tracer: Tracer, parent: Span, name: str, kind: SpanKind = SpanKind.INT
 
 def inject(span: Span) -> dict[str, str]:
     """``traceparent`` (and ``tracestate``) headers that make ``span`` the engine span's parent."""
-    carrier: dict[str, str] = {}
-    _PROPAGATOR.inject(carrier, context=trace.set_span_in_context(span, otel_context.Context()))
+    ctx = span.get_span_context()
+    if not ctx.is_valid:
+        return {}
+    # W3C Trace Context, version 00 (what the propagator writes), without building a Context.
+    carrier = {"traceparent": f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-{ctx.trace_flags:02x}"}
+    if ctx.trace_state:
+        carrier["tracestate"] = ctx.trace_state.to_header()
     return carrier
 
 

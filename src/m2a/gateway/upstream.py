@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import aiohttp
+import yarl
 from starlette.requests import Request
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
@@ -21,12 +22,28 @@ class Upstream:
     def __init__(self, connect_timeout_s: float, read_timeout_s: float) -> None:
         self._timeout = aiohttp.ClientTimeout(total=None, connect=connect_timeout_s, sock_read=read_timeout_s)
         self.session: aiohttp.ClientSession | None = None
+        self._urls: dict[tuple[str, str], yarl.URL] = {}
 
     async def open(self) -> None:
         connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=30, enable_cleanup_closed=True)
+        # No cookie jar: engines' cookies must not travel from one caller's request to another's
+        # (and none is parsed or matched per request).
         self.session = aiohttp.ClientSession(
-            connector=connector, timeout=self._timeout, auto_decompress=False
+            connector=connector,
+            timeout=self._timeout,
+            auto_decompress=False,
+            cookie_jar=aiohttp.DummyCookieJar(),
         )
+
+    def url(self, base_url: str, path: str) -> yarl.URL:
+        """An engine URL, parsed once (a replica's base URL and an engine path) rather than per call."""
+        key = (base_url, path)
+        url = self._urls.get(key)
+        if url is None:
+            if len(self._urls) > 4096:  # replicas come and go: bounded
+                self._urls.clear()
+            url = self._urls[key] = yarl.URL(base_url + path)
+        return url
 
     async def close(self) -> None:
         if self.session:
@@ -47,29 +64,38 @@ class Stream(StreamingResponse):
             self._cleanup()
 
 
-async def _wait_disconnect(receive: Receive) -> None:
+async def _wait_disconnect(receive: Receive, waiter: asyncio.Task[Any], gone: list[bool]) -> None:
     while (await receive())["type"] != "http.disconnect":
         pass
+    gone.append(True)
+    waiter.cancel()
 
 
 async def unless_disconnected(request: Request, aw: Awaitable[T]) -> T | None:
     """``aw``'s result, or None (``aw`` cancelled) if the client disconnects first.
 
     Engines such as vLLM send no headers for a non-streamed answer until it is complete, so the
-    wait for the engine's response headers must watch the client too.
+    wait for the engine's response headers must watch the client too. ``aw`` runs in the caller's
+    own task; one watcher task waits on the client and, if it leaves, cancels the caller's wait
+    (a cancellation of the caller from elsewhere still propagates).
     """
-    task = asyncio.ensure_future(aw)
-    watcher = asyncio.create_task(_wait_disconnect(request.receive))
+    current = asyncio.current_task()
+    assert current is not None
+    gone: list[bool] = []
+    watcher = asyncio.get_running_loop().create_task(_wait_disconnect(request.receive, current, gone))
     try:
-        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        watcher.cancel()
-        if not task.done():
-            task.cancel()
-    try:
-        return await task
+        result = await aw
     except asyncio.CancelledError:
-        current = asyncio.current_task()
-        if current is not None and current.cancelling():
-            raise
-        return None
+        if gone and current.uncancel() == 0:  # only the watcher cancelled it: the client left
+            return None
+        raise
+    except BaseException:
+        if gone:  # aw turned the watcher's cancellation into an error of its own
+            current.uncancel()
+        raise
+    finally:
+        if not gone:
+            watcher.cancel()
+    if gone:  # aw finished anyway: its result stands, the cancellation is taken back
+        current.uncancel()
+    return result

@@ -94,7 +94,8 @@ AnyDetector = Detector | AsyncDetector
 
 def is_async(det: object) -> bool:
     """Whether ``det`` is an async detector (it has a coroutine ``acheck``)."""
-    return inspect.iscoroutinefunction(getattr(det, "acheck", None))
+    acheck = getattr(det, "acheck", None)
+    return acheck is not None and inspect.iscoroutinefunction(acheck)
 
 
 def disjoint(spans: Iterable[tuple[int, int, float, T]]) -> list[tuple[int, int, float, T]]:

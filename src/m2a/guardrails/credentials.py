@@ -24,7 +24,7 @@ import binascii
 import json
 import re
 import string
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from m2a.guardrails.base import SECRET, Context, Finding, disjoint, register_detector
@@ -193,6 +193,12 @@ def placeholder(value: str) -> bool:
     return _PLACEHOLDER.search(value) is not None or looks_sequential(value)
 
 
+def _needle_rx(needles: Iterable[str]) -> re.Pattern[str]:
+    """One pattern that finds any of ``needles`` (longest first); one that never matches for none."""
+    alts = sorted(set(needles), key=len, reverse=True)
+    return re.compile("|".join(map(re.escape, alts)) if alts else "(?!)")
+
+
 @register_detector("secrets")
 class SecretsDetector:
     name = "secrets"
@@ -205,6 +211,12 @@ class SecretsDetector:
         self.rules = [r for r in RULES if not kinds or r.kind in kinds]
         self.assignments = not kinds or "password_assignment" in kinds
         self.min_generic = min_entropy_generic
+        # One search for every needle at once (text and lower-cased text): a text that holds none
+        # skips the rules, whose own ``in`` tests stay the exact gate.
+        self._any_cased = _needle_rx(n for r in self.rules if not r.lower for n in r.needles)
+        self._any_lower = _needle_rx(
+            [*(n for r in self.rules if r.lower for n in r.needles), *_ASSIGN_NEEDLES, "private key"]
+        )
 
     def _keep(self, rule: Rule, v: str) -> bool:
         need = self.min_generic if rule.kind == "password_assignment" else rule.min_entropy
@@ -215,6 +227,8 @@ class SecretsDetector:
     def _scan(self, text: str) -> list[tuple[int, int, Rule]]:
         hits: list[tuple[int, int, Rule]] = []
         low = text.translate(_LOWER)
+        if not self._any_lower.search(low) and not self._any_cased.search(text):
+            return hits  # no rule's needle, no assignment word, no PEM header: nothing to find
         for rule in self.rules:
             hay = low if rule.lower else text
             if not any(n in hay for n in rule.needles):
