@@ -335,7 +335,7 @@ class TelemetryConfig(_Strict):
 
     tracing: bool = Field(default=True, description="One OpenTelemetry trace per gateway request.")
     traces_per_second: float = Field(
-        default=50.0,
+        default=10.0,
         ge=0,
         description="Record at most this many new traces a second (every request at low load; 0: all). "
         "A caller's sampled traceparent is always recorded.",

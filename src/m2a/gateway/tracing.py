@@ -18,6 +18,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from starlette.requests import Request
 
 from m2a.principal import Principal
+from m2a.telemetry.sampling import start_root
 
 OPERATIONS = {
     "/v1/chat/completions": "chat",
@@ -40,20 +41,17 @@ _REQUEST_ATTRS = {
 
 def start_request(tracer: Tracer, request: Request, route: str) -> Span:
     """The request's server span, continuing the caller's trace if it sent one."""
-    # Most requests carry no trace context: only parse one that is there.
-    parent = _PROPAGATOR.extract(request.headers) if "traceparent" in request.headers else None
     operation = OPERATIONS.get(route, "chat")
-    return tracer.start_span(
-        operation,
-        context=parent,
-        kind=SpanKind.SERVER,
-        attributes={
-            "gen_ai.operation.name": operation,
-            "gen_ai.provider.name": "m2a",
-            "http.request.method": "POST",
-            "http.route": route,
-        },
-    )
+    attributes = {
+        "gen_ai.operation.name": operation,
+        "gen_ai.provider.name": "m2a",
+        "http.request.method": "POST",
+        "http.route": route,
+    }
+    if "traceparent" not in request.headers:  # most requests: a new trace, if the bucket admits it
+        return start_root(tracer, operation, SpanKind.SERVER, attributes)
+    parent = _PROPAGATOR.extract(request.headers)
+    return tracer.start_span(operation, context=parent, kind=SpanKind.SERVER, attributes=attributes)
 
 
 def describe_request(

@@ -37,8 +37,13 @@ def _value(value: Any) -> Any:
     return value
 
 
+_SCALARS = (str, int, float, bool)
+
+
 def _attributes(attributes: Mapping[str, Any] | None) -> dict[str, Any]:
-    return {key: _value(value) for key, value in (attributes or {}).items()}
+    if not attributes:
+        return {}
+    return {key: v if type(v) in _SCALARS else _value(v) for key, v in attributes.items()}
 
 
 def span_row(span: ReadableSpan) -> SpanRow | None:
