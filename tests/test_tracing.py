@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 import pytest_asyncio
+from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -18,7 +19,7 @@ from opentelemetry.sdk.trace.sampling import Decision
 from opentelemetry.trace import SpanKind, StatusCode
 
 from m2a.store.identity import IdentityStore
-from m2a.telemetry.sampling import RateLimited, sampler
+from m2a.telemetry.sampling import RateLimited, sampler, start_root
 from tests import gateway_fixtures
 from tests.fake_engine import FakeEngine
 from tests.openai_shape import assert_openai_error
@@ -159,3 +160,22 @@ async def test_rate_limited_sampler_refills() -> None:
     limited._last -= 0.01  # ten milliseconds later: ten tokens, capped at the burst of two
     assert limited.should_sample(None, 1, "x").decision == Decision.RECORD_AND_SAMPLE
     assert RateLimited(0).should_sample(None, 1, "x").decision == Decision.RECORD_AND_SAMPLE  # no limit
+
+
+async def test_start_root_takes_one_token_and_always_starts_a_new_trace() -> None:
+    """Admitted: one recorded root span per token (the sampler takes no second one), a root even
+    inside another span; refused: an unrecorded span with fresh ids of its own."""
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(sampler=sampler(per_second=0.001))  # a bucket of one
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracer = provider.get_tracer("t")
+    outer = trace.NonRecordingSpan(trace.SpanContext(0xABC, 0x12, False, trace.TraceFlags(1)))
+    with trace.use_span(outer):
+        first = start_root(tracer, "chat", SpanKind.SERVER, {"a": 1})
+        second = start_root(tracer, "chat", SpanKind.SERVER)
+    assert first.is_recording() and not second.is_recording()
+    first.end()
+    [span] = exporter.get_finished_spans()
+    assert span.parent is None and span.context.trace_id != 0xABC and span.attributes["a"] == 1
+    ctx = second.get_span_context()
+    assert ctx.is_valid and not ctx.trace_flags.sampled and ctx.trace_id not in (0xABC, span.context.trace_id)

@@ -95,12 +95,12 @@ def start_root(
     cost); admitted, the SDK's recorded span. A tracer without one starts its span as usual."""
     limiter = getattr(getattr(tracer, "sampler", None), "limiter", None)
     if limiter is None:
-        return tracer.start_span(name, kind=kind, attributes=attributes)
+        return tracer.start_span(name, context=Context(), kind=kind, attributes=attributes)
     if not limiter.admit():
         ctx = SpanContext(random.getrandbits(128), random.getrandbits(64), False, _NOT_SAMPLED)
         return NonRecordingSpan(ctx)
     token = _ADMITTED.set(True)
-    try:
-        return tracer.start_span(name, kind=kind, attributes=attributes)
+    try:  # an empty context: a root span, whatever span the calling code has open
+        return tracer.start_span(name, context=Context(), kind=kind, attributes=attributes)
     finally:
         _ADMITTED.reset(token)
