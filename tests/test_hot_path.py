@@ -5,7 +5,7 @@ tells the client leaving apart from a cancellation from elsewhere."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from typing import Any
 
 import pytest
@@ -93,7 +93,8 @@ async def request_() -> AsyncIterator[FakeRequest]:
     yield FakeRequest()
 
 
-async def test_a_client_that_leaves_cancels_only_the_wait(request_: FakeRequest) -> None:
+def slow_engine_call() -> tuple[asyncio.Event, Coroutine[Any, Any, str]]:
+    """An engine call that takes its time, and the event set once it has begun."""
     started = asyncio.Event()
 
     async def engine_call() -> str:
@@ -101,8 +102,14 @@ async def test_a_client_that_leaves_cancels_only_the_wait(request_: FakeRequest)
         await asyncio.sleep(30)
         return "answer"
 
+    return started, engine_call()
+
+
+async def test_a_client_that_leaves_cancels_only_the_wait(request_: FakeRequest) -> None:
+    started, call = slow_engine_call()
+
     async def handler() -> tuple[str | None, int, str]:
-        got = await unless_disconnected(request_, engine_call())  # type: ignore[arg-type]
+        got = await unless_disconnected(request_, call)  # type: ignore[arg-type]
         task = asyncio.current_task()
         assert task is not None
         await asyncio.sleep(0)  # no cancellation left pending for the handler's next await
@@ -115,14 +122,8 @@ async def test_a_client_that_leaves_cancels_only_the_wait(request_: FakeRequest)
 
 
 async def test_a_cancellation_from_elsewhere_still_cancels(request_: FakeRequest) -> None:
-    started = asyncio.Event()
-
-    async def engine_call() -> str:
-        started.set()
-        await asyncio.sleep(30)
-        return "answer"
-
-    task = asyncio.create_task(unless_disconnected(request_, engine_call()))  # type: ignore[arg-type]
+    started, call = slow_engine_call()
+    task = asyncio.create_task(unless_disconnected(request_, call))  # type: ignore[arg-type]
     await started.wait()
     task.cancel()  # a shutdown, a timeout around the handler: not the client leaving
     with pytest.raises(asyncio.CancelledError):

@@ -60,6 +60,13 @@ ROUTES: dict[str, tuple[str, str]] = {
 }
 
 
+def internal_error() -> Response:
+    """What a client gets for the gateway's own bug: a 500 in OpenAI's shape, the detail logged only."""
+    return error_response(
+        500, "The gateway hit an internal error; it has been logged.", code="internal_error"
+    )
+
+
 class GatewayApp(Starlette):
     """Starlette, with the OpenAI routes of ``ROUTES`` taken straight to the request pipeline.
 
@@ -83,9 +90,7 @@ class GatewayApp(Starlette):
             response = exc.response()
         except Exception:
             log.exception("unexpected error on %s", scope["path"])
-            response = error_response(
-                500, "The gateway hit an internal error; it has been logged.", code="internal_error"
-            )
+            response = internal_error()
         await response(scope, receive, send)
 
 
@@ -251,9 +256,7 @@ def create_app(
 
     async def on_unexpected(request: Request, exc: Exception) -> Response:
         log.exception("unexpected error on %s", request.url.path)
-        return error_response(
-            500, "The gateway hit an internal error; it has been logged.", code="internal_error"
-        )
+        return internal_error()
 
     @asynccontextmanager
     async def lifespan(app: Starlette):  # type: ignore[no-untyped-def]
@@ -299,7 +302,8 @@ def create_app(
             if relay is not None:
                 await relay.close()
 
-    routes = [Route(p, openai_route(p), methods=["POST"]) for p in ROUTES]
+    openai_handlers = {p: openai_route(p) for p in ROUTES}  # Starlette's routes and the direct path
+    routes = [Route(p, handler, methods=["POST"]) for p, handler in openai_handlers.items()]
     guard_api = GuardAPI(access, guards, cfg.max_body_bytes)
     routes += [
         Route("/v1/moderations", guard_api.moderations, methods=["POST"]),
@@ -351,7 +355,7 @@ def create_app(
             Exception: on_unexpected,
         },
     )
-    app.fast = {p: openai_route(p) for p in ROUTES}
+    app.fast = openai_handlers
     app.state.metrics = metrics
     app.state.pool = pool
     app.state.access = access
