@@ -171,6 +171,12 @@ class GatewayConfig(_Strict):
     max_body_bytes: int = Field(default=8 << 20, ge=1024, description="Larger request bodies get 413.")
     upstream_timeout_s: float = Field(default=600.0, gt=0, description="Longest wait for an engine.")
     connect_timeout_s: float = Field(default=5.0, gt=0)
+    gc_gen0_threshold: int = Field(
+        default=50_000,
+        ge=0,
+        description="Once serving, the start-up heap is frozen and the garbage collector's youngest "
+        "generation runs every this many allocations (Python's default: 700); 0 leaves Python's.",
+    )
     reserve_output_tokens: int = Field(
         default=1024,
         ge=1,

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import uvicorn
 
+from m2a import heap
 from m2a.agents.extension import agents_extension
 from m2a.catalog.importer import check_reference, import_model
 from m2a.config import ModelConfig, Settings
@@ -274,6 +275,7 @@ async def run_up(
             say(f"the gateway could not listen on {gw.host}:{port}")
             return 1
         say(f"gateway listening on http://{gw.host}:{port}/v1 (engines warming up: /readyz says when)")
+        heap.tune_for_serving(gw.gc_gen0_threshold)
         await sup.start()
         ready = asyncio.create_task(sup.wait_ready())
         stopped = asyncio.create_task(stop.wait())
