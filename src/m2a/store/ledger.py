@@ -114,6 +114,7 @@ class Ledger:
         self._fd = -1
         self._path: Path | None = None
         self._task: asyncio.Task[None] | None = None
+        self._closing = asyncio.Event()  # close() asks the flush task to stop between flushes
         self._insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
 
     # -- the journal ---------------------------------------------------------------------------
@@ -243,8 +244,11 @@ class Ledger:
 
     async def _run(self) -> None:
         last_recover = time.monotonic()
-        while True:
-            await asyncio.sleep(self.flush_s)
+        while not self._closing.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._closing.wait(), self.flush_s)
+            if self._closing.is_set():
+                return
             try:
                 await self.flush()
                 if time.monotonic() - last_recover > 5:
@@ -262,8 +266,10 @@ class Ledger:
     async def close(self) -> None:
         """Final flush; requests still open are recorded as interrupted."""
         if self._task:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            # Not cancelled: a flush cut off inside its transaction could keep SQLite's write lock
+            # (the driver's thread goes on) while the final flush below waits for it.
+            self._closing.set()
+            with contextlib.suppress(Exception):
                 await self._task
         for rid in list(self._open):
             self.end(rid, status="interrupted")
