@@ -17,10 +17,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-import aiohttp
 from opentelemetry.trace import Span
 
 from m2a.gateway.context import Outcome
+from m2a.gateway.engine_http import EngineResponse
 from m2a.gateway.metrics import GatewayMetrics
 from m2a.gateway.usage import Usage
 from m2a.router.pool import Endpoint
@@ -37,12 +37,12 @@ class EngineCall:
     started: float = field(default_factory=time.perf_counter)
     reasons: list[str] = field(default_factory=list)  # finish reasons seen (traced requests only)
     ep: Endpoint | None = None  # set once connected
-    resp: aiohttp.ClientResponse | None = None
+    resp: EngineResponse | None = None
     engine_span: Span | None = None
     reported: bool = False
     released: bool = False
 
-    def connected(self, ep: Endpoint, resp: aiohttp.ClientResponse, engine_span: Span | None) -> None:
+    def connected(self, ep: Endpoint, resp: EngineResponse, engine_span: Span | None) -> None:
         self.ep, self.resp, self.engine_span = ep, resp, engine_span
 
     def account(
@@ -78,7 +78,7 @@ class EngineCall:
         """Release the engine's response and the replica, once; then account."""
         if not self.released and self.ep is not None and self.resp is not None:
             self.released = True
-            if self.resp.content.at_eof():
+            if self.resp.at_eof():
                 self.resp.release()  # fully read: the connection goes back to the pool
             else:
                 self.resp.close()  # abandoned mid-answer: closing it makes the engine abort the request

@@ -19,7 +19,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-import aiohttp
 from opentelemetry.trace import Span, SpanKind, Tracer
 from starlette.requests import Request
 from starlette.responses import Response
@@ -27,6 +26,13 @@ from starlette.responses import Response
 from m2a.gateway import tracing
 from m2a.gateway.context import Outcome, StreamBlocked
 from m2a.gateway.engine_call import EngineCall
+from m2a.gateway.engine_http import (
+    ConnectFailed,
+    ConnectTimeout,
+    Disconnected,
+    EngineHTTPError,
+    EngineResponse,
+)
 from m2a.gateway.errors import GatewayError, normalize_upstream_error
 from m2a.gateway.metrics import GatewayMetrics
 from m2a.gateway.upstream import Stream, Upstream, unless_disconnected
@@ -41,7 +47,7 @@ PASS_HEADERS = ("traceparent", "tracestate", "baggage")
 # Failures before the engine sent a response: the connection was refused or reset (an engine that
 # died), timed out connecting, or was a stale keep-alive the engine had closed. Whatever the engine
 # did with the request, the client got nothing yet: another replica may take it.
-RETRYABLE = (aiohttp.ClientOSError, aiohttp.ConnectionTimeoutError, aiohttp.ServerDisconnectedError)
+RETRYABLE = (ConnectFailed, ConnectTimeout, Disconnected)
 EJECT_S = 2.0  # a replica refusing connections stays out of the pool this long (or until healthy)
 # Fields only the gateway sets or no client needs: a client's own `priority` would jump the engine's
 # queue past other teams; vLLM's `request_id` could collide with another request's, and its
@@ -176,9 +182,10 @@ class Forwarder:
 
     async def _connect(
         self, request: Request, out: Outgoing
-    ) -> tuple[Endpoint, aiohttp.ClientResponse, Span | None]:
+    ) -> tuple[Endpoint, EngineResponse, Span | None]:
         model = out.model
-        assert self.upstream.session is not None
+        client = self.upstream.client
+        assert client is not None
         tried: set[str] = set()
         last_error = ""
         for attempt in range(2):
@@ -190,10 +197,10 @@ class Forwarder:
             span = self._spans(out, ep, attempt, tried, decision)
             ep.inflight += 1
             try:
-                resp = await self.upstream.session.post(
-                    self.upstream.url(ep.base_url, out.engine_path),
-                    data=out.body_for(ep),
-                    headers=self._headers(request, ep, out.request_id, span or out.span),
+                resp = await client.post(
+                    ep.base_url + out.engine_path,
+                    out.body_for(ep),
+                    self._headers(request, ep, out.request_id, span or out.span),
                 )
                 if span is not None:
                     span.set_attribute("http.response.status_code", resp.status)
@@ -205,7 +212,7 @@ class Forwarder:
                     span.end()
                 if not isinstance(exc, RETRYABLE):
                     ep.inflight -= 1
-                    if isinstance(exc, (aiohttp.ClientError, TimeoutError)):  # it may have: no second try
+                    if isinstance(exc, (EngineHTTPError, TimeoutError)):  # it may have: no second try
                         self.metrics.upstream_errors.labels(model, ep.id).inc()
                         timed_out = isinstance(exc, TimeoutError)
                         raise GatewayError(
@@ -220,7 +227,7 @@ class Forwarder:
                 tried.add(ep.id)
                 last_error = f"{type(exc).__name__}: {exc}"
                 self.metrics.upstream_errors.labels(model, ep.id).inc()
-                if isinstance(exc, aiohttp.ClientConnectorError) and self.pool.eject(ep.id, EJECT_S):
+                if isinstance(exc, ConnectFailed) and self.pool.eject(ep.id, EJECT_S):
                     log.warning("replica %s refuses connections (%s): out of the pool", ep.id, last_error)
         if last_error:  # the detail (the engine's address) is for the operator, not the client
             log.warning("no replica of %s could take request %s: %s", model, out.request_id, last_error)
@@ -264,7 +271,7 @@ class Forwarder:
             status = 200
             stopped = flushed = False  # a hook ended the stream; the hooks' held text was sent
             try:
-                async for chunk in resp.content.iter_any():
+                async for chunk in resp.iter_any():
                     if ttft is None:
                         ttft = time.perf_counter() - started
                         self.metrics.ttft.labels(model).observe(ttft)
@@ -295,14 +302,14 @@ class Forwarder:
                 reasons.extend([*tap.finish_reasons, "content_filter"])
                 account(200, tap.usage, tap.chunks, ttft)
                 yield blocked.tail
-            except (aiohttp.ClientError, TimeoutError) as exc:
+            except (EngineHTTPError, TimeoutError) as exc:
                 status = 502  # the engine went away, not the client (who got 200 and an error event)
                 self.metrics.upstream_errors.labels(model, ep.id).inc()
                 err = GatewayError(502, f"the engine stopped mid-stream: {type(exc).__name__}")
                 finish(200, tap.usage, tap.chunks, ttft, error=True)
                 yield f"data: {json.dumps(err.body())}\n\n".encode()
             finally:
-                if status == 200 and not stopped and not resp.content.at_eof():
+                if status == 200 and not stopped and not resp.at_eof():
                     self.metrics.cancelled.labels(model).inc()
                     status = 499
                 finish(status, tap.usage, tap.chunks, ttft)
@@ -318,7 +325,7 @@ class Forwarder:
     async def _whole(
         self,
         request: Request,
-        resp: aiohttp.ClientResponse,
+        resp: EngineResponse,
         model: str,
         headers: dict[str, str],
         finish: Callable[..., None],
@@ -328,7 +335,7 @@ class Forwarder:
         """Read a whole answer, abandoning the engine call if the client disconnects first."""
         try:
             data = await unless_disconnected(request, resp.read())
-        except (aiohttp.ClientError, TimeoutError) as exc:
+        except (EngineHTTPError, TimeoutError) as exc:
             finish(502)
             raise GatewayError(502, f"the engine failed to answer: {type(exc).__name__}") from exc
         if data is None:

@@ -1,4 +1,4 @@
-"""The engine side of forwarding: one pooled aiohttp session, a streaming response that always
+"""The engine side of forwarding: the pooled engine client, a streaming response that always
 cleans up, and waiting on something unless the client disconnects first."""
 
 from __future__ import annotations
@@ -7,47 +7,29 @@ import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
-import aiohttp
-import yarl
 from starlette.requests import Request
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
+
+from m2a.gateway.engine_http import EngineClient
 
 T = TypeVar("T")
 
 
 class Upstream:
-    """One pooled aiohttp session for every engine call of the process."""
+    """The engine client every engine call of the process shares (``gateway/engine_http.py``)."""
 
     def __init__(self, connect_timeout_s: float, read_timeout_s: float) -> None:
-        self._timeout = aiohttp.ClientTimeout(total=None, connect=connect_timeout_s, sock_read=read_timeout_s)
-        self.session: aiohttp.ClientSession | None = None
-        self._urls: dict[tuple[str, str], yarl.URL] = {}
+        self.connect_timeout_s = connect_timeout_s
+        self.read_timeout_s = read_timeout_s
+        self.client: EngineClient | None = None
 
     async def open(self) -> None:
-        connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=30, enable_cleanup_closed=True)
-        # No cookie jar: engines' cookies must not travel from one caller's request to another's
-        # (and none is parsed or matched per request).
-        self.session = aiohttp.ClientSession(
-            connector=connector,
-            timeout=self._timeout,
-            auto_decompress=False,
-            cookie_jar=aiohttp.DummyCookieJar(),
-        )
-
-    def url(self, base_url: str, path: str) -> yarl.URL:
-        """An engine URL, parsed once (a replica's base URL and an engine path) rather than per call."""
-        key = (base_url, path)
-        url = self._urls.get(key)
-        if url is None:
-            if len(self._urls) > 4096:  # replicas come and go: bounded
-                self._urls.clear()
-            url = self._urls[key] = yarl.URL(base_url + path)
-        return url
+        self.client = EngineClient(self.connect_timeout_s, self.read_timeout_s)
 
     async def close(self) -> None:
-        if self.session:
-            await self.session.close()
+        if self.client is not None:
+            await self.client.close()
 
 
 class Stream(StreamingResponse):
