@@ -4,7 +4,7 @@ CPython's cyclic collector runs its youngest generation every 700 net container 
 now and then, a full collection that walks every object the process holds: modules, schemas,
 configuration, caches. Under load in the gateway that was about 120 µs of CPU per request, and a
 full collection stopped the event loop for some 200 ms at a time (bench/README.md, "The garbage
-collector"). Requests make few reference cycles (a handful of objects each), so:
+collector and the engine client"). Requests make few reference cycles (a handful of objects each), so:
 
 * ``gc.freeze()`` once the server is up: what start-up allocated is never walked again;
 * the youngest generation is collected every ``gen0`` net allocations (default 50,000: every few

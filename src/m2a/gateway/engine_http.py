@@ -2,7 +2,8 @@
 
 Every request the gateway forwards is one POST to an engine. aiohttp's client spent about 110 µs
 of CPU on each (its session, request and response objects, timers, trace hooks); this client does
-what forwarding needs and no more, in about 25 (bench/README.md, "The engine client"):
+what forwarding needs and no more, in about 25 (bench/README.md, "The garbage collector and the
+engine client"):
 
 * ``POST`` with a body of known length; answers delimited by Content-Length, chunked, or by the
   engine closing the connection;
