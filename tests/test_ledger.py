@@ -475,10 +475,12 @@ async def test_progress_is_written_at_most_every_so_often(
 async def test_a_flush_cancelled_at_shutdown_loses_nothing(
     database: Database, jdir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The background flush may be cancelled in the middle of its database write when the gateway
-    stops: the records it held must still reach the database (once a clean stop lost them all)."""
+    """A background flush that overruns close()'s grace (a database that hangs) is cancelled in
+    the middle of its write: the records it held must still reach the database (once a clean stop
+    lost them all), and close() must not wait on it for ever (once it did, and CI hung)."""
     engine = await database.open()
     ledger = Ledger(engine, jdir, flush_s=0.01)
+    ledger.close_grace_s = 0.05
     await ledger.start()
     writing = asyncio.Event()
     real = ledger._upsert
@@ -495,6 +497,39 @@ async def test_a_flush_cancelled_at_shutdown_loses_nothing(
     await asyncio.wait_for(writing.wait(), 10)
     monkeypatch.setattr(ledger, "_upsert", real)
     await ledger.close()
+    assert summary(await stored(engine)) == {"r1": ("r1", "ok", 200, 12, 30, 4, "research")}
+    assert list(jdir.iterdir()) == []
+
+
+async def test_close_waits_for_a_flush_under_way(
+    database: Database, jdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A flush that finishes within close()'s grace is left to finish, not cancelled (a flush cut
+    off inside its SQLite transaction kept the write lock, and the final flush failed on it)."""
+    engine = await database.open()
+    ledger = Ledger(engine, jdir, flush_s=0.01)
+    await ledger.start()
+    writing = asyncio.Event()
+    cancelled = False
+    real = ledger._upsert
+
+    async def slow_upsert(rows: list[dict[str, Any]]) -> None:
+        nonlocal cancelled
+        if rows:
+            writing.set()
+            try:
+                await asyncio.sleep(0.2)
+            except asyncio.CancelledError:
+                cancelled = True
+                raise
+        await real(rows)
+
+    monkeypatch.setattr(ledger, "_upsert", slow_upsert)
+    ledger.begin("r1", **BEGIN)
+    ledger.end("r1", **END)
+    await asyncio.wait_for(writing.wait(), 10)
+    await ledger.close()
+    assert not cancelled
     assert summary(await stored(engine)) == {"r1": ("r1", "ok", 200, 12, 30, 4, "research")}
     assert list(jdir.iterdir()) == []
 

@@ -103,6 +103,8 @@ def read_journal(path: Path) -> list[dict[str, Any]]:
 
 
 class Ledger:
+    close_grace_s = 5.0  # how long close() waits for a flush under way before cancelling it
+
     def __init__(self, engine: AsyncEngine, directory: Path, flush_s: float = 0.25) -> None:
         self.engine = engine
         self.directory = directory
@@ -266,10 +268,15 @@ class Ledger:
     async def close(self) -> None:
         """Final flush; requests still open are recorded as interrupted."""
         if self._task:
-            # Not cancelled: a flush cut off inside its transaction could keep SQLite's write lock
-            # (the driver's thread goes on) while the final flush below waits for it.
+            # A flush under way is given time to finish first: one cut off inside its transaction
+            # could keep SQLite's write lock (the driver's thread goes on) while the final flush
+            # below waits for it. One that overruns (a database that hangs) is cancelled: the final
+            # flush then tries again, and failing that the journal keeps the records.
             self._closing.set()
-            with contextlib.suppress(Exception):
+            done, _ = await asyncio.wait({self._task}, timeout=self.close_grace_s)
+            if not done:
+                self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._task
         for rid in list(self._open):
             self.end(rid, status="interrupted")
