@@ -7,9 +7,10 @@ from collections.abc import AsyncIterator
 
 import pytest
 import pytest_asyncio
+from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from m2a.gateway.metrics import BoundedLabel
+from m2a.gateway.metrics import BoundedLabel, GatewayMetrics
 from m2a.store.identity import IdentityStore
 from tests import gateway_fixtures
 from tests.fake_engine import FakeEngine
@@ -126,3 +127,28 @@ async def test_gateway_scrape_includes_the_engines_series(engine: FakeEngine, st
         name == "vllm:num_requests_waiting" and dict(labels).get("replica") == "chat-0" and v == 3
         for (name, labels), v in m.items()
     )
+
+
+def test_remembered_children_count_where_prometheus_sees_them() -> None:
+    """``labels`` hands back the same child for the same values; a removed series starts again
+    from zero (not a remembered child that no longer reaches the exposition)."""
+    m = GatewayMetrics()
+    assert m.requests.labels("chat", "llama", "200") is m.requests.labels("chat", "llama", "200")
+    m.requests.labels("chat", "llama", "200").inc(3)
+    m.requests.labels(route="chat", model="llama", status="200").inc()  # by name: the same series
+    m.replica_healthy.labels("llama", "llama-0").set(1)
+    m.replica_healthy.remove("llama", "llama-0")
+    m.replica_healthy.labels("llama", "llama-0").inc(5)
+    m.tokens.labels("llama", "a", "input").inc(2)
+    m.tokens.clear()
+    m.tokens.labels("llama", "a", "input").inc(7)
+    with pytest.raises(ValueError):
+        m.requests.labels("chat", "llama")  # the wrong number of values is still refused
+    seen = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for fam in text_string_to_metric_families(generate_latest(m.registry).decode())
+        for s in fam.samples
+    }
+    assert seen[("m2a_requests_total", (("model", "llama"), ("route", "chat"), ("status", "200")))] == 4
+    assert seen[("m2a_replica_healthy", (("model", "llama"), ("replica", "llama-0")))] == 5
+    assert seen[("m2a_tokens_total", (("kind", "input"), ("model", "llama"), ("team", "a")))] == 7

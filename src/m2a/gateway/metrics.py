@@ -2,11 +2,56 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from typing import Any
+
+import prometheus_client
+from prometheus_client import CollectorRegistry
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 _TPOT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1)
 MAX_TEAMS = 200  # distinct team label values; later ones share "other" (bounded cardinality)
+
+
+class _Memo:
+    """A labelled metric whose ``labels(*values)`` remembers each child it returned.
+
+    prometheus_client checks and converts the values and takes a lock on every call (3-4 µs, and
+    a request makes about ten such calls); a dict lookup on the same values is a tenth of that.
+    ``remove`` and ``clear`` forget what they take away, so no child is kept past its metric's."""
+
+    _memo: dict[tuple[Any, ...], Any]
+
+    def labels(self, *values: Any, **kw: Any) -> Any:
+        if kw or not values:
+            return super().labels(*values, **kw)  # type: ignore[misc]
+        try:
+            return self._memo[values]
+        except AttributeError:
+            self._memo = {}
+        except KeyError:
+            pass
+        child = self._memo[values] = super().labels(*values)  # type: ignore[misc]
+        return child
+
+    def remove(self, *values: Any) -> None:
+        self.__dict__.get("_memo", {}).clear()
+        super().remove(*values)  # type: ignore[misc]
+
+    def clear(self) -> None:
+        self.__dict__.get("_memo", {}).clear()
+        super().clear()  # type: ignore[misc]
+
+
+class Counter(_Memo, prometheus_client.Counter):
+    pass
+
+
+class Histogram(_Memo, prometheus_client.Histogram):
+    pass
+
+
+class Gauge(_Memo, prometheus_client.Gauge):
+    pass
 
 
 class BoundedLabel:
