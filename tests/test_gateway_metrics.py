@@ -129,7 +129,7 @@ async def test_gateway_scrape_includes_the_engines_series(engine: FakeEngine, st
     )
 
 
-def test_remembered_children_count_where_prometheus_sees_them() -> None:
+async def test_remembered_children_count_where_prometheus_sees_them() -> None:
     """``labels`` hands back the same child for the same values; a removed series starts again
     from zero (not a remembered child that no longer reaches the exposition)."""
     m = GatewayMetrics()
