@@ -276,8 +276,7 @@ class Ledger:
             done, _ = await asyncio.wait({self._task}, timeout=self.close_grace_s)
             if not done:
                 self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
+                await asyncio.wait({self._task})  # a cancellation of close() itself still propagates
         for rid in list(self._open):
             self.end(rid, status="interrupted")
         try:
