@@ -15,6 +15,7 @@ import pytest
 
 from m2a.gateway.engine_http import (
     HIGH_WATER,
+    AnswerTooLarge,
     BadAnswer,
     ConnectFailed,
     Disconnected,
@@ -284,6 +285,56 @@ async def test_a_client_that_is_not_reading_pauses_the_engine(serve: Serve, clie
         got += len(piece)
     assert got == size and resp.at_eof()
     resp.release()
+
+
+def sized(size: int) -> Handler:
+    """An engine that answers ``size`` bytes of body with a Content-Length, as fast as it can."""
+
+    async def handler(reader: Reader, writer: Writer, server: Server) -> None:
+        await server.head(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % size)
+        try:
+            for _ in range(size // 65536):
+                writer.write(b"x" * 65536)
+                await writer.drain()
+        except ConnectionError:  # the client closed it: an answer too large
+            server.lost.set()
+            return
+        if await server.head(reader) is None:
+            server.lost.set()
+
+    return handler
+
+
+async def test_a_whole_answer_past_the_high_water_mark_is_read_whole(
+    serve: Serve, client: EngineClient
+) -> None:
+    size = 4 * HIGH_WATER
+    server = await serve(sized(size))
+    resp = await client.post(server.url, b"{}", HEADERS)
+    await asyncio.sleep(0.3)  # not read yet: reading paused at the mark, as for a stream
+    assert resp._paused
+    assert len(await resp.read()) == size  # read() resumes it, and does not pause again
+    resp.release()
+    assert client._idle.get(client.target(server.url).key)  # read to its end: kept for the next call
+
+
+async def test_a_whole_answer_past_its_bound_is_too_large_and_its_connection_closed(serve: Serve) -> None:
+    c = EngineClient(connect_timeout_s=2, read_timeout_s=2, max_answer_bytes=2 * HIGH_WATER)
+    try:
+        server = await serve(sized(8 * HIGH_WATER))
+        resp = await c.post(server.url, b"{}", HEADERS)
+        with pytest.raises(AnswerTooLarge, match="larger than 2097152 bytes"):
+            await resp.read()
+        assert resp._buffered == 0  # what came is not kept
+        resp.release()
+        await asyncio.wait_for(server.lost.wait(), 5)  # the engine sees the connection close
+        assert not c._idle.get(c.target(server.url).key)
+        ok = await c.post((await serve(keep_alive)).url, b"{}", HEADERS)  # the client still works
+        assert await ok.read() == b'{"ok":true}'
+        ok.release()
+    finally:
+        await c.close()
 
 
 async def test_credentials_in_the_url_unless_the_replica_has_a_key(

@@ -644,6 +644,41 @@ async def test_metrics_may_need_the_admin_key(engine: FakeEngine) -> None:
         assert (await anonymous.get("/readyz")).status_code == 200  # probes stay open
 
 
+# ---------------------------------------------------------------------------- 15b. big answers
+async def test_a_whole_answer_over_a_mib_arrives_and_one_over_the_bound_is_a_502(engine: FakeEngine) -> None:
+    """A whole answer is not paused by the streams' back-pressure mark (1 MiB: it waited for the
+    read timeout and became a 502) and is bounded by ``max_answer_bytes``; a stream's event too."""
+    pool = make_pool(endpoint(engine.url))
+    ask = {"model": CHAT, "messages": HELLO}
+    async with serve_gateway(pool, GatewayConfig(max_answer_bytes=4 << 20)) as gw, http_client(gw) as client:
+        engine.answer = "x" * (3 << 20)  # 3 MiB of content: over the mark, under the bound
+        resp = await within(client.post("/v1/chat/completions", json=ask), "3 MiB")
+        assert resp.status_code == 200, resp.text[:300]
+        assert resp.json()["choices"][0]["message"]["content"] == engine.answer
+
+        engine.answer = "x" * (5 << 20)
+        resp = await within(client.post("/v1/chat/completions", json=ask), "5 MiB")
+        err = assert_openai_error(resp, 502)
+        assert "larger than 4194304 bytes" in err["message"]
+
+        engine.answer = "Paris."  # the gateway still answers (a fresh engine connection)
+        resp = await within(client.post("/v1/chat/completions", json=ask), "next")
+        assert resp.status_code == 200 and resp.json()["choices"][0]["message"]["content"] == "Paris."
+
+        engine.chunks = ["y" * (9 << 20)]  # one streamed event over MAX_EVENT_BYTES (8 MiB)
+        body = {"model": CHAT, "messages": HELLO, "stream": True}
+
+        async def read_all() -> list[str]:
+            async with client.stream("POST", "/v1/chat/completions", json=body) as r:
+                assert r.status_code == 200
+                return [line async for line in r.aiter_lines()]
+
+        data = sse_data(await within(read_all(), "the stream with a 9 MiB event to end"))
+        last = json.loads(data[-1])
+        assert set(last) == {"error"} and "larger than" in last["error"]["message"]
+        assert "[DONE]" not in data and not any("y" * 100 in d for d in data)
+
+
 # ---------------------------------------------------------------------------- 16. engine dies mid-stream
 async def test_engine_dying_mid_stream_ends_the_stream_with_an_error_event(
     client: httpx.AsyncClient, oai: openai.AsyncOpenAI, gateway: Gateway, engine: FakeEngine

@@ -219,3 +219,17 @@ def test_usage_parse(usage: object, expect: Usage | None) -> None:
 )
 def test_from_body(body: bytes, expect: Usage | None) -> None:
     assert from_body(body) == expect
+
+
+def test_an_event_that_never_ends_is_too_large_not_held_forever() -> None:
+    from m2a.gateway.engine_http import AnswerTooLarge
+    from m2a.gateway.usage import MAX_EVENT_BYTES
+
+    tap = StreamTap(strip_usage=False)
+    piece = b"data: " + b"x" * (1 << 20)
+    sent, _ = tap.feed(event(chunk("a")) + piece)  # a whole event, then the start of an endless one
+    assert sent == event(chunk("a"))
+    with pytest.raises(AnswerTooLarge):
+        for _ in range(MAX_EVENT_BYTES // len(piece) + 1):
+            tap.feed(b"x" * len(piece))
+    assert tap.rest() == b""  # what it held is dropped, not sent

@@ -170,6 +170,12 @@ class GatewayConfig(_Strict):
     port: int = Field(default=8000, ge=0, le=65535)
     max_body_bytes: int = Field(default=8 << 20, ge=1024, description="Larger request bodies get 413.")
     upstream_timeout_s: float = Field(default=600.0, gt=0, description="Longest wait for an engine.")
+    max_answer_bytes: int = Field(
+        default=128 << 20,
+        ge=1 << 20,
+        description="A whole engine answer, or one event of a stream, is held in memory up to this "
+        "size; a larger one gets 502 (a stream: an error event) and its engine connection is closed.",
+    )
     connect_timeout_s: float = Field(default=5.0, gt=0)
     gc_gen0_threshold: int = Field(
         default=50_000,

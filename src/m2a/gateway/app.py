@@ -146,7 +146,7 @@ def create_app(
         from m2a.metal.prometheus import DeviceCollector
 
         metrics.registry.register(DeviceCollector())
-    upstream = Upstream(cfg.connect_timeout_s, cfg.upstream_timeout_s)
+    upstream = Upstream(cfg.connect_timeout_s, cfg.upstream_timeout_s, cfg.max_answer_bytes)
     router = router or Router(pool)
     forwarder = Forwarder(pool, upstream, metrics, tracer, router)
     routing = RouteRequests(pool, router)

@@ -14,6 +14,8 @@ engine client"):
   of the answer came (the engine closed it as the request went out) is retried once on a new one;
 * a streamed answer is read as it comes, with back-pressure: reading from the engine pauses while
   more than ``HIGH_WATER`` bytes wait for the client;
+* a whole answer is read without pausing, up to ``max_answer_bytes`` (it is held in memory): a
+  larger one closes the connection and is ``AnswerTooLarge``;
 * an answer abandoned before its end closes its connection, which makes the engine abort the
   request (vLLM does).
 
@@ -33,6 +35,7 @@ from urllib.parse import unquote, urlsplit
 import httptools
 
 HIGH_WATER = 1 << 20  # bytes of a streamed answer held for the client before reading pauses
+DEFAULT_MAX_ANSWER = 128 << 20  # bytes of a whole answer held at most (gateway.max_answer_bytes)
 
 
 class EngineHTTPError(Exception):
@@ -57,6 +60,10 @@ class ReadTimeout(EngineHTTPError, TimeoutError):
 
 class BadAnswer(EngineHTTPError):
     """The engine's answer is not valid HTTP."""
+
+
+class AnswerTooLarge(EngineHTTPError):
+    """A whole answer, or one event of a stream, larger than the gateway holds."""
 
 
 @dataclass(frozen=True)
@@ -103,9 +110,11 @@ def _header_lines(headers: dict[str, str]) -> bytes:
 class EngineResponse:
     """An engine's answer: status and headers when ``post`` returns, the body as it comes."""
 
-    def __init__(self, conn: _Conn, read_timeout_s: float) -> None:
+    def __init__(self, conn: _Conn, read_timeout_s: float, max_bytes: int = DEFAULT_MAX_ANSWER) -> None:
         self._conn = conn
         self._read_timeout_s = read_timeout_s
+        self._max_bytes = max_bytes
+        self._whole = False  # read() is collecting the whole body: no back-pressure, a bound
         self.status = 0
         self.headers: dict[str, str] = {}  # lower-case names
         self._raw_headers: list[tuple[bytes, bytes]] = []
@@ -143,10 +152,19 @@ class EngineResponse:
     def _on_body(self, data: bytes) -> None:
         self._chunks.append(data)
         self._buffered += len(data)
-        if self._buffered > HIGH_WATER and not self._paused and self._conn.transport is not None:
+        if self._whole:
+            self._bound()
+        elif self._buffered > HIGH_WATER and not self._paused and self._conn.transport is not None:
             self._paused = True
             self._conn.transport.pause_reading()
         self._wake()
+
+    def _bound(self) -> None:
+        """A whole answer past ``max_bytes``: the rest is not read (the connection is closed)."""
+        if self._buffered > self._max_bytes and self._error is None:
+            self._error = AnswerTooLarge(f"the engine's answer is larger than {self._max_bytes} bytes")
+            self._chunks, self._buffered = [], 0
+            self._conn.close()
 
     def _on_complete(self) -> None:
         self._complete = True
@@ -202,12 +220,18 @@ class EngineResponse:
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
     async def read(self) -> bytes:
-        """The whole body (what is left of it)."""
-        while not self._complete:
+        """The whole body (what is left of it), at most ``max_bytes`` (else ``AnswerTooLarge``)."""
+        self._whole = True
+        self._bound()
+        if self._paused and self._conn.transport is not None:  # paused before read() was called
+            self._paused = False
+            self._conn.transport.resume_reading()
+        while True:
             if self._error is not None:
                 raise self._error
+            if self._complete:
+                return self._take()
             await self._wait()
-        return self._take()
 
     async def iter_any(self) -> AsyncIterator[bytes]:
         """The body as it comes: whatever has arrived since the last piece."""
@@ -316,9 +340,16 @@ class _Conn(asyncio.Protocol):
 class EngineClient:
     """Engine calls over pooled keep-alive connections (the module docstring says what it does)."""
 
-    def __init__(self, connect_timeout_s: float, read_timeout_s: float, keepalive_s: float = 15.0) -> None:
+    def __init__(
+        self,
+        connect_timeout_s: float,
+        read_timeout_s: float,
+        keepalive_s: float = 15.0,
+        max_answer_bytes: int = DEFAULT_MAX_ANSWER,
+    ) -> None:
         self.connect_timeout_s = connect_timeout_s
         self.read_timeout_s = read_timeout_s
+        self.max_answer_bytes = max_answer_bytes
         self.keepalive_s = keepalive_s
         self._targets: dict[str, Target] = {}
         self._idle: dict[tuple[str, str, int], list[_Conn]] = {}
@@ -346,7 +377,7 @@ class EngineClient:
             reused = conn is not None
             if conn is None:
                 conn = await self._connect(t)
-            resp = conn.resp = EngineResponse(conn, self.read_timeout_s)
+            resp = conn.resp = EngineResponse(conn, self.read_timeout_s, self.max_answer_bytes)
             assert conn.transport is not None
             conn.transport.write(request)
             try:

@@ -27,6 +27,7 @@ from m2a.gateway import tracing
 from m2a.gateway.context import Outcome, StreamBlocked
 from m2a.gateway.engine_call import EngineCall
 from m2a.gateway.engine_http import (
+    AnswerTooLarge,
     ConnectFailed,
     ConnectTimeout,
     Disconnected,
@@ -110,6 +111,12 @@ class Outgoing:
             else:
                 self._bodies[takes] = self.body
         return self._bodies[takes]
+
+
+def _why(exc: BaseException) -> str:
+    """What a client is told of a failed engine call: the error's kind, never the engine's address;
+    the gateway's own size bound in its words."""
+    return str(exc) if isinstance(exc, AnswerTooLarge) else type(exc).__name__
 
 
 class Forwarder:
@@ -305,7 +312,7 @@ class Forwarder:
             except (EngineHTTPError, TimeoutError) as exc:
                 status = 502  # the engine went away, not the client (who got 200 and an error event)
                 self.metrics.upstream_errors.labels(model, ep.id).inc()
-                err = GatewayError(502, f"the engine stopped mid-stream: {type(exc).__name__}")
+                err = GatewayError(502, f"the engine stopped mid-stream: {_why(exc)}")
                 finish(200, tap.usage, tap.chunks, ttft, error=True)
                 yield f"data: {json.dumps(err.body())}\n\n".encode()
             finally:
@@ -337,7 +344,7 @@ class Forwarder:
             data = await unless_disconnected(request, resp.read())
         except (EngineHTTPError, TimeoutError) as exc:
             finish(502)
-            raise GatewayError(502, f"the engine failed to answer: {type(exc).__name__}") from exc
+            raise GatewayError(502, f"the engine failed to answer: {_why(exc)}") from exc
         if data is None:
             self.metrics.cancelled.labels(model).inc()
             finish(499)

@@ -11,7 +11,7 @@ from starlette.requests import Request
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from m2a.gateway.engine_http import EngineClient
+from m2a.gateway.engine_http import DEFAULT_MAX_ANSWER, EngineClient
 
 T = TypeVar("T")
 
@@ -19,13 +19,18 @@ T = TypeVar("T")
 class Upstream:
     """The engine client every engine call of the process shares (``gateway/engine_http.py``)."""
 
-    def __init__(self, connect_timeout_s: float, read_timeout_s: float) -> None:
+    def __init__(
+        self, connect_timeout_s: float, read_timeout_s: float, max_answer_bytes: int = DEFAULT_MAX_ANSWER
+    ) -> None:
         self.connect_timeout_s = connect_timeout_s
         self.read_timeout_s = read_timeout_s
+        self.max_answer_bytes = max_answer_bytes
         self.client: EngineClient | None = None
 
     async def open(self) -> None:
-        self.client = EngineClient(self.connect_timeout_s, self.read_timeout_s)
+        self.client = EngineClient(
+            self.connect_timeout_s, self.read_timeout_s, max_answer_bytes=self.max_answer_bytes
+        )
 
     async def close(self) -> None:
         if self.client is not None:

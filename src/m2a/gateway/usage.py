@@ -12,7 +12,10 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from m2a.gateway.engine_http import AnswerTooLarge
+
 _EVENT_END = re.compile(rb"\r?\n\r?\n")
+MAX_EVENT_BYTES = 8 << 20  # one event of a stream, held until its end: a larger one ends the stream
 _FINISH = re.compile(rb'"finish_reason"\s*:\s*"([a-z_]+)"')
 
 
@@ -67,12 +70,16 @@ class StreamTap:
         self._buf = b""
 
     def feed(self, data: bytes) -> tuple[bytes, bytes | None]:
-        """Bytes to send on now, and the ``[DONE]`` event if it arrived (send it after settling)."""
+        """Bytes to send on now, and the ``[DONE]`` event if it arrived (send it after settling).
+
+        An event still unfinished past ``MAX_EVENT_BYTES`` is ``AnswerTooLarge`` (an engine that
+        never ends its event must not fill the gateway's memory)."""
+        scanned = max(0, len(self._buf) - 3)  # what is held has no event end; one may straddle
         self._buf += data
         out: list[bytes] = []
         done: bytes | None = None
         pos = 0
-        for m in _EVENT_END.finditer(self._buf):
+        for m in _EVENT_END.finditer(self._buf, scanned):
             event = self._buf[pos : m.end()]
             pos = m.end()
             payload = _data(event)
@@ -87,6 +94,9 @@ class StreamTap:
                     self.finish_reasons += finish_reasons(payload)
             out.append(event)
         self._buf = self._buf[pos:]
+        if len(self._buf) > MAX_EVENT_BYTES:
+            self._buf = b""
+            raise AnswerTooLarge(f"an event of the engine's stream is larger than {MAX_EVENT_BYTES} bytes")
         return b"".join(out), done
 
     def _take_usage(self, payload: bytes) -> bool:

@@ -48,9 +48,9 @@ Key = tuple[str, int, int, str]
 
 def day_of(t: datetime) -> str:
     """The UTC day (YYYY-MM-DD) of a timestamp; a naive one is UTC already (SQLite drops the zone)."""
-    if t.tzinfo is not None:
+    if t.tzinfo is not None and t.tzinfo is not UTC:
         t = t.astimezone(UTC)
-    return t.strftime("%Y-%m-%d")
+    return t.date().isoformat()  # a third of strftime's time: twice per request in the ledger
 
 
 def _key(row: dict[str, Any]) -> Key:
