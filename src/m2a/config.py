@@ -173,8 +173,8 @@ class GatewayConfig(_Strict):
     max_answer_bytes: int = Field(
         default=128 << 20,
         ge=1 << 20,
-        description="A whole engine answer, or one event of a stream, is held in memory up to this "
-        "size; a larger one gets 502 (a stream: an error event) and its engine connection is closed.",
+        description="A whole engine answer is held in memory up to this size; a larger one gets 502 "
+        "and its engine connection is closed (one event of a stream is held up to 8 MiB).",
     )
     connect_timeout_s: float = Field(default=5.0, gt=0)
     gc_gen0_threshold: int = Field(
