@@ -156,11 +156,17 @@ async def test_precise_routing_from_a_simulated_engines_events() -> None:
                     body = {"model": "sim-model", "messages": messages, "max_tokens": 1}
                     (await http.post(f"{url}/chat/completions", json=body)).raise_for_status()
 
-                # a SUB socket misses what is published before it joined: prime every replica first
+                # A SUB socket misses what is published before it joined: prime every replica first.
+                # Each try is a new prompt: a repeated one hits the replica's cache, stores no block
+                # and publishes nothing, so a first event lost to a late join would never come again.
                 for i, url in enumerate(sim.urls):
-                    while f"r{i}" not in index.fed:
-                        await ask(url, [{"role": "user", "content": f"prime {i} " * 8}])
+                    for n in range(200):
+                        if f"r{i}" in index.fed:
+                            break
+                        await ask(url, [{"role": "user", "content": f"prime {i} try {n} " * 8}])
                         await asyncio.sleep(0.05)
+                    else:
+                        raise AssertionError(f"replica {i}'s KV events never reached the subscriber")
                 await ask(sim.urls[1], msgs)  # only replica 1 has seen the long prompt
                 want = block_hashes(tokens, 4)
                 await wait_for(lambda: all(index.holds("r1", h) for h in want))
