@@ -281,12 +281,14 @@ def rounds(
     prompt: str = "hi",
     chunks: int = 16,
     window: int = 128,
+    cpu_per_request: dict[tuple[bool, int], dict[str, float]] | None = None,
 ) -> dict[tuple[bool, int], dict[str, float]]:
     """Alternate the targets round by round at concurrency 1 and 16, JSON then streamed; print
     progress to stderr, then the table (one row per target and case), and return req/s by
     (stream, concurrency) and target. ``pids`` (target → process) adds each proxy's own CPU time
     per request, which other load on the machine disturbs far less than throughput. Streamed rows
-    add the median time to the first content character and to the ``window``-th."""
+    add the median time to the first content character and to the ``window``-th. ``cpu_per_request``,
+    if given, receives each measured proxy's CPU µs per request by the same keys as the rates."""
     pids = pids or {}
     rates: dict[tuple[bool, int], dict[str, float]] = {}
     rows: list[str] = []
@@ -325,6 +327,8 @@ def rounds(
             done, lats = len(got.latencies), got.latencies
             rates.setdefault((stream, c), {})[label] = done / secs
             per = f"{1e6 * cpu[label] / done:.0f}" if label in cpu and done else "-"
+            if cpu_per_request is not None and label in cpu and done:
+                cpu_per_request.setdefault((stream, c), {})[label] = 1e6 * cpu[label] / done
             rows.append(
                 f"| {kind} | {c} | {label} | {done / secs:.0f} | {pct(lats, 0.5)} | {pct(lats, 0.99)} | {per}"
                 f" | {pct(got.ttft, 0.5)} | {pct(got.at_window, 0.5)} |"

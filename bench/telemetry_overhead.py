@@ -4,6 +4,8 @@ Two `m2a up` processes serve the same mock engine (bench/mock_engine.py): one wi
 (a trace per request with four spans, exported to the embedded SQLite trace store; metrics by team,
 priority and replica), one with `telemetry.tracing: false` and `telemetry.trace_store: false`.
 Rounds alternate between them, with a team key, at concurrency 1 and 16, JSON and streamed.
+The cost is given twice: as the share of throughput lost, and as the share of the gateway's CPU
+time per request (psutil) added. The second is far less disturbed by other load on a small machine.
 
     .venv/bin/python bench/telemetry_overhead.py [--seconds 5] [--rounds 3]
 """
@@ -56,10 +58,19 @@ def main() -> None:
             ]
             for _, url, key in targets:
                 asyncio.run(load(url, key, 4, 1, False))
-            print("\n| answer | concurrency | cost of telemetry (share of throughput) |\n|---|---|---|")
-            for (stream, c), rate in rounds(targets, args.rounds, args.seconds).items():
+            pids = {"telemetry on": on_.pid, "telemetry off": off_.pid}
+            cpu: dict[tuple[bool, int], dict[str, float]] = {}
+            rates = rounds(targets, args.rounds, args.seconds, pids, cpu_per_request=cpu)
+            print(
+                "\n| answer | concurrency | cost of telemetry: throughput lost | CPU µs/req added |"
+                "\n|---|---|---|---|"
+            )
+            for (stream, c), rate in rates.items():
                 cost = 100 * (1 - rate["telemetry on"] / rate["telemetry off"])
-                print(f"| {'stream (16 chunks)' if stream else 'JSON'} | {c} | {cost:.1f}% |", flush=True)
+                on_cpu, off_cpu = cpu[(stream, c)]["telemetry on"], cpu[(stream, c)]["telemetry off"]
+                added = f"{on_cpu - off_cpu:+.0f} ({100 * (on_cpu / off_cpu - 1):+.1f}%)"
+                kind = "stream (16 chunks)" if stream else "JSON"
+                print(f"| {kind} | {c} | {cost:.1f}% | {added} |", flush=True)
             stored = httpx.get(f"{on_.root}/readyz").status_code  # still healthy after the run
             print(f"\ntelemetry-on gateway /readyz after the run: {stored}")
     finally:
