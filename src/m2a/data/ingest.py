@@ -21,10 +21,11 @@ half indexed and reported completed. A job that finds its lease taken over stops
 the chunks (they are the new holder's now).
 
 **Storage.** Before a file's chunks are embedded (its text's bytes), and again before they are
-written (text and vectors: what ``usage_bytes`` will count), the team's stores plus the file must
-fit its ``storage_bytes`` quota, or the file fails with ``last_error`` ``insufficient_quota`` (no
-tokens spent on a file that cannot be kept). Files ingested at once each see the others' bytes only
-once those are written, so together they may pass the quota by at most what they hold.
+written (text and vectors: what ``usage_bytes`` will count), the job reserves those bytes of its
+team's ``storage_bytes`` quota (``DataStore.reserve``, serialised per team), or the file fails with
+``last_error`` ``insufficient_quota`` (no tokens spent on a file that cannot be kept). Files ingested
+at once, by one process or several, count each other's reservations: together they never pass the
+quota.
 
 **Expiry.** Each sweep also marks the stores past their ``expires_at`` expired (``expire_due``) and
 drops their chunks from the backend.
@@ -230,7 +231,7 @@ class Ingestor:
             parsed = await asyncio.to_thread(parse, data, meta.filename, None, self.limits)
             strategy = chunking_strategy(json.loads(row.chunking_strategy))
             chunks = await asyncio.to_thread(chunk, parsed.text, self.tokenizer, strategy)
-            await self._fits(row.team_id, sum(record_bytes(c.text, 0) for c in chunks))
+            await self._fits(job, row.team_id, sum(record_bytes(c.text, 0) for c in chunks))
             vectors: list[list[float]] = []
             for i in range(0, len(chunks), self.batch):
                 await self._check(job)
@@ -243,7 +244,7 @@ class Ingestor:
             records = [
                 ChunkRecord(c.index, c.start, c.end, c.text, v) for c, v in zip(chunks, vectors, strict=True)
             ]
-            await self._fits(row.team_id, sum(record_bytes(r.text, len(r.vector)) for r in records))
+            await self._fits(job, row.team_id, sum(record_bytes(r.text, len(r.vector)) for r in records))
             usage = await self.backend.add(job.store_id, job.file_id, records, json.loads(row.attributes))
         except _Gone:
             await self._discard(job)
@@ -284,15 +285,15 @@ class Ingestor:
         else:  # detached, cancelled or re-attached while the chunks went in (or taken over)
             await self._lost_or_discard(job)
 
-    async def _fits(self, team_id: int, needed: int) -> None:
-        held = await self.rows.storage(team_id)
-        if held is None:
-            return
-        used, limit = held
-        if used + needed > limit:
+    async def _fits(self, job: Job, team_id: int, needed: int) -> None:
+        """Reserve ``needed`` bytes of the team's storage for the job, or fail it (over quota)."""
+        full = await self.rows.reserve(job.store_id, job.file_id, job.attempt, self.owner, team_id, needed)
+        if full is not None:
+            used, limit = full
             raise _OverQuota(
-                f"This file needs {needed} bytes of vector storage and the team's stores hold {used} of "
-                f"their storage_bytes quota of {limit}: delete files or stores, or ask an admin for more."
+                f"This file needs {needed} bytes of vector storage and the team's stores hold or reserve "
+                f"{used} of their storage_bytes quota of {limit}: delete files or stores, or ask an admin "
+                "for more."
             )
 
     async def _lost_or_discard(self, job: Job) -> None:

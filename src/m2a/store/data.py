@@ -13,8 +13,13 @@ cancelled or re-attached meanwhile stays as the API left it). The bytes of files
 once N days passed without activity (``expires_at``); from then on nothing revives it: ``expire_due``
 marks it ``status = "expired"`` for good (its files still in progress cancelled, its ``usage_bytes``
 zero: the ingestion sweep drops its chunks), and ``touch_store`` no longer moves its
-``last_active_at``. **Storage.** A team's storage is the sum of its stores' ``usage_bytes``
-(``team_usage_bytes``), held against its ``storage_bytes`` quota (``storage``).
+``last_active_at``. **Storage.** A team's storage is the sum of its stores' ``usage_bytes`` and
+of what its files in progress reserved (``team_usage_bytes``), held against its ``storage_bytes``
+quota (``storage``). An ingestion job reserves its bytes before it embeds and before it writes
+(``reserve``): under a lock (the team's row on PostgreSQL, the database's write lock on SQLite),
+so jobs running at once, in one process or several, never reserve more than the quota together.
+``finish`` moves a completed job's bytes from its reservation into its store's ``usage_bytes`` in
+one transaction; a job that fails, is cancelled or detached holds nothing any more.
 """
 
 from __future__ import annotations
@@ -30,12 +35,26 @@ from sqlalchemy import Select, delete, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from m2a.store.limits import STORAGE
-from m2a.store.schema import DataFile, Quota, VectorStoreFileBatchRow, VectorStoreFileRow, VectorStoreRow
+from m2a.store.schema import (
+    DataFile,
+    Quota,
+    Team,
+    VectorStoreFileBatchRow,
+    VectorStoreFileRow,
+    VectorStoreRow,
+)
 
 STATUSES = ("in_progress", "completed", "cancelled", "failed")
 EXPIRED = "expired"
 DAY = timedelta(days=1)
 R = TypeVar("R")
+
+
+class _NoRoom(Exception):
+    """A reservation that does not fit (raised inside its transaction, which rolls it back)."""
+
+    def __init__(self, held: int, limit: int) -> None:
+        self.held, self.limit = held, limit
 
 
 def now() -> datetime:
@@ -333,29 +352,64 @@ class DataStore:
 
     @staticmethod
     async def _used(s: AsyncSession, team_id: int) -> int:
-        used = await s.execute(
-            select(func.coalesce(func.sum(VectorStoreRow.usage_bytes), 0)).where(
-                VectorStoreRow.team_id == team_id
-            )
+        stored = select(func.coalesce(func.sum(VectorStoreRow.usage_bytes), 0)).where(
+            VectorStoreRow.team_id == team_id
         )
+        reserved = select(func.coalesce(func.sum(VectorStoreFileRow.reserved_bytes), 0)).where(
+            VectorStoreFileRow.team_id == team_id, VectorStoreFileRow.status == "in_progress"
+        )
+        used = await s.execute(select(stored.scalar_subquery() + reserved.scalar_subquery()))
         return int(used.scalar() or 0)
 
+    @staticmethod
+    async def _limit(s: AsyncSession, team_id: int) -> int | None:
+        found = await s.execute(
+            select(func.min(Quota.limit)).where(
+                Quota.team_id == team_id, Quota.key_id.is_(None), Quota.metric == STORAGE
+            )
+        )
+        limit = found.scalar()
+        return None if limit is None else int(limit)
+
     async def team_usage_bytes(self, team_id: int) -> int:
-        """What the team's vector stores hold (their ``usage_bytes``), all together."""
+        """What the team's vector stores hold (their ``usage_bytes``) and its files in progress
+        reserved, all together."""
         async with self._session() as s:
             return await self._used(s, team_id)
 
     async def storage(self, team_id: int) -> tuple[int, int] | None:
-        """What the team's stores hold and its ``storage_bytes`` limit (the lowest, should there be
-        several), in one session; None when the team has no such limit."""
+        """What the team's stores hold (reservations included) and its ``storage_bytes`` limit (the
+        lowest, should there be several), in one session; None when the team has no such limit."""
         async with self._session() as s:
-            found = await s.execute(
-                select(func.min(Quota.limit)).where(
-                    Quota.team_id == team_id, Quota.key_id.is_(None), Quota.metric == STORAGE
+            limit = await self._limit(s, team_id)
+            return None if limit is None else (await self._used(s, team_id), limit)
+
+    async def reserve(
+        self, store_id: str, file_id: str, attempt: int, owner: str, team_id: int, needed: int
+    ) -> tuple[int, int] | None:
+        """Hold ``needed`` bytes of the team's storage for the job (replacing what it held), if they
+        fit its ``storage_bytes`` quota: None when reserved (or the job is no longer this owner's:
+        its next lease check says so); ``(held by everything else, limit)`` when they do not fit,
+        and then nothing changes. Serialised per team, so two jobs never both take the last room."""
+        try:
+            async with self._session() as s, s.begin():
+                if self.engine.dialect.name == "postgresql":  # every reservation of the team waits here
+                    await s.execute(select(Team.id).where(Team.id == team_id).with_for_update())
+                # The job's own row first: on SQLite this write takes the database's write lock, so
+                # what is read below is the latest, and no other reservation lands before it commits.
+                mine = await s.execute(
+                    update(VectorStoreFileRow)
+                    .where(*self._leased(store_id, file_id, attempt), VectorStoreFileRow.lease_owner == owner)
+                    .values(reserved_bytes=needed)
                 )
-            )
-            limit = found.scalar()
-            return None if limit is None else (await self._used(s, team_id), int(limit))
+                if not mine.rowcount:
+                    return None
+                limit = await self._limit(s, team_id)
+                if limit is not None and (used := await self._used(s, team_id)) > limit:
+                    raise _NoRoom(used - needed, limit)  # rolls the reservation back
+        except _NoRoom as full:
+            return full.held, full.limit
+        return None
 
     async def file_counts(self, store_id: str, batch_id: str | None = None) -> dict[str, int]:
         """Files per status (every status present, and ``total``), of a store or of one of its batches."""
@@ -402,6 +456,7 @@ class DataStore:
             row.attributes = _dumps(attributes)
             row.chunking_strategy = _dumps(chunking)
             row.usage_bytes = 0
+            row.reserved_bytes = 0
             row.attempt = (row.attempt or 0) + 1
             row.lease_owner, row.lease_until = None, None  # a new attempt: whoever takes it first
             await s.execute(
@@ -585,7 +640,8 @@ class DataStore:
         owner: str | None = None,
     ) -> bool:
         """End the job (only if it is still this attempt and in progress, and, given an ``owner``,
-        still leased to it); whether it was."""
+        still leased to it); whether it was. Its reservation ends; a completed job's ``usage_bytes``
+        join its store's in the same transaction (the caller settles the exact figure after)."""
         held = () if owner is None else (VectorStoreFileRow.lease_owner == owner,)
         async with self._session() as s, s.begin():
             done = await s.execute(
@@ -594,11 +650,18 @@ class DataStore:
                 .values(
                     status=status,
                     usage_bytes=usage_bytes,
+                    reserved_bytes=0,
                     last_error=_dumps(last_error) if last_error else None,
                     lease_owner=None,
                     lease_until=None,
                 )
             )
+            if done.rowcount and status == "completed" and usage_bytes:
+                await s.execute(
+                    update(VectorStoreRow)
+                    .where(VectorStoreRow.id == store_id, VectorStoreRow.status != EXPIRED)
+                    .values(usage_bytes=VectorStoreRow.usage_bytes + usage_bytes)
+                )
             return bool(done.rowcount)
 
     # -- file batches ---------------------------------------------------------------------------

@@ -193,6 +193,8 @@ class VectorStoreFileRow(Base):
     attributes: Mapped[str] = mapped_column(Text, default="{}")  # JSON
     chunking_strategy: Mapped[str] = mapped_column(Text)  # JSON, as OpenAI reports it
     usage_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    # what the attempt in progress holds of its team's storage_bytes quota (``DataStore.reserve``)
+    reserved_bytes: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     attempt: Mapped[int] = mapped_column(Integer, default=0)  # bumped by every (re)queue: stale jobs lose
     lease_owner: Mapped[str | None] = mapped_column(String(64), nullable=True)  # the process working it
