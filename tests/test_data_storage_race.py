@@ -132,13 +132,14 @@ async def test_files_ingested_at_once_by_two_processes_stay_within_the_quota(
     database: Database,  # noqa: F811
     tmp_path: Path,
 ) -> None:
-    """Six files at once, two ingestors on two engines, room for about two: the files that complete
-    fit the quota, the others fail with ``insufficient_quota``, and what the stores hold is within it."""
+    """Five files at once, two ingestors on two engines, room for two and a half beside a first one:
+    two complete, three fail with ``insufficient_quota`` before any token is spent on them, and what
+    the stores hold is within the quota."""
     one, two = await database.open(), await database.open()
     ids = IdentityStore(one)
     rows = DataStore(one)
     blobs = FileBlobs(tmp_path / "files")
-    team_id, store_id, jobs = await team_with_files(rows, ids, 1, blobs)
+    team_id, store_id, [first] = await team_with_files(rows, ids, 1, blobs)
     backend = build_backend("sqlite", path=tmp_path / "vectors.db")
     await backend.create_store(store_id)
     embed = HeldEmbedder()
@@ -152,27 +153,33 @@ async def test_files_ingested_at_once_by_two_processes_stay_within_the_quota(
         await solo.start()  # its sweep finds the one file
         await asyncio.wait_for(solo.idle(), WAIT_S)
         await solo.close()
-        done = (await file_rows(one, store_id))[jobs[0][1]]
+        done = (await file_rows(one, store_id))[first[1]]
         assert done.status == "completed" and done.usage_bytes > 0
         each = done.usage_bytes
         await QuotaStore(one).set("team-q", [(STORAGE, NO_WINDOW, each * 3 + each // 2)])
-        jobs = await attach_files(rows, team_id, store_id, range(1, 6), blobs)
+        await attach_files(rows, team_id, store_id, range(1, 6), blobs)
 
         embed.go.clear()
         embed.calls = 0
         for w in workers:
             await w.start()  # each sweeps the five files; the lease gives each to one of them
-        # Every job reserves its text's bytes before it embeds: once the embedder holds as many
-        # calls as fit, and the others have failed, let them go on.
-        await asyncio.sleep(0.5)
+
+        # Every job reserves its text's bytes before it embeds (the text is nearly all of a file's
+        # bytes): two fit, and with the embedder holding those two, the other three fail at once.
+        async def failed() -> int:
+            return sum(f.status == "failed" for f in (await file_rows(one, store_id)).values())
+
+        async with asyncio.timeout(WAIT_S):
+            while embed.calls < 2 or await failed() < 3:
+                await asyncio.sleep(0.05)
         embed.go.set()
         for w in workers:
             await asyncio.wait_for(w.idle(), WAIT_S)
         files = await file_rows(one, store_id)
         statuses = sorted(f.status for f in files.values())
         assert statuses.count("completed") == 3, statuses  # the first file and two of the five
-        failed = [f for f in files.values() if f.status == "failed"]
-        assert len(failed) == 3 and all("insufficient_quota" in (f.last_error or "") for f in failed)
+        refused = [f for f in files.values() if f.status == "failed"]
+        assert len(refused) == 3 and all("insufficient_quota" in (f.last_error or "") for f in refused)
         used, limit = await rows.storage(team_id) or (0, 0)
         assert used == sum(f.usage_bytes for f in files.values()) == await backend.usage_bytes(store_id)
         assert used <= limit
