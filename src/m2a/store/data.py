@@ -393,8 +393,10 @@ class DataStore:
         and then nothing changes. Serialised per team, so two jobs never both take the last room."""
         try:
             async with self._session() as s, s.begin():
-                if self.engine.dialect.name == "postgresql":  # every reservation of the team waits here
-                    await s.execute(select(Team.id).where(Team.id == team_id).with_for_update())
+                if self.engine.dialect.name == "postgresql":
+                    # Every reservation of the team waits here. FOR NO KEY UPDATE: inserts of rows
+                    # that reference the team (their foreign-key check) do not wait for it.
+                    await s.execute(select(Team.id).where(Team.id == team_id).with_for_update(key_share=True))
                 # The job's own row first: on SQLite this write takes the database's write lock, so
                 # what is read below is the latest, and no other reservation lands before it commits.
                 mine = await s.execute(
