@@ -10,9 +10,7 @@ queue, not the vectors) that can be held to freeze a job mid-way.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import io
-from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -26,29 +24,13 @@ from m2a.data.stores import build_backend
 from m2a.store.data import DataStore
 from m2a.store.identity import IdentityStore
 from m2a.store.schema import VectorStoreFileRow
+from tests.data_fixtures import STRATEGY, Embedder
 from tests.db_fixtures import Database, database  # noqa: F401
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 TEXT = b"Refunds are paid within 14 days. " * 40
-STRATEGY = {"type": "static", "static": {"max_chunk_size_tokens": 100, "chunk_overlap_tokens": 0}}
 WAIT_S = 30.0
 FILE = "file-" + "ab" * 12
-
-
-class Embedder:
-    """Counts calls; ``hold`` freezes every call until released."""
-
-    def __init__(self) -> None:
-        self.calls = 0
-        self.hold = asyncio.Event()
-        self.hold.set()
-        self.entered = asyncio.Event()
-
-    async def __call__(self, team_id: int, texts: Sequence[str]) -> list[list[float]]:
-        self.calls += 1
-        self.entered.set()
-        await self.hold.wait()
-        return [[b / 255 for b in hashlib.sha256(t.encode()).digest()[:8]] for t in texts]
 
 
 @pytest.fixture

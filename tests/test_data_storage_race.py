@@ -11,9 +11,7 @@ backend and a hash embedder held until every job has reserved (the test is about
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import io
-from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -28,10 +26,10 @@ from m2a.store.identity import IdentityStore
 from m2a.store.limits import NO_WINDOW, STORAGE
 from m2a.store.quotas import QuotaStore
 from m2a.store.schema import VectorStoreFileRow
+from tests.data_fixtures import STRATEGY, Embedder
 from tests.db_fixtures import Database, database  # noqa: F401
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
-STRATEGY = {"type": "static", "static": {"max_chunk_size_tokens": 100, "chunk_overlap_tokens": 0}}
 WAIT_S = 30.0
 
 
@@ -115,19 +113,6 @@ async def file_rows(engine: AsyncEngine, store_id: str) -> dict[str, VectorStore
         return {r.file_id: r for r in found}
 
 
-class HeldEmbedder:
-    """A hash embedder that answers no call until ``release``."""
-
-    def __init__(self) -> None:
-        self.go = asyncio.Event()
-        self.calls = 0
-
-    async def __call__(self, team_id: int, texts: Sequence[str]) -> list[list[float]]:
-        self.calls += 1
-        await self.go.wait()
-        return [[b / 255 for b in hashlib.sha256(t.encode()).digest()[:8]] for t in texts]
-
-
 async def test_files_ingested_at_once_by_two_processes_stay_within_the_quota(
     database: Database,  # noqa: F811
     tmp_path: Path,
@@ -142,14 +127,14 @@ async def test_files_ingested_at_once_by_two_processes_stay_within_the_quota(
     team_id, store_id, [first] = await team_with_files(rows, ids, 1, blobs)
     backend = build_backend("sqlite", path=tmp_path / "vectors.db")
     await backend.create_store(store_id)
-    embed = HeldEmbedder()
+    embed = Embedder()
     workers = [
         Ingestor(DataStore(engine), backend, blobs, embed, workers=3, batch=64) for engine in (one, two)
     ]
     try:
         # One file's text and vectors, measured: a lone ingestion with no quota.
         solo = Ingestor(rows, backend, blobs, embed, workers=1, batch=64)
-        embed.go.set()
+        embed.hold.set()
         await solo.start()  # its sweep finds the one file
         await asyncio.wait_for(solo.idle(), WAIT_S)
         await solo.close()
@@ -159,7 +144,7 @@ async def test_files_ingested_at_once_by_two_processes_stay_within_the_quota(
         await QuotaStore(one).set("team-q", [(STORAGE, NO_WINDOW, each * 3 + each // 2)])
         await attach_files(rows, team_id, store_id, range(1, 6), blobs)
 
-        embed.go.clear()
+        embed.hold.clear()
         embed.calls = 0
         for w in workers:
             await w.start()  # each sweeps the five files; the lease gives each to one of them
@@ -172,7 +157,7 @@ async def test_files_ingested_at_once_by_two_processes_stay_within_the_quota(
         async with asyncio.timeout(WAIT_S):
             while embed.calls < 2 or await failed() < 3:
                 await asyncio.sleep(0.05)
-        embed.go.set()
+        embed.hold.set()
         for w in workers:
             await asyncio.wait_for(w.idle(), WAIT_S)
         files = await file_rows(one, store_id)
