@@ -112,6 +112,21 @@ async def test_a_prompt_with_a_secret_is_refused_without_echoing_it(engine: Fake
     assert len(engine.requests) == 1  # only the clean one reached the engine
 
 
+async def test_a_prompt_sent_again_gets_the_same_decision_from_the_memo(engine: FakeEngine) -> None:
+    engine.requests.clear()
+    async with gateway(engine, "mask_secrets") as (client, app):
+        history = [{"role": "user", "content": f"use {AWS} for the upload"}]
+        for turn in range(3):  # a chat resends its history with every turn
+            resp = await client.post("/v1/chat/completions", json={"model": "chat", "messages": history})
+            assert resp.status_code == 200
+            history += [{"role": "assistant", "content": "ok"}, {"role": "user", "content": f"turn {turn}"}]
+        policy = app.state.guards.policies["mask_secrets"]
+        assert policy.memo.hits >= 2  # the first message was examined once, replayed twice
+    for r in engine.requests:  # masked every time
+        assert AWS not in r.json["messages"][0]["content"]
+        assert r.json["messages"][0]["content"].startswith("use [")
+
+
 async def test_a_masked_prompt_reaches_the_engine_masked(engine: FakeEngine) -> None:
     engine.requests.clear()
     async with gateway(engine, "mask_secrets") as (client, _):

@@ -10,6 +10,7 @@ start time, so the slots of a process that died free themselves after ``stale_s`
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -31,6 +32,10 @@ class Counters(Protocol):
 
     async def settle(self, charges: list[Charge], deltas: list[int], token: str) -> None:
         """Correct window counters by ``deltas`` (actual minus reserved); free concurrency slots."""
+
+    # Counters that settle in this process without waiting: ``settle`` done at once, with no task
+    # (None: ``settle`` is awaited in a task of its own).
+    settle_now: Callable[[list[Charge], list[int], str], None] | None
 
     async def value(self, key: str) -> int:
         """The counter's current value (tests, `m2a quotas show`)."""
@@ -77,6 +82,9 @@ class Memory:
         return None
 
     async def settle(self, charges: list[Charge], deltas: list[int], token: str) -> None:
+        self.settle_now(charges, deltas, token)
+
+    def settle_now(self, charges: list[Charge], deltas: list[int], token: str) -> None:
         now = time.time()
         for c, d in zip(charges, deltas, strict=True):
             if c.concurrency:
@@ -136,6 +144,8 @@ return 0
 
 class RedisCounters:
     """Counters in Redis, shared by every gateway process that points at the same server."""
+
+    settle_now = None  # settling is a round trip to Redis: awaited in a task
 
     def __init__(self, url: str, prefix: str = "m2a:q:") -> None:
         import redis.asyncio as redis  # only where Redis is configured

@@ -112,6 +112,14 @@ class Guards:
                 out.append(policy)
         return out
 
+    @staticmethod
+    def scope(principal: Principal | None) -> str | None:
+        """Whose texts a request's checks see, for the policies' memo (``guardrails/run.py`` ``Memo``):
+        the team, or the key of a caller without one; one tenant's texts never answer for another's."""
+        if principal is None:
+            return None
+        return f"team:{principal.team_id}" if principal.team_id is not None else f"key:{principal.key_id}"
+
     def record(
         self,
         verdict: Verdict,

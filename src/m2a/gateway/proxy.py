@@ -36,7 +36,7 @@ from m2a.gateway.engine_http import (
 )
 from m2a.gateway.errors import GatewayError, normalize_upstream_error
 from m2a.gateway.metrics import GatewayMetrics
-from m2a.gateway.upstream import Stream, Upstream, unless_disconnected
+from m2a.gateway.upstream import ClientWatch, Stream, Upstream
 from m2a.gateway.usage import StreamTap, finish_reasons, from_body
 from m2a.router.pipeline import Decision, Router
 from m2a.router.plugins import RouteRequest
@@ -249,15 +249,19 @@ class Forwarder:
         model, stream, request_id = out.model, out.stream, out.request_id
         call = EngineCall(out, self.metrics, self._done)
         started, reasons = call.started, call.reasons
+        watch = ClientWatch(request.receive)  # one watcher for both waits of a whole answer
         try:
-            connected = await unless_disconnected(request, self._connect(request, out))
+            connected = await watch.wait(self._connect(request, out))
         except GatewayError as exc:
+            watch.close()
             call.account(exc.status)
             raise
         except BaseException:
+            watch.close()
             call.account(499)
             raise
         if connected is None:  # the client left before the engine answered: the engine call is cancelled
+            watch.close()
             self.metrics.cancelled.labels(model).inc()
             call.account(499)
             return Response(status_code=499)
@@ -268,9 +272,13 @@ class Forwarder:
         headers = {"x-request-id": request_id, "x-m2a-replica": ep.id}
         if not stream or resp.status != 200:
             traced = out.span is not None and out.span.is_recording()  # finish reasons: for the trace
-            return await self._whole(
-                request, resp, model, headers, finish, reasons if traced else None, out.on_answer
-            )
+            try:
+                return await self._whole(
+                    watch, resp, model, headers, finish, reasons if traced else None, out.on_answer
+                )
+            finally:
+                watch.close()
+        watch.close()  # the stream's response watches the client from here
         tap = StreamTap(out.strip_usage)
 
         async def chunks() -> AsyncIterator[bytes]:
@@ -331,7 +339,7 @@ class Forwarder:
 
     async def _whole(
         self,
-        request: Request,
+        watch: ClientWatch,
         resp: EngineResponse,
         model: str,
         headers: dict[str, str],
@@ -341,7 +349,7 @@ class Forwarder:
     ) -> Response:
         """Read a whole answer, abandoning the engine call if the client disconnects first."""
         try:
-            data = await unless_disconnected(request, resp.read())
+            data = await watch.wait(resp.read())
         except (EngineHTTPError, TimeoutError) as exc:
             finish(502)
             raise GatewayError(502, f"the engine failed to answer: {_why(exc)}") from exc

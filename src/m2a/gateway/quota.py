@@ -163,7 +163,12 @@ class Ticket:
             else amounts(lim.metric, self.price, input_tokens, output_tokens, cached_tokens) - c.amount
             for lim, c in zip(self.limits, self.charges, strict=True)
         ]
-        self.quotas.spawn(self.quotas.counters.settle(self.charges, deltas, self.token))
+        counters = self.quotas.counters
+        at_once = getattr(counters, "settle_now", None)
+        if at_once is not None:  # in-process counters: no task to schedule
+            at_once(self.charges, deltas, self.token)
+        else:
+            self.quotas.spawn(counters.settle(self.charges, deltas, self.token))
 
 
 class Quotas:

@@ -46,10 +46,10 @@ from m2a.guardrails.base import (
     register_detector,
 )
 from m2a.guardrails.normalize import Prepared, View, prepare
-from m2a.guardrails.run import Budget, Result, acheck, check, redact, redact_messages
+from m2a.guardrails.run import Budget, Memo, Result, acheck, check, redact, redact_messages
 
 __all__ = [
     "DENYLIST", "LEAKAGE", "PII", "SECRET", "AnyDetector", "AsyncDetector", "Budget", "Context", "Detector",
-    "Finding", "Prepared", "Result", "UnknownDetector", "View", "acheck", "build", "build_all", "check",
-    "is_async", "known", "prepare", "redact", "redact_messages", "register_detector",
+    "Finding", "Memo", "Prepared", "Result", "UnknownDetector", "View", "acheck", "build", "build_all",
+    "check", "is_async", "known", "prepare", "redact", "redact_messages", "register_detector",
 ]  # fmt: skip

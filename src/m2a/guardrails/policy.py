@@ -74,6 +74,17 @@ class Policy:
         self._by_direction: dict[str, list[tuple[GuardrailRule, Detector]]] = {
             d: [(r, det) for r, det in self.rules if d in r.where] for d in ("input", "output", "tool")
         }
+        # Per direction, made once: the detectors and their rules by name (all of them, and the sync
+        # ones that ``check`` runs), whether any is async, and their timeouts.
+        by = self._by_direction
+        sync = {d: [(r, x) for r, x in p if not run_async(x)] for d, p in by.items()}
+        self._detectors = {d: [x for _, x in p] for d, p in by.items()}
+        self._rules = {d: {x.name: r for r, x in p} for d, p in by.items()}
+        self._sync_detectors = {d: [x for _, x in p] for d, p in sync.items()}
+        self._sync_rules = {d: {x.name: r for r, x in p} for d, p in sync.items()}
+        self._has_async = {d: len(sync[d]) < len(p) for d, p in by.items()}
+        self._timeouts = {d: {x.name: r.timeout_s for r, x in p} for d, p in by.items()}
+        self.memo = run.Memo()  # texts already examined, per scope (``check(..., scope=)``)
 
     @property
     def hold_chars(self) -> int:
@@ -86,35 +97,49 @@ class Policy:
         """Whether any detector for ``direction`` can run in a stream's chunk hook (not async)."""
         return any(not run_async(d) for _, d in self._by_direction[direction])
 
-    def check(self, direction: str, content: str | Sequence[Any], context: Context | None = None) -> Verdict:
-        """Check in-process (detectors that need I/O are left out: streams)."""
+    def check(
+        self,
+        direction: str,
+        content: str | Sequence[Any],
+        context: Context | None = None,
+        scope: str | None = None,
+    ) -> Verdict:
+        """Check in-process (detectors that need I/O are left out: streams). ``scope``: whose texts
+        these are (a team); given, a text examined before in that scope is not examined again."""
         started = time.perf_counter()
-        pairs = [(r, d) for r, d in self._by_direction[direction] if not run_async(d)]
-        result = run.check([d for _, d in pairs], content, self.budget, context=context)
-        return self._verdict(direction, pairs, result, started)
+        detectors = self._sync_detectors[direction]
+        result = run.check(detectors, content, self.budget, context=context, memo=self.memo, scope=scope)
+        return self._verdict(direction, self._sync_rules[direction], result, started)
 
     async def acheck(
-        self, direction: str, content: str | Sequence[Any], context: Context | None = None
+        self,
+        direction: str,
+        content: str | Sequence[Any],
+        context: Context | None = None,
+        scope: str | None = None,
     ) -> Verdict:
         """Check with every detector, slow ones (a model as judge, a remote service) within their
-        rule's ``timeout_s``."""
+        rule's ``timeout_s``. ``scope`` as for ``check`` (async detectors always run)."""
         started = time.perf_counter()
-        pairs = self._by_direction[direction]
-        acheck = getattr(run, "acheck", None)
-        if acheck is None or not any(run_async(d) for _, d in pairs):
-            result = run.check([d for _, d in pairs], content, self.budget, context=context)
+        detectors = self._detectors[direction]
+        if not self._has_async[direction]:
+            result = run.check(detectors, content, self.budget, context=context, memo=self.memo, scope=scope)
         else:
-            timeouts = {d.name: r.timeout_s for r, d in pairs}
-            result = await acheck(
-                [d for _, d in pairs], content, self.budget, context=context, timeout_s=timeouts
+            result = await run.acheck(
+                detectors,
+                content,
+                self.budget,
+                context=context,
+                timeout_s=self._timeouts[direction],
+                memo=self.memo,
+                scope=scope,
             )
-        return self._verdict(direction, pairs, result, started)
+        return self._verdict(direction, self._rules[direction], result, started)
 
     def _verdict(
-        self, direction: str, pairs: list[tuple[GuardrailRule, Detector]], result: run.Result, started: float
+        self, direction: str, rules: dict[str, GuardrailRule], result: run.Result, started: float
     ) -> Verdict:
         v = Verdict("allow", self.name, self.version, direction, errors=dict(result.errors))
-        rules = {d.name: r for r, d in pairs}
         for f in result.findings:
             rule = rules.get(f.detector)
             if rule is None or f.score < rule.threshold:

@@ -21,6 +21,10 @@ rest); one past it is cancelled and recorded in ``errors`` (``"TimeoutError"``) 
 ``check`` itself never waits on I/O: an async detector given to it is recorded in ``errors`` as
 ``"NeedsAsync"`` (the stream rails, sync per chunk, skip such detectors knowingly).
 
+``Memo``: with a memo and a *scope* (the tenant whose texts they are), a piece of text the sync
+detectors examined before, in the same scope and context, is not examined again: its findings are
+replayed (a chat's history is resent with every turn). ``Policy`` keeps one per profile.
+
 ``redact(text, findings)`` masks the spans (``[EMAIL]``, ``[SECRET]``…) and ``redact_messages`` does
 the same in a copy of the messages. Neither returns, logs nor describes the values themselves.
 """
@@ -29,6 +33,8 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import hashlib
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -114,14 +120,78 @@ def _valid(f: Any, n: int) -> bool:
 _Prepped = list[tuple[Piece, Prepared]]
 
 
-def _prepare(content: str | Sequence[Any], budget: Budget) -> tuple[Result, _Prepped, bool]:
-    """The pieces of ``content`` normalised within ``budget`` (newest first), the ``Result`` to fill
-    (``total`` and ``examined`` set), and whether some of the text was left out."""
+@dataclass(frozen=True, slots=True)
+class _Seen:
+    """What the sync detectors found in one piece of text (``found[i]``: detector i's answer)."""
+
+    truncated: bool
+    found: tuple[tuple[Finding, ...] | None, ...]
+
+
+class Memo:
+    """What the sync detectors found in texts they have already examined, so that a text sent again
+    (a chat's history, resent with every turn; an agent's system prompt and tool results) is not
+    examined again: a bounded LRU of ``max_entries``, kept by a ``Policy``.
+
+    An entry is keyed by the scope (the caller's tenant: one tenant's texts never answer for
+    another's), the detectors, the direction, and BLAKE2b digests of the system prompt and of the
+    text: no text is kept. Only built-in style sync detectors are memoised (they are pure
+    functions of the text and the context); async ones (a model as judge, a remote service) always
+    run, and a call in which a detector failed stores nothing. Texts longer than ``max_chars`` are
+    not memoised.
+    """
+
+    def __init__(self, max_entries: int = 4096, max_chars: int = 65_536) -> None:
+        self.max_entries = max_entries
+        self.max_chars = max_chars
+        self._seen: OrderedDict[tuple[Any, ...], _Seen] = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+    @staticmethod
+    def prefix(scope: str, detectors: Sequence[Any], ctx: Context) -> tuple[Any, ...] | None:
+        """What every key of one call shares; None when the context cannot be keyed (``extra``).
+        Detectors are told apart by identity: they must live as long as the memo (a ``Policy``'s do)."""
+        if ctx.extra:
+            return None
+        sp = ctx.system_prompt
+        return (scope, tuple(map(id, detectors)), ctx.direction, None if sp is None else _digest(sp))
+
+    @staticmethod
+    def key(prefix: tuple[Any, ...], text: str) -> tuple[Any, ...]:
+        return (*prefix, _digest(text))
+
+    def get(self, key: tuple[Any, ...]) -> _Seen | None:
+        seen = self._seen.get(key)
+        if seen is None:
+            self.misses += 1
+            return None
+        self.hits += 1
+        self._seen.move_to_end(key)
+        return seen
+
+    def put(self, key: tuple[Any, ...], seen: _Seen) -> None:
+        self._seen[key] = seen
+        self._seen.move_to_end(key)
+        while len(self._seen) > self.max_entries:
+            self._seen.popitem(last=False)
+
+
+def _digest(text: str) -> bytes:
+    return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+
+
+def _select(content: str | Sequence[Any], budget: Budget) -> tuple[Result, list[tuple[Piece, str]], bool]:
+    """The pieces of ``content`` within ``budget`` (newest first), each with the text examined, the
+    ``Result`` to fill (``total`` and ``examined`` set), and whether some of the text was left out."""
     items = pieces(content)
     result = Result(total=sum(len(t) for _, _, t in items))
     left = budget.max_chars
     short = False
-    prepared: _Prepped = []
+    chosen: list[tuple[Piece, str]] = []
     for piece in reversed(items):  # newest first: when the budget runs out, old history is left out
         text = piece[2]
         if left <= 0:
@@ -130,20 +200,81 @@ def _prepare(content: str | Sequence[Any], budget: Budget) -> tuple[Result, _Pre
         if len(text) > left:
             text, short = text[:left], True
         left -= len(text)
-        prep = prepare(text, depth=budget.decode_depth, max_decoded=budget.max_decoded)
-        short = short or prep.truncated
-        prepared.append((piece, prep))
+        chosen.append((piece, text))
     result.examined = budget.max_chars - left
-    return result, prepared, short
+    return result, chosen, short
+
+
+def _prep(text: str, budget: Budget) -> Prepared:
+    return prepare(text, depth=budget.decode_depth, max_decoded=budget.max_decoded)
+
+
+class _Pass:
+    """The sync detectors' pass over the pieces of one call, memoised where a ``Memo`` is given:
+    each piece is either seen before (its findings replayed) or prepared and examined."""
+
+    def __init__(self, chosen: list[tuple[Piece, str]], budget: Budget, memo: Memo | None,
+                 prefix: tuple[Any, ...] | None) -> None:  # fmt: skip
+        self.budget = budget
+        self.memo = memo if prefix is not None else None
+        self.rows: list[tuple[Piece, str, Prepared | None, _Seen | None, tuple[Any, ...] | None]] = []
+        short = False
+        for piece, text in chosen:
+            key = seen = None
+            if self.memo is not None and prefix is not None and len(text) <= self.memo.max_chars:
+                key = self.memo.key(prefix, text)
+                seen = self.memo.get(key)
+            prep = None if seen is not None else _prep(text, budget)
+            short = short or (seen.truncated if seen is not None else prep.truncated)  # type: ignore[union-attr]
+            self.rows.append((piece, text, prep, seen, key))
+        self.short = short
+
+    def prepared(self) -> _Prepped:
+        """Every piece prepared (for detectors that are not memoised)."""
+        out: _Prepped = []
+        for i, (piece, text, prep, seen, key) in enumerate(self.rows):
+            if prep is None:
+                prep = _prep(text, self.budget)
+                self.rows[i] = (piece, text, prep, seen, key)
+            out.append((piece, prep))
+        return out
+
+    def run(self, sync: Sequence[Detector], ctx: Context, result: Result) -> None:
+        fresh: list[list[tuple[Finding, ...] | None]] = [[] for _ in self.rows]
+        failed = False
+        for j, det in enumerate(sync):
+            try:
+                for i, (piece, text, prep, seen, _) in enumerate(self.rows):
+                    if seen is not None:
+                        got: Any = seen.found[j]
+                    else:
+                        assert prep is not None
+                        got = det.check(ctx, prep)
+                        got = None if got is None else tuple(got)
+                    _collect_n(result.findings, got, piece, len(text))
+                    if seen is None:
+                        fresh[i].append(got)
+            except Exception as exc:  # a detector's crash is a result, never the caller's exception
+                result.errors[_name(det)] = type(exc).__name__
+                failed = True
+        if self.memo is None or failed:
+            return
+        for (_, _, prep, seen, key), found in zip(self.rows, fresh, strict=True):
+            if seen is None and key is not None and prep is not None:
+                self.memo.put(key, _Seen(prep.truncated, tuple(found)))
 
 
 def _collect(out: list[Finding], got: Any, piece: Piece, prep: Prepared) -> None:
     """Validate one detector's answer for one piece and add its findings (message / part set)."""
+    _collect_n(out, got, piece, len(prep.original))
+
+
+def _collect_n(out: list[Finding], got: Any, piece: Piece, n: int) -> None:
     if got is None:
         return
     msg, part, _ = piece
     for f in got:
-        if not _valid(f, len(prep.original)):
+        if not _valid(f, n):
             raise TypeError("malformed finding")
         out.append(f if msg is None else replace(f, message=msg, part=part))
 
@@ -152,29 +283,34 @@ def _name(det: Any) -> str:
     return getattr(det, "name", type(det).__name__)
 
 
-def _run_sync(det: Detector, ctx: Context, prepared: _Prepped, result: Result) -> None:
-    try:
-        for piece, prep in prepared:
-            _collect(result.findings, det.check(ctx, prep), piece, prep)
-    except Exception as exc:  # a detector's crash is a result, never the caller's exception
-        result.errors[_name(det)] = type(exc).__name__
-
-
 def check(detectors: Sequence[AnyDetector], content: str | Sequence[Any], budget: Budget | None = None,
-          *, context: Context | None = None) -> Result:  # fmt: skip
+          *, context: Context | None = None, memo: Memo | None = None,
+          scope: str | None = None) -> Result:  # fmt: skip
     """Run ``detectors`` over ``content`` (a text or chat messages) within ``budget``. Async detectors
-    are not run: each is recorded in ``errors`` as ``"NeedsAsync"`` (use ``acheck`` for them)."""
+    are not run: each is recorded in ``errors`` as ``"NeedsAsync"`` (use ``acheck`` for them).
+    With a ``memo`` and a ``scope`` (whose texts these are), texts examined before in that scope are
+    not examined again (``Memo``)."""
     ctx = context or Context()
-    result, prepared, short = _prepare(content, budget or Budget())
+    b = budget or Budget()
+    result, chosen, short = _select(content, b)
+    sync: list[Detector] = []
     for det in detectors:
         if is_async(det):
             result.errors[_name(det)] = "NeedsAsync"
-            continue
-        if short:
-            result.over_budget.append(_name(det))
-        _run_sync(det, ctx, prepared, result)  # type: ignore[arg-type]
+        else:
+            sync.append(det)  # type: ignore[arg-type]
+    one = _Pass(chosen, b, memo, _prefix(memo, scope, sync, ctx))
+    if short or one.short:
+        result.over_budget.extend(_name(d) for d in sync)
+    one.run(sync, ctx, result)
     result.findings = merge(result.findings)
     return result
+
+
+def _prefix(
+    memo: Memo | None, scope: str | None, sync: Sequence[Detector], ctx: Context
+) -> tuple[Any, ...] | None:
+    return Memo.prefix(scope, sync, ctx) if memo is not None and scope is not None and sync else None
 
 
 _GRACE_S = 0.1  # how long a cancelled detector is given to stop
@@ -225,7 +361,8 @@ async def _run_async(det: AsyncDetector, ctx: Context, prepared: _Prepped, timeo
 
 async def acheck(detectors: Sequence[AnyDetector], content: str | Sequence[Any], budget: Budget | None = None,
                  *, context: Context | None = None,
-                 timeout_s: float | Mapping[str, float] = 5.0) -> Result:  # fmt: skip
+                 timeout_s: float | Mapping[str, float] = 5.0, memo: Memo | None = None,
+                 scope: str | None = None) -> Result:  # fmt: skip
     """``check`` for a mix of sync and async detectors: the text is prepared once, the sync detectors
     run as ``check`` runs them, the async ones concurrently (and with the sync ones), each within its
     own timeout — ``timeout_s`` seconds, or ``timeout_s[name]`` (``timeout_s["*"]`` for the others,
@@ -233,7 +370,11 @@ async def acheck(detectors: Sequence[AnyDetector], content: str | Sequence[Any],
     ``"TimeoutError"`` and in ``timed_out``; what it had found in the pieces it finished is kept.
     No detector's exception escapes."""
     ctx = context or Context()
-    result, prepared, short = _prepare(content, budget or Budget())
+    b = budget or Budget()
+    result, chosen, short = _select(content, b)
+    sync: list[Detector] = [d for d in detectors if not is_async(d)]  # type: ignore[misc]
+    one = _Pass(chosen, b, memo, _prefix(memo, scope, sync, ctx))
+    short = short or one.short
     if isinstance(timeout_s, Mapping):
         default = float(timeout_s.get("*", 5.0))
         limit = lambda name: float(timeout_s.get(name, default))  # noqa: E731
@@ -242,15 +383,15 @@ async def acheck(detectors: Sequence[AnyDetector], content: str | Sequence[Any],
     if short:
         result.over_budget.extend(_name(d) for d in detectors)
     runs: list[tuple[str, list[Finding], asyncio.Future[str | None]]] = []
-    for det in detectors:
-        if is_async(det):
-            found: list[Finding] = []
-            name = _name(det)
-            fut = asyncio.ensure_future(_run_async(det, ctx, prepared, limit(name), found))
-            runs.append((name, found, fut))
-    for det in detectors:  # the sync ones meanwhile (cheap: they do not wait)
-        if not is_async(det):
-            _run_sync(det, ctx, prepared, result)  # type: ignore[arg-type]
+    if len(sync) < len(detectors):
+        prepared = one.prepared()
+        for det in detectors:
+            if is_async(det):
+                found: list[Finding] = []
+                name = _name(det)
+                fut = asyncio.ensure_future(_run_async(det, ctx, prepared, limit(name), found))
+                runs.append((name, found, fut))
+    one.run(sync, ctx, result)  # the sync ones meanwhile (cheap: they do not wait)
     if runs:
         try:
             await asyncio.wait([fut for _, _, fut in runs])

@@ -48,6 +48,8 @@ END_FIELDS = (
     "cost",
 )
 ROTATE_BYTES = 8 << 20
+# Made once: json.dumps with separators builds a new encoder on every call.
+_compact = json.JSONEncoder(separators=(",", ":")).encode
 PROGRESS_EVERY_S = 0.5  # a stream's relayed tokens are written to the journal at most this often
 
 
@@ -129,7 +131,7 @@ class Ledger:
         self._fd, self._path = fd, path
 
     def _write(self, entry: dict[str, Any]) -> None:
-        os.write(self._fd, json.dumps(entry, separators=(",", ":")).encode() + b"\n")
+        os.write(self._fd, _compact(entry).encode() + b"\n")
 
     def begin(self, request_id: str, **fields: Any) -> None:
         """Record that a request is going to an engine (call before sending it)."""

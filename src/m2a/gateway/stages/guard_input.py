@@ -14,7 +14,7 @@ import json
 from typing import Any
 
 from m2a.gateway.context import RequestContext
-from m2a.gateway.guards import refusal
+from m2a.gateway.guards import Guards, refusal
 from m2a.gateway.stages import Stage, stage
 from m2a.gateway.stages.ledger import record_refused
 from m2a.guardrails.base import Context
@@ -87,7 +87,7 @@ class GuardInput(Stage):
         self, ctx: RequestContext, policy: Any, direction: str, content: Any, param: str
     ) -> Verdict:
         s = self.services
-        v = await policy.acheck(direction, content, Context(direction=direction))
+        v = await policy.acheck(direction, content, Context(direction=direction), Guards.scope(ctx.principal))
         ctx.verdicts.append(v)
         assert s.guards is not None
         s.guards.record(v, ctx.principal, s.metrics, s.tracer, ctx.span)

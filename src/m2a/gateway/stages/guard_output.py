@@ -20,7 +20,7 @@ import json
 from typing import Any
 
 from m2a.gateway.context import RequestContext, StreamBlocked
-from m2a.gateway.guards import refusal
+from m2a.gateway.guards import Guards, refusal
 from m2a.gateway.stages import Stage, stage
 from m2a.gateway.stream_rail import Blocked, StreamRail
 from m2a.guardrails.base import Context
@@ -122,7 +122,9 @@ class GuardOutput(Stage):
                     i["content"] or i.get("tool_calls") for i in items
                 ):
                     continue
-                v = await policy.acheck(direction, items, self._context(ctx, direction))
+                v = await policy.acheck(
+                    direction, items, self._context(ctx, direction), Guards.scope(ctx.principal)
+                )
                 self._record(ctx, v)
                 if v.decision == "deny":
                     ctx.blocked = v
