@@ -122,6 +122,9 @@ async def test_a_prompt_sent_again_gets_the_same_decision_from_the_memo(engine: 
             history += [{"role": "assistant", "content": "ok"}, {"role": "user", "content": f"turn {turn}"}]
         policy = app.state.guards.policies["mask_secrets"]
         assert policy.memo.hits >= 2  # the first message was examined once, replayed twice
+        metrics = (await client.get("/metrics")).text
+        hits = f'm2a_guardrail_memo_hits_total{{policy="mask_secrets"}} {float(policy.memo.hits)}'
+        assert hits in metrics and 'm2a_guardrail_memo_entries{policy="mask_secrets"}' in metrics
     for r in engine.requests:  # masked every time
         assert AWS not in r.json["messages"][0]["content"]
         assert r.json["messages"][0]["content"].startswith("use [")

@@ -27,7 +27,7 @@ from m2a.gateway.counters import Memory
 from m2a.gateway.errors import GatewayError, error_response
 from m2a.gateway.extensions import ExtensionFactory, Host
 from m2a.gateway.guard_api import GuardAPI
-from m2a.gateway.guards import Guards
+from m2a.gateway.guards import Guards, MemoCollector
 from m2a.gateway.metrics import GatewayMetrics
 from m2a.gateway.pipeline import Pipeline, Services
 from m2a.gateway.priority import PriorityGate
@@ -180,6 +180,7 @@ def create_app(
         store = GuardrailStore(identity.engine) if identity is not None else None
         guards = Guards(GuardrailsConfig(default_profile=None), store=store)
     access.on_change.append(guards.reload)
+    metrics.registry.register(MemoCollector(guards))
     services = Services(
         cfg, pool, access, quotas, gate, ledger, metrics, tracer, record_content, routing, forwarder, guards
     )

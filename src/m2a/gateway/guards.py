@@ -20,6 +20,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry.trace import Span, Tracer
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from m2a.config import GuardrailProfile, GuardrailsConfig, ModelConfig
 from m2a.gateway import tracing
@@ -209,3 +210,23 @@ def guardrail_info(verdict: Verdict) -> dict[str, object]:
         "category": verdict.category,
         "detector": verdict.detector,
     }
+
+
+class MemoCollector:
+    """The policies' memos on ``/metrics`` (read when scraped: nothing is counted per request):
+    texts replayed from a memo, texts examined, and entries held, per policy."""
+
+    def __init__(self, guards: Guards) -> None:
+        self.guards = guards
+
+    def collect(self) -> Any:
+        by = ["policy"]
+        hits = CounterMetricFamily("m2a_guardrail_memo_hits", "Texts replayed from a policy memo", labels=by)
+        misses = CounterMetricFamily("m2a_guardrail_memo_misses", "Texts a policy examined anew", labels=by)
+        entries = GaugeMetricFamily("m2a_guardrail_memo_entries", "Texts a policy's memo holds", labels=by)
+        for name, policy in sorted(self.guards.policies.items()):
+            hits.add_metric([name], policy.memo.hits)
+            misses.add_metric([name], policy.memo.misses)
+            entries.add_metric([name], len(policy.memo))
+        yield from (hits, misses, entries)
+
