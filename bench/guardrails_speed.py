@@ -11,7 +11,8 @@ pii + secrets (the target: under 1 ms p50 on the ASCII prompt). Times are per ca
 word computed afresh: the cost of a text made of words never seen), ``attack`` is the same prompt
 with an injection in its middle (a finding, its span located).
 ``--policy NAME`` adds a built-in profile's ``Policy.check`` both ways (per rule's detector too) on
-a clean 2 kB text and the stream rail's cost per 4-character chunk of a 2 kB answer.
+a clean 2 kB text, a chat's tenth turn (ten 2 kB messages) with and without the policy's memo
+of the nine it saw before, and the stream rail's cost per 4-character chunk of a 2 kB answer.
 """
 
 from __future__ import annotations
@@ -129,6 +130,23 @@ def policy_rows(name: str, iterations: int) -> list[tuple[str, str, float, float
             if direction in rule.where:
                 row("clean", f"  {rule.detector} ({direction})", lambda d=det, c=ctx, p=prep: d.check(c, p))
 
+    # A chat's tenth turn: nine earlier 2 kB turns resent with a new one. Without a scope every
+    # message is examined again; with one (the gateway passes the team), the nine come from the memo.
+    turns = [ticket_prompt(2048) + f" (turn {i})" for i in range(10)]
+    history = [{"role": "user", "content": t} for t in turns]
+    fresh = Policy(name, profile)
+    row("chat", f"{name}.check(input), 10 turns, no memo", lambda: fresh.check("input", history))
+    memo = Policy(name, profile)
+    memo.check("input", history[:-1], scope="team:1")  # the turns before, as the gateway saw them
+
+    def tenth_turn() -> None:
+        memo.memo._seen.pop(memo.memo.key(prefix, turns[-1]), None)  # the new turn: never seen
+        memo.check("input", history, scope="team:1")
+
+    prefix = memo.memo.prefix("team:1", memo._sync_detectors["input"], Context())
+    assert prefix is not None
+    row("chat", f"{name}.check(input), 10 turns, 9 in the memo", tenth_turn)
+
     # The stream rail, as the guard_output stage runs it: the policies checking outputs in-process.
     chunks = [clean[i : i + 4] for i in range(0, len(clean), 4)]
     events = [
@@ -144,10 +162,14 @@ def policy_rows(name: str, iterations: int) -> list[tuple[str, str, float, float
 
     class Counting(Policy):  # one untimed pass: how many checks, over how many characters
         def check(
-            self, direction: str, content: str | Sequence[Any], context: Context | None = None
+            self,
+            direction: str,
+            content: str | Sequence[Any],
+            context: Context | None = None,
+            scope: str | None = None,
         ) -> Verdict:
             windows.append(len(content))
-            return super().check(direction, content, context)
+            return super().check(direction, content, context, scope)
 
     rail = StreamRail([Counting(name, profile)], ctx, policy.hold_chars, lambda v: None)
     sent = b"".join(rail.feed(e) for e in events) + rail.finish()
