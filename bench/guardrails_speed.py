@@ -143,7 +143,7 @@ def policy_rows(name: str, iterations: int) -> list[tuple[str, str, float, float
         memo.memo._seen.pop(memo.memo.key(prefix, turns[-1]), None)  # the new turn: never seen
         memo.check("input", history, scope="team:1")
 
-    prefix = memo.memo.prefix("team:1", memo._sync_detectors["input"], Context())
+    prefix = memo.memo.prefix("team:1", memo._sync_detectors["input"], Context(), memo.budget)
     assert prefix is not None
     row("chat", f"{name}.check(input), 10 turns, 9 in the memo", tenth_turn)
 

@@ -97,6 +97,8 @@ def test_over_budget_is_kept_on_a_replay() -> None:
         r = check([det], f"data {blob}", budget, memo=memo, scope="t")
         assert r.over_budget == ["counting"] and not r.complete
     assert len(det.seen) == 1 and memo.hits == 1
+    r = check([det], f"data {blob}", Budget(), memo=memo, scope="t")  # another decode budget
+    assert r.over_budget == [] and len(det.seen) == 2
 
 
 async def test_async_detectors_always_run_and_the_sync_ones_are_replayed() -> None:

@@ -152,13 +152,18 @@ class Memo:
         return len(self._seen)
 
     @staticmethod
-    def prefix(scope: str, detectors: Sequence[Any], ctx: Context) -> tuple[Any, ...] | None:
+    def prefix(
+        scope: str, detectors: Sequence[Any], ctx: Context, budget: Budget = Budget()
+    ) -> tuple[Any, ...] | None:
         """What every key of one call shares; None when the context cannot be keyed (``extra``).
-        Detectors are told apart by identity: they must live as long as the memo (a ``Policy``'s do)."""
+        Detectors are told apart by identity: they must live as long as the memo (a ``Policy``'s do).
+        The decode budget is part of it: it decides what the detectors saw of an encoded run."""
         if ctx.extra:
             return None
         sp = ctx.system_prompt
-        return (scope, tuple(map(id, detectors)), ctx.direction, None if sp is None else _digest(sp))
+        digest = None if sp is None else _digest(sp)
+        decoding = (budget.max_decoded, budget.decode_depth)
+        return (scope, tuple(map(id, detectors)), ctx.direction, digest, decoding)
 
     @staticmethod
     def key(prefix: tuple[Any, ...], text: str) -> tuple[Any, ...]:
@@ -299,7 +304,7 @@ def check(detectors: Sequence[AnyDetector], content: str | Sequence[Any], budget
             result.errors[_name(det)] = "NeedsAsync"
         else:
             sync.append(det)  # type: ignore[arg-type]
-    one = _Pass(chosen, b, memo, _prefix(memo, scope, sync, ctx))
+    one = _Pass(chosen, b, memo, _prefix(memo, scope, sync, ctx, b))
     if short or one.short:
         result.over_budget.extend(_name(d) for d in sync)
     one.run(sync, ctx, result)
@@ -308,9 +313,9 @@ def check(detectors: Sequence[AnyDetector], content: str | Sequence[Any], budget
 
 
 def _prefix(
-    memo: Memo | None, scope: str | None, sync: Sequence[Detector], ctx: Context
+    memo: Memo | None, scope: str | None, sync: Sequence[Detector], ctx: Context, budget: Budget
 ) -> tuple[Any, ...] | None:
-    return Memo.prefix(scope, sync, ctx) if memo is not None and scope is not None and sync else None
+    return Memo.prefix(scope, sync, ctx, budget) if memo is not None and scope is not None and sync else None
 
 
 _GRACE_S = 0.1  # how long a cancelled detector is given to stop
@@ -373,7 +378,7 @@ async def acheck(detectors: Sequence[AnyDetector], content: str | Sequence[Any],
     b = budget or Budget()
     result, chosen, short = _select(content, b)
     sync: list[Detector] = [d for d in detectors if not is_async(d)]  # type: ignore[misc]
-    one = _Pass(chosen, b, memo, _prefix(memo, scope, sync, ctx))
+    one = _Pass(chosen, b, memo, _prefix(memo, scope, sync, ctx, b))
     short = short or one.short
     if isinstance(timeout_s, Mapping):
         default = float(timeout_s.get("*", 5.0))
