@@ -95,7 +95,7 @@ class Policy:
 
     def sync_applies(self, direction: str) -> bool:
         """Whether any detector for ``direction`` can run in a stream's chunk hook (not async)."""
-        return any(not run_async(d) for _, d in self._by_direction[direction])
+        return bool(self._sync_detectors[direction])
 
     def check(
         self,

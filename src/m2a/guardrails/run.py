@@ -153,7 +153,7 @@ class Memo:
 
     @staticmethod
     def prefix(
-        scope: str, detectors: Sequence[Any], ctx: Context, budget: Budget = Budget()
+        scope: str, detectors: Sequence[Any], ctx: Context, budget: Budget
     ) -> tuple[Any, ...] | None:
         """What every key of one call shares; None when the context cannot be keyed (``extra``).
         Detectors are told apart by identity: they must live as long as the memo (a ``Policy``'s do).
@@ -256,7 +256,7 @@ class _Pass:
                         assert prep is not None
                         got = det.check(ctx, prep)
                         got = None if got is None else tuple(got)
-                    _collect_n(result.findings, got, piece, len(text))
+                    _collect(result.findings, got, piece, len(text))
                     if seen is None:
                         fresh[i].append(got)
             except Exception as exc:  # a detector's crash is a result, never the caller's exception
@@ -269,12 +269,9 @@ class _Pass:
                 self.memo.put(key, _Seen(prep.truncated, tuple(found)))
 
 
-def _collect(out: list[Finding], got: Any, piece: Piece, prep: Prepared) -> None:
-    """Validate one detector's answer for one piece and add its findings (message / part set)."""
-    _collect_n(out, got, piece, len(prep.original))
-
-
-def _collect_n(out: list[Finding], got: Any, piece: Piece, n: int) -> None:
+def _collect(out: list[Finding], got: Any, piece: Piece, n: int) -> None:
+    """Validate one detector's answer for one piece of ``n`` characters and add its findings
+    (message / part set)."""
     if got is None:
         return
     msg, part, _ = piece
@@ -343,7 +340,7 @@ async def _run_async(det: AsyncDetector, ctx: Context, prepared: _Prepped, timeo
 
     async def one(piece: Piece, prep: Prepared) -> None:
         got = await det.acheck(ctx, prep)
-        _collect(found, got, piece, prep)
+        _collect(found, got, piece, len(prep.original))
 
     tasks = [asyncio.ensure_future(one(piece, prep)) for piece, prep in prepared]
     if not tasks:
